@@ -1,0 +1,339 @@
+"""The command line: the only place options become config, and exit statuses are decided.
+
+Exit statuses: 0 done · 1 done, ``--fail-on-error`` and some record not ok · 2 usage
+error (one line on stderr, no traceback) · 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, Final, NoReturn, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+
+from crawler import __version__
+from crawler.config import (
+    DEFAULT_USER_AGENT,
+    BreakerConfig,
+    ConfigError,
+    FetchConfig,
+    InputConfig,
+    LimitConfig,
+    RetryConfig,
+    RunConfig,
+    SinkConfig,
+)
+from crawler.errors import UsageError
+from crawler.inputs import LineSource
+
+EXIT_OK: Final = 0
+EXIT_FAILED_RECORDS: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+NO_UVLOOP_ENV: Final = "CRAWLER_NO_UVLOOP"
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_SIZE = re.compile(r"(\d+)\s*([kmg]i?b?|b)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="crawler",
+    help="Fetch and crawl the web at high concurrency, safely; one JSON record per URL.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"crawler {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Fetch and crawl the web at high concurrency, safely; one JSON record per URL."""
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    name = name.strip()
+    if not sep or not _HEADER_NAME.fullmatch(name):
+        raise UsageError(f"invalid header {text!r}: expected 'Name: value'")
+    value = value.strip()
+    if any(c in value for c in "\r\n\0"):
+        raise UsageError(f"invalid header {text!r}: control characters in value")
+    return name, value
+
+
+def parse_size(text: str | int) -> int:
+    """Byte counts with optional binary suffix: 10485760, 10M, 10MiB, 512k."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a size (e.g. 1048576, 512k, 10M)")
+    unit = (match.group(2) or "").lower().rstrip("b").rstrip("i")
+    size = int(match.group(1)) * _SIZE_UNITS[unit]
+    if size <= 0:
+        raise typer.BadParameter("must be > 0")
+    return size
+
+
+Concurrency = Annotated[
+    int, typer.Option("-c", "--concurrency", min=1, help="Max requests in flight.")
+]
+PerHost = Annotated[
+    int, typer.Option("--per-host", min=0, help="Max in flight per host (0: no per-host limit).")
+]
+Rps = Annotated[float, typer.Option("--rps", min=0.0, help="Global requests/second cap (0: none).")]
+PerHostRps = Annotated[
+    float, typer.Option("--per-host-rps", min=0.0, help="Requests/second cap per host (0: none).")
+]
+Adaptive = Annotated[
+    bool,
+    typer.Option(
+        "--adaptive/--no-adaptive",
+        help="Tune per-host concurrency from latency and errors (AIMD).",
+    ),
+]
+Retries = Annotated[int, typer.Option("--retries", min=0, help="Retries per URL.")]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout", min=0.001, help="Seconds per URL: one deadline for all attempts and waits."
+    ),
+]
+ConnectTimeout = Annotated[
+    float, typer.Option("--connect-timeout", min=0.001, help="Seconds to connect, per attempt.")
+]
+MaxRedirects = Annotated[int, typer.Option("--max-redirects", min=0, help="Redirects to follow.")]
+MaxBytes = Annotated[
+    int,
+    typer.Option(
+        "--max-bytes",
+        parser=parse_size,
+        metavar="SIZE",
+        help="Max body size, decompressed (e.g. 10M).",
+    ),
+]
+QueueSize = Annotated[
+    int, typer.Option("--queue-size", min=1, help="Frontier bound: URLs read ahead of workers.")
+]
+Headers = Annotated[
+    list[str] | None,
+    typer.Option("-H", "--header", metavar="'NAME: VALUE'", help="Extra request header."),
+]
+UserAgent = Annotated[str | None, typer.Option("--user-agent", help="User-Agent header.")]
+
+
+def parse_method(text: str) -> str:
+    method = text.strip().upper()
+    if method not in ("GET", "HEAD"):
+        raise typer.BadParameter(f"{text!r} is not one of GET, HEAD")
+    return method
+
+
+Method = Annotated[
+    str, typer.Option("--method", parser=parse_method, metavar="GET|HEAD", help="HTTP method.")
+]
+BreakerThreshold = Annotated[
+    int,
+    typer.Option(
+        "--breaker-threshold",
+        min=0,
+        help="Consecutive failures that open a host's breaker (0: no breaker).",
+    ),
+]
+BreakerCooldown = Annotated[
+    float,
+    typer.Option(
+        "--breaker-cooldown", min=0.001, help="Seconds before an open breaker lets a probe through."
+    ),
+]
+Insecure = Annotated[bool, typer.Option("--insecure", help="Skip TLS certificate verification.")]
+StatsJson = Annotated[
+    Path | None, typer.Option("--stats-json", metavar="PATH", help="Write the summary as JSON.")
+]
+State = Annotated[
+    Path | None,
+    typer.Option("--state", metavar="PATH", help="Resume file (not yet supported)."),
+]
+NoDedup = Annotated[bool, typer.Option("--no-dedup", help="Fetch duplicate URLs again.")]
+Output = Annotated[
+    Path | None,
+    typer.Option("-o", "--output", metavar="PATH", help="Write records here, not to stdout."),
+]
+Progress = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress", help="Progress on stderr (default: when it is a terminal)."
+    ),
+]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="Only errors that stop the run.")]
+FailOnError = Annotated[
+    bool, typer.Option("--fail-on-error", help="Exit 1 if any record has ok: false.")
+]
+Grace = Annotated[
+    float,
+    typer.Option(
+        "--grace", min=0.0, help="Seconds in-flight requests get to finish after SIGINT/SIGTERM."
+    ),
+]
+NoUvloop = Annotated[
+    bool,
+    typer.Option("--no-uvloop", help=f"Use asyncio's default loop (or set {NO_UVLOOP_ENV}=1)."),
+]
+
+
+@app.command()
+def fetch(
+    input: Annotated[  # noqa: A002 - the contract's name for it
+        str | None, typer.Argument(metavar="[INPUT]", help="URL list; '-' or absent: stdin.")
+    ] = None,
+    output: Output = None,
+    concurrency: Concurrency = 64,
+    per_host: PerHost = 8,
+    rps: Rps = 0.0,
+    per_host_rps: PerHostRps = 0.0,
+    adaptive: Adaptive = False,
+    retries: Retries = 2,
+    timeout: TimeoutOpt = 30.0,
+    connect_timeout: ConnectTimeout = 10.0,
+    max_redirects: MaxRedirects = 10,
+    max_bytes: MaxBytes = 10 * 1024 * 1024,
+    queue_size: QueueSize = 1000,
+    header: Headers = None,
+    user_agent: UserAgent = None,
+    method: Method = "GET",
+    breaker_threshold: BreakerThreshold = 5,
+    breaker_cooldown: BreakerCooldown = 30.0,
+    insecure: Insecure = False,
+    stats_json: StatsJson = None,
+    state: State = None,
+    no_dedup: NoDedup = False,
+    progress: Progress = None,
+    quiet: Quiet = False,
+    fail_on_error: FailOnError = False,
+    grace: Grace = 5.0,
+    no_uvloop: NoUvloop = False,
+) -> None:
+    """Fetch every URL of INPUT once; write one JSON record per URL (JSONL)."""
+    if state is not None:
+        raise UsageError("--state (resume) is not supported yet by this version")
+    headers = tuple(parse_header(h) for h in header or ())
+    try:
+        fetch_config = FetchConfig(
+            method=method,
+            connect_timeout=connect_timeout,
+            max_redirects=max_redirects,
+            max_bytes=max_bytes,
+            headers=headers,
+            verify_tls=not insecure,
+            pool_size=concurrency,
+            user_agent=user_agent or DEFAULT_USER_AGENT,
+        )
+        config = RunConfig(
+            input=InputConfig(dedup=not no_dedup),
+            limits=LimitConfig(
+                concurrency=concurrency,
+                per_host=per_host,
+                rps=rps,
+                per_host_rps=per_host_rps,
+                adaptive=adaptive,
+                queue_size=queue_size,
+            ),
+            retry=RetryConfig(retries=retries, timeout=timeout),
+            breaker=BreakerConfig(threshold=breaker_threshold, cooldown=breaker_cooldown),
+            fetch=fetch_config,
+            sink=SinkConfig(output=str(output) if output is not None else None),
+            grace=grace,
+        )
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    source = LineSource(input, max_line_bytes=config.input.max_line_bytes)
+    source.open()
+    console = Console(stderr=True)
+    show_progress = (console.is_terminal if progress is None else progress) and not quiet
+
+    from crawler.engine import Engine  # imported late: keeps `crawler --help` fast
+
+    engine = Engine(config, source, progress=console if show_progress else None)
+    result = _run(engine.run, use_uvloop=not (no_uvloop or os.environ.get(NO_UVLOOP_ENV)))
+    if not quiet:
+        from crawler.progress import render_summary
+
+        render_summary(result.snapshot, console, interrupted=result.interrupted)
+    if stats_json is not None:
+        payload = result.snapshot.to_dict()
+        payload["interrupted"] = result.interrupted
+        try:
+            stats_json.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write --stats-json {str(stats_json)!r}: {exc.strerror}"
+            ) from None
+    if result.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if result.output_closed:
+        raise typer.Exit(EXIT_OK)
+    if fail_on_error and result.snapshot.failed:
+        raise typer.Exit(EXIT_FAILED_RECORDS)
+
+
+def _run(main: Callable[[], Coroutine[Any, Any, T]], *, use_uvloop: bool) -> T:
+    """Run ``main`` on uvloop when it is installed and wanted, else on asyncio's loop."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    sys.stderr.write(f"crawler: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: one-line errors, exit statuses from the contract."""
+    command = typer.main.get_command(app)
+    args = argv if argv is not None else sys.argv[1:]
+    try:
+        code = command.main(args=args, prog_name="crawler", standalone_mode=False)
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            command.main(args=["--help"], prog_name="crawler", standalone_mode=False)
+            raise SystemExit(EXIT_OK) from None
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        _fail(" ".join(message.split()))
+    except UsageError as exc:
+        _fail(str(exc))
+    except (typer.Abort, KeyboardInterrupt):
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else EXIT_OK)

@@ -1,0 +1,149 @@
+"""Frozen configuration slices, one per component, validated on creation.
+
+Built once in ``cli.py``; every component receives only its own slice. Nothing below
+the CLI reads the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from crawler import __version__
+
+DEFAULT_USER_AGENT = f"crawler/{__version__} (+https://github.com/crawler-dev/crawler)"
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the CLI turns it into exit status 2."""
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{name} must be >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputConfig:
+    """How the URL list is read and deduplicated."""
+
+    dedup: bool = True
+    max_line_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        _positive("max_line_bytes", self.max_line_bytes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitConfig:
+    """Concurrency and pacing: global, per host, and the adaptive controller."""
+
+    concurrency: int = 64
+    per_host: int = 8  # 0 means no per-host limit beyond the global one
+    rps: float = 0.0  # 0 means no cap
+    per_host_rps: float = 0.0
+    burst: int = 5
+    adaptive: bool = False
+    queue_size: int = 1000
+
+    def __post_init__(self) -> None:
+        _positive("concurrency", self.concurrency)
+        _non_negative("per_host", self.per_host)
+        _non_negative("rps", self.rps)
+        _non_negative("per_host_rps", self.per_host_rps)
+        _positive("burst", self.burst)
+        _positive("queue_size", self.queue_size)
+
+    @property
+    def host_limit(self) -> int:
+        """The effective per-host cap: never more than the global one."""
+        if self.per_host == 0:
+            return self.concurrency
+        return min(self.per_host, self.concurrency)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryConfig:
+    """Retries share one deadline per URL with every attempt and back-off wait."""
+
+    retries: int = 2
+    timeout: float = 30.0  # the URL's deadline, from its first attempt
+    backoff_base: float = 0.5
+    backoff_cap: float = 10.0
+
+    def __post_init__(self) -> None:
+        _non_negative("retries", self.retries)
+        _positive("timeout", self.timeout)
+        _non_negative("backoff_base", self.backoff_base)
+        _non_negative("backoff_cap", self.backoff_cap)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerConfig:
+    """Per-host circuit breaker."""
+
+    threshold: int = 5  # consecutive failures; 0 disables the breaker
+    cooldown: float = 30.0
+
+    def __post_init__(self) -> None:
+        _non_negative("breaker threshold", self.threshold)
+        _positive("breaker cooldown", self.cooldown)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchConfig:
+    """One attempt: the request and how much of the response we accept."""
+
+    method: str = "GET"
+    connect_timeout: float = 10.0
+    max_redirects: int = 10
+    max_bytes: int = 10 * 1024 * 1024
+    headers: tuple[tuple[str, str], ...] = ()
+    user_agent: str = DEFAULT_USER_AGENT
+    verify_tls: bool = True
+    max_header_bytes: int = 16 * 1024
+    dns_cache_ttl: int = 300
+    pool_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.method not in ("GET", "HEAD"):
+            raise ConfigError(f"method must be GET or HEAD, got {self.method!r}")
+        _positive("connect_timeout", self.connect_timeout)
+        _non_negative("max_redirects", self.max_redirects)
+        _positive("max_bytes", self.max_bytes)
+        _positive("pool_size", self.pool_size)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SinkConfig:
+    """Where records go and how they are batched."""
+
+    output: str | None = None  # None means standard output
+    batch_records: int = 512
+    batch_bytes: int = 256 * 1024
+    flush_interval: float = 0.2
+
+    def __post_init__(self) -> None:
+        _positive("batch_records", self.batch_records)
+        _positive("batch_bytes", self.batch_bytes)
+        _positive("flush_interval", self.flush_interval)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunConfig:
+    """The whole run: the slices above plus run-level behaviour."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    limits: LimitConfig = field(default_factory=LimitConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
+    grace: float = 5.0  # seconds in-flight requests get to finish after SIGINT/SIGTERM
+
+    def __post_init__(self) -> None:
+        _non_negative("grace", self.grace)

@@ -1,0 +1,388 @@
+"""The pipeline, under one TaskGroup: reader -> frontier -> workers -> sink.
+
+    LineSource --lines--> reader: parse, validate, dedup --Item--> Frontier (bounded)
+        --> worker x C: DynamicSemaphore permit, host slot, pacer, breaker,
+                        Fetcher attempt, retry (back-off via the frontier)
+        --> Record --> Sink (the only writer of the output)
+
+Lifetimes. Every task (reader, workers, sink writer, loop-lag probe, host sweeper,
+progress) belongs to one TaskGroup. The run ends when the input is exhausted, the
+frontier is empty and nothing is in flight: the frontier then hands every worker None,
+the last worker to leave sets ``_workers_done``, and the group's body closes the sink and
+cancels the background tasks. Closing the session and flushing the sink happen outside
+the group, in ``finally`` blocks, with the flush shielded from cancellation.
+
+Shutdown (SIGINT/SIGTERM). The first signal stops intake: the reader is cancelled and
+the frontier stops handing out URLs; URLs queued but not started get ``cancelled``
+records. Requests in flight get ``grace`` seconds to finish; then (or at a second signal)
+their workers are cancelled and write ``cancelled`` records for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from rich.console import Console
+
+from crawler import errors
+from crawler.config import RunConfig
+from crawler.dedup import FingerprintSet
+from crawler.fetcher import Fetcher, Response, make_session
+from crawler.frontier import Frontier, Item
+from crawler.inputs import LineSource
+from crawler.limiter import DynamicSemaphore, HostState, HostTable
+from crawler.progress import show_progress
+from crawler.records import Record, UTCStamp
+from crawler.retry import RETRY_STATUSES, Deadline, backoff_delay, parse_retry_after
+from crawler.sink import OutputClosed, Sink
+from crawler.stats import Snapshot, Stats
+from crawler.urls import canonical_key, host_key, parse_url
+
+# Outcomes that count against a host's breaker: the host itself looks unwell. 4xx do not.
+_HOST_FAILURES: Final = (
+    errors.ConnectError,
+    errors.DNSError,
+    errors.Timeout,
+    errors.TLSError,
+    errors.ProtocolError,
+)
+_CONGESTION_STATUSES: Final = frozenset((429, 503))
+_SWEEP_INTERVAL: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    snapshot: Snapshot
+    interrupted: bool
+    output_closed: bool
+
+
+class Engine:
+    def __init__(
+        self,
+        config: RunConfig,
+        source: LineSource,
+        *,
+        progress: Console | None = None,
+        install_signal_handlers: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._source = source
+        self._progress = progress
+        self._install_signals = install_signal_handlers
+        # Deadlines, breakers, pacers and stats use this clock (uvloop's loop.time() has
+        # only millisecond resolution); only the frontier's back-off timers use the loop's.
+        self._clock = clock
+        self._stamp = UTCStamp()
+        self._rand = random.random
+        self.interrupted = False
+        self._cutting = False  # the grace period is over: in-flight workers are cancelled
+        self._signals = 0
+        self._busy: dict[asyncio.Task[None], Item] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self._workers_left = 0
+        self._workers_done = asyncio.Event()
+        # Set up in run(), inside the event loop.
+        self.stats: Stats
+        self._hosts: HostTable
+        self._frontier: Frontier
+        self._sink: Sink
+        self._fetcher: Fetcher
+        self._permits: DynamicSemaphore
+
+    # -- the run ---------------------------------------------------------------------
+    async def run(self) -> RunResult:
+        config = self._config
+        loop = asyncio.get_running_loop()
+        clock = self._clock
+        self.stats = stats = Stats(clock)
+        self._hosts = HostTable(config.limits, config.breaker, clock)
+        self._frontier = frontier = Frontier(config.limits.queue_size, self._hosts)
+        self._permits = DynamicSemaphore(config.limits.concurrency)
+        stats.in_flight = lambda: frontier.in_flight
+        stats.queued = lambda: frontier.queued + frontier.delayed
+        stats.input_fraction = self._input_fraction
+        self._sink = sink = Sink(config.sink)
+        try:
+            await sink.open()
+        except OSError as exc:
+            raise errors.UsageError(
+                f"cannot write output {config.sink.output!r}: {exc.strerror}"
+            ) from None
+        output_closed = False
+        if self._install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.request_stop)
+        try:
+            async with make_session(config.fetch) as session:
+                self._fetcher = Fetcher(session, config.fetch)
+                try:
+                    await self._run_tasks()
+                except* OutputClosed:
+                    output_closed = True
+        finally:
+            if self._install_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+            await asyncio.shield(sink.aclose())
+        return RunResult(stats.snapshot(), self.interrupted, output_closed or sink.broken)
+
+    async def _run_tasks(self) -> None:
+        concurrency = self._config.limits.concurrency
+        async with asyncio.TaskGroup() as tg:
+            background = [
+                tg.create_task(self.stats.watch_loop_lag()),
+                tg.create_task(self._maintain()),
+            ]
+            if self._progress is not None:
+                background.append(tg.create_task(show_progress(self.stats, self._progress)))
+            writer = tg.create_task(self._sink.run())
+            self._reader = tg.create_task(self._read())
+            self._workers_left = concurrency
+            for _ in range(concurrency):
+                tg.create_task(self._worker())
+            done_waiter = asyncio.ensure_future(self._workers_done.wait())
+            try:
+                await asyncio.wait({done_waiter, writer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                done_waiter.cancel()
+            self._sink.close()
+            for task in background:
+                task.cancel()
+
+    def _input_fraction(self) -> float | None:
+        total = self._source.total_bytes
+        return self._source.bytes_read / total if total else None
+
+    # -- reader ----------------------------------------------------------------------------
+    async def _read(self) -> None:
+        frontier, sink, stats = self._frontier, self._sink, self.stats
+        seen = FingerprintSet() if self._config.input.dedup else None
+        try:
+            async for lines in self._source.batches():
+                for raw in lines:
+                    try:
+                        url = parse_url(raw)
+                    except errors.InvalidURL as exc:
+                        if seen is not None and not seen.add_key("\0invalid\0" + raw):
+                            stats.duplicates += 1
+                            continue
+                        await sink.put(self._error_record(raw, exc, None))
+                        continue
+                    if seen is not None and not seen.add_key(canonical_key(url)):
+                        stats.duplicates += 1
+                        continue
+                    await frontier.put(Item(raw, url, host_key(url)))
+        finally:
+            frontier.close_input()
+
+    # -- workers ---------------------------------------------------------------------------
+    async def _worker(self) -> None:
+        frontier, permits = self._frontier, self._permits
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101
+        try:
+            while True:
+                await permits.acquire()
+                try:
+                    item = await frontier.get()
+                    if item is None:
+                        return
+                    self._busy[task] = item
+                    try:
+                        await self._process(item)
+                    except asyncio.CancelledError:
+                        # Cancelled by the end of the grace period: the URL gets its
+                        # `cancelled` record and the worker ends quietly. Any other
+                        # cancellation (the group is failing) still propagates.
+                        if not item.finished:
+                            self._sink.put_nowait(self._cancelled_record(item))
+                            frontier.done(item)
+                        if self._cutting and task.cancelling() <= 1:
+                            task.uncancel()
+                            return
+                        raise
+                    finally:
+                        self._busy.pop(task, None)
+                finally:
+                    permits.release()
+        finally:
+            self._workers_left -= 1
+            if self._workers_left == 0:
+                self._workers_done.set()
+
+    async def _process(self, item: Item) -> None:
+        """Attempts for one URL until it has a record or goes back to wait for a retry."""
+        host = item.host
+        assert host is not None  # noqa: S101 - the frontier hands out items with a slot
+        config = self._config
+        stats = self.stats
+        clock = self._clock
+        retries = config.retry.retries
+        while True:
+            delay = self._hosts.delay(host)
+            if delay > 0:
+                if item.deadline is not None and not item.deadline.allows_wait(delay):
+                    await self._final(item, None, errors.Timeout("deadline exceeded while paced"))
+                    return
+                await asyncio.sleep(delay)
+            breaker = host.breaker
+            if breaker is not None and not breaker.allow():
+                await self._final(item, None, errors.CircuitOpen(f"circuit open for {host.key}"))
+                return
+            deadline = item.deadline
+            if deadline is None:
+                deadline = item.deadline = Deadline(config.retry.timeout, clock)
+            item.attempts += 1
+            stats.requests += 1
+            started = clock()
+            resp: Response | None = None
+            error: errors.FetchError | None = None
+            try:
+                resp = await self._fetcher.fetch(item.url, deadline.remaining())
+            except errors.FetchError as exc:
+                error = exc
+            except asyncio.CancelledError:
+                if breaker is not None:
+                    breaker.release_probe()
+                raise
+            latency = clock() - started
+            stats.latency.add(latency)
+            self._observe(host, resp, error, latency)
+
+            status = resp.status if resp is not None else None
+            retryable = error.retryable if error is not None else status in RETRY_STATUSES
+            if retryable and item.attempts <= retries:
+                wait = backoff_delay(
+                    item.attempts, config.retry.backoff_base, config.retry.backoff_cap, self._rand()
+                )
+                hint = parse_retry_after(resp.retry_after) if resp is not None else None
+                if hint is not None:
+                    wait = max(wait, hint)
+                if deadline.allows_wait(wait):
+                    stats.retries += 1
+                    if wait < 0.001:
+                        continue
+                    self._frontier.retry_later(item, wait)
+                    return
+            await self._final(item, resp, error)
+            return
+
+    def _observe(
+        self,
+        host: HostState,
+        resp: Response | None,
+        error: errors.FetchError | None,
+        latency: float,
+    ) -> None:
+        """Feed one attempt's outcome to the host's breaker and AIMD controller."""
+        status = resp.status if resp is not None else 0
+        breaker = host.breaker
+        if breaker is not None:
+            breaker.record(isinstance(error, _HOST_FAILURES) or status >= 500)
+        aimd = host.aimd
+        if aimd is not None:
+            if status in _CONGESTION_STATUSES or isinstance(
+                error, errors.Timeout | errors.ConnectError
+            ):
+                aimd.on_congestion()
+            elif error is None and status < 400:
+                aimd.on_success(latency)
+
+    # -- records ---------------------------------------------------------------------------
+    async def _final(
+        self, item: Item, resp: Response | None, error: errors.FetchError | None
+    ) -> None:
+        """Write the URL's one record and release it."""
+        if resp is None and error is not None:
+            resp = error.response  # e.g. too_large: the status line did arrive
+        if resp is not None and error is None and resp.status >= 400:
+            error = errors.HTTPStatusError(f"HTTP {resp.status}")
+        record = self._error_record(item.raw, error, item) if error else Record(url=item.raw)
+        if resp is not None:
+            record.final_url = resp.final_url
+            record.status = resp.status
+            record.bytes = resp.nbytes
+            record.content_type = resp.content_type
+            record.redirects = resp.redirects
+            record.ok = error is None
+        self.stats.record(record.ok, record.status, error.kind if error else None, record.bytes)
+        # Record and release synchronously, then wait for the writer if it is behind:
+        # a cancellation during that wait cannot lose or duplicate this record.
+        item.finished = True
+        self._sink.put_nowait(self._stamped(record, item))
+        self._frontier.done(item)
+        await self._sink.backpressure()
+
+    def _stamped(self, record: Record, item: Item) -> Record:
+        record.attempts = item.attempts
+        if item.deadline is not None:
+            record.elapsed_ms = round(item.deadline.elapsed() * 1000, 3)
+        record.fetched_at = self._stamp()
+        return record
+
+    def _error_record(self, raw: str, error: errors.FetchError, item: Item | None) -> Record:
+        record = Record(url=raw, error={"kind": error.kind, "message": error.message})
+        if item is None:
+            self.stats.record(False, None, error.kind, 0)
+            record.fetched_at = self._stamp()
+        return record
+
+    def _cancelled_record(self, item: Item) -> Record:
+        error = errors.Cancelled("the run was interrupted before this URL finished")
+        self.stats.record(False, None, error.kind, 0)
+        return self._stamped(self._error_record(item.raw, error, item), item)
+
+    # -- background --------------------------------------------------------------------------
+    async def _maintain(self) -> None:
+        """Forget idle hosts; with --adaptive, shrink global concurrency when the loop lags."""
+        adaptive = self._config.limits.adaptive
+        ceiling = self._config.limits.concurrency
+        lag = self.stats.loop_lag
+        seen = 0  # loop-lag samples already looked at
+        while True:
+            await asyncio.sleep(_SWEEP_INTERVAL)
+            self._hosts.sweep()
+            if adaptive and lag.count > seen:
+                seen = lag.count
+                permits = self._permits
+                # Lag over 50 ms means our own process is the bottleneck: fewer requests
+                # in flight would only queue longer in the event loop.
+                if self.stats.recent_lag > 0.05 and permits.limit > 1:
+                    permits.resize(int(permits.limit * 0.9))
+                elif permits.limit < ceiling:
+                    permits.resize(permits.limit + 1)
+
+    # -- shutdown ----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """SIGINT/SIGTERM: first stops intake and starts the grace period; second cuts it."""
+        self._signals += 1
+        self.interrupted = True
+        if self._signals > 1:
+            self._cut_grace()
+            return
+        if self._reader is not None:
+            self._reader.cancel()
+        for item in self._frontier.stop():
+            self._sink.put_nowait(self._cancelled_record(item))
+        grace = self._config.grace
+        loop = asyncio.get_running_loop()
+        self._grace_timer = loop.call_later(grace, self._cut_grace)
+
+    def _cut_grace(self) -> None:
+        self._cutting = True
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+        for task in list(self._busy):
+            task.cancel()

@@ -1,0 +1,118 @@
+"""The error tree. Every leaf of ``FetchError`` carries the contract's error kind.
+
+    CrawlerError
+    ├── UsageError            bad input file, bad option value -> exit 2
+    └── FetchError            one URL failed; ``kind`` goes into its record
+        ├── InvalidURL        invalid_url
+        ├── DNSError          dns
+        ├── ConnectError      connect       (refused, reset, unreachable)
+        ├── TLSError          tls
+        ├── Timeout           timeout       (the URL's deadline ran out)
+        ├── AttemptTimeout    timeout       (one attempt timed out; retryable)
+        ├── TooLarge          too_large
+        ├── TooManyRedirects  too_many_redirects
+        ├── ProtocolError     protocol      (malformed HTTP response)
+        ├── HTTPStatusError   http          (final status >= 400)
+        ├── CircuitOpen       circuit_open
+        └── Cancelled         cancelled     (the run was interrupted)
+
+Foreign exceptions (aiohttp, OSError, ssl) are translated in exactly one place,
+``crawler.fetcher.map_exception``; the record's kind comes from the class, never
+from matching message strings.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from crawler.fetcher import Response
+
+
+class CrawlerError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class UsageError(CrawlerError):
+    """The command line or its input cannot be used; exit status 2."""
+
+
+class FetchError(CrawlerError):
+    """One URL failed. Subclasses set ``kind`` and whether another attempt may help."""
+
+    kind: ClassVar[str] = "error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, response: Response | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.response = response  # what arrived before the failure, if anything
+
+
+class InvalidURL(FetchError):  # noqa: N818 - named after the contract's kind
+    kind = "invalid_url"
+
+
+class DNSError(FetchError):
+    kind = "dns"
+
+
+class ConnectError(FetchError):
+    kind = "connect"
+    retryable = True
+
+
+class TLSError(FetchError):
+    kind = "tls"
+
+
+class Timeout(FetchError):  # noqa: N818
+    """The URL's deadline ran out: no time is left for another attempt."""
+
+    kind = "timeout"
+
+
+class AttemptTimeout(Timeout):
+    """One attempt timed out (connect or read) while the URL's deadline still runs."""
+
+    retryable = True
+
+
+class TooLarge(FetchError):  # noqa: N818
+    kind = "too_large"
+
+
+class TooManyRedirects(FetchError):  # noqa: N818
+    kind = "too_many_redirects"
+
+
+class ProtocolError(FetchError):
+    kind = "protocol"
+
+
+class HTTPStatusError(FetchError):
+    kind = "http"
+
+
+class CircuitOpen(FetchError):  # noqa: N818
+    kind = "circuit_open"
+
+
+class Cancelled(FetchError):  # noqa: N818
+    kind = "cancelled"
+
+
+ERROR_KINDS: tuple[str, ...] = (
+    "invalid_url",
+    "dns",
+    "connect",
+    "tls",
+    "timeout",
+    "too_large",
+    "too_many_redirects",
+    "protocol",
+    "http",
+    "circuit_open",
+    "robots",
+    "cancelled",
+)

@@ -1,0 +1,195 @@
+"""One pooled aiohttp session and one attempt at a URL (redirects included).
+
+This is the only module that names aiohttp's exceptions: ``map_exception`` turns each of
+them, and the OS and TLS errors under them, into the contract's error kinds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass, field
+from typing import Final
+
+import aiohttp
+from aiohttp import ClientTimeout, client_exceptions, http_exceptions
+from multidict import CIMultiDict
+from yarl import URL
+
+from crawler import errors
+from crawler.config import FetchConfig
+
+_REDIRECTS: Final = frozenset((301, 302, 303, 307, 308))
+_SENSITIVE: Final = ("Authorization", "Cookie", "Proxy-Authorization")
+_READ_CHUNK: Final = 64 * 1024
+
+
+@dataclass(slots=True)
+class Response:
+    """What one attempt got back (the body itself is counted, not kept)."""
+
+    status: int
+    final_url: str
+    content_type: str | None
+    nbytes: int
+    redirects: list[str] = field(default_factory=list)
+    retry_after: str | None = None
+
+
+def map_exception(exc: BaseException, *, deadline_left: float) -> errors.FetchError:
+    """Translate a foreign exception into a FetchError. Most specific cases first."""
+    if isinstance(exc, errors.FetchError):
+        return exc
+    if isinstance(exc, TimeoutError):  # asyncio.TimeoutError and aiohttp's timeouts
+        if deadline_left <= 0.001:
+            return errors.Timeout("deadline exceeded")
+        kind = "connect" if isinstance(exc, client_exceptions.ConnectionTimeoutError) else "read"
+        return errors.AttemptTimeout(f"{kind} timeout")
+    if isinstance(exc, client_exceptions.ClientConnectorDNSError):
+        return errors.DNSError(_describe(exc.os_error))
+    if isinstance(exc, client_exceptions.ClientConnectorCertificateError):
+        return errors.TLSError(f"certificate error: {exc.certificate_error}")
+    if isinstance(exc, client_exceptions.ClientConnectorSSLError | ssl.SSLError):
+        return errors.TLSError(_describe(exc))
+    if isinstance(exc, client_exceptions.ClientConnectorError):
+        return errors.ConnectError(_describe(exc.os_error))
+    if isinstance(exc, client_exceptions.ClientPayloadError):
+        # Body shorter than Content-Length, broken chunked encoding, bad compression.
+        return errors.ProtocolError(_describe(exc))
+    if isinstance(exc, client_exceptions.ClientResponseError):
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, http_exceptions.HttpProcessingError) or exc.status in (0, 400):
+            return errors.ProtocolError(f"malformed response: {_describe(cause or exc)}")
+        return errors.ProtocolError(_describe(exc))
+    if isinstance(exc, http_exceptions.HttpProcessingError):
+        return errors.ProtocolError(f"malformed response: {_describe(exc)}")
+    if isinstance(exc, client_exceptions.ServerDisconnectedError):
+        return errors.ConnectError("server disconnected")
+    if isinstance(exc, client_exceptions.InvalidURL):
+        return errors.InvalidURL(_describe(exc))
+    if isinstance(exc, client_exceptions.ClientOSError | OSError):
+        return errors.ConnectError(_describe(exc))
+    if isinstance(exc, client_exceptions.ClientError):
+        return errors.ProtocolError(_describe(exc))
+    if isinstance(exc, UnicodeError | ValueError):
+        return errors.ProtocolError(_describe(exc))
+    raise exc
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    text = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+def make_session(config: FetchConfig) -> aiohttp.ClientSession:
+    """The one pooled session of a run: keep-alive, DNS cache, no cookie jar."""
+    connector = aiohttp.TCPConnector(
+        limit=config.pool_size,
+        limit_per_host=0,  # per-host limits are enforced by the frontier, not here
+        ttl_dns_cache=config.dns_cache_ttl,
+        ssl=config.verify_tls,
+    )
+    headers = CIMultiDict({"User-Agent": config.user_agent})
+    for name, value in config.headers:
+        if name.lower() == "user-agent":
+            headers["User-Agent"] = value
+        elif name.title() not in _SENSITIVE:  # credentials go per request: see Fetcher
+            headers.add(name, value)
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers=headers,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        max_line_size=config.max_header_bytes,
+        max_field_size=config.max_header_bytes,
+        auto_decompress=True,
+        trust_env=False,
+    )
+
+
+class Fetcher:
+    """Makes one attempt at a URL, following redirects, counting the body."""
+
+    def __init__(self, session: aiohttp.ClientSession, config: FetchConfig) -> None:
+        self._session = session
+        self._config = config
+        # Credentials are sent only to the origin of the input URL, never after a
+        # redirect to another origin (curl and aiohttp behave the same way).
+        self._credentials: CIMultiDict[str] | None = (
+            CIMultiDict((n, v) for n, v in config.headers if n.title() in _SENSITIVE) or None
+        )
+
+    async def fetch(self, url: URL, budget: float) -> Response:
+        """One attempt within ``budget`` seconds. Raises FetchError (mapped) on failure."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._follow(url)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            raise map_exception(exc, deadline_left=deadline - loop.time()) from exc
+
+    async def _follow(self, url: URL) -> Response:
+        config = self._config
+        session = self._session
+        redirects: list[str] = []
+        headers = self._credentials
+        origin = url.origin() if headers else None
+        while True:
+            async with session.request(
+                config.method,
+                url,
+                allow_redirects=False,
+                headers=headers,
+                timeout=ClientTimeout(total=None, sock_connect=config.connect_timeout),
+            ) as resp:
+                status = resp.status
+                location = resp.headers.get("Location") if status in _REDIRECTS else None
+                if location is None:
+                    result = Response(
+                        status=status,
+                        final_url=str(resp.url),
+                        content_type=resp.content_type if "Content-Type" in resp.headers else None,
+                        nbytes=0,
+                        redirects=redirects,
+                        retry_after=resp.headers.get("Retry-After"),
+                    )
+                    if config.method != "HEAD":
+                        try:
+                            result.nbytes = await self._count_body(resp)
+                        except errors.TooLarge as exc:
+                            exc.response = result
+                            raise
+                    return result
+            redirects.append(str(url))
+            if len(redirects) > config.max_redirects:
+                raise errors.TooManyRedirects(f"more than {config.max_redirects} redirects")
+            try:
+                nxt = url.join(URL(location))
+            except ValueError as exc:
+                raise errors.ProtocolError(f"invalid redirect Location {location!r}") from exc
+            if nxt.scheme not in ("http", "https") or not nxt.raw_host:
+                raise errors.ProtocolError(f"redirect to unsupported URL {location!r}")
+            url = nxt
+            if headers is not None and url.origin() != origin:
+                headers = None
+
+    async def _count_body(self, resp: aiohttp.ClientResponse) -> int:
+        """Read the body to the end, stopping at max_bytes (decompressed bytes count)."""
+        limit = self._config.max_bytes
+        declared = resp.content_length
+        if declared is not None and declared > limit and not resp.headers.get("Content-Encoding"):
+            raise errors.TooLarge(f"Content-Length {declared} exceeds --max-bytes {limit}")
+        total = 0
+        content = resp.content
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                return total
+            total += len(chunk)
+            if total > limit:
+                raise errors.TooLarge(f"body exceeds --max-bytes {limit}")

@@ -1,0 +1,252 @@
+"""The frontier: a bounded queue of URLs that hands workers only URLs they may start now.
+
+Items move through these places (``maxsize`` bounds ``fresh`` + ``parked``, so the
+reader waits when workers are busy and memory stays O(concurrency + queue size)):
+
+    reader --put--> fresh --get--> worker (holds a host slot) --done--> gone
+                      |   ^                         |
+                      v   |                         +--retry_later--> delayed (heap)
+             parked (host full)                                          |
+                      |                           due <---timer----------+
+                      +--host slot frees--> ready (slot already reserved)
+
+A worker never waits for a busy host while other hosts have work: a URL whose host is
+full is parked on that host and handed over, together with the slot, by the request that
+frees it. A parked URL always has a request of its host in flight, so it cannot be stranded.
+Back-off waits do not hold a worker either: the URL sits in ``delayed`` until it is due.
+
+All of this is synchronous state change between awaits; the only awaits are the waits of
+``get`` (nothing runnable) and ``put`` (queue full), implemented with plain futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections import deque
+from itertools import count
+
+from yarl import URL
+
+from crawler.limiter import HostState, HostTable
+from crawler.retry import Deadline
+
+
+class Item:
+    """One URL on its way through the pipeline, with the state its retries share."""
+
+    __slots__ = ("attempts", "deadline", "finished", "host", "host_key", "raw", "url")
+
+    def __init__(self, raw: str, url: URL, host_key: str) -> None:
+        self.raw = raw
+        self.url = url
+        self.host_key = host_key
+        self.host: HostState | None = None  # set while the item holds a slot of its host
+        self.attempts = 0
+        self.deadline: Deadline | None = None  # starts with the first attempt
+        self.finished = False  # its record is in the sink
+
+
+class Frontier:
+    def __init__(self, maxsize: int, hosts: HostTable) -> None:
+        self._maxsize = maxsize
+        self._hosts = hosts
+        self._fresh: deque[Item] = deque()
+        self._ready: deque[Item] = deque()
+        self._due: deque[Item] = deque()
+        self._delayed: list[tuple[float, int, Item]] = []
+        self._seq = count()
+        self._parked = 0
+        self.in_flight = 0
+        self._getters: deque[asyncio.Future[None]] = deque()
+        self._putters: deque[asyncio.Future[None]] = deque()
+        self._input_closed = False
+        self._stopped = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- sizes, for stats and tests -------------------------------------------------
+    @property
+    def queued(self) -> int:
+        """URLs waiting to start (fresh, parked, due, ready); back-offs not included."""
+        return len(self._fresh) + self._parked + len(self._due) + len(self._ready)
+
+    @property
+    def delayed(self) -> int:
+        return len(self._delayed)
+
+    @property
+    def finished(self) -> bool:
+        return self._stopped or (
+            self._input_closed
+            and self.in_flight == 0
+            and not self._fresh
+            and not self._ready
+            and not self._due
+            and not self._delayed
+            and self._parked == 0
+        )
+
+    # -- the reader's side ----------------------------------------------------------
+    def full(self) -> bool:
+        return len(self._fresh) + self._parked >= self._maxsize
+
+    async def put(self, item: Item) -> None:
+        """Add a URL, waiting while the frontier is full (backpressure on the reader)."""
+        while self.full() and not self._stopped:
+            fut = asyncio.get_running_loop().create_future()
+            self._putters.append(fut)
+            try:
+                await fut
+            finally:
+                if not fut.done():
+                    fut.cancel()
+        if self._stopped:
+            return
+        self._fresh.append(item)
+        self._wake_getter()
+
+    def close_input(self) -> None:
+        """No more URLs will be put; the run ends once everything queued is done."""
+        self._input_closed = True
+        if self.finished:
+            self._wake_all()
+
+    # -- the workers' side ----------------------------------------------------------
+    async def get(self) -> Item | None:
+        """The next URL whose host has room (its slot now held), or None when done."""
+        while True:
+            if self._stopped:
+                return None
+            item = self._take()
+            if item is not None:
+                self.in_flight += 1
+                if self._getters and self._runnable():
+                    self._wake_getter()
+                return item
+            if self.finished:
+                self._wake_all()
+                return None
+            fut = asyncio.get_running_loop().create_future()
+            self._getters.append(fut)
+            try:
+                await fut
+            finally:
+                if not fut.done():
+                    fut.cancel()
+
+    def _runnable(self) -> bool:
+        return bool(self._ready or self._due or self._fresh)
+
+    def _take(self) -> Item | None:
+        if self._ready:
+            self._wake_putter()
+            return self._ready.popleft()
+        hosts = self._hosts
+        for source in (self._due, self._fresh):
+            while source:
+                item = source.popleft()
+                host = hosts.get(item.host_key)
+                if host.has_room():
+                    host.active += 1
+                    item.host = host
+                    if source is self._fresh:
+                        self._wake_putter()
+                    return item
+                # Parked URLs (retries included) count toward the bound like fresh ones.
+                host.parked.append(item)
+                self._parked += 1
+        return None
+
+    def done(self, item: Item) -> None:
+        """The worker is finished with ``item`` (its record is written)."""
+        self.in_flight -= 1
+        self._release_slot(item)
+        if self.finished:
+            self._wake_all()
+
+    def retry_later(self, item: Item, delay: float) -> None:
+        """Give up the worker and the host slot; ``item`` comes back after ``delay`` s."""
+        self.in_flight -= 1
+        self._release_slot(item)
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        heapq.heappush(self._delayed, (due, next(self._seq), item))
+        if self._delayed[0][2] is item:
+            self._arm_timer(due)
+
+    def _release_slot(self, item: Item) -> None:
+        host = item.host
+        if host is None:
+            return
+        item.host = None
+        host.active -= 1
+        # Hand freed slots straight to URLs parked on this host.
+        while host.parked and host.has_room():
+            nxt = host.parked.popleft()
+            self._parked -= 1
+            host.active += 1
+            nxt.host = host
+            self._ready.append(nxt)
+            self._wake_getter()
+        if host.active == 0:
+            self._hosts.release(host)
+
+    def _arm_timer(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = asyncio.get_running_loop().time()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, item = heapq.heappop(self._delayed)
+            self._due.append(item)
+            self._wake_getter()
+        if self._delayed:
+            self._arm_timer(self._delayed[0][0])
+
+    # -- shutdown ---------------------------------------------------------------------
+    def stop(self) -> list[Item]:
+        """Stop handing out URLs; return every URL that was queued and not started."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        left = list(self._ready) + list(self._due) + list(self._fresh)
+        left.extend(item for _, _, item in self._delayed)
+        for host in list(self._hosts):
+            left.extend(host.parked)
+            host.parked.clear()
+        self._ready.clear()
+        self._due.clear()
+        self._fresh.clear()
+        self._delayed.clear()
+        self._parked = 0
+        self._wake_all()
+        for fut in self._putters:
+            if not fut.done():
+                fut.set_result(None)
+        self._putters.clear()
+        return left
+
+    # -- wake-ups -----------------------------------------------------------------------
+    def _wake_getter(self) -> None:
+        while self._getters:
+            fut = self._getters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    def _wake_all(self) -> None:
+        while self._getters:
+            fut = self._getters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    def _wake_putter(self) -> None:
+        while self._putters:
+            fut = self._putters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return

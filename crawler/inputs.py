@@ -1,0 +1,147 @@
+"""Lazy line reader for a URL list: a file path or standard input.
+
+Reads fixed-size chunks in a worker thread (one hop per chunk, not per line) so a
+10-million-line file never sits in memory and a slow stdin never blocks the event loop.
+Accepts a UTF-8 BOM, CRLF line ends, a missing final newline and invalid UTF-8
+(replaced by U+FFFD, so the line still gets its ``invalid_url`` record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import stat
+import threading
+from collections.abc import AsyncIterator
+from typing import Final
+
+from crawler.errors import UsageError
+
+CHUNK: Final = 256 * 1024
+_BOM: Final = b"\xef\xbb\xbf"
+
+
+class LineSource:
+    """Batches of stripped, non-blank, non-comment lines from a file or stdin."""
+
+    def __init__(self, path: str | None, *, max_line_bytes: int = 1 << 20) -> None:
+        self._path = None if path in (None, "-") else path
+        self._max_line = max_line_bytes
+        self._fd: int | None = None
+        self.total_bytes: int | None = None  # known for regular files: lets progress show ETA
+        self.bytes_read = 0
+
+    def open(self) -> None:
+        """Open the input now, so an unreadable path is a usage error before the run starts."""
+        if self._path is None:
+            self._fd = os.dup(0)
+        else:
+            try:
+                self._fd = os.open(self._path, os.O_RDONLY)
+            except OSError as exc:
+                raise UsageError(f"cannot read input {self._path!r}: {exc.strerror}") from None
+            st = os.fstat(self._fd)
+            if stat.S_ISDIR(st.st_mode):
+                self.close()
+                raise UsageError(f"cannot read input {self._path!r}: is a directory")
+        st = os.fstat(self._fd)
+        if stat.S_ISREG(st.st_mode):
+            self.total_bytes = st.st_size
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    async def batches(self) -> AsyncIterator[list[str]]:
+        """Yield lists of lines, one list per chunk read."""
+        if self._fd is None:
+            self.open()
+        pending = b""
+        first = True
+        skipping = False  # inside an over-long line whose head was already yielded
+        async for chunk in self._chunks():
+            self.bytes_read += len(chunk)
+            if first:
+                first = False
+                if chunk.startswith(_BOM):
+                    chunk = chunk[len(_BOM) :]
+            data = pending + chunk if pending else chunk
+            parts = data.split(b"\n")
+            pending = parts.pop()
+            if skipping and parts:
+                parts[0] = b""
+                skipping = False
+            if len(pending) > self._max_line:
+                # An absurdly long line: keep its head (it becomes an invalid_url
+                # record) and drop the rest up to the next newline.
+                if not skipping:
+                    parts.append(pending[: self._max_line])
+                pending = b""
+                skipping = True
+            lines = _clean(parts)
+            if lines:
+                yield lines
+        if pending and not skipping:
+            lines = _clean([pending])
+            if lines:
+                yield lines
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        """Chunks read by a daemon thread, handed over through a small bounded queue.
+
+        A dedicated daemon thread rather than the default executor: a read blocked on an
+        interactive or idle stdin must not keep the process alive at exit (asyncio.run
+        waits for the default executor's threads).
+        """
+        fd = self._fd
+        assert fd is not None  # noqa: S101 - open() ran above
+        self._fd = None  # the pump thread owns the descriptor from now on
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes | OSError] = asyncio.Queue(maxsize=4)
+        abandoned = threading.Event()
+
+        def pump() -> None:
+            try:
+                while not abandoned.is_set():
+                    try:
+                        item: bytes | OSError = os.read(fd, CHUNK)
+                    except OSError as exc:
+                        item = exc
+                    fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+                    while True:
+                        try:
+                            fut.result(timeout=0.5)
+                            break
+                        except concurrent.futures.TimeoutError:
+                            if abandoned.is_set():
+                                fut.cancel()
+                                return
+                    if not item or isinstance(item, OSError):
+                        return
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                return
+            finally:
+                os.close(fd)
+
+        threading.Thread(target=pump, name="crawler-input", daemon=True).start()
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, OSError):
+                    raise UsageError(f"error reading input: {item.strerror}")
+                if not item:
+                    return
+                yield item
+        finally:
+            abandoned.set()
+
+
+def _clean(parts: list[bytes]) -> list[str]:
+    out = []
+    for raw in parts:
+        line = raw.strip()
+        if line and not line.startswith(b"#"):
+            out.append(line.decode("utf-8", "replace"))
+    return out

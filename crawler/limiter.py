@@ -1,0 +1,256 @@
+"""Concurrency and pacing: the dynamic semaphore, per-host slots, RPS pacers, AIMD.
+
+Concurrency model (read this before changing the frontier or the engine):
+
+- ``-c`` workers exist; a ``DynamicSemaphore`` caps how many of them hold a request at
+  once and can be resized while running (the adaptive controller shrinks it when the
+  event loop lags, i.e. when more concurrency would only add queueing in our own process).
+- Per host, ``HostState.active`` counts requests in flight and ``HostState.limit`` caps
+  it (``--per-host``, lowered and raised by the AIMD controller with ``--adaptive``).
+  These are plain integers changed without awaiting in between, so no lock is needed.
+- Pacing uses GCRA (a token bucket expressed as a "theoretical arrival time"): a request
+  reserves the next free start time of the global bucket and of its host's bucket at once
+  and sleeps until then. Reservations are O(1) and never hold anything while sleeping.
+
+Per-host state is dropped when the host is idle and has nothing worth remembering (see
+``HostTable.sweep``), so a list of a million hosts does not grow memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from crawler.breaker import Breaker
+from crawler.config import BreakerConfig, LimitConfig
+
+if TYPE_CHECKING:
+    from crawler.frontier import Item
+
+
+class DynamicSemaphore:
+    """A semaphore whose limit can change while permits are held.
+
+    Shrinking never revokes a held permit: it just makes ``acquire`` wait until enough
+    permits are released to be under the new limit.
+    """
+
+    __slots__ = ("_held", "_limit", "_waiters")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._held = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def resize(self, limit: int) -> None:
+        self._limit = max(1, limit)
+        self._wake()
+
+    async def acquire(self) -> None:
+        if self._held < self._limit and not self._waiters:
+            self._held += 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                # We were handed a permit and then cancelled: give it back.
+                self._held -= 1
+                self._wake()
+            elif fut in self._waiters:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        self._held -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._held < self._limit:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self._held += 1
+                fut.set_result(None)
+
+
+class Pacer:
+    """GCRA rate limiter: at most ``rate``/s on average, bursts of up to ``burst``."""
+
+    __slots__ = ("interval", "tat", "tolerance")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.interval = 1.0 / rate
+        self.tolerance = (burst - 1) * self.interval
+        self.tat = 0.0  # theoretical arrival time of the next conforming request
+
+    def earliest(self, now: float) -> float:
+        return max(now, self.tat - self.tolerance)
+
+    def commit(self, start: float) -> None:
+        self.tat = max(self.tat, start) + self.interval
+
+    def idle(self, now: float) -> bool:
+        return self.tat <= now
+
+
+def reserve(now: float, first: Pacer | None, second: Pacer | None) -> float:
+    """Reserve one request in both pacers; return the delay until it may start."""
+    start = now
+    if first is not None:
+        start = first.earliest(start)
+    if second is not None:
+        start = max(start, second.earliest(start))
+    if first is not None:
+        first.commit(start)
+    if second is not None:
+        second.commit(start)
+    return start - now
+
+
+class AIMD:
+    """Additive-increase / multiplicative-decrease of one host's concurrency limit.
+
+    - congestion (429, 503, timeouts, connect errors): limit halves, at most once per
+      ``cooldown`` seconds so one burst of failures from concurrent requests counts once;
+    - latency: a fast EWMA above twice a slow EWMA (and above 50 ms) is early congestion:
+      limit x0.9, same cooldown;
+    - success: limit += 1/limit, i.e. +1 per window of successful requests.
+    """
+
+    __slots__ = ("_clock", "_last_cut", "ceiling", "cooldown", "fast", "limit", "slow")
+
+    def __init__(self, ceiling: int, clock: Callable[[], float], cooldown: float = 1.0) -> None:
+        self.ceiling = float(ceiling)
+        self.limit = float(ceiling)
+        self._clock = clock
+        self.cooldown = cooldown
+        self._last_cut = float("-inf")
+        self.fast = 0.0
+        self.slow = 0.0
+
+    def _cut(self, factor: float) -> None:
+        now = self._clock()
+        if now - self._last_cut >= self.cooldown:
+            self._last_cut = now
+            self.limit = max(1.0, self.limit * factor)
+
+    def on_congestion(self) -> None:
+        self._cut(0.5)
+
+    def on_success(self, latency: float) -> None:
+        if self.slow == 0.0:
+            self.fast = self.slow = latency
+        else:
+            self.fast += 0.3 * (latency - self.fast)
+            self.slow += 0.02 * (latency - self.slow)
+        if self.fast > 2.0 * self.slow and self.fast > 0.05:
+            self._cut(0.9)
+        elif self.limit < self.ceiling:
+            self.limit = min(self.ceiling, self.limit + 1.0 / self.limit)
+
+    @property
+    def permits(self) -> int:
+        return int(self.limit)
+
+
+class HostState:
+    """Everything kept per host: slots in use, parked URLs, pacer, breaker, AIMD."""
+
+    __slots__ = ("active", "aimd", "breaker", "key", "limit", "pacer", "parked")
+
+    def __init__(
+        self,
+        key: str,
+        limit: int,
+        pacer: Pacer | None,
+        breaker: Breaker | None,
+        aimd: AIMD | None,
+    ) -> None:
+        self.key = key
+        self.active = 0
+        self.limit = limit
+        self.pacer = pacer
+        self.breaker = breaker
+        self.aimd = aimd
+        self.parked: deque[Item] = deque()
+
+    def has_room(self) -> bool:
+        if self.aimd is not None:
+            return self.active < self.aimd.permits
+        return self.active < self.limit
+
+    def forgettable(self, now: float) -> bool:
+        """Idle with nothing to remember (AIMD state is relearned from scratch)."""
+        return (
+            self.active == 0
+            and not self.parked
+            and (self.breaker is None or self.breaker.forgettable(now))
+            and (self.pacer is None or self.pacer.idle(now))
+            and (self.aimd is None or self.aimd.limit >= self.aimd.ceiling)
+        )
+
+
+class HostTable:
+    """Per-host state, created on first use and dropped when forgettable."""
+
+    def __init__(
+        self, limits: LimitConfig, breaker: BreakerConfig, clock: Callable[[], float]
+    ) -> None:
+        self._limits = limits
+        self._breaker = breaker
+        self._clock = clock
+        self._hosts: dict[str, HostState] = {}
+        self.global_pacer = Pacer(limits.rps, limits.burst) if limits.rps > 0 else None
+
+    def __len__(self) -> int:
+        return len(self._hosts)
+
+    def __iter__(self) -> Any:
+        return iter(self._hosts.values())
+
+    def get(self, key: str) -> HostState:
+        host = self._hosts.get(key)
+        if host is None:
+            limits = self._limits
+            host = HostState(
+                key,
+                limits.host_limit,
+                Pacer(limits.per_host_rps, limits.burst) if limits.per_host_rps > 0 else None,
+                Breaker(self._breaker.threshold, self._breaker.cooldown, self._clock)
+                if self._breaker.threshold > 0
+                else None,
+                AIMD(limits.host_limit, self._clock) if limits.adaptive else None,
+            )
+            self._hosts[key] = host
+        return host
+
+    def release(self, host: HostState) -> None:
+        """Called when a request of ``host`` ends; forgets the host at once if it can."""
+        if host.active == 0 and host.forgettable(self._clock()):
+            self._hosts.pop(host.key, None)
+
+    def sweep(self) -> int:
+        """Drop every forgettable host (breakers that cooled down, pacers that caught up)."""
+        now = self._clock()
+        dead = [key for key, host in self._hosts.items() if host.forgettable(now)]
+        for key in dead:
+            del self._hosts[key]
+        return len(dead)
+
+    def delay(self, host: HostState) -> float:
+        """Reserve a start time in the global and the host's pacer; the wait until then."""
+        if self.global_pacer is None and host.pacer is None:
+            return 0.0
+        return reserve(self._clock(), self.global_pacer, host.pacer)

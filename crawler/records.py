@@ -1,0 +1,52 @@
+"""The output record (one per input URL) and its JSON encoding."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+
+_ENCODE_OPTS = orjson.OPT_APPEND_NEWLINE
+
+
+@dataclass(slots=True)
+class Record:
+    """One line of output. Field order is the JSON key order; see README "Records"."""
+
+    url: str
+    final_url: str | None = None
+    status: int | None = None
+    ok: bool = False
+    error: dict[str, str] | None = None
+    attempts: int = 0
+    elapsed_ms: float = 0.0
+    bytes: int = 0
+    content_type: str | None = None
+    redirects: list[str] = field(default_factory=list)
+    fetched_at: str = ""
+
+
+def encode(record: Record) -> bytes:
+    """One JSON line, newline included. orjson encodes slotted dataclasses natively."""
+    return orjson.dumps(record, option=_ENCODE_OPTS)
+
+
+class UTCStamp:
+    """ISO 8601 UTC timestamps with millisecond precision, formatting the date part once
+    per second instead of once per record."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
