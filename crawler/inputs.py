@@ -80,11 +80,11 @@ class LineSource:
                     parts.append(pending[: self._max_line])
                 pending = b""
                 skipping = True
-            lines = _clean(parts)
+            lines = _clean(parts, self._max_line)
             if lines:
                 yield lines
         if pending and not skipping:
-            lines = _clean([pending])
+            lines = _clean([pending], self._max_line)
             if lines:
                 yield lines
 
@@ -138,10 +138,12 @@ class LineSource:
             abandoned.set()
 
 
-def _clean(parts: list[bytes]) -> list[str]:
+def _clean(parts: list[bytes], max_line: int) -> list[str]:
     out = []
     for raw in parts:
         line = raw.strip()
+        if len(line) > max_line:
+            line = line[:max_line]
         if line and not line.startswith(b"#"):
             out.append(line.decode("utf-8", "replace"))
     return out

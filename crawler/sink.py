@@ -28,7 +28,6 @@ class Sink:
     def __init__(self, config: SinkConfig) -> None:
         self._config = config
         self._buf = bytearray()
-        self._spare = bytearray()
         self._count = 0
         self._kick = asyncio.Event()
         self._drained = asyncio.Event()
@@ -92,7 +91,9 @@ class Sink:
     async def _write_batch(self) -> None:
         if not self._buf:
             return
-        buf, self._buf = self._buf, self._spare
+        # A fresh buffer per batch (one allocation per batch, not per record): the old
+        # one may still be referenced by the writer thread's memoryview.
+        buf, self._buf = self._buf, bytearray()
         count, self._count = self._count, 0
         try:
             if not self.broken:
@@ -100,17 +101,14 @@ class Sink:
                 self.written += count
                 self.bytes_written += len(buf)
         finally:
-            buf.clear()
-            self._spare = buf
             if len(self._buf) < self._high_water:
                 self._drained.set()
 
     async def _write_all(self, data: bytearray) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                n = await self._file.write(view)
-                view = view[n:]
+            written = await self._file.write(data)
+            while written < len(data):  # a short write: rare, but a pipe may do it
+                written += await self._file.write(data[written:])
         except BrokenPipeError:
             self.broken = True
             self._drained.set()
@@ -119,8 +117,6 @@ class Sink:
             os.dup2(devnull, 1)
             os.close(devnull)
             raise OutputClosed from None
-        finally:
-            view.release()
 
     async def flush(self) -> None:
         """Write everything queued now (used at shutdown, shielded by the caller)."""

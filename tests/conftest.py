@@ -1,0 +1,164 @@
+"""Shared fixtures: a real aiohttp.web server on several loopback addresses, engine runner."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from crawler.config import (
+    BreakerConfig,
+    FetchConfig,
+    InputConfig,
+    LimitConfig,
+    RetryConfig,
+    RunConfig,
+    SinkConfig,
+)
+from crawler.engine import Engine, RunResult
+from crawler.inputs import LineSource
+
+HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+
+
+@dataclass
+class Recorder:
+    """What the test server saw: per-Host concurrency, hit counts, arrival times."""
+
+    active: collections.Counter[str] = field(default_factory=collections.Counter)
+    peak: collections.Counter[str] = field(default_factory=collections.Counter)
+    hits: collections.Counter[str] = field(default_factory=collections.Counter)
+    times: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
+    headers: list[dict[str, str]] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def make_app(rec: Recorder) -> web.Application:
+    async def track(request: web.Request) -> None:
+        key = request.path_qs
+        rec.hits[key] += 1
+        rec.times[request.path].append(time.monotonic())
+        rec.headers.append(dict(request.headers))
+
+    async def ok(request: web.Request) -> web.Response:
+        await track(request)
+        return web.Response(text="<html>ok</html>", content_type="text/html")
+
+    async def slow(request: web.Request) -> web.Response:
+        await track(request)
+        host = request.host
+        rec.active[host] += 1
+        rec.peak[host] = max(rec.peak[host], rec.active[host])
+        try:
+            await asyncio.sleep(float(request.query.get("s", "0.05")))
+        finally:
+            rec.active[host] -= 1
+        return web.Response(text="slow")
+
+    async def status(request: web.Request) -> web.Response:
+        await track(request)
+        headers = {}
+        if "retry_after" in request.query:
+            headers["Retry-After"] = request.query["retry_after"]
+        return web.Response(status=int(request.match_info["code"]), headers=headers, text="x")
+
+    async def flaky(request: web.Request) -> web.Response:
+        """Fails with ?code= (default 503) the first ?fail= times for this path, then 200."""
+        await track(request)
+        fails = int(request.query.get("fail", "1"))
+        if rec.hits[request.path_qs] <= fails:
+            headers = {}
+            if "retry_after" in request.query:
+                headers["Retry-After"] = request.query["retry_after"]
+            code = int(request.query.get("code", "503"))
+            return web.Response(status=code, headers=headers, text="busy")
+        return web.Response(text="recovered")
+
+    async def hang(request: web.Request) -> web.Response:
+        await track(request)
+        await rec.release.wait()
+        return web.Response(text="late")
+
+    async def redirect(request: web.Request) -> web.Response:
+        await track(request)
+        raise web.HTTPFound(request.query["to"])
+
+    app = web.Application()
+    app.router.add_get("/ok/{tail:.*}", ok)
+    app.router.add_get("/ok", ok)
+    app.router.add_get("/slow/{tail:.*}", slow)
+    app.router.add_get("/status/{code}", status)
+    app.router.add_get("/status/{code}/{tail:.*}", status)
+    app.router.add_get("/flaky/{tail:.*}", flaky)
+    app.router.add_get("/hang/{tail:.*}", hang)
+    app.router.add_get("/redirect", redirect)
+    return app
+
+
+@dataclass
+class Server:
+    rec: Recorder
+    ports: dict[str, int]
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.ports[host]}{path}"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    rec = Recorder()
+    runner = web.AppRunner(make_app(rec), access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    ports = {}
+    for host in HOSTS:
+        site = web.TCPSite(runner, host, 0)
+        await site.start()
+        ports[host] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield Server(rec, ports)
+    finally:
+        rec.release.set()
+        await runner.cleanup()
+
+
+def make_config(tmp_path: Path, **kw: Any) -> RunConfig:
+    """A RunConfig for tests: small timeouts, output into tmp_path/out.jsonl."""
+    limits = {k: kw.pop(k) for k in list(kw) if k in LimitConfig.__dataclass_fields__}
+    retry = {k: kw.pop(k) for k in list(kw) if k in RetryConfig.__dataclass_fields__}
+    fetch = {k: kw.pop(k) for k in list(kw) if k in FetchConfig.__dataclass_fields__}
+    breaker = {k.removeprefix("breaker_"): kw.pop(k) for k in list(kw) if k.startswith("breaker_")}
+    dedup = kw.pop("dedup", True)
+    retry.setdefault("timeout", 5.0)
+    retry.setdefault("backoff_base", 0.01)
+    return RunConfig(
+        input=InputConfig(dedup=dedup),
+        limits=LimitConfig(**limits),
+        retry=RetryConfig(**retry),
+        fetch=FetchConfig(**fetch),
+        breaker=BreakerConfig(**breaker),
+        sink=SinkConfig(output=str(tmp_path / "out.jsonl"), flush_interval=0.05),
+        **kw,
+    )
+
+
+async def run_engine(
+    tmp_path: Path, lines: Iterable[str], **kw: Any
+) -> tuple[RunResult, list[dict[str, Any]]]:
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(lines) + "\n")
+    config = make_config(tmp_path, **kw)
+    engine = Engine(config, LineSource(str(src)), install_signal_handlers=False)
+    result = await engine.run()
+    return result, read_records(tmp_path / "out.jsonl")
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]

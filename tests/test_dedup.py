@@ -1,0 +1,49 @@
+"""The compact fingerprint set used for dedup."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crawler.dedup import FingerprintSet, fingerprint
+
+
+def test_add_reports_new_and_seen() -> None:
+    s = FingerprintSet()
+    assert s.add_key("http://a/") is True
+    assert s.add_key("http://a/") is False
+    assert s.add_key("http://b/") is True
+    assert len(s) == 2
+    assert fingerprint("http://a/") in s
+
+
+def test_grows_and_keeps_everything() -> None:
+    s = FingerprintSet()
+    keys = [f"http://h/{i}" for i in range(50_000)]
+    assert all(s.add_key(k) for k in keys)
+    assert not any(s.add_key(k) for k in keys)
+    assert len(s) == 50_000
+
+
+def test_memory_is_about_16_bytes_per_url() -> None:
+    s = FingerprintSet()
+    n = 200_000
+    for i in range(n):
+        s.add_key(f"http://h/{i}")
+    # 8-byte slots, at most 3/4 full before doubling: between 10.7 and 21.3 bytes/URL.
+    assert s.nbytes / n <= 21.5
+
+
+def test_zero_fingerprint_is_never_stored_as_empty() -> None:
+    s = FingerprintSet()
+    assert s.add(1) is True and s.add(1) is False
+
+
+@given(st.lists(st.text(max_size=30), max_size=200))
+def test_behaves_like_a_set(keys: list[str]) -> None:
+    s = FingerprintSet()
+    seen: set[str] = set()
+    for k in keys:
+        assert s.add_key(k) == (k not in seen)
+        seen.add(k)
+    assert len(s) == len(seen)

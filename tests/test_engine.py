@@ -1,0 +1,249 @@
+"""The whole pipeline against a real aiohttp.web server on several loopback addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+from crawler.engine import Engine
+from crawler.inputs import LineSource
+from tests.conftest import Server, make_config, read_records, run_engine
+
+FIELDS = {
+    "url",
+    "final_url",
+    "status",
+    "ok",
+    "error",
+    "attempts",
+    "elapsed_ms",
+    "bytes",
+    "content_type",
+    "redirects",
+    "fetched_at",
+}
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_one_record_per_distinct_url(server: Server, tmp_path: Path) -> None:
+    urls = [server.url(f"/ok/{i}") for i in range(50)]
+    lines = [*urls, urls[0], urls[1].upper().replace("/OK/", "/ok/"), "not a url", "not a url"]
+    result, records = await run_engine(tmp_path, lines, concurrency=8)
+    by_url = {r["url"]: r for r in records}
+    assert len(records) == len(by_url) == 51  # 50 URLs + one invalid line
+    assert all(set(r) == FIELDS for r in records)
+    assert by_url["not a url"]["error"]["kind"] == "invalid_url"
+    assert by_url["not a url"]["attempts"] == 0
+    good = by_url[urls[3]]
+    assert good["ok"] is True and good["status"] == 200 and good["error"] is None
+    assert good["bytes"] == len("<html>ok</html>") and good["content_type"] == "text/html"
+    assert good["attempts"] == 1 and good["final_url"] == urls[3]
+    assert good["fetched_at"].endswith("Z")
+    assert result.snapshot.duplicates == 3
+    assert sum(server.rec.hits.values()) == 50
+
+
+async def test_no_dedup_fetches_duplicates(server: Server, tmp_path: Path) -> None:
+    url = server.url("/ok/dup")
+    _, records = await run_engine(tmp_path, [url] * 5, dedup=False)
+    assert len(records) == 5
+    assert server.rec.hits["/ok/dup"] == 5
+
+
+async def test_per_host_limit_holds_under_load(server: Server, tmp_path: Path) -> None:
+    lines = [server.url(f"/slow/{i}?s=0.03", host) for i in range(40) for host in server.ports]
+    _, records = await run_engine(tmp_path, lines, concurrency=30, per_host=3)
+    assert len(records) == 120 and all(r["ok"] for r in records)
+    for host, port in server.ports.items():
+        # The server counts concurrent requests per Host header: never above the limit,
+        # and the limit is actually reached (the hosts run in parallel, not one by one).
+        assert server.rec.peak[f"{host}:{port}"] == 3
+
+
+async def test_deadline_bounds_a_hanging_url_with_retries_left(
+    server: Server, tmp_path: Path
+) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    _, records = await run_engine(tmp_path, [server.url("/hang/1")], timeout=0.6, retries=5)
+    took = loop.time() - started
+    [rec] = records
+    assert rec["error"]["kind"] == "timeout"
+    assert rec["attempts"] == 1
+    assert 550 <= rec["elapsed_ms"] <= 1000
+    assert took < 2.0
+
+
+async def test_retries_then_success_counts_attempts(server: Server, tmp_path: Path) -> None:
+    _, records = await run_engine(tmp_path, [server.url("/flaky/a?fail=2")], retries=2)
+    [rec] = records
+    assert rec["ok"] is True and rec["status"] == 200 and rec["attempts"] == 3
+
+
+async def test_retries_exhausted_gives_http_error(server: Server, tmp_path: Path) -> None:
+    _, records = await run_engine(tmp_path, [server.url("/flaky/b?fail=5")], retries=1)
+    [rec] = records
+    assert rec["ok"] is False and rec["status"] == 503 and rec["attempts"] == 2
+    assert rec["error"]["kind"] == "http"
+
+
+async def test_4xx_is_not_retried(server: Server, tmp_path: Path) -> None:
+    _, records = await run_engine(tmp_path, [server.url("/status/404")], retries=3)
+    [rec] = records
+    assert rec["status"] == 404 and rec["attempts"] == 1 and rec["error"]["kind"] == "http"
+
+
+async def test_retry_after_is_honoured(server: Server, tmp_path: Path) -> None:
+    url = server.url("/flaky/c?fail=1&retry_after=1")
+    _, records = await run_engine(tmp_path, [url], retries=2, timeout=5.0)
+    [rec] = records
+    assert rec["ok"] is True and rec["attempts"] == 2
+    first, second = server.rec.times["/flaky/c"]
+    assert second - first >= 1.0
+
+
+async def test_retry_after_beyond_deadline_is_not_waited(server: Server, tmp_path: Path) -> None:
+    url = server.url("/status/503?retry_after=3600")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    _, records = await run_engine(tmp_path, [url], retries=3, timeout=2.0)
+    [rec] = records
+    assert rec["attempts"] == 1 and rec["status"] == 503 and rec["error"]["kind"] == "http"
+    assert loop.time() - started < 1.5
+
+
+async def test_back_off_does_not_hold_a_worker(server: Server, tmp_path: Path) -> None:
+    # One worker: while the flaky URL waits out its Retry-After, the other URL is fetched.
+    flaky = server.url("/flaky/d?fail=1&retry_after=1")
+    other = server.url("/ok/other", "127.0.0.2")
+    _, records = await run_engine(tmp_path, [flaky, other], concurrency=1, retries=1)
+    assert [r["url"] for r in records] == [other, flaky]
+    assert all(r["ok"] for r in records)
+
+
+async def test_rps_paces_within_a_few_percent(server: Server, tmp_path: Path) -> None:
+    lines = [server.url(f"/ok/{i}") for i in range(31)]
+    _, records = await run_engine(tmp_path, lines, concurrency=10, per_host=10, rps=20, burst=1)
+    assert len(records) == 31
+    times = sorted(server.rec.times["/ok/" + str(i)][0] for i in range(31))
+    rate = 30 / (times[-1] - times[0])
+    assert 19.0 <= rate <= 21.0
+
+
+async def test_per_host_rps_paces_each_host_separately(server: Server, tmp_path: Path) -> None:
+    hosts = ["127.0.0.1", "127.0.0.2"]
+    lines = [server.url(f"/ok/{h}/{i}", h) for i in range(11) for h in hosts]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    _, records = await run_engine(tmp_path, lines, concurrency=10, per_host_rps=10, burst=1)
+    took = loop.time() - started
+    assert len(records) == 22
+    for h in hosts:
+        times = sorted(server.rec.times[f"/ok/{h}/{i}"][0] for i in range(11))
+        assert 9.0 <= 10 / (times[-1] - times[0]) <= 11.0
+    assert took < 1.8  # the two hosts were paced in parallel (serially it would be >= 2 s)
+
+
+async def test_breaker_opens_and_refuses_at_once(tmp_path: Path) -> None:
+    port = closed_port()
+    lines = [f"http://127.0.0.1:{port}/{i}" for i in range(10)]
+    _, records = await run_engine(
+        tmp_path, lines, concurrency=1, retries=0, breaker_threshold=3, breaker_cooldown=60
+    )
+    kinds = [r["error"]["kind"] for r in records]
+    assert kinds == ["connect"] * 3 + ["circuit_open"] * 7
+    assert all(r["attempts"] == 0 for r in records[3:])
+
+
+async def test_breaker_half_open_probe_recovers(server: Server, tmp_path: Path) -> None:
+    # Injected clock: each hit on the other host's /ok/tick moves time on by a cooldown.
+    def clock() -> float:
+        return time.monotonic() + 10.0 * server.rec.hits["/ok/tick"]
+
+    lines = [server.url(f"/status/500/{i}") for i in range(2)]
+    lines += [server.url("/ok/refused"), server.url("/ok/tick", "127.0.0.2")]
+    lines += [server.url("/ok/probe"), server.url("/ok/after")]
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(lines) + "\n")
+    config = make_config(
+        tmp_path, concurrency=1, retries=0, breaker_threshold=2, breaker_cooldown=5.0
+    )
+    engine = Engine(config, LineSource(str(src)), install_signal_handlers=False, clock=clock)
+    await engine.run()
+    records = read_records(tmp_path / "out.jsonl")
+    kinds = [r["error"]["kind"] if r["error"] else "ok" for r in records]
+    # Two 500s open the breaker; the next URL is refused at once; after the cooldown
+    # the probe goes through, succeeds and closes the breaker for the URLs after it.
+    assert kinds == ["http", "http", "circuit_open", "ok", "ok", "ok"]
+    assert server.rec.hits["/ok/refused"] == 0
+    assert server.rec.hits["/ok/probe"] == 1 and server.rec.hits["/ok/after"] == 1
+
+
+async def test_redirects_are_recorded(server: Server, tmp_path: Path) -> None:
+    target = server.url("/ok/final")
+    url = server.url(f"/redirect?to={target}")
+    _, records = await run_engine(tmp_path, [url])
+    [rec] = records
+    assert rec["ok"] and rec["final_url"] == target and rec["redirects"] == [url]
+
+
+async def test_stop_cancels_in_flight_and_queued(server: Server, tmp_path: Path) -> None:
+    lines = [server.url(f"/hang/{i}") for i in range(20)]
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(lines) + "\n")
+    config = make_config(tmp_path, concurrency=4, per_host=4, grace=0.2, timeout=30)
+    engine = Engine(config, LineSource(str(src)), install_signal_handlers=False)
+    task = asyncio.create_task(engine.run())
+    for _ in range(500):  # bounded wait until 4 requests reached the server
+        if sum(server.rec.hits.values()) >= 4:
+            break
+        await asyncio.sleep(0.01)
+    engine.request_stop()
+    result = await asyncio.wait_for(task, 5)
+    records = read_records(tmp_path / "out.jsonl")
+    assert result.interrupted
+    assert sorted(r["url"] for r in records) == sorted(lines)
+    assert {r["error"]["kind"] for r in records} == {"cancelled"}
+    assert sum(1 for r in records if r["attempts"] == 1) == 4
+
+
+async def test_in_flight_requests_finish_within_grace(server: Server, tmp_path: Path) -> None:
+    lines = [server.url(f"/slow/{i}?s=0.3") for i in range(2)]
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(lines) + "\n")
+    config = make_config(tmp_path, concurrency=2, grace=5.0)
+    engine = Engine(config, LineSource(str(src)), install_signal_handlers=False)
+    task = asyncio.create_task(engine.run())
+    for _ in range(500):
+        if sum(server.rec.hits.values()) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    engine.request_stop()
+    result = await asyncio.wait_for(task, 5)
+    records = read_records(tmp_path / "out.jsonl")
+    assert result.interrupted
+    assert all(r["ok"] for r in records) and len(records) == 2
+
+
+async def test_second_stop_cuts_the_grace_short(server: Server, tmp_path: Path) -> None:
+    src = tmp_path / "urls.txt"
+    src.write_text(server.url("/hang/x") + "\n")
+    config = make_config(tmp_path, grace=30.0, timeout=60)
+    engine = Engine(config, LineSource(str(src)), install_signal_handlers=False)
+    task = asyncio.create_task(engine.run())
+    for _ in range(500):
+        if server.rec.hits:
+            break
+        await asyncio.sleep(0.01)
+    engine.request_stop()
+    engine.request_stop()
+    await asyncio.wait_for(task, 3)
+    [rec] = read_records(tmp_path / "out.jsonl")
+    assert rec["error"]["kind"] == "cancelled" and rec["attempts"] == 1

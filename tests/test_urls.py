@@ -1,0 +1,100 @@
+"""URL validation and the canonical dedup key."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crawler.errors import InvalidURL
+from crawler.urls import canonical_key, host_key, parse_url
+
+
+def key(text: str) -> str:
+    return canonical_key(parse_url(text))
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("HTTP://Example.COM/a", "http://example.com/a"),
+        ("http://example.com:80/a", "http://example.com/a"),
+        ("https://example.com:443/", "https://example.com/"),
+        ("http://example.com", "http://example.com/"),
+        ("http://example.com/a#frag", "http://example.com/a"),
+        ("http://example.com/%7euser", "http://example.com/~user"),
+        ("http://example.com/a%2fb", "http://example.com/a%2Fb"),
+        ("http://bücher.de/", "http://xn--bcher-kva.de/"),
+    ],
+)
+def test_equivalent_urls_share_a_key(a: str, b: str) -> None:
+    assert key(a) == key(b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("http://example.com/a", "https://example.com/a"),
+        ("http://example.com:8080/a", "http://example.com/a"),
+        ("http://example.com/a?x=1&y=2", "http://example.com/a?y=2&x=1"),
+        ("http://example.com/a/", "http://example.com/a"),
+        ("http://example.com/A", "http://example.com/a"),
+        ("http://u:p@example.com/", "http://example.com/"),
+    ],
+)
+def test_different_urls_keep_different_keys(a: str, b: str) -> None:
+    assert key(a) != key(b)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "example.com",
+        "/relative/path",
+        "ftp://example.com/",
+        "mailto:a@b.c",
+        "http://",
+        "http:///path",
+        "http://exa mple.com/",
+        "http://host:99999/",
+        "http://host:0/",
+        "http://ho\x00st/",
+        "javascript:alert(1)",
+        "http://[::1/",
+    ],
+)
+def test_invalid_urls_raise_invalid_url(text: str) -> None:
+    with pytest.raises(InvalidURL):
+        parse_url(text)
+
+
+def test_valid_forms() -> None:
+    assert parse_url("http://[::1]:8080/x").port == 8080
+    assert key("http://[::1]:80/x") == "http://[::1]/x"
+    assert parse_url("https://user:pw@host.example/").raw_host == "host.example"
+    assert host_key(parse_url("http://h/")) == "h:80"
+    assert host_key(parse_url("https://h/")) == "h:443"
+
+
+@given(st.text(max_size=300))
+def test_any_text_is_either_valid_or_invalid_url(text: str) -> None:
+    try:
+        url = parse_url(text)
+    except InvalidURL:
+        return
+    assert url.scheme in ("http", "https")
+    assert canonical_key(url) == canonical_key(parse_url(canonical_key(url)))
+
+
+@given(
+    st.sampled_from(["http", "HTTP", "https"]),
+    st.from_regex(r"[a-z][a-z0-9-]{0,20}\.(com|org|test)", fullmatch=True),
+    st.lists(st.from_regex(r"[A-Za-z0-9._~-]{1,8}", fullmatch=True), max_size=4),
+)
+def test_key_is_stable_under_case_and_default_port(
+    scheme: str, host: str, parts: list[str]
+) -> None:
+    path = "/" + "/".join(parts)
+    port = ":443" if scheme.lower() == "https" else ":80"
+    assert key(f"{scheme}://{host.upper()}{port}{path}") == key(f"{scheme.lower()}://{host}{path}")
