@@ -277,7 +277,7 @@ def fetch(
 
     engine = Engine(config, source, progress=console if show_progress else None)
     result = _run(engine.run, use_uvloop=not (no_uvloop or os.environ.get(NO_UVLOOP_ENV)))
-    if not quiet:
+    if not quiet and not result.output_closed:
         from crawler.progress import render_summary
 
         render_summary(result.snapshot, console, interrupted=result.interrupted)
