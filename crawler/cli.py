@@ -7,6 +7,7 @@ error (one line on stderr, no traceback) · 130 interrupted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import sys
@@ -238,36 +239,28 @@ def fetch(
     """Fetch every URL of INPUT once; write one JSON record per URL (JSONL)."""
     if state is not None:
         raise UsageError("--state (resume) is not supported yet by this version")
-    headers = tuple(parse_header(h) for h in header or ())
-    try:
-        fetch_config = FetchConfig(
-            method=method,
-            connect_timeout=connect_timeout,
-            max_redirects=max_redirects,
-            max_bytes=max_bytes,
-            headers=headers,
-            verify_tls=not insecure,
-            pool_size=concurrency,
-            user_agent=user_agent or DEFAULT_USER_AGENT,
-        )
-        config = RunConfig(
-            input=InputConfig(dedup=not no_dedup),
-            limits=LimitConfig(
-                concurrency=concurrency,
-                per_host=per_host,
-                rps=rps,
-                per_host_rps=per_host_rps,
-                adaptive=adaptive,
-                queue_size=queue_size,
-            ),
-            retry=RetryConfig(retries=retries, timeout=timeout),
-            breaker=BreakerConfig(threshold=breaker_threshold, cooldown=breaker_cooldown),
-            fetch=fetch_config,
-            sink=SinkConfig(output=str(output) if output is not None else None),
-            grace=grace,
-        )
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
+    config = build_config(
+        output=str(output) if output is not None else None,
+        concurrency=concurrency,
+        per_host=per_host,
+        rps=rps,
+        per_host_rps=per_host_rps,
+        adaptive=adaptive,
+        retries=retries,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        max_redirects=max_redirects,
+        max_bytes=max_bytes,
+        queue_size=queue_size,
+        header=header,
+        user_agent=user_agent,
+        method=method,
+        breaker_threshold=breaker_threshold,
+        breaker_cooldown=breaker_cooldown,
+        insecure=insecure,
+        dedup=not no_dedup,
+        grace=grace,
+    )
     source = LineSource(input, max_line_bytes=config.input.max_line_bytes)
     source.open()
     console = Console(stderr=True)
@@ -276,7 +269,7 @@ def fetch(
     from crawler.engine import Engine  # imported late: keeps `crawler --help` fast
 
     engine = Engine(config, source, progress=console if show_progress else None)
-    result = _run(engine.run, use_uvloop=not (no_uvloop or os.environ.get(NO_UVLOOP_ENV)))
+    result = _run(engine.run, use_uvloop=_want_uvloop(no_uvloop))
     if not quiet and not result.output_closed:
         from crawler.progress import render_summary
 
@@ -298,6 +291,220 @@ def fetch(
         raise typer.Exit(EXIT_FAILED_RECORDS)
 
 
+@app.command()
+def serve(
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="Address to listen on; repeat for several hosts."),
+    ] = None,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0: any free port.")] = 8080,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes.")] = 1,
+    latency_ms: Annotated[
+        float, typer.Option("--latency-ms", min=0.0, help="Mean latency of /page.")
+    ] = 0.0,
+    latency_dist: Annotated[
+        str, typer.Option("--latency-dist", metavar="exp|fixed", help="Latency distribution.")
+    ] = "exp",
+    error_rate: Annotated[
+        float, typer.Option("--error-rate", min=0.0, max=1.0, help="Share of /page that fail.")
+    ] = 0.0,
+    error_kind: Annotated[
+        str, typer.Option("--error-kind", metavar="503|429|reset", help="How /page fails.")
+    ] = "503",
+    retry_after: Annotated[
+        float, typer.Option("--retry-after", min=0.0, help="Retry-After on 503/429, seconds.")
+    ] = 1.0,
+    body_bytes: Annotated[
+        int, typer.Option("--body-bytes", min=0, help="Body size of /page.")
+    ] = 512,
+    reuse_port: Annotated[bool, typer.Option("--reuse-port", hidden=True)] = False,
+    no_uvloop: NoUvloop = False,
+) -> None:
+    """Run the embedded test server in the foreground (no network needed)."""
+    from crawler.bench.server import ServeOptions, serve_forever
+
+    try:
+        opts = ServeOptions(
+            hosts=tuple(host or ("127.0.0.1",)),
+            port=port,
+            workers=workers,
+            latency_ms=latency_ms,
+            latency_dist=latency_dist,
+            error_rate=error_rate,
+            error_kind=error_kind,
+            retry_after=retry_after,
+            body_bytes=body_bytes,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        _run(lambda: serve_forever(opts, reuse_port=reuse_port), use_uvloop=_want_uvloop(no_uvloop))
+    except OSError as exc:
+        raise UsageError(f"cannot listen: {exc.strerror or exc}") from None
+
+
+@app.command()
+def bench(
+    n: Annotated[int, typer.Option("-n", min=1, help="URLs per round.")] = 50_000,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", metavar="URL-PREFIX", help="Use this server: PREFIX/page/<i>."),
+    ] = None,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Rounds (medians).")] = 1,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Also run a bare aiohttp loop, interleaved.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    concurrency: Concurrency = 100,
+    per_host: PerHost = 0,
+    rps: Rps = 0.0,
+    per_host_rps: PerHostRps = 0.0,
+    adaptive: Adaptive = False,
+    retries: Retries = 2,
+    timeout: TimeoutOpt = 30.0,
+    server_workers: Annotated[
+        int, typer.Option("--server-workers", min=1, help="Embedded server processes.")
+    ] = 1,
+    latency_ms: Annotated[
+        float, typer.Option("--latency-ms", min=0.0, help="Embedded server: mean latency.")
+    ] = 0.0,
+    error_rate: Annotated[
+        float, typer.Option("--error-rate", min=0.0, max=1.0, help="Embedded server: 503 rate.")
+    ] = 0.0,
+    no_uvloop: NoUvloop = False,
+) -> None:
+    """Measure throughput through the fetch pipeline against a local server."""
+    from crawler.bench.runner import embedded_server, run_rounds, summarize
+    from crawler.bench.server import ServeOptions
+
+    config = build_config(
+        output=None,
+        concurrency=concurrency,
+        per_host=per_host,
+        rps=rps,
+        per_host_rps=per_host_rps,
+        adaptive=adaptive,
+        retries=retries,
+        timeout=timeout,
+        connect_timeout=10.0,
+        max_redirects=10,
+        max_bytes=10 * 1024 * 1024,
+        queue_size=1000,
+        header=None,
+        user_agent=None,
+        method="GET",
+        breaker_threshold=5,
+        breaker_cooldown=30.0,
+        insecure=False,
+        dedup=True,
+        grace=0.0,
+    )
+    use_uvloop = _want_uvloop(no_uvloop)
+    opts = ServeOptions(
+        port=0, workers=server_workers, latency_ms=latency_ms, error_rate=error_rate
+    )
+    with contextlib.ExitStack() as stack:
+        prefix = target if target else stack.enter_context(embedded_server(opts))
+        results = _run(
+            lambda: run_rounds(config, prefix, n, rounds, compare), use_uvloop=use_uvloop
+        )
+    report = summarize(results, n=n, config=config, loop=_loop_name(use_uvloop))
+    report["target"] = target or "embedded"
+    if json_out:
+        sys.stdout.buffer.write(orjson.dumps(report) + b"\n")
+        sys.stdout.flush()
+    else:
+        _render_bench(report, Console())
+
+
+def _render_bench(report: dict[str, Any], console: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"crawler bench: {report['n']:,} URLs x {report['rounds']}", box=None)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("target", str(report["target"]))
+    table.add_row("event loop", str(report["event_loop"]))
+    table.add_row("concurrency", str(report["concurrency"]))
+    table.add_row("URLs/s (median)", f"{report['urls_per_s']:,.0f}")
+    if "baseline_urls_per_s" in report:
+        table.add_row("bare aiohttp URLs/s", f"{report['baseline_urls_per_s']:,.0f}")
+        table.add_row("ratio to bare aiohttp", f"{report['ratio_to_baseline']:.2f}x")
+    lat = report["latency_ms"]
+    table.add_row("latency p50/p95/p99", f"{lat['p50']} / {lat['p95']} / {lat['p99']} ms")
+    lag = report["loop_lag_ms"]
+    table.add_row("loop lag p50/p99/max", f"{lag['p50']} / {lag['p99']} / {lag['max']} ms")
+    table.add_row("peak RSS", f"{report['peak_rss_mib']} MiB")
+    table.add_row("retries", str(report["retries"]))
+    table.add_row("errors", ", ".join(f"{k}: {v}" for k, v in report["errors"].items()) or "none")
+    console.print(table)
+
+
+def build_config(
+    *,
+    output: str | None,
+    concurrency: int,
+    per_host: int,
+    rps: float,
+    per_host_rps: float,
+    adaptive: bool,
+    retries: int,
+    timeout: float,
+    connect_timeout: float,
+    max_redirects: int,
+    max_bytes: int,
+    queue_size: int,
+    header: list[str] | None,
+    user_agent: str | None,
+    method: str,
+    breaker_threshold: int,
+    breaker_cooldown: float,
+    insecure: bool,
+    dedup: bool,
+    grace: float,
+) -> RunConfig:
+    """Options -> the frozen config slices each component receives."""
+    headers = tuple(parse_header(h) for h in header or ())
+    try:
+        return RunConfig(
+            input=InputConfig(dedup=dedup),
+            limits=LimitConfig(
+                concurrency=concurrency,
+                per_host=per_host,
+                rps=rps,
+                per_host_rps=per_host_rps,
+                adaptive=adaptive,
+                queue_size=queue_size,
+            ),
+            retry=RetryConfig(retries=retries, timeout=timeout),
+            breaker=BreakerConfig(threshold=breaker_threshold, cooldown=breaker_cooldown),
+            fetch=FetchConfig(
+                method=method,
+                connect_timeout=connect_timeout,
+                max_redirects=max_redirects,
+                max_bytes=max_bytes,
+                headers=headers,
+                verify_tls=not insecure,
+                pool_size=concurrency,
+                user_agent=user_agent or DEFAULT_USER_AGENT,
+            ),
+            sink=SinkConfig(output=output),
+            grace=grace,
+        )
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _loop_name(use_uvloop: bool) -> str:
+    if use_uvloop:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            return "asyncio"
+        return "uvloop"
+    return "asyncio"
+
+
 def _run(main: Callable[[], Coroutine[Any, Any, T]], *, use_uvloop: bool) -> T:
     """Run ``main`` on uvloop when it is installed and wanted, else on asyncio's loop."""
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
@@ -310,6 +517,10 @@ def _run(main: Callable[[], Coroutine[Any, Any, T]], *, use_uvloop: bool) -> T:
             factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main())
+
+
+def _want_uvloop(no_uvloop: bool) -> bool:
+    return not (no_uvloop or os.environ.get(NO_UVLOOP_ENV))
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

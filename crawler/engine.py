@@ -35,7 +35,7 @@ from crawler.config import RunConfig
 from crawler.dedup import FingerprintSet
 from crawler.fetcher import Fetcher, Response, make_session
 from crawler.frontier import Frontier, Item
-from crawler.inputs import LineSource
+from crawler.inputs import Source
 from crawler.limiter import DynamicSemaphore, HostState, HostTable
 from crawler.progress import show_progress
 from crawler.records import Record, UTCStamp
@@ -67,7 +67,7 @@ class Engine:
     def __init__(
         self,
         config: RunConfig,
-        source: LineSource,
+        source: Source,
         *,
         progress: Console | None = None,
         install_signal_handlers: bool = True,

@@ -14,12 +14,21 @@ import os
 import stat
 import threading
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Final, Protocol
 
 from crawler.errors import UsageError
 
 CHUNK: Final = 256 * 1024
 _BOM: Final = b"\xef\xbb\xbf"
+
+
+class Source(Protocol):
+    """Where URLs come from: batches of lines, and how far through the input we are."""
+
+    total_bytes: int | None
+    bytes_read: int
+
+    def batches(self) -> AsyncIterator[list[str]]: ...
 
 
 class LineSource:

@@ -1,0 +1,1 @@
+"""The embedded benchmark server (``crawler serve``) and the benchmark (``crawler bench``)."""

@@ -1,0 +1,164 @@
+"""An embedded HTTP server to try and benchmark crawler with no network.
+
+Routes (any host it listens on):
+    /page/<anything>   200, ``body_bytes`` of HTML; latency and errors injected here
+    /status/<code>     that status (``?retry_after=S`` adds Retry-After)
+    /redirect/<n>      302 chain of n hops ending at /page/end
+    /drip/<n>          n bytes, one every ``?interval=`` seconds (default 1)
+    /gzip/<n>          n bytes of HTML, gzip-encoded
+Injected behaviour on /page: latency with mean ``latency_ms`` (fixed or exponential),
+and with probability ``error_rate`` a 503 (with Retry-After), a 429, or a reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import os
+import random
+import socket
+import sys
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeOptions:
+    hosts: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 8080
+    workers: int = 1
+    latency_ms: float = 0.0
+    latency_dist: str = "exp"  # exp | fixed
+    error_rate: float = 0.0
+    error_kind: str = "503"  # 503 | 429 | reset
+    retry_after: float = 1.0
+    body_bytes: int = 512
+    seed: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.latency_dist not in ("exp", "fixed"):
+            raise ValueError("latency distribution must be 'exp' or 'fixed'")
+        if self.error_kind not in ("503", "429", "reset"):
+            raise ValueError("error kind must be 503, 429 or reset")
+        if not 0.0 <= self.error_rate <= 1.0:
+            raise ValueError("error rate must be within 0..1")
+        if self.workers < 1 or self.body_bytes < 0 or self.latency_ms < 0:
+            raise ValueError("workers must be >= 1; body bytes and latency >= 0")
+
+
+def build_app(opts: ServeOptions) -> web.Application:
+    rng = random.Random(opts.seed)
+    body = (b"<html><body>" + b"x" * opts.body_bytes)[: opts.body_bytes]
+    mean = opts.latency_ms / 1000.0
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        if mean > 0:
+            await asyncio.sleep(rng.expovariate(1 / mean) if opts.latency_dist == "exp" else mean)
+        if opts.error_rate and rng.random() < opts.error_rate:
+            if opts.error_kind == "reset":
+                transport = request.transport
+                if transport is not None:
+                    sock = transport.get_extra_info("socket")
+                    if sock is not None:
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                        )
+                    transport.close()
+                return web.Response(status=500)
+            return web.Response(
+                status=int(opts.error_kind),
+                headers={"Retry-After": f"{opts.retry_after:g}"},
+                text="busy",
+            )
+        return web.Response(body=body, content_type="text/html")
+
+    async def status(request: web.Request) -> web.Response:
+        headers = {}
+        if "retry_after" in request.query:
+            headers["Retry-After"] = request.query["retry_after"]
+        try:
+            code = int(request.match_info["code"])
+        except ValueError:
+            raise web.HTTPBadRequest(text="status must be a number") from None
+        return web.Response(status=code, headers=headers, text=f"status {code}")
+
+    async def redirect(request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        raise web.HTTPFound("/page/end" if n <= 1 else f"/redirect/{n - 1}")
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        n = min(int(request.match_info["n"]), 10_000)
+        interval = float(request.query.get("interval", "1"))
+        resp = web.StreamResponse(headers={"Content-Length": str(n)})
+        await resp.prepare(request)
+        for _ in range(n):
+            await resp.write(b"x")
+            await asyncio.sleep(interval)
+        return resp
+
+    async def gzipped(request: web.Request) -> web.Response:
+        n = min(int(request.match_info["n"]), 64 << 20)
+        return web.Response(
+            body=gzip.compress(b"x" * n, 1),
+            headers={"Content-Encoding": "gzip", "Content-Type": "text/html"},
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/page/{tail:.*}", page)
+    app.router.add_route("*", "/status/{code}", status)
+    app.router.add_get(r"/redirect/{n:\d+}", redirect)
+    app.router.add_get(r"/drip/{n:\d+}", drip)
+    app.router.add_get(r"/gzip/{n:\d+}", gzipped)
+    return app
+
+
+async def start(opts: ServeOptions, *, reuse_port: bool = False) -> tuple[web.AppRunner, int]:
+    """Start listening on every host; return the runner and the (shared) port."""
+    runner = web.AppRunner(build_app(opts), access_log=None, handle_signals=False)
+    await runner.setup()
+    port = opts.port
+    for host in opts.hosts:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=4096)
+        await site.start()
+        if port == 0:
+            server = site._server
+            assert server is not None  # noqa: S101
+            port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    return runner, port
+
+
+def child_command(opts: ServeOptions, port: int) -> list[str]:
+    cmd = [sys.executable, "-m", "crawler", "serve", "--port", str(port), "--workers", "1"]
+    for host in opts.hosts:
+        cmd += ["--host", host]
+    cmd += [
+        "--latency-ms", str(opts.latency_ms), "--latency-dist", opts.latency_dist,
+        "--error-rate", str(opts.error_rate), "--error-kind", opts.error_kind,
+        "--retry-after", str(opts.retry_after), "--body-bytes", str(opts.body_bytes),
+        "--reuse-port",
+    ]  # fmt: skip
+    return cmd
+
+
+async def serve_forever(opts: ServeOptions, *, reuse_port: bool = False) -> None:
+    """Serve until cancelled. With workers > 1, child processes share the port."""
+    runner, port = await start(opts, reuse_port=reuse_port or opts.workers > 1)
+    children: list[asyncio.subprocess.Process] = []
+    try:
+        for _ in range(opts.workers - 1):
+            cmd = child_command(opts, port)
+            child = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL)
+            children.append(child)
+        hosts = ", ".join(f"http://{h}:{port}" for h in opts.hosts)
+        os.write(1, f"{hosts}\n".encode())
+        await asyncio.Event().wait()
+    finally:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                child.terminate()
+        for child in children:
+            await child.wait()
+        await runner.cleanup()
