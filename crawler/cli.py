@@ -485,7 +485,6 @@ def build_config(
                 max_bytes=max_bytes,
                 headers=headers,
                 verify_tls=not insecure,
-                pool_size=concurrency,
                 user_agent=user_agent or DEFAULT_USER_AGENT,
             ),
             sink=SinkConfig(output=output),

@@ -107,7 +107,9 @@ class FetchConfig:
     verify_tls: bool = True
     max_header_bytes: int = 16 * 1024
     dns_cache_ttl: int = 300
-    pool_size: int = 64
+    # 0: the connector adds no limit (and no second wait queue) of its own; requests in
+    # flight are already bounded by the engine's concurrency limits.
+    pool_size: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in ("GET", "HEAD"):
@@ -115,7 +117,7 @@ class FetchConfig:
         _positive("connect_timeout", self.connect_timeout)
         _non_negative("max_redirects", self.max_redirects)
         _positive("max_bytes", self.max_bytes)
-        _positive("pool_size", self.pool_size)
+        _non_negative("pool_size", self.pool_size)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

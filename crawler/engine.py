@@ -322,12 +322,13 @@ class Engine:
         item.finished = True
         self._sink.put_nowait(self._stamped(record, item))
         self._frontier.done(item)
-        await self._sink.backpressure()
+        if self._sink.behind:
+            await self._sink.backpressure()
 
     def _stamped(self, record: Record, item: Item) -> Record:
         record.attempts = item.attempts
         if item.deadline is not None:
-            record.elapsed_ms = round(item.deadline.elapsed() * 1000, 3)
+            record.elapsed_ms = int(item.deadline.elapsed() * 1_000_000) / 1000
         record.fetched_at = self._stamp()
         return record
 

@@ -50,6 +50,9 @@ class Item:
 class Frontier:
     def __init__(self, maxsize: int, hosts: HostTable) -> None:
         self._maxsize = maxsize
+        # The reader is woken only when a quarter of the queue has drained, so it refills
+        # in bursts: one task switch per burst instead of one per URL.
+        self._low_water = maxsize - max(1, maxsize // 4)
         self._hosts = hosts
         self._fresh: deque[Item] = deque()
         self._ready: deque[Item] = deque()
@@ -245,6 +248,8 @@ class Frontier:
                 fut.set_result(None)
 
     def _wake_putter(self) -> None:
+        if len(self._fresh) + self._parked > self._low_water:
+            return
         while self._putters:
             fut = self._putters.popleft()
             if not fut.done():

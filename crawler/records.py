@@ -34,19 +34,25 @@ def encode(record: Record) -> bytes:
 
 
 class UTCStamp:
-    """ISO 8601 UTC timestamps with millisecond precision, formatting the date part once
-    per second instead of once per record."""
+    """ISO 8601 UTC timestamps with millisecond precision. The string is rebuilt once per
+    millisecond and the date part once per second, not once per record."""
 
-    __slots__ = ("_prefix", "_second")
+    __slots__ = ("_ms", "_prefix", "_second", "_stamp")
 
     def __init__(self) -> None:
         self._second = -1
+        self._ms = -1
         self._prefix = ""
+        self._stamp = ""
 
     def __call__(self) -> str:
-        now = time.time()
-        second = int(now)
+        ms = time.time_ns() // 1_000_000
+        if ms == self._ms:
+            return self._stamp
+        self._ms = ms
+        second, frac = divmod(ms, 1000)
         if second != self._second:
             self._second = second
             self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+        self._stamp = stamp = f"{self._prefix}.{frac:03d}Z"
+        return stamp

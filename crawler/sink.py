@@ -55,6 +55,11 @@ class Sink:
         if self._count >= self._config.batch_records or len(self._buf) >= self._config.batch_bytes:
             self._kick.set()
 
+    @property
+    def behind(self) -> bool:
+        """True when the writer has fallen far behind and producers should wait."""
+        return len(self._buf) >= self._high_water and not self.broken
+
     async def backpressure(self) -> None:
         """Wait while the writer is far behind; returns at once otherwise."""
         if len(self._buf) >= self._high_water and not self.broken:
