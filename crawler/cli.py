@@ -175,7 +175,7 @@ StatsJson = Annotated[
 ]
 State = Annotated[
     Path | None,
-    typer.Option("--state", metavar="PATH", help="Resume file (not yet supported)."),
+    typer.Option("--state", metavar="PATH", help="Resume file: run again to resume."),
 ]
 NoDedup = Annotated[bool, typer.Option("--no-dedup", help="Fetch duplicate URLs again.")]
 Output = Annotated[
@@ -237,8 +237,8 @@ def fetch(
     no_uvloop: NoUvloop = False,
 ) -> None:
     """Fetch every URL of INPUT once; write one JSON record per URL (JSONL)."""
-    if state is not None:
-        raise UsageError("--state (resume) is not supported yet by this version")
+    if state is not None and no_dedup:
+        raise UsageError("--state cannot be combined with --no-dedup: resume is keyed by URL")
     config = build_config(
         output=str(output) if output is not None else None,
         concurrency=concurrency,
@@ -268,7 +268,17 @@ def fetch(
 
     from crawler.engine import Engine  # imported late: keeps `crawler --help` fast
 
-    engine = Engine(config, source, progress=console if show_progress else None)
+    store = None
+    if state is not None:
+        from crawler.state import StateStore
+
+        identity: dict[str, Any] = {
+            **source.identity(),
+            "output": os.path.abspath(output) if output is not None else None,
+            "method": method,
+        }
+        store = StateStore(str(state), identity)
+    engine = Engine(config, source, progress=console if show_progress else None, state=store)
     result = _run(engine.run, use_uvloop=_want_uvloop(no_uvloop))
     if not quiet and not result.output_closed:
         from crawler.progress import render_summary

@@ -128,6 +128,7 @@ class SinkConfig:
     batch_records: int = 512
     batch_bytes: int = 256 * 1024
     flush_interval: float = 0.2
+    checkpoint_interval: float = 1.0  # with --state: fsync + commit at most this often
 
     def __post_init__(self) -> None:
         _positive("batch_records", self.batch_records)

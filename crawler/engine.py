@@ -26,13 +26,13 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from rich.console import Console
 
 from crawler import errors
 from crawler.config import RunConfig
-from crawler.dedup import FingerprintSet
+from crawler.dedup import FingerprintSet, fingerprint
 from crawler.fetcher import Fetcher, Response, make_session
 from crawler.frontier import Frontier, Item
 from crawler.inputs import Source
@@ -41,8 +41,12 @@ from crawler.progress import show_progress
 from crawler.records import Record, UTCStamp
 from crawler.retry import RETRY_STATUSES, Deadline, backoff_delay, parse_retry_after
 from crawler.sink import OutputClosed, Sink
+from crawler.state import StateStore
 from crawler.stats import Snapshot, Stats
 from crawler.urls import canonical_key, host_key, parse_url
+
+if TYPE_CHECKING:
+    from yarl import URL
 
 # Outcomes that count against a host's breaker: the host itself looks unwell. 4xx do not.
 _HOST_FAILURES: Final = (
@@ -72,9 +76,11 @@ class Engine:
         progress: Console | None = None,
         install_signal_handlers: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        state: StateStore | None = None,
     ) -> None:
         self._config = config
         self._source = source
+        self._state = state
         self._progress = progress
         self._install_signals = install_signal_handlers
         # Deadlines, breakers, pacers and stats use this clock (uvloop's loop.time() has
@@ -110,13 +116,24 @@ class Engine:
         stats.in_flight = lambda: frontier.in_flight
         stats.queued = lambda: frontier.queued + frontier.delayed
         stats.input_fraction = self._input_fraction
-        self._sink = sink = Sink(config.sink)
+        state = self._state
+        if state is not None:
+            await state.open()
+        self._sink = sink = Sink(config.sink, state)
         try:
             await sink.open()
         except OSError as exc:
+            if state is not None:
+                await state.aclose()
             raise errors.UsageError(
                 f"cannot write output {config.sink.output!r}: {exc.strerror}"
             ) from None
+        except BaseException:
+            if state is not None:
+                await state.aclose()
+            raise
+        if state is not None:
+            stats.duplicates_before = state.done_before
         output_closed = False
         if self._install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -135,6 +152,8 @@ class Engine:
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
             await asyncio.shield(sink.aclose())
+            if state is not None:
+                await asyncio.shield(state.aclose())
         return RunResult(stats.snapshot(), self.interrupted, output_closed or sink.broken)
 
     async def _run_tasks(self) -> None:
@@ -166,23 +185,35 @@ class Engine:
 
     # -- reader ----------------------------------------------------------------------------
     async def _read(self) -> None:
-        frontier, sink, stats = self._frontier, self._sink, self.stats
-        seen = FingerprintSet() if self._config.input.dedup else None
+        """Parse, validate and deduplicate the input, one batch at a time."""
+        frontier, sink, stats, state = self._frontier, self._sink, self.stats, self._state
+        dedup = self._config.input.dedup
+        seen = FingerprintSet() if dedup and state is None else None
         try:
             async for lines in self._source.batches():
+                parsed: list[tuple[str, URL | errors.InvalidURL, int]] = []
                 for raw in lines:
                     try:
                         url = parse_url(raw)
                     except errors.InvalidURL as exc:
-                        if seen is not None and not seen.add_key("\0invalid\0" + raw):
-                            stats.duplicates += 1
-                            continue
-                        await sink.put(self._error_record(raw, exc, None))
-                        continue
-                    if seen is not None and not seen.add_key(canonical_key(url)):
+                        fp = fingerprint("\0invalid\0" + raw) if dedup else 0
+                        parsed.append((raw, exc, fp))
+                    else:
+                        parsed.append((raw, url, fingerprint(canonical_key(url)) if dedup else 0))
+                if state is not None:
+                    # One round trip to the state thread per batch, never per URL.
+                    fresh = await state.claim([fp for _, _, fp in parsed])
+                elif seen is not None:
+                    fresh = [seen.add(fp) for _, _, fp in parsed]
+                else:
+                    fresh = [True] * len(parsed)
+                for (raw, target, fp), new in zip(parsed, fresh, strict=True):
+                    if not new:
                         stats.duplicates += 1
-                        continue
-                    await frontier.put(Item(raw, url, host_key(url)))
+                    elif isinstance(target, errors.InvalidURL):
+                        await sink.put(self._error_record(raw, target, None), fp)
+                    else:
+                        await frontier.put(Item(raw, target, host_key(target), fp))
         finally:
             frontier.close_input()
 
@@ -206,7 +237,7 @@ class Engine:
                         # `cancelled` record and the worker ends quietly. Any other
                         # cancellation (the group is failing) still propagates.
                         if not item.finished:
-                            self._sink.put_nowait(self._cancelled_record(item))
+                            self._cancel(item)
                             frontier.done(item)
                         if self._cutting and task.cancelling() <= 1:
                             task.uncancel()
@@ -320,7 +351,7 @@ class Engine:
         # Record and release synchronously, then wait for the writer if it is behind:
         # a cancellation during that wait cannot lose or duplicate this record.
         item.finished = True
-        self._sink.put_nowait(self._stamped(record, item))
+        self._sink.put_nowait(self._stamped(record, item), item.fp)
         self._frontier.done(item)
         if self._sink.behind:
             await self._sink.backpressure()
@@ -339,10 +370,13 @@ class Engine:
             record.fetched_at = self._stamp()
         return record
 
-    def _cancelled_record(self, item: Item) -> Record:
+    def _cancel(self, item: Item) -> None:
+        """The run was interrupted before ``item`` finished. Without --state it gets a
+        ``cancelled`` record; with --state it gets none and is fetched on resume."""
         error = errors.Cancelled("the run was interrupted before this URL finished")
         self.stats.record(False, None, error.kind, 0)
-        return self._stamped(self._error_record(item.raw, error, item), item)
+        if self._state is None:
+            self._sink.put_nowait(self._stamped(self._error_record(item.raw, error, item), item))
 
     # -- background --------------------------------------------------------------------------
     async def _maintain(self) -> None:
@@ -375,7 +409,7 @@ class Engine:
         if self._reader is not None:
             self._reader.cancel()
         for item in self._frontier.stop():
-            self._sink.put_nowait(self._cancelled_record(item))
+            self._cancel(item)
         grace = self._config.grace
         loop = asyncio.get_running_loop()
         self._grace_timer = loop.call_later(grace, self._cut_grace)

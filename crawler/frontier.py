@@ -35,10 +35,11 @@ from crawler.retry import Deadline
 class Item:
     """One URL on its way through the pipeline, with the state its retries share."""
 
-    __slots__ = ("attempts", "deadline", "finished", "host", "host_key", "raw", "url")
+    __slots__ = ("attempts", "deadline", "finished", "fp", "host", "host_key", "raw", "url")
 
-    def __init__(self, raw: str, url: URL, host_key: str) -> None:
+    def __init__(self, raw: str, url: URL, host_key: str, fp: int = 0) -> None:
         self.raw = raw
+        self.fp = fp  # fingerprint of the dedup key (0 with --no-dedup)
         self.url = url
         self.host_key = host_key
         self.host: HostState | None = None  # set while the item holds a slot of its host

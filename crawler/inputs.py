@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import os
 import stat
 import threading
@@ -57,6 +58,18 @@ class LineSource:
         st = os.fstat(self._fd)
         if stat.S_ISREG(st.st_mode):
             self.total_bytes = st.st_size
+
+    def identity(self) -> dict[str, str]:
+        """What identifies this input for --state: its path and a digest of its head.
+
+        Standard input has no stable identity beyond being standard input."""
+        if self._path is None or self._fd is None:
+            return {"input": "-"}
+        head = os.pread(self._fd, 64 * 1024, 0)
+        return {
+            "input": os.path.abspath(self._path),
+            "input_head_sha256": hashlib.sha256(head).hexdigest(),
+        }
 
     def close(self) -> None:
         if self._fd is not None:

@@ -50,7 +50,9 @@ def render_summary(snap: Snapshot, console: Console, *, interrupted: bool = Fals
     table.add_row("ok / failed", f"{snap.ok:,} / {snap.failed:,}")
     table.add_row("requests (retries)", f"{snap.requests:,} ({snap.retries:,})")
     if snap.duplicates:
-        table.add_row("duplicates skipped", f"{snap.duplicates:,}")
+        table.add_row("skipped (duplicate or done before)", f"{snap.duplicates:,}")
+    if snap.done_before:
+        table.add_row("done by earlier runs (--state)", f"{snap.done_before:,}")
     table.add_row("elapsed", f"{snap.elapsed_s:.2f} s")
     table.add_row("throughput", f"{snap.urls_per_s:,.1f} URLs/s")
     lat = snap.latency_ms

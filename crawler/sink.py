@@ -17,7 +17,9 @@ from typing import Any
 import aiofiles
 
 from crawler.config import SinkConfig
+from crawler.errors import UsageError
 from crawler.records import Record, encode
+from crawler.state import StateStore
 
 
 class OutputClosed(Exception):  # noqa: N818 - a state, not a failure
@@ -25,9 +27,14 @@ class OutputClosed(Exception):  # noqa: N818 - a state, not a failure
 
 
 class Sink:
-    def __init__(self, config: SinkConfig) -> None:
+    def __init__(self, config: SinkConfig, state: StateStore | None = None) -> None:
         self._config = config
+        self._state = state
         self._buf = bytearray()
+        self._fps: list[int] = []  # fingerprints of the records in _buf (with --state)
+        self._written_fps: list[int] = []  # written since the last checkpoint
+        self._offset = 0  # bytes of the output file written so far
+        self._last_checkpoint = 0.0
         self._count = 0
         self._kick = asyncio.Event()
         self._drained = asyncio.Event()
@@ -44,12 +51,44 @@ class Sink:
         path = self._config.output
         if path is None:
             self._file = await aiofiles.open(1, "wb", buffering=0, closefd=False)
-        else:
+            return
+        state = self._state
+        if state is None or not state.resumed:
             self._file = await aiofiles.open(path, "wb", buffering=0)
+            return
+        # Resuming into the same file: cut it back to what the state says is committed
+        # (a torn last line or records written after the last checkpoint go).
+        committed = state.committed_offset
+        try:
+            self._file = await aiofiles.open(path, "r+b", buffering=0)
+        except FileNotFoundError:
+            if committed:
+                raise UsageError(
+                    f"cannot resume: output {path!r} is gone but --state says "
+                    f"{committed} bytes of it were committed"
+                ) from None
+            self._file = await aiofiles.open(path, "wb", buffering=0)
+            return
+        size = await self._file.seek(0, os.SEEK_END)
+        if size < committed:
+            await self._file.close()
+            raise UsageError(
+                f"cannot resume: output {path!r} has {size} bytes but --state says "
+                f"{committed} were committed (was it changed?)"
+            )
+        await self._file.truncate(committed)
+        self._offset = await self._file.seek(committed)
 
-    def put_nowait(self, record: Record) -> None:
-        """Queue one record without waiting (the record is in the batch on return)."""
+    def put_nowait(self, record: Record, fp: int | None = None) -> None:
+        """Queue one record without waiting (the record is in the batch on return).
+
+        ``fp`` is the URL's fingerprint: with --state, it is marked done at the first
+        checkpoint after the record is written. Records without one (cancelled URLs)
+        leave their URL to be fetched again on resume.
+        """
         self._buf += encode(record)
+        if fp is not None and self._state is not None:
+            self._fps.append(fp)
         self._count += 1
         self.records += 1
         if self._count >= self._config.batch_records or len(self._buf) >= self._config.batch_bytes:
@@ -66,8 +105,8 @@ class Sink:
             self._drained.clear()
             await self._drained.wait()
 
-    async def put(self, record: Record) -> None:
-        self.put_nowait(record)
+    async def put(self, record: Record, fp: int | None = None) -> None:
+        self.put_nowait(record, fp)
         await self.backpressure()
 
     async def run(self) -> None:
@@ -75,7 +114,17 @@ class Sink:
         interval = self._config.flush_interval
         while True:
             if not self._buf and not self._closing:
-                await self._kick.wait()
+                if self._written_fps:
+                    # Records are written but not checkpointed: do not leave them
+                    # uncommitted for long just because no new record arrives.
+                    try:
+                        async with asyncio.timeout(self._config.checkpoint_interval):
+                            await self._kick.wait()
+                    except TimeoutError:
+                        await self.checkpoint()
+                        continue
+                else:
+                    await self._kick.wait()
             if not self._closing and self._count < self._config.batch_records:
                 # Give a batch up to ``interval`` to fill; a full batch kicks us early.
                 try:
@@ -86,7 +135,13 @@ class Sink:
             self._kick.clear()
             await self._write_batch()
             if self._closing and not self._buf:
+                await self.checkpoint()
                 return
+            if self._state is not None:
+                now = asyncio.get_running_loop().time()
+                if now - self._last_checkpoint >= self._config.checkpoint_interval:
+                    self._last_checkpoint = now
+                    await self.checkpoint()
 
     def close(self) -> None:
         """No more records: ``run()`` writes the rest and returns."""
@@ -99,12 +154,15 @@ class Sink:
         # A fresh buffer per batch (one allocation per batch, not per record): the old
         # one may still be referenced by the writer thread's memoryview.
         buf, self._buf = self._buf, bytearray()
+        fps, self._fps = self._fps, []
         count, self._count = self._count, 0
         try:
             if not self.broken:
                 await self._write_all(buf)
                 self.written += count
                 self.bytes_written += len(buf)
+                self._offset += len(buf)
+                self._written_fps += fps
         finally:
             if len(self._buf) < self._high_water:
                 self._drained.set()
@@ -124,9 +182,20 @@ class Sink:
             raise OutputClosed from None
 
     async def flush(self) -> None:
-        """Write everything queued now (used at shutdown, shielded by the caller)."""
+        """Write everything queued now and checkpoint (at shutdown, shielded by the caller)."""
         while self._buf and not self.broken:
             await self._write_batch()
+        await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        """With --state: make what is written durable, then mark its URLs done."""
+        if self._state is None or self._file is None:
+            return
+        if not self._written_fps and self._offset == self._state.committed_offset:
+            return
+        fps, self._written_fps = self._written_fps, []
+        sync_fd = self._file.fileno() if self._config.output is not None else None
+        await self._state.commit(fps, self._offset, sync_fd)
 
     async def aclose(self) -> None:
         """Idempotent: flush what is left and close the file."""

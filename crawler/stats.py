@@ -70,6 +70,7 @@ class Snapshot:
     in_flight: int
     queued: int
     duplicates: int
+    done_before: int
     peak_rss_mib: float
     input_fraction: float | None
 
@@ -92,7 +93,8 @@ class Stats:
         self.requests = 0
         self.retries = 0
         self.bytes = 0
-        self.duplicates = 0
+        self.duplicates = 0  # skipped: seen earlier in this run (or done, with --state)
+        self.duplicates_before = 0  # with --state: URLs done by earlier runs
         self.by_status: Counter[int] = Counter()
         self.by_error: Counter[str] = Counter()
         self.latency = Histogram()
@@ -150,6 +152,7 @@ class Stats:
             in_flight=self.in_flight(),
             queued=self.queued(),
             duplicates=self.duplicates,
+            done_before=self.duplicates_before,
             peak_rss_mib=round(peak_rss_mib(), 1),
             input_fraction=self.input_fraction(),
         )

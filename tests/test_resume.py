@@ -1,0 +1,136 @@
+"""--state: crash-consistent resume. Real subprocesses, killed at seeded random moments."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import Server
+from tests.test_cli import ENV, run
+
+CRAWLER = [sys.executable, "-m", "crawler"]
+
+
+def write_urls(server: Server, path: Path, n: int, delay: float = 0.02) -> list[str]:
+    urls = [server.url(f"/slow/{i}?s={delay}") for i in range(n)]
+    # Some duplicates and an invalid line: they must come out exactly once too.
+    path.write_text("\n".join([*urls, urls[0], urls[1], "not a url"]) + "\n")
+    return [*urls, "not a url"]
+
+
+def parse_output(data: bytes) -> list[dict[str, object]]:
+    assert not data or data.endswith(b"\n"), "torn last line"
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+async def start(*args: str, stdout: int | None = None) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *CRAWLER,
+        "fetch",
+        *args,
+        stdout=stdout if stdout is not None else subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
+
+
+async def kill_and_resume(server: Server, tmp_path: Path, kills: int, seed: int) -> None:
+    rng = random.Random(seed)
+    urls_path, out, state = tmp_path / "urls.txt", tmp_path / "out.jsonl", tmp_path / "st.db"
+    expected = write_urls(server, urls_path, 4000)
+    args = (str(urls_path), "-o", str(out), "--state", str(state), "-c", "10", "-q")
+    done_naturally = 0
+    for _ in range(kills):
+        proc = await start(*args)
+        try:
+            await asyncio.wait_for(proc.wait(), rng.uniform(0.2, 0.9))
+            done_naturally += 1
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    proc = await start(*args)
+    assert await asyncio.wait_for(proc.wait(), 60) == 0
+    records = parse_output(out.read_bytes())
+    urls = [r["url"] for r in records]
+    assert sorted(urls) == sorted(expected), (
+        f"lost {len(set(expected) - set(urls))}, duplicated {len(urls) - len(set(urls))}"
+    )
+    assert all(r["ok"] or r["url"] == "not a url" for r in records)
+    assert done_naturally < kills  # the kills really landed mid-run
+
+
+async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
+    server: Server, tmp_path: Path
+) -> None:
+    await kill_and_resume(server, tmp_path, kills=20, seed=1234)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_sigkill_soak_100_kills(server: Server, tmp_path: Path) -> None:
+    await kill_and_resume(server, tmp_path, kills=100, seed=99)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_signal_then_resume_on_stdout(
+    server: Server, tmp_path: Path, sig: signal.Signals
+) -> None:
+    urls_path, state = tmp_path / "urls.txt", tmp_path / "st.db"
+    expected = write_urls(server, urls_path, 600, delay=0.02)
+    args = (str(urls_path), "--state", str(state), "-c", "10", "-q", "--grace", "0.2")
+    proc = await start(*args, stdout=subprocess.PIPE)
+    for _ in range(1000):  # bounded wait until the run is well under way
+        if sum(server.rec.hits.values()) >= 100:
+            break
+        await asyncio.sleep(0.01)
+    proc.send_signal(sig)
+    first, _ = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 130
+    proc = await start(*args, stdout=subprocess.PIPE)
+    second, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    one, two = parse_output(first), parse_output(second)
+    assert one and two
+    records = one + two
+    assert all(r["error"] is None or r["url"] == "not a url" for r in records)
+    assert sorted(r["url"] for r in records) == sorted(expected)
+
+
+async def test_state_from_another_input_is_refused(server: Server, tmp_path: Path) -> None:
+    a, b, state = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "st.db"
+    a.write_text(server.url("/ok/a") + "\n")
+    b.write_text(server.url("/ok/b") + "\n")
+    code, _, _ = await run("fetch", str(a), "--state", str(state), "-q")
+    assert code == 0
+    code, out, err = await run("fetch", str(b), "--state", str(state), "-q")
+    assert code == 2 and out == b""
+    assert b"belongs to a different run" in err and err.count(b"\n") == 1
+
+
+async def test_state_that_is_not_a_state_file_is_refused(tmp_path: Path) -> None:
+    bogus = tmp_path / "st.db"
+    bogus.write_bytes(b"this is not sqlite" * 100)
+    code, _, err = await run("fetch", "--state", str(bogus), stdin=b"http://127.0.0.1:9/\n")
+    assert code == 2 and err.startswith(b"crawler: error: cannot use --state")
+
+
+async def test_resume_skips_done_urls(server: Server, tmp_path: Path) -> None:
+    urls_path, state = tmp_path / "urls.txt", tmp_path / "st.db"
+    urls_path.write_text("\n".join(server.url(f"/ok/{i}") for i in range(30)) + "\n")
+    code, out, _ = await run("fetch", str(urls_path), "--state", str(state), "-q")
+    assert code == 0 and len(out.splitlines()) == 30
+    code, out, _ = await run("fetch", str(urls_path), "--state", str(state), "-q")
+    assert code == 0 and out == b""
+    assert sum(server.rec.hits.values()) == 30
+
+
+async def test_no_dedup_with_state_is_a_usage_error(tmp_path: Path) -> None:
+    code, _, err = await run("fetch", "--no-dedup", "--state", str(tmp_path / "s"), stdin=b"")
+    assert code == 2 and b"--no-dedup" in err
