@@ -198,6 +198,21 @@ Grace = Annotated[
         "--grace", min=0.0, help="Seconds in-flight requests get to finish after SIGINT/SIGTERM."
     ),
 ]
+BlockPrivate = Annotated[
+    bool,
+    typer.Option(
+        "--block-private",
+        help="Refuse loopback/private/link-local/multicast addresses, checked after DNS.",
+    ),
+]
+Resolve = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--resolve",
+        metavar="NAME:ADDRESS",
+        help="Resolve NAME (or * for every name) to ADDRESS; repeatable.",
+    ),
+]
 NoUvloop = Annotated[
     bool,
     typer.Option("--no-uvloop", help=f"Use asyncio's default loop (or set {NO_UVLOOP_ENV}=1)."),
@@ -234,6 +249,8 @@ def fetch(
     quiet: Quiet = False,
     fail_on_error: FailOnError = False,
     grace: Grace = 5.0,
+    block_private: BlockPrivate = False,
+    resolve: Resolve = None,
     no_uvloop: NoUvloop = False,
 ) -> None:
     """Fetch every URL of INPUT once; write one JSON record per URL (JSONL)."""
@@ -260,6 +277,8 @@ def fetch(
         insecure=insecure,
         dedup=not no_dedup,
         grace=grace,
+        block_private=block_private,
+        resolve=resolve,
     )
     source = LineSource(input, max_line_bytes=config.input.max_line_bytes)
     source.open()
@@ -472,9 +491,17 @@ def build_config(
     insecure: bool,
     dedup: bool,
     grace: float,
+    block_private: bool = False,
+    resolve: list[str] | None = None,
 ) -> RunConfig:
     """Options -> the frozen config slices each component receives."""
+    from crawler.netpolicy import parse_resolve
+
     headers = tuple(parse_header(h) for h in header or ())
+    try:
+        resolved = tuple(parse_resolve(r) for r in resolve or ())
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     try:
         return RunConfig(
             input=InputConfig(dedup=dedup),
@@ -496,6 +523,8 @@ def build_config(
                 headers=headers,
                 verify_tls=not insecure,
                 user_agent=user_agent or DEFAULT_USER_AGENT,
+                block_private=block_private,
+                resolve=resolved,
             ),
             sink=SinkConfig(output=output),
             grace=grace,

@@ -106,6 +106,9 @@ class FetchConfig:
     user_agent: str = DEFAULT_USER_AGENT
     verify_tls: bool = True
     max_header_bytes: int = 16 * 1024
+    block_private: bool = False  # refuse private/loopback/link-local/... after DNS
+    allow_only: tuple[str, ...] = ()  # if set, refuse every address outside these networks
+    resolve: tuple[tuple[str, str], ...] = ()  # (name or "*", address) fixed resolutions
     dns_cache_ttl: int = 300
     # 0: the connector adds no limit (and no second wait queue) of its own; requests in
     # flight are already bounded by the engine's concurrency limits.

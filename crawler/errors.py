@@ -14,6 +14,7 @@
         ├── ProtocolError     protocol      (malformed HTTP response)
         ├── HTTPStatusError   http          (final status >= 400)
         ├── CircuitOpen       circuit_open
+        ├── Blocked           blocked       (--block-private refused the address)
         └── Cancelled         cancelled     (the run was interrupted)
 
 Foreign exceptions (aiohttp, OSError, ssl) are translated in exactly one place,
@@ -98,6 +99,12 @@ class CircuitOpen(FetchError):  # noqa: N818
     kind = "circuit_open"
 
 
+class Blocked(FetchError):  # noqa: N818
+    """The address policy (``--block-private``) refused the destination address."""
+
+    kind = "blocked"
+
+
 class Cancelled(FetchError):  # noqa: N818
     kind = "cancelled"
 
@@ -115,4 +122,5 @@ ERROR_KINDS: tuple[str, ...] = (
     "circuit_open",
     "robots",
     "cancelled",
+    "blocked",
 )

@@ -18,10 +18,11 @@ from yarl import URL
 
 from crawler import errors
 from crawler.config import FetchConfig
+from crawler.netpolicy import AddressPolicy, PolicyResolver
 
 _REDIRECTS: Final = frozenset((301, 302, 303, 307, 308))
 _SENSITIVE: Final = ("Authorization", "Cookie", "Proxy-Authorization")
-_READ_CHUNK: Final = 64 * 1024
+_NO_CEIL: Final = 1e9  # never let aiohttp round a timeout up to a whole second
 
 
 @dataclass(slots=True)
@@ -88,11 +89,13 @@ def _describe(exc: BaseException | None) -> str:
 
 def make_session(config: FetchConfig) -> aiohttp.ClientSession:
     """The one pooled session of a run: keep-alive, DNS cache, no cookie jar."""
+    policy = address_policy(config)
     connector = aiohttp.TCPConnector(
         limit=config.pool_size,
         limit_per_host=0,  # per-host limits are enforced by the frontier, not here
         ttl_dns_cache=config.dns_cache_ttl,
         ssl=config.verify_tls,
+        resolver=PolicyResolver(policy) if policy.active else None,
     )
     headers = CIMultiDict({"User-Agent": config.user_agent})
     for name, value in config.headers:
@@ -111,12 +114,20 @@ def make_session(config: FetchConfig) -> aiohttp.ClientSession:
     )
 
 
+def address_policy(config: FetchConfig) -> AddressPolicy:
+    return AddressPolicy(
+        block_private=config.block_private, allow_only=config.allow_only, resolve=config.resolve
+    )
+
+
 class Fetcher:
     """Makes one attempt at a URL, following redirects, counting the body."""
 
     def __init__(self, session: aiohttp.ClientSession, config: FetchConfig) -> None:
         self._session = session
         self._config = config
+        self._policy = address_policy(config)
+        self._check = self._policy.check_url if self._policy.active else None
         # Credentials are sent only to the origin of the input URL, never after a
         # redirect to another origin (curl and aiohttp behave the same way).
         self._credentials: CIMultiDict[str] | None = (
@@ -124,59 +135,68 @@ class Fetcher:
         )
 
     async def fetch(self, url: URL, budget: float) -> Response:
-        """One attempt within ``budget`` seconds. Raises FetchError (mapped) on failure."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await self._follow(url)
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            raise map_exception(exc, deadline_left=deadline - loop.time()) from exc
+        """One attempt within ``budget`` seconds, redirects included. Raises FetchError.
 
-    async def _follow(self, url: URL) -> Response:
+        One coroutine frame on purpose: every resumption of a request passes through each
+        frame of the await chain, so the hot path stays flat.
+        """
         config = self._config
         session = self._session
+        method = config.method
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
         redirects: list[str] = []
         headers = self._credentials
         origin = url.origin() if headers else None
-        while True:
-            async with session.request(
-                config.method,
-                url,
-                allow_redirects=False,
-                headers=headers,
-                timeout=ClientTimeout(total=None, sock_connect=config.connect_timeout),
-            ) as resp:
-                status = resp.status
-                location = resp.headers.get("Location") if status in _REDIRECTS else None
-                if location is None:
-                    result = Response(
-                        status=status,
-                        final_url=str(resp.url),
-                        content_type=resp.content_type if "Content-Type" in resp.headers else None,
-                        nbytes=0,
-                        redirects=redirects,
-                        retry_after=resp.headers.get("Retry-After"),
-                    )
-                    if config.method != "HEAD":
-                        try:
-                            result.nbytes = await self._count_body(resp)
-                        except errors.TooLarge as exc:
-                            exc.response = result
-                            raise
-                    return result
-            redirects.append(str(url))
-            if len(redirects) > config.max_redirects:
-                raise errors.TooManyRedirects(f"more than {config.max_redirects} redirects")
-            try:
-                nxt = url.join(URL(location))
-            except ValueError as exc:
-                raise errors.ProtocolError(f"invalid redirect Location {location!r}") from exc
-            if nxt.scheme not in ("http", "https") or not nxt.raw_host:
-                raise errors.ProtocolError(f"redirect to unsupported URL {location!r}")
-            url = nxt
-            if headers is not None and url.origin() != origin:
-                headers = None
+        check = self._check
+        try:
+            while True:
+                if check is not None:
+                    check(url)
+                # aiohttp's own total timeout bounds the whole exchange, body included;
+                # ceil_threshold keeps it from rounding the deadline up to whole seconds.
+                timeout = ClientTimeout(
+                    total=max(0.0, deadline - loop.time()),
+                    sock_connect=config.connect_timeout,
+                    ceil_threshold=_NO_CEIL,
+                )
+                async with session.request(
+                    method, url, allow_redirects=False, headers=headers, timeout=timeout
+                ) as resp:
+                    status = resp.status
+                    rh = resp.headers
+                    location = rh.get("Location") if status in _REDIRECTS else None
+                    if location is None:
+                        ctype = rh.get("Content-Type")
+                        result = Response(
+                            status=status,
+                            final_url=str(url),
+                            content_type=ctype.partition(";")[0].strip().lower() if ctype else None,
+                            nbytes=0,
+                            redirects=redirects,
+                            retry_after=rh.get("Retry-After"),
+                        )
+                        if method != "HEAD":
+                            try:
+                                result.nbytes = await self._count_body(resp)
+                            except errors.TooLarge as exc:
+                                exc.response = result
+                                raise
+                        return result
+                redirects.append(str(url))
+                if len(redirects) > config.max_redirects:
+                    raise errors.TooManyRedirects(f"more than {config.max_redirects} redirects")
+                try:
+                    nxt = url.join(URL(location))
+                except ValueError as exc:
+                    raise errors.ProtocolError(f"invalid redirect Location {location!r}") from exc
+                if nxt.scheme not in ("http", "https") or not nxt.raw_host:
+                    raise errors.ProtocolError(f"redirect to unsupported URL {location!r}")
+                url = nxt.with_fragment(None) if nxt.raw_fragment else nxt
+                if headers is not None and url.origin() != origin:
+                    headers = None
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            raise map_exception(exc, deadline_left=deadline - loop.time()) from exc
 
     async def _count_body(self, resp: aiohttp.ClientResponse) -> int:
         """Read the body to the end, stopping at max_bytes (decompressed bytes count)."""

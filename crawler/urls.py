@@ -26,6 +26,8 @@ _SCHEMES: Final = frozenset(("http", "https"))
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 # A host name after IDNA encoding: letters, digits, '-', '_' and dots. IP literals pass too.
 _HOST_RE: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?\.?", re.ASCII)
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4_RE: Final = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}", re.ASCII)
 
 
 def parse_url(text: str) -> URL:
@@ -46,8 +48,14 @@ def parse_url(text: str) -> URL:
         )
     if not host:
         raise InvalidURL("URL has no host")
-    if ":" not in host and not _HOST_RE.fullmatch(host):
-        raise InvalidURL(f"invalid host {host!r}")
+    if ":" not in host:
+        if not _HOST_RE.fullmatch(host):
+            raise InvalidURL(f"invalid host {host!r}")
+        last = host.rstrip(".").rpartition(".")[2]
+        if (last.isdigit() or last.startswith("0x")) and not _IPV4_RE.fullmatch(host):
+            # 127.1, 2130706433, 0x7f.0.0.1: legacy forms that resolvers map onto
+            # addresses nobody wrote down. Refused, as WHATWG URL parsers and aiohttp do.
+            raise InvalidURL(f"{host!r} is not a canonical IPv4 address")
     if port == 0:
         raise InvalidURL("port 0 is not a valid port")
     return url

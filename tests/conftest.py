@@ -150,10 +150,12 @@ def make_config(tmp_path: Path, **kw: Any) -> RunConfig:
 
 
 async def run_engine(
-    tmp_path: Path, lines: Iterable[str], **kw: Any
+    tmp_path: Path, lines: Iterable[str] | None, **kw: Any
 ) -> tuple[RunResult, list[dict[str, Any]]]:
+    """Run the engine in-process over ``lines`` (None: tmp_path/urls.txt as it is)."""
     src = tmp_path / "urls.txt"
-    src.write_text("\n".join(lines) + "\n")
+    if lines is not None:
+        src.write_text("\n".join(lines) + "\n")
     config = make_config(tmp_path, **kw)
     engine = Engine(config, LineSource(str(src)), install_signal_handlers=False)
     result = await engine.run()

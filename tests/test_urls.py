@@ -62,6 +62,12 @@ def test_different_urls_keep_different_keys(a: str, b: str) -> None:
         "http://ho\x00st/",
         "javascript:alert(1)",
         "http://[::1/",
+        "http://1.2.3/",
+        "http://127.1/",
+        "http://2130706433/",
+        "http://0x7f.0.0.1/",
+        "http://127.0.0.01/",
+        "http://256.0.0.1/",
     ],
 )
 def test_invalid_urls_raise_invalid_url(text: str) -> None:
