@@ -66,7 +66,7 @@ def test_any_lines_get_one_record_each_and_never_crash(lines: list[bytes]) -> No
         (tmp_path / "urls.txt").write_bytes(data)
         # Every name resolves to loopback and nothing outside 127/8 may be reached: the
         # fuzzer's URLs never leave this machine.
-        result, records = asyncio.run(
+        _, records = asyncio.run(
             run_engine(
                 tmp_path,
                 None,
