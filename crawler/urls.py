@@ -26,6 +26,7 @@ _SCHEMES: Final = frozenset(("http", "https"))
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 # A host name after IDNA encoding: letters, digits, '-', '_' and dots. IP literals pass too.
 _HOST_RE: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?\.?", re.ASCII)
+_BAD_CHARS: Final = re.compile(r"[ \t\r\n\x00]")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4_RE: Final = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}", re.ASCII)
 
@@ -34,7 +35,7 @@ def parse_url(text: str) -> URL:
     """Return the parsed URL, or raise InvalidURL if it is not an absolute http(s) URL."""
     if not text or len(text) > 65_536:
         raise InvalidURL("empty URL" if not text else "URL longer than 65536 characters")
-    if any(c in text for c in " \t\x00\r\n"):
+    if _BAD_CHARS.search(text):
         raise InvalidURL("URL contains whitespace or control characters")
     try:
         url = URL(text)
