@@ -1,0 +1,118 @@
+"""Hostile servers: each fault gets the right error kind, within the deadline, and the
+process's peak memory stays bounded (measured in a real `crawler fetch` subprocess)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import Server
+from tests.hostile import HostileServer, hostile_server
+from tests.test_cli import ENV
+
+TIMEOUT = 2.0
+EXPECTED = {
+    "/silent": "timeout",
+    "/drip": "timeout",
+    "/reset-headers": "connect",
+    "/reset-body": "protocol",
+    "/garbage": "protocol",
+    "/bad-chunk": "protocol",
+    "/huge-header": "protocol",
+    "/short-body": "protocol",
+    "/big-body": "too_large",
+    "/gzip-bomb": "too_large",
+    "/deflate-bomb": "too_large",
+    "/loop": "too_many_redirects",
+    "/chain/1000": "too_many_redirects",
+    "/to-closed": "connect",
+    "/year": "http",
+}
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[HostileServer]:
+    async with hostile_server() as srv:
+        yield srv
+
+
+async def fetch(
+    *args: str, stats: Path, stdin: bytes
+) -> tuple[int, list[dict[str, object]], dict[str, object]]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "crawler",
+        "fetch",
+        "-q",
+        "--stats-json",
+        str(stats),
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=ENV,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    assert b"Traceback" not in err, err.decode()
+    assert proc.returncode is not None
+    records = [orjson.loads(line) for line in out.splitlines()]
+    return proc.returncode, records, orjson.loads(stats.read_bytes())
+
+
+async def test_every_fault_gets_its_kind_within_the_deadline(
+    hostile: HostileServer, tmp_path: Path
+) -> None:
+    urls = [hostile.url(path) for path in EXPECTED]
+    started = time.monotonic()
+    code, records, stats = await fetch(
+        "--timeout",
+        str(TIMEOUT),
+        "--retries",
+        "2",
+        "--breaker-threshold",
+        "0",
+        "-c",
+        "20",
+        "--per-host",
+        "20",
+        stats=tmp_path / "stats.json",
+        stdin="\n".join(urls).encode(),
+    )
+    took = time.monotonic() - started
+    assert code == 0
+    kinds = {r["url"]: r["error"]["kind"] for r in records}  # type: ignore[index]
+    assert kinds == {hostile.url(p): k for p, k in EXPECTED.items()}
+    for r in records:
+        # The URL's deadline bounds every URL, retries and Retry-After included.
+        assert float(r["elapsed_ms"]) <= TIMEOUT * 1000 + 500, r  # type: ignore[arg-type]
+    assert took < TIMEOUT * 2 + 5
+    # A 64 MiB body and two 256 MiB bombs never made it into memory.
+    assert float(stats["peak_rss_mib"]) < 150  # type: ignore[arg-type]
+
+
+async def test_redirect_to_another_host_drops_authorization(
+    hostile: HostileServer, server: Server, tmp_path: Path
+) -> None:
+    other = server.url("/ok/landing", "127.0.0.2")
+    same = hostile.url("/chain/1")
+    code, records, _ = await fetch(
+        "-H",
+        "Authorization: Bearer secret",
+        "-H",
+        "X-Trace: 1",
+        stats=tmp_path / "stats.json",
+        stdin=f"{hostile.url('/to-other?url=' + other)}\n{same}\n".encode(),
+    )
+    assert code == 0 and all(r["ok"] for r in records)
+    landing = server.rec.headers[-1]
+    assert "Authorization" not in landing and landing.get("X-Trace") == "1"
+    # Within the same origin the credentials follow the redirect.
+    sent = [h for p, h in hostile.requests if p.startswith("/chain/")]
+    assert len(sent) == 2 and all(h.get("authorization") == "Bearer secret" for h in sent)
