@@ -224,11 +224,15 @@ class Engine:
         assert task is not None  # noqa: S101
         try:
             while True:
-                await permits.acquire()
+                # Synchronous fast paths first: awaiting a coroutine per URL is not free.
+                if not permits.try_acquire():
+                    await permits.acquire()
                 try:
-                    item = await frontier.get()
+                    item = frontier.get_nowait()
                     if item is None:
-                        return
+                        item = await frontier.get()
+                        if item is None:
+                            return
                     self._busy[task] = item
                     try:
                         await self._process(item)
@@ -260,17 +264,19 @@ class Engine:
         stats = self.stats
         clock = self._clock
         retries = config.retry.retries
+        paced = self._hosts.paced
+        sink = self._sink
         while True:
-            delay = self._hosts.delay(host)
+            delay = self._hosts.delay(host) if paced else 0.0
             if delay > 0:
                 if item.deadline is not None and not item.deadline.allows_wait(delay):
-                    await self._final(item, None, errors.Timeout("deadline exceeded while paced"))
-                    return
+                    self._final(item, None, errors.Timeout("deadline exceeded while paced"))
+                    break
                 await asyncio.sleep(delay)
             breaker = host.breaker
             if breaker is not None and not breaker.allow():
-                await self._final(item, None, errors.CircuitOpen(f"circuit open for {host.key}"))
-                return
+                self._final(item, None, errors.CircuitOpen(f"circuit open for {host.key}"))
+                break
             deadline = item.deadline
             if deadline is None:
                 deadline = item.deadline = Deadline(config.retry.timeout, clock)
@@ -306,8 +312,10 @@ class Engine:
                         continue
                     self._frontier.retry_later(item, wait)
                     return
-            await self._final(item, resp, error)
-            return
+            self._final(item, resp, error)
+            break
+        if sink.behind:
+            await sink.backpressure()
 
     def _observe(
         self,
@@ -331,10 +339,9 @@ class Engine:
                 aimd.on_success(latency)
 
     # -- records ---------------------------------------------------------------------------
-    async def _final(
-        self, item: Item, resp: Response | None, error: errors.FetchError | None
-    ) -> None:
-        """Write the URL's one record and release it."""
+    def _final(self, item: Item, resp: Response | None, error: errors.FetchError | None) -> None:
+        """Write the URL's one record and release it (synchronously: a cancellation can
+        neither lose nor duplicate the record)."""
         if resp is None and error is not None:
             resp = error.response  # e.g. too_large: the status line did arrive
         if resp is not None and error is None and resp.status >= 400:
@@ -348,13 +355,9 @@ class Engine:
             record.redirects = resp.redirects
             record.ok = error is None
         self.stats.record(record.ok, record.status, error.kind if error else None, record.bytes)
-        # Record and release synchronously, then wait for the writer if it is behind:
-        # a cancellation during that wait cannot lose or duplicate this record.
         item.finished = True
         self._sink.put_nowait(self._stamped(record, item), item.fp)
         self._frontier.done(item)
-        if self._sink.behind:
-            await self._sink.backpressure()
 
     def _stamped(self, record: Record, item: Item) -> Record:
         record.attempts = item.attempts

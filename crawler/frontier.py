@@ -116,6 +116,17 @@ class Frontier:
             self._wake_all()
 
     # -- the workers' side ----------------------------------------------------------
+    def get_nowait(self) -> Item | None:
+        """The next runnable URL if there is one right now (its slot held), else None."""
+        if self._stopped:
+            return None
+        item = self._take()
+        if item is not None:
+            self.in_flight += 1
+            if self._getters and self._runnable():
+                self._wake_getter()
+        return item
+
     async def get(self) -> Item | None:
         """The next URL whose host has room (its slot now held), or None when done."""
         while True:

@@ -56,6 +56,13 @@ class DynamicSemaphore:
         self._limit = max(1, limit)
         self._wake()
 
+    def try_acquire(self) -> bool:
+        """Take a permit if one is free right now, without awaiting."""
+        if self._held < self._limit and not self._waiters:
+            self._held += 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         if self._held < self._limit and not self._waiters:
             self._held += 1
@@ -213,6 +220,7 @@ class HostTable:
         self._clock = clock
         self._hosts: dict[str, HostState] = {}
         self.global_pacer = Pacer(limits.rps, limits.burst) if limits.rps > 0 else None
+        self.paced = limits.rps > 0 or limits.per_host_rps > 0
 
     def __len__(self) -> int:
         return len(self._hosts)
