@@ -15,11 +15,15 @@ import time
 import aiohttp
 
 
-async def main(path: str, concurrency: int) -> dict[str, float]:
-    queue: asyncio.Queue[str] = asyncio.Queue()
+def load(path: str) -> list[str]:
     with open(path) as f:
-        for line in f:
-            queue.put_nowait(line.strip())
+        return [line.strip() for line in f]
+
+
+async def main(urls: list[str], concurrency: int) -> dict[str, float]:
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for url in urls:
+        queue.put_nowait(url)
     n = queue.qsize()
     errors = 0
 
@@ -56,7 +60,7 @@ if __name__ == "__main__":
     if args.uvloop:
         import uvloop
 
-        result = uvloop.run(main(args.urls, args.c))
+        result = uvloop.run(main(load(args.urls), args.c))
     else:
-        result = asyncio.run(main(args.urls, args.c))
+        result = asyncio.run(main(load(args.urls), args.c))
     print(json.dumps(result))

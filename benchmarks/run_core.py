@@ -28,8 +28,8 @@ def clients(urls: Path, c: int) -> dict[str, tuple[list[str], dict[str, str]]]:
     ]  # fmt: skip
     return {
         "bare aiohttp (asyncio)": (bare, {}),
-        "crawler fetch (asyncio)": (fetch + ["--no-uvloop"], {}),
-        "bare aiohttp (uvloop)": (bare + ["--uvloop"], {}),
+        "crawler fetch (asyncio)": ([*fetch, "--no-uvloop"], {}),
+        "bare aiohttp (uvloop)": ([*bare, "--uvloop"], {}),
         "crawler fetch (uvloop)": (fetch, {}),
     }
 
