@@ -347,6 +347,7 @@ def serve(
         int, typer.Option("--body-bytes", min=0, help="Body size of /page.")
     ] = 512,
     reuse_port: Annotated[bool, typer.Option("--reuse-port", hidden=True)] = False,
+    parent_pid: Annotated[int | None, typer.Option("--parent-pid", hidden=True)] = None,
     no_uvloop: NoUvloop = False,
 ) -> None:
     """Run the embedded test server in the foreground (no network needed)."""
@@ -367,7 +368,10 @@ def serve(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
-        _run(lambda: serve_forever(opts, reuse_port=reuse_port), use_uvloop=_want_uvloop(no_uvloop))
+        _run(
+            lambda: serve_forever(opts, reuse_port=reuse_port, parent_pid=parent_pid),
+            use_uvloop=_want_uvloop(no_uvloop),
+        )
     except OSError as exc:
         raise UsageError(f"cannot listen: {exc.strerror or exc}") from None
 

@@ -2,7 +2,7 @@
 
 A Python ``set`` of URL strings costs ~100+ bytes per URL; ten million URLs would need a
 gigabyte. Here each canonical key is reduced to a 64-bit BLAKE2b fingerprint stored in
-one flat ``array('Q')`` with linear probing. The table doubles when it is 3/4 full, so
+flat ``array('Q')`` tables with linear probing. A table doubles when it is 3/4 full, so
 it holds between 10.7 and 21.3 bytes per distinct URL (16 on average over growth).
 
 A false "already seen" needs two distinct URLs with the same 64-bit fingerprint: for
@@ -15,7 +15,8 @@ from array import array
 from hashlib import blake2b
 
 _EMPTY = 0
-_MIN_CAPACITY = 1 << 10
+_SHARDS = 256
+_SHARD_MIN = 64  # slots per shard to start with: 128 KiB for an empty set
 
 
 def fingerprint(key: str) -> int:
@@ -27,26 +28,28 @@ def fingerprint(key: str) -> int:
 
 
 class FingerprintSet:
-    """Set of 64-bit fingerprints in a flat open-addressing table."""
+    """Set of 64-bit fingerprints in flat open-addressing tables.
 
-    __slots__ = ("_limit", "_mask", "_size", "_table")
+    The set is split into 256 shards by the fingerprint's top byte, each a table of its
+    own: a shard that fills up doubles alone, so growing never needs the old and the new
+    copy of the whole set at once (one big table would briefly need 3x its size).
+    """
 
-    def __init__(self, capacity: int = _MIN_CAPACITY) -> None:
-        size = _MIN_CAPACITY
-        while size < capacity:
-            size <<= 1
-        self._table = array("Q", bytes(8 * size))
-        self._mask = size - 1
+    __slots__ = ("_limits", "_masks", "_size", "_tables")
+
+    def __init__(self) -> None:
+        self._tables = [array("Q", bytes(8 * _SHARD_MIN)) for _ in range(_SHARDS)]
+        self._masks = [_SHARD_MIN - 1] * _SHARDS
+        self._limits = [_SHARD_MIN * 3 // 4] * _SHARDS
         self._size = 0
-        self._limit = size * 3 // 4
 
     def __len__(self) -> int:
         return self._size
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the table itself."""
-        return len(self._table) * self._table.itemsize
+        """Memory held by the tables themselves."""
+        return sum(len(t) * t.itemsize for t in self._tables)
 
     def add_key(self, key: str) -> bool:
         """Add ``key``'s fingerprint; return True if it was not there before."""
@@ -54,8 +57,9 @@ class FingerprintSet:
 
     def add(self, fp: int) -> bool:
         """Add a fingerprint; return True if it was not there before."""
-        table = self._table
-        mask = self._mask
+        shard = fp >> 56
+        table = self._tables[shard]
+        mask = self._masks[shard]
         i = fp & mask
         while True:
             slot = table[i]
@@ -66,15 +70,17 @@ class FingerprintSet:
             i = (i + 1) & mask
         table[i] = fp
         self._size += 1
-        if self._size > self._limit:
-            self._grow()
+        self._limits[shard] -= 1
+        if self._limits[shard] < 0:
+            self._grow(shard)
         return True
 
     def __contains__(self, fp: object) -> bool:
         if not isinstance(fp, int):
             return False
-        table = self._table
-        mask = self._mask
+        shard = fp >> 56
+        table = self._tables[shard]
+        mask = self._masks[shard]
         i = fp & mask
         while True:
             slot = table[i]
@@ -84,13 +90,19 @@ class FingerprintSet:
                 return True
             i = (i + 1) & mask
 
-    def _grow(self) -> None:
-        old = self._table
+    def _grow(self, shard: int) -> None:
+        old = self._tables[shard]
         size = len(old) * 2
-        self._table = array("Q", bytes(8 * size))
-        self._mask = size - 1
-        self._limit = size * 3 // 4
-        self._size = 0
+        table = array("Q", bytes(8 * size))
+        mask = size - 1
+        count = 0
         for fp in old:
             if fp != _EMPTY:
-                self.add(fp)
+                i = fp & mask
+                while table[i] != _EMPTY:
+                    i = (i + 1) & mask
+                table[i] = fp
+                count += 1
+        self._tables[shard] = table
+        self._masks[shard] = mask
+        self._limits[shard] = size * 3 // 4 - count

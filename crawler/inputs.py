@@ -131,7 +131,12 @@ class LineSource:
                         item: bytes | OSError = os.read(fd, CHUNK)
                     except OSError as exc:
                         item = exc
-                    fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+                    put = queue.put(item)
+                    try:
+                        fut = asyncio.run_coroutine_threadsafe(put, loop)
+                    except RuntimeError:  # the event loop is closed: nobody listens
+                        put.close()
+                        return
                     while True:
                         try:
                             fut.result(timeout=0.5)
@@ -142,7 +147,7 @@ class LineSource:
                                 return
                     if not item or isinstance(item, OSError):
                         return
-            except RuntimeError:  # the event loop is closed: nobody is listening any more
+            except concurrent.futures.CancelledError:  # the loop shut down mid-handover
                 return
             finally:
                 os.close(fd)

@@ -31,7 +31,8 @@ from functools import cache
 
 @cache
 def bomb(wbits: int, size: int = 256 << 20) -> bytes:
-    comp = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    """Compressed zeros; computed once per process, before the server starts."""
+    comp = zlib.compressobj(1, zlib.DEFLATED, wbits)
     zeros = bytes(1 << 20)
     parts = [comp.compress(zeros) for _ in range(size >> 20)]
     parts.append(comp.flush())
@@ -149,6 +150,9 @@ class HostileServer:
 @contextlib.asynccontextmanager
 async def hostile_server() -> AsyncIterator[HostileServer]:
     srv = HostileServer()
+    # Build the bombs off the event loop first: compressing 256 MiB inside a handler
+    # would stall the server and turn every other fault into a timeout.
+    await asyncio.gather(asyncio.to_thread(bomb, 31), asyncio.to_thread(bomb, 15))
     server = await asyncio.start_server(srv._handle, "127.0.0.1", 0, limit=1 << 20)
     srv.port = server.sockets[0].getsockname()[1]
     try:

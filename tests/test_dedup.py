@@ -27,11 +27,15 @@ def test_grows_and_keeps_everything() -> None:
 
 def test_memory_is_about_16_bytes_per_url() -> None:
     s = FingerprintSet()
-    n = 200_000
-    for i in range(n):
+    per_url = []
+    for i in range(1, 400_001):
         s.add_key(f"http://h/{i}")
-    # 8-byte slots, at most 3/4 full before doubling: between 10.7 and 21.3 bytes/URL.
-    assert s.nbytes / n <= 21.5
+        if i % 50_000 == 0:
+            per_url.append(s.nbytes / i)
+    # 8-byte slots, at most 3/4 full before a shard doubles: 10.7 to 21.3 bytes/URL,
+    # and since shards double one at a time the figure moves smoothly around 16.
+    assert all(10.6 < b < 21.4 for b in per_url)
+    assert 12 < sum(per_url) / len(per_url) < 20
 
 
 def test_zero_fingerprint_is_never_stored_as_empty() -> None:

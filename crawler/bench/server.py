@@ -17,6 +17,7 @@ import contextlib
 import gzip
 import os
 import random
+import signal
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -143,19 +144,34 @@ def child_command(opts: ServeOptions, port: int) -> list[str]:
     return cmd
 
 
-async def serve_forever(opts: ServeOptions, *, reuse_port: bool = False) -> None:
-    """Serve until cancelled. With workers > 1, child processes share the port."""
+async def serve_forever(
+    opts: ServeOptions, *, reuse_port: bool = False, parent_pid: int | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM (or cancellation). With workers > 1, child processes
+    share the port; they are stopped with the parent, and stop by themselves if the
+    parent disappears without stopping them (``parent_pid``)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     runner, port = await start(opts, reuse_port=reuse_port or opts.workers > 1)
     children: list[asyncio.subprocess.Process] = []
     try:
         for _ in range(opts.workers - 1):
-            cmd = child_command(opts, port)
+            cmd = [*child_command(opts, port), "--parent-pid", str(os.getpid())]
             child = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL)
             children.append(child)
         hosts = ", ".join(f"http://{h}:{port}" for h in opts.hosts)
         os.write(1, f"{hosts}\n".encode())
-        await asyncio.Event().wait()
+        while not stop.is_set():
+            if parent_pid is not None and os.getppid() != parent_pid:
+                break  # orphaned: the parent died without stopping us
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await stop.wait()
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 child.terminate()

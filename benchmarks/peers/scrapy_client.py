@@ -1,0 +1,60 @@
+"""Peer: Scrapy's CrawlerProcess fetching a URL list; same concurrency, robots.txt off,
+no throttling, nothing stored. Runs in its own virtualenv.
+
+    python scrapy_client.py URLS.txt -c 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import scrapy
+from scrapy.crawler import CrawlerProcess
+
+
+class ListSpider(scrapy.Spider):
+    name = "list"
+
+    def __init__(self, path: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.path = path
+        self.count = 0
+
+    def start_requests(self) -> Any:
+        with open(self.path) as f:
+            for line in f:
+                yield scrapy.Request(line.strip(), callback=self.parse, dont_filter=True)
+
+    def parse(self, response: Any) -> None:
+        self.count += 1
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("urls")
+    ap.add_argument("-c", type=int, default=100)
+    a = ap.parse_args()
+    with open(a.urls) as f:
+        n = sum(1 for _ in f)
+    process = CrawlerProcess(
+        settings={
+            "CONCURRENT_REQUESTS": a.c,
+            "CONCURRENT_REQUESTS_PER_DOMAIN": a.c,
+            "ROBOTSTXT_OBEY": False,
+            "AUTOTHROTTLE_ENABLED": False,
+            "DOWNLOAD_DELAY": 0,
+            "LOG_LEVEL": "ERROR",
+            "COOKIES_ENABLED": False,
+            "RETRY_ENABLED": False,
+            "TELNETCONSOLE_ENABLED": False,
+            "REACTOR_THREADPOOL_MAXSIZE": 4,
+        }
+    )
+    started = time.perf_counter()
+    process.crawl(ListSpider, path=a.urls)
+    process.start()
+    secs = time.perf_counter() - started
+    print(json.dumps({"urls": n, "urls_per_s": round(n / secs, 1)}))

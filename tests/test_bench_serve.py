@@ -1,0 +1,73 @@
+"""`crawler serve` and `crawler bench`: they start, report, and clean up after themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+
+import aiohttp
+import orjson
+
+from tests.test_cli import ENV, run
+
+
+async def test_bench_json_reports_and_stops_its_server() -> None:
+    code, out, err = await run("bench", "--json", "-n", "2000", "-c", "20", "--compare")
+    assert code == 0, err.decode()
+    report = orjson.loads(out)
+    assert report["ok"] == 2000 and report["errors"] == {}
+    assert report["urls_per_s"] > 0 and report["baseline_urls_per_s"] > 0
+    assert report["ratio_to_baseline"] > 0
+    assert set(report["latency_ms"]) == {"p50", "p95", "p99"}
+    assert report["peak_rss_mib"] > 0
+    # The embedded server was stopped: no `crawler serve` child is left behind.
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert "crawler serve --port 0" not in ps.stdout
+
+
+async def test_bench_against_a_target_with_errors() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crawler", "serve", "--port", "0", "--error-rate", "0.2",
+        "--retry-after", "0", stdout=subprocess.PIPE, env=ENV,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        prefix = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()
+        code, out, _ = await run("bench", "--json", "-n", "500", "--target", prefix)
+        report = orjson.loads(out)
+        assert code == 0 and report["target"] == prefix
+        assert report["retries"] > 0  # the injected 503s were retried
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def test_serve_answers_and_stops_cleanly_on_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "crawler", "serve", "--port", "0", "--host", "127.0.0.1",
+            "--host", "127.0.0.2", "--workers", "2",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()
+        first, second = line.split(", ")
+        async with aiohttp.ClientSession() as session:
+            for base in (first, second):
+                async with session.get(f"{base}/page/1") as resp:
+                    assert resp.status == 200 and len(await resp.read()) == 512
+            async with session.get(f"{first}/status/418") as resp:
+                assert resp.status == 418
+            async with session.get(f"{first}/redirect/3") as resp:
+                assert resp.status == 200 and len(resp.history) == 3
+        proc.send_signal(sig)
+        _, err = await asyncio.wait_for(proc.communicate(), 10)
+        assert proc.returncode == 0, err.decode()
+        assert b"Traceback" not in err
+
+
+async def test_serve_bad_options_are_usage_errors() -> None:
+    code, _, err = await run("serve", "--latency-dist", "weird", "--port", "0")
+    assert code == 2 and err.startswith(b"crawler: error:")
