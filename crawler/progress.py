@@ -21,9 +21,16 @@ def _line(snap: Snapshot) -> Text:
         f"{snap.failed:,} failed",
     ]
     frac = snap.input_fraction
-    if frac is not None and 0 < frac < 1 and snap.urls_done:
-        remaining = snap.elapsed_s * (1 - frac) / frac
-        parts.append(f"input {frac:.0%}, ETA {int(remaining // 60)}m{int(remaining % 60):02d}s")
+    eta = None
+    if frac is not None and frac >= 1.0 and snap.urls_per_s > 0:
+        # The whole input is read: what is left is what is queued or in flight.
+        eta = (snap.queued + snap.in_flight) / snap.urls_per_s
+    elif frac is not None and 0 < frac < 1 and snap.urls_done:
+        eta = snap.elapsed_s * (1 - frac) / frac
+    if frac is not None:
+        parts.append(f"input {min(frac, 1.0):.0%}")
+    if eta is not None:
+        parts.append(f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
     return Text(" · ".join(parts))
 
 
