@@ -88,6 +88,19 @@ def wrk_ceiling(prefix: str, c: int) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def _responses(stdout: str) -> int | None:
+    """How many responses a client says it got, when it says (Scrapy, httpx, bare)."""
+    try:
+        data = json.loads(stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    if "responses" in data:
+        return int(data["responses"])
+    if "urls" in data and "errors" in data:
+        return int(data["urls"]) - int(data["errors"])
+    return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000)
@@ -111,7 +124,10 @@ def main() -> None:
             todo = {k: v for k, v in todo.items() if any(o in k for o in args.only)}
         for _ in range(args.rounds):
             for name, cmd in todo.items():
-                secs, rss, _ = timed(cmd, {"PYTHONWARNINGS": "ignore"})
+                secs, rss, out = timed(cmd, {"PYTHONWARNINGS": "ignore"})
+                got = _responses(out)
+                if got is not None and got < args.n:
+                    print(f"  {name}: only {got} of {args.n} responses", file=sys.stderr)
                 results.setdefault(name, []).append((args.n / secs, rss))
                 print(f"  {name}: {args.n / secs:.0f} URLs/s, {rss:.0f} MiB", file=sys.stderr)
     base = {

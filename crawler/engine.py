@@ -8,14 +8,15 @@
 Lifetimes. Every task (reader, workers, sink writer, loop-lag probe, host sweeper,
 progress) belongs to one TaskGroup. The run ends when the input is exhausted, the
 frontier is empty and nothing is in flight: the frontier then hands every worker None,
-the last worker to leave sets ``_workers_done``, and the group's body closes the sink and
-cancels the background tasks. Closing the session and flushing the sink happen outside
-the group, in ``finally`` blocks, with the flush shielded from cancellation.
+and the last worker to leave closes the sink (whose writer writes the rest and returns)
+and cancels the background tasks, so the group ends. Closing the session and flushing
+the sink happen outside the group, in ``finally`` blocks, shielded from cancellation.
 
 Shutdown (SIGINT/SIGTERM). The first signal stops intake: the reader is cancelled and
 the frontier stops handing out URLs; URLs queued but not started get ``cancelled``
 records. Requests in flight get ``grace`` seconds to finish; then (or at a second signal)
-their workers are cancelled and write ``cancelled`` records for them.
+their workers are cancelled and write ``cancelled`` records for them. With ``--state``
+no ``cancelled`` record is written: those URLs are left for the resumed run.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class Engine:
         self._reader: asyncio.Task[None] | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
         self._workers_left = 0
-        self._workers_done = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
         # Set up in run(), inside the event loop.
         self.stats: Stats
         self._hosts: HostTable
@@ -145,6 +146,9 @@ class Engine:
                     await self._run_tasks()
                 except* OutputClosed:
                     output_closed = True
+                except* errors.UsageError as group:
+                    # e.g. the input became unreadable mid-run: one clear message.
+                    raise group.exceptions[0] from None
         finally:
             if self._install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
@@ -159,24 +163,26 @@ class Engine:
     async def _run_tasks(self) -> None:
         concurrency = self._config.limits.concurrency
         async with asyncio.TaskGroup() as tg:
-            background = [
+            self._background = [
                 tg.create_task(self.stats.watch_loop_lag()),
                 tg.create_task(self._maintain()),
             ]
             if self._progress is not None:
-                background.append(tg.create_task(show_progress(self.stats, self._progress)))
-            writer = tg.create_task(self._sink.run())
+                task = tg.create_task(show_progress(self.stats, self._progress))
+                self._background.append(task)
+            tg.create_task(self._sink.run())
             self._reader = tg.create_task(self._read())
             self._workers_left = concurrency
             for _ in range(concurrency):
                 tg.create_task(self._worker())
-            done_waiter = asyncio.ensure_future(self._workers_done.wait())
-            try:
-                await asyncio.wait({done_waiter, writer}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                done_waiter.cancel()
+        # Leaving the group: the last worker closed the sink (the writer then wrote the
+        # rest and returned) and cancelled the background tasks; see _worker_left().
+
+    def _worker_left(self) -> None:
+        self._workers_left -= 1
+        if self._workers_left == 0:
             self._sink.close()
-            for task in background:
+            for task in self._background:
                 task.cancel()
 
     def _input_fraction(self) -> float | None:
@@ -252,9 +258,7 @@ class Engine:
                 finally:
                     permits.release()
         finally:
-            self._workers_left -= 1
-            if self._workers_left == 0:
-                self._workers_done.set()
+            self._worker_left()
 
     async def _process(self, item: Item) -> None:
         """Attempts for one URL until it has a record or goes back to wait for a retry."""

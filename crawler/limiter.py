@@ -171,6 +171,10 @@ class AIMD:
     def permits(self) -> int:
         return int(self.limit)
 
+    def stale(self, now: float, memory: float = 60.0) -> bool:
+        """Nothing learned recently: the host may be forgotten and start afresh."""
+        return self.limit >= self.ceiling or now - self._last_cut >= memory
+
 
 class HostState:
     """Everything kept per host: slots in use, parked URLs, pacer, breaker, AIMD."""
@@ -199,13 +203,14 @@ class HostState:
         return self.active < self.limit
 
     def forgettable(self, now: float) -> bool:
-        """Idle with nothing to remember (AIMD state is relearned from scratch)."""
+        """Idle with nothing worth remembering: no request in flight or parked, a breaker
+        and a pacer with nothing pending, an AIMD limit not cut in the last minute."""
         return (
             self.active == 0
             and not self.parked
             and (self.breaker is None or self.breaker.forgettable(now))
             and (self.pacer is None or self.pacer.idle(now))
-            and (self.aimd is None or self.aimd.limit >= self.aimd.ceiling)
+            and (self.aimd is None or self.aimd.stale(now))
         )
 
 

@@ -140,6 +140,18 @@ def test_host_table_keeps_state_worth_remembering_until_stale() -> None:
     assert len(table) == 0
 
 
+def test_host_table_forgets_a_throttled_host_after_a_minute() -> None:
+    clock = FakeClock()
+    table = HostTable(LimitConfig(per_host=8, adaptive=True), BreakerConfig(threshold=0), clock)
+    host = table.get("slow:80")
+    assert host.aimd is not None
+    host.aimd.on_congestion()
+    table.release(host)
+    assert len(table) == 1  # the lowered limit is remembered while it is fresh
+    clock.now += 60
+    assert table.sweep() == 1 and len(table) == 0
+
+
 def test_host_limit_never_exceeds_global() -> None:
     assert LimitConfig(concurrency=4, per_host=10).host_limit == 4
     assert LimitConfig(concurrency=4, per_host=0).host_limit == 4

@@ -23,10 +23,17 @@ class ListSpider(scrapy.Spider):
         self.path = path
         self.count = 0
 
-    def start_requests(self) -> Any:
+    def _requests(self) -> Any:
         with open(self.path) as f:
             for line in f:
                 yield scrapy.Request(line.strip(), callback=self.parse, dont_filter=True)
+
+    async def start(self) -> Any:  # Scrapy >= 2.13
+        for request in self._requests():
+            yield request
+
+    def start_requests(self) -> Any:  # older Scrapy
+        return self._requests()
 
     def parse(self, response: Any) -> None:
         self.count += 1
@@ -53,8 +60,12 @@ if __name__ == "__main__":
             "REACTOR_THREADPOOL_MAXSIZE": 4,
         }
     )
+    crawler = process.create_crawler(ListSpider)
     started = time.perf_counter()
-    process.crawl(ListSpider, path=a.urls)
+    process.crawl(crawler, path=a.urls)
     process.start()
     secs = time.perf_counter() - started
-    print(json.dumps({"urls": n, "urls_per_s": round(n / secs, 1)}))
+    stats = crawler.stats.get_stats() if crawler.stats else {}
+    responses = stats.get("downloader/response_count", 0)
+    print(json.dumps({"urls": n, "responses": responses, "urls_per_s": round(responses / secs, 1),
+                      "errors": stats.get("downloader/exception_count", 0)}))  # fmt: skip
