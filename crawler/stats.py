@@ -79,7 +79,18 @@ class Snapshot:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process, MiB."""
+    """Peak resident set size of this process, MiB.
+
+    On Linux from /proc (VmHWM): ``ru_maxrss`` survives execve, so a crawler started by a
+    big parent process would report the parent's peak as its own.
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 

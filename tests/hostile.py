@@ -58,6 +58,7 @@ class HostileServer:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.closing = asyncio.Event()  # set at teardown: stalled handlers give up
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -86,13 +87,15 @@ class HostileServer:
     async def _respond(self, path: str, w: asyncio.StreamWriter) -> None:
         ok = b"HTTP/1.1 200 OK\r\n"
         if path == "/silent":
-            await asyncio.Event().wait()
+            await self.closing.wait()
         elif path == "/drip":
             w.write(ok + b"Content-Length: 100000\r\n\r\n")
-            while True:
+            while not self.closing.is_set():
                 w.write(b"x")
                 await w.drain()
-                await asyncio.sleep(1)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1):
+                        await self.closing.wait()
         elif path == "/reset-headers":
             w.write(b"HTTP/1.1 200 O")
             await w.drain()
@@ -158,8 +161,7 @@ async def hostile_server() -> AsyncIterator[HostileServer]:
     try:
         yield srv
     finally:
+        srv.closing.set()
         server.close()
-        for task in list(srv._tasks):
-            task.cancel()
         await asyncio.gather(*srv._tasks, return_exceptions=True)
         await server.wait_closed()

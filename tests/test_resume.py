@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,7 @@ async def kill_and_resume(server: Server, tmp_path: Path, kills: int, seed: int)
     expected = write_urls(server, urls_path, 4000)
     args = (str(urls_path), "-o", str(out), "--state", str(state), "-c", "10", "-q")
     done_naturally = 0
+    cut = 0  # kills after which the output held uncommitted bytes, cut on resume
     for _ in range(kills):
         proc = await start(*args)
         try:
@@ -55,6 +57,10 @@ async def kill_and_resume(server: Server, tmp_path: Path, kills: int, seed: int)
         except TimeoutError:
             proc.kill()
             await proc.wait()
+        if state.exists() and out.exists():
+            with sqlite3.connect(state) as db:
+                (committed,) = db.execute("SELECT offset FROM output").fetchone()
+            cut += out.stat().st_size > committed
     proc = await start(*args)
     assert await asyncio.wait_for(proc.wait(), 60) == 0
     records = parse_output(out.read_bytes())
@@ -64,6 +70,11 @@ async def kill_and_resume(server: Server, tmp_path: Path, kills: int, seed: int)
     )
     assert all(r["ok"] or r["url"] == "not a url" for r in records)
     assert done_naturally < kills  # the kills really landed mid-run
+    assert cut > 0  # ...and some of them left a tail that resume had to cut
+    sys.stderr.write(
+        f"\nkill test: {kills} kills ({done_naturally} runs ended first), {len(expected)} "
+        f"URLs, {cut} tails cut, lost 0, duplicated 0\n"
+    )
 
 
 async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
