@@ -48,6 +48,7 @@ class Sink:
         self.bytes_written = 0
 
     async def open(self) -> None:
+        self._last_checkpoint = asyncio.get_running_loop().time()
         path = self._config.output
         if path is None:
             self._file = await aiofiles.open(1, "wb", buffering=0, closefd=False)
@@ -91,7 +92,13 @@ class Sink:
             self._fps.append(fp)
         self._count += 1
         self.records += 1
-        if self._count >= self._config.batch_records or len(self._buf) >= self._config.batch_bytes:
+        # Wake the writer for the first record of a batch (it starts the batch's timer)
+        # and again when the batch is full.
+        if (
+            self._count == 1
+            or self._count >= self._config.batch_records
+            or len(self._buf) >= self._config.batch_bytes
+        ):
             self._kick.set()
 
     @property
@@ -110,36 +117,46 @@ class Sink:
         await self.backpressure()
 
     async def run(self) -> None:
-        """Write batches until ``close()``; then write what is left and return."""
+        """Write batches until ``close()``; then write what is left and return.
+
+        The first record of a batch wakes us; the batch then gets ``flush_interval``
+        seconds to fill, and a full batch wakes us early. So a fast run writes full
+        batches and a slow one shows each record within ``flush_interval``.
+        """
         interval = self._config.flush_interval
+        cfg = self._config
         while True:
             if not self._buf and not self._closing:
                 if self._written_fps:
                     # Records are written but not checkpointed: do not leave them
                     # uncommitted for long just because no new record arrives.
                     try:
-                        async with asyncio.timeout(self._config.checkpoint_interval):
+                        async with asyncio.timeout(cfg.checkpoint_interval):
                             await self._kick.wait()
                     except TimeoutError:
                         await self.checkpoint()
                         continue
                 else:
                     await self._kick.wait()
-            if not self._closing and self._count < self._config.batch_records:
-                # Give a batch up to ``interval`` to fill; a full batch kicks us early.
+            self._kick.clear()
+            if (
+                not self._closing
+                and self._count < cfg.batch_records
+                and len(self._buf) < cfg.batch_bytes
+            ):
                 try:
                     async with asyncio.timeout(interval):
                         await self._kick.wait()
                 except TimeoutError:
                     pass
-            self._kick.clear()
+                self._kick.clear()
             await self._write_batch()
             if self._closing and not self._buf:
                 await self.checkpoint()
                 return
             if self._state is not None:
                 now = asyncio.get_running_loop().time()
-                if now - self._last_checkpoint >= self._config.checkpoint_interval:
+                if now - self._last_checkpoint >= cfg.checkpoint_interval:
                     self._last_checkpoint = now
                     await self.checkpoint()
 

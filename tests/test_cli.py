@@ -176,3 +176,24 @@ async def test_sigint_flushes_records_and_exits_130(server: Server, tmp_path: Pa
 
 async def test_sigterm_flushes_records_and_exits_130(server: Server, tmp_path: Path) -> None:
     await _interrupt(server, tmp_path, signal.SIGTERM)
+
+
+async def test_a_slow_run_shows_records_promptly(server: Server, tmp_path: Path) -> None:
+    urls = tmp_path / "urls.txt"
+    urls.write_text(
+        "\n".join([server.url("/hang/slow"), *(server.url(f"/ok/{i}") for i in range(3))])
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *CRAWLER, "fetch", str(urls), "-q", "--timeout", "60",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        # The three fast URLs are on stdout long before the hanging one ends the run
+        # (the batch is flushed by time, not only when it is full or at the end).
+        got = [await asyncio.wait_for(proc.stdout.readline(), 5) for _ in range(3)]
+        assert all(orjson.loads(line)["ok"] for line in got)
+        assert proc.returncode is None
+    finally:
+        proc.terminate()
+        await proc.communicate()

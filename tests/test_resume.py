@@ -52,7 +52,7 @@ async def kill_and_resume(server: Server, tmp_path: Path, kills: int, seed: int)
     for _ in range(kills):
         proc = await start(*args)
         try:
-            await asyncio.wait_for(proc.wait(), rng.uniform(0.2, 0.9))
+            await asyncio.wait_for(proc.wait(), rng.uniform(0.3, 1.6))
             done_naturally += 1
         except TimeoutError:
             proc.kill()
