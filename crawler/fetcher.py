@@ -74,7 +74,9 @@ def map_exception(exc: BaseException, *, deadline_left: float) -> errors.FetchEr
         return errors.ProtocolError(_describe(exc))
     if isinstance(exc, UnicodeError | ValueError):
         return errors.ProtocolError(_describe(exc))
-    raise exc
+    # Anything else is a surprise from the HTTP stack on a response we could not
+    # handle. It ends this URL, never the run.
+    return errors.ProtocolError(f"unexpected {_describe(exc)}")
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -195,7 +197,9 @@ class Fetcher:
                 url = nxt.with_fragment(None) if nxt.raw_fragment else nxt
                 if headers is not None and url.origin() != origin:
                     headers = None
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+        except errors.FetchError:
+            raise
+        except Exception as exc:  # every failure of one URL becomes its record, not a crash
             raise map_exception(exc, deadline_left=deadline - loop.time()) from exc
 
     async def _count_body(self, resp: aiohttp.ClientResponse) -> int:
