@@ -130,13 +130,8 @@ class Frontier:
     async def get(self) -> Item | None:
         """The next URL whose host has room (its slot now held), or None when done."""
         while True:
-            if self._stopped:
-                return None
-            item = self._take()
-            if item is not None:
-                self.in_flight += 1
-                if self._getters and self._runnable():
-                    self._wake_getter()
+            item = self.get_nowait()
+            if item is not None or self._stopped:
                 return item
             if self.finished:
                 self._wake_all()

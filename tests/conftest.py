@@ -129,6 +129,16 @@ async def server() -> AsyncIterator[Server]:
         await runner.cleanup()
 
 
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` (no sleeping on state: a bounded wait for it to become true)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
 def make_config(tmp_path: Path, **kw: Any) -> RunConfig:
     """A RunConfig for tests: small timeouts, output into tmp_path/out.jsonl."""
     limits = {k: kw.pop(k) for k in list(kw) if k in LimitConfig.__dataclass_fields__}

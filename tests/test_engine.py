@@ -9,7 +9,7 @@ from pathlib import Path
 
 from crawler.engine import Engine
 from crawler.inputs import LineSource
-from tests.conftest import Server, make_config, read_records, run_engine
+from tests.conftest import Server, make_config, read_records, run_engine, until
 
 FIELDS = {
     "url",
@@ -201,10 +201,7 @@ async def test_stop_cancels_in_flight_and_queued(server: Server, tmp_path: Path)
     config = make_config(tmp_path, concurrency=4, per_host=4, grace=0.2, timeout=30)
     engine = Engine(config, LineSource(str(src)), install_signal_handlers=False)
     task = asyncio.create_task(engine.run())
-    for _ in range(500):  # bounded wait until 4 requests reached the server
-        if sum(server.rec.hits.values()) >= 4:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: sum(server.rec.hits.values()) >= 4)
     engine.request_stop()
     result = await asyncio.wait_for(task, 5)
     records = read_records(tmp_path / "out.jsonl")
@@ -221,10 +218,7 @@ async def test_in_flight_requests_finish_within_grace(server: Server, tmp_path: 
     config = make_config(tmp_path, concurrency=2, grace=5.0)
     engine = Engine(config, LineSource(str(src)), install_signal_handlers=False)
     task = asyncio.create_task(engine.run())
-    for _ in range(500):
-        if sum(server.rec.hits.values()) >= 2:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: sum(server.rec.hits.values()) >= 2)
     engine.request_stop()
     result = await asyncio.wait_for(task, 5)
     records = read_records(tmp_path / "out.jsonl")
@@ -238,10 +232,7 @@ async def test_second_stop_cuts_the_grace_short(server: Server, tmp_path: Path) 
     config = make_config(tmp_path, grace=30.0, timeout=60)
     engine = Engine(config, LineSource(str(src)), install_signal_handlers=False)
     task = asyncio.create_task(engine.run())
-    for _ in range(500):
-        if server.rec.hits:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: bool(server.rec.hits))
     engine.request_stop()
     engine.request_stop()
     await asyncio.wait_for(task, 3)
