@@ -127,18 +127,22 @@ def reserve(now: float, first: Pacer | None, second: Pacer | None) -> float:
 
 
 class AIMD:
-    """Additive-increase / multiplicative-decrease of one host's concurrency limit.
+    """Additive-increase / multiplicative-decrease of one host's concurrency limit, the way
+    TCP runs its congestion window, with a request's latency as the round trip:
 
     - congestion (429, 503, timeouts, connect errors): limit halves, at most once per
-      ``cooldown`` seconds so one burst of failures from concurrent requests counts once;
+      round trip (``cooldown``, by default the smoothed latency), so the burst of failures
+      that one overload produces across concurrent requests counts once;
     - latency: a fast EWMA above twice a slow EWMA (and above 50 ms) is early congestion:
-      limit x0.9, same cooldown;
-    - success: limit += 1/limit, i.e. +1 per window of successful requests.
+      limit x0.9, same pacing;
+    - success: limit += 1/limit, i.e. +1 per round trip's worth of successes.
     """
 
     __slots__ = ("_clock", "_last_cut", "ceiling", "cooldown", "fast", "limit", "slow")
 
-    def __init__(self, ceiling: int, clock: Callable[[], float], cooldown: float = 1.0) -> None:
+    def __init__(
+        self, ceiling: int, clock: Callable[[], float], cooldown: float | None = None
+    ) -> None:
         self.ceiling = float(ceiling)
         self.limit = float(ceiling)
         self._clock = clock
@@ -149,7 +153,10 @@ class AIMD:
 
     def _cut(self, factor: float) -> None:
         now = self._clock()
-        if now - self._last_cut >= self.cooldown:
+        rtt = self.cooldown
+        if rtt is None:
+            rtt = min(1.0, max(0.01, self.fast or 0.1))
+        if now - self._last_cut >= rtt:
             self._last_cut = now
             self.limit = max(1.0, self.limit * factor)
 

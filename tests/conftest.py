@@ -82,6 +82,21 @@ def make_app(rec: Recorder) -> web.Application:
             return web.Response(status=code, headers=headers, text="busy")
         return web.Response(text="recovered")
 
+    async def limited(request: web.Request) -> web.Response:
+        """An overloaded host: 503 when more than ?max= requests are in flight."""
+        await track(request)
+        host = request.host
+        if rec.active[host] >= int(request.query.get("max", "4")):
+            rec.hits["503"] += 1
+            return web.Response(status=503, headers={"Retry-After": "0"}, text="busy")
+        rec.active[host] += 1
+        rec.peak[host] = max(rec.peak[host], rec.active[host])
+        try:
+            await asyncio.sleep(0.02)
+        finally:
+            rec.active[host] -= 1
+        return web.Response(text="ok")
+
     async def hang(request: web.Request) -> web.Response:
         await track(request)
         await rec.release.wait()
@@ -99,6 +114,7 @@ def make_app(rec: Recorder) -> web.Application:
     app.router.add_get("/status/{code}/{tail:.*}", status)
     app.router.add_get("/flaky/{tail:.*}", flaky)
     app.router.add_get("/hang/{tail:.*}", hang)
+    app.router.add_get("/limited/{tail:.*}", limited)
     app.router.add_get("/redirect", redirect)
     return app
 

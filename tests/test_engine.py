@@ -238,3 +238,19 @@ async def test_second_stop_cuts_the_grace_short(server: Server, tmp_path: Path) 
     await asyncio.wait_for(task, 3)
     [rec] = read_records(tmp_path / "out.jsonl")
     assert rec["error"]["kind"] == "cancelled" and rec["attempts"] == 1
+
+
+async def test_adaptive_backs_off_an_overloaded_host(server: Server, tmp_path: Path) -> None:
+    # The host answers 503 (Retry-After: 0) whenever more than 4 requests are in flight.
+    # Without --adaptive, 20 workers keep hammering it; with AIMD the host's limit drops
+    # to what it can take, and most of the 503s never happen.
+    lines = [server.url(f"/limited/{i}?max=4") for i in range(300)]
+    common = {"concurrency": 20, "per_host": 20, "retries": 10, "breaker_threshold": 0}
+    _, plain = await run_engine(tmp_path, lines, adaptive=False, **common)
+    plain_503 = server.rec.hits["503"]
+    server.rec.hits["503"] = 0
+    _, adaptive = await run_engine(tmp_path, lines, adaptive=True, **common)
+    adaptive_503 = server.rec.hits["503"]
+    assert all(r["ok"] for r in adaptive)
+    assert adaptive_503 * 3 < plain_503, (adaptive_503, plain_503)
+    assert len(plain) == len(adaptive) == 300
