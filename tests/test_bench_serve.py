@@ -10,6 +10,7 @@ import sys
 import aiohttp
 import orjson
 
+from tests.conftest import until
 from tests.test_cli import ENV, run
 
 
@@ -71,3 +72,25 @@ async def test_serve_answers_and_stops_cleanly_on_signals() -> None:
 async def test_serve_bad_options_are_usage_errors() -> None:
     code, _, err = await run("serve", "--latency-dist", "weird", "--port", "0")
     assert code == 2 and err.startswith(b"crawler: error:")
+
+
+async def test_bench_ctrl_c_stops_its_server() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crawler", "bench", "-n", "5000000", "--json",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+    )  # fmt: skip
+
+    def server_children() -> list[str]:
+        ps = subprocess.run(["ps", "-eo", "ppid,args"], capture_output=True, text=True)
+        return [
+            line for line in ps.stdout.splitlines()
+            if line.split(None, 1)[0] == str(proc.pid) and "crawler serve" in line
+        ]  # fmt: skip
+
+    await until(lambda: bool(server_children()))
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 130
+    assert b"Traceback" not in err
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert "crawler serve --port 0" not in ps.stdout
