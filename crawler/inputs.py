@@ -9,7 +9,6 @@ Accepts a UTF-8 BOM, CRLF line ends, a missing final newline and invalid UTF-8
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import os
 import stat
@@ -20,6 +19,7 @@ from typing import Final, Protocol
 from crawler.errors import UsageError
 
 CHUNK: Final = 256 * 1024
+_AHEAD: Final = 4  # chunks the reader thread may read ahead of the pipeline
 _BOM: Final = b"\xef\xbb\xbf"
 
 
@@ -111,44 +111,39 @@ class LineSource:
                 yield lines
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        """Chunks read by a daemon thread, handed over through a small bounded queue.
+        """Chunks read by a daemon thread, at most ``_AHEAD`` of them ahead of us.
 
         A dedicated daemon thread rather than the default executor: a read blocked on an
         interactive or idle stdin must not keep the process alive at exit (asyncio.run
-        waits for the default executor's threads).
+        waits for the default executor's threads). The handover is a plain callback
+        (``call_soon_threadsafe``), so nothing is left half-scheduled on a closed loop.
         """
         fd = self._fd
         assert fd is not None  # noqa: S101 - open() ran above
         self._fd = None  # the pump thread owns the descriptor from now on
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[bytes | OSError] = asyncio.Queue(maxsize=4)
+        queue: asyncio.Queue[bytes | OSError] = asyncio.Queue()
+        room = threading.Semaphore(_AHEAD)  # backpressure: chunks not yet taken
         abandoned = threading.Event()
 
         def pump() -> None:
             try:
-                while not abandoned.is_set():
+                while True:
+                    while not room.acquire(timeout=0.5):
+                        if abandoned.is_set():
+                            return
+                    if abandoned.is_set():
+                        return
                     try:
                         item: bytes | OSError = os.read(fd, CHUNK)
                     except OSError as exc:
                         item = exc
-                    put = queue.put(item)
                     try:
-                        fut = asyncio.run_coroutine_threadsafe(put, loop)
+                        loop.call_soon_threadsafe(queue.put_nowait, item)
                     except RuntimeError:  # the event loop is closed: nobody listens
-                        put.close()
                         return
-                    while True:
-                        try:
-                            fut.result(timeout=0.5)
-                            break
-                        except concurrent.futures.TimeoutError:
-                            if abandoned.is_set():
-                                fut.cancel()
-                                return
                     if not item or isinstance(item, OSError):
                         return
-            except concurrent.futures.CancelledError:  # the loop shut down mid-handover
-                return
             finally:
                 os.close(fd)
 
@@ -156,6 +151,7 @@ class LineSource:
         try:
             while True:
                 item = await queue.get()
+                room.release()
                 if isinstance(item, OSError):
                     raise UsageError(f"error reading input: {item.strerror}")
                 if not item:
