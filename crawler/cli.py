@@ -281,6 +281,8 @@ def fetch(
         block_private=block_private,
         resolve=resolve,
     )
+    if stats_json is not None and not stats_json.resolve().parent.is_dir():
+        raise UsageError(f"cannot write --stats-json {str(stats_json)!r}: no such directory")
     source = LineSource(input, max_line_bytes=config.input.max_line_bytes)
     source.open()
     console = Console(stderr=True)

@@ -112,6 +112,9 @@ async def test_usage_errors_exit_2_with_one_line(args: tuple[str, ...]) -> None:
 async def test_unwritable_output_is_a_usage_error(tmp_path: Path) -> None:
     code, _, err = await run("fetch", "-o", str(tmp_path / "no" / "such" / "dir.jsonl"), stdin=b"")
     assert code == 2 and err.startswith(b"crawler: error: cannot write output")
+    missing = str(tmp_path / "no" / "stats.json")
+    code, out, err = await run("fetch", "--stats-json", missing, stdin=b"http://127.0.0.1:9/\n")
+    assert code == 2 and out == b"" and err.startswith(b"crawler: error: cannot write --stats")
 
 
 async def test_version_and_help() -> None:
