@@ -1,93 +1,29 @@
-"""Shared helpers for the benchmark scripts: a local server (nginx if installed, else
-``crawler serve``), URL files, timing subprocesses, medians."""
+"""Shared helpers for the benchmark scripts: a local server (see server.py: nginx if
+installed, else an aiohttp.web app in its own processes), URL files, timing subprocesses,
+medians."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import socket
+import platform
+import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-BODY = "<html><body>" + "x" * 500 + "</body></html>"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"server on port {port} did not start")
+from server import running
 
 
 @contextlib.contextmanager
 def local_server(kind: str = "auto", workers: int = 1) -> Iterator[tuple[str, str]]:
-    """Yield (URL prefix, description). nginx when installed (and kind != 'embedded')."""
-    port = free_port()
-    nginx = shutil.which("nginx")
-    tmp = Path(tempfile.mkdtemp(prefix="crawler-bench-"))
-    if kind in ("auto", "nginx") and nginx:
-        conf = tmp / "nginx.conf"
-        conf.write_text(
-            f"""
-worker_processes {workers};
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log;
-daemon off;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 60s;
-    client_body_temp_path {tmp};
-    proxy_temp_path {tmp};
-    fastcgi_temp_path {tmp};
-    uwsgi_temp_path {tmp};
-    scgi_temp_path {tmp};
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{ default_type text/html; return 200 '{BODY}'; }}
-        location /status/503 {{ add_header Retry-After 1; return 503 'busy'; }}
-    }}
-}}
-"""
-        )
-        proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp)])
-        version = subprocess.run(
-            [nginx, "-v"], capture_output=True, text=True, check=False
-        ).stderr.strip()
-        desc = f"{version} ({workers} worker)"
-    else:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "crawler", "serve", "--port", str(port),
-             "--workers", str(workers), "--body-bytes", str(len(BODY))],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        desc = f"crawler serve ({workers} process)"
-    try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}", desc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Yield (URL prefix, description) of a local server in its own process(es):
+    nginx when installed and kind is auto/nginx, else the aiohttp.web server of server.py."""
+    with running(kind, workers) as served:
+        yield served
 
 
 def write_urls(path: Path, prefix: str, n: int) -> None:
@@ -96,21 +32,83 @@ def write_urls(path: Path, prefix: str, n: int) -> None:
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Run cmd; return (wall seconds, peak RSS MiB via /usr/bin/time, stdout)."""
+    """Run cmd; return (wall seconds, peak RSS MiB via /usr/bin/time -f %M, stdout).
+
+    The client runs in a process group of its own; if this script is interrupted, the
+    whole group (``/usr/bin/time`` and the client under it) is stopped before unwinding."""
     time_bin = "/usr/bin/time"
     full = [time_bin, "-f", "%M", *cmd] if os.path.exists(time_bin) else cmd
     started = time.perf_counter()
-    proc = subprocess.run(
-        full, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False
+    proc = subprocess.Popen(
+        full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = proc.communicate()
+    except BaseException:
+        stop_group(proc)
+        raise
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[:3]} failed: {proc.stderr[-500:]}")
+        raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}): {stderr[-500:]}")
     rss = 0.0
     if full is not cmd:
-        rss = int(proc.stderr.strip().splitlines()[-1]) / 1024
-    return elapsed, rss, proc.stdout
+        rss = int(stderr.strip().splitlines()[-1]) / 1024
+    return elapsed, rss, stdout
+
+
+def stop_group(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
+    """SIGTERM the process group led by proc, then SIGKILL it after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=grace)
+            # the leader is gone; make sure nothing it started is left in the group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def machine() -> dict[str, str]:
+    """What the figures were measured on."""
+    import aiohttp
+
+    try:
+        import uvloop
+
+        uv = uvloop.__version__
+    except ImportError:
+        uv = "no"
+    return {
+        "nproc": str(os.cpu_count()),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "aiohttp": aiohttp.__version__,
+        "uvloop": uv,
+    }
 
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a script's main so that Ctrl-C and SIGTERM unwind it: the context managers and
+    ``subprocess.run`` then stop the servers and clients it started. Exit 130 / 143."""
+
+    def on_term(_sig: int, _frame: object) -> None:
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import local_server
+from common import local_server, run_main
 
 
 def rss_mib(pid: int) -> float:
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--urls", type=int, default=1_000_000)
     ap.add_argument("--hosts", type=int, default=10_000)
     ap.add_argument("-c", type=int, default=200)
-    ap.add_argument("--server", default="auto", choices=["auto", "nginx", "embedded"])
+    ap.add_argument("--server", default="auto", choices=["auto", "nginx", "aiohttp", "embedded"])
     args = ap.parse_args()
     with local_server(args.server) as (prefix, desc), tempfile.TemporaryDirectory() as tmp:
         port = prefix.rsplit(":", 1)[1]
@@ -78,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import local_server, median, timed, write_urls
+from common import local_server, median, run_main, timed, write_urls
 
 HERE = Path(__file__).parent
 VENV = HERE / ".venvs" / "peers"
@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("-c", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--server", default="auto", choices=["auto", "nginx", "embedded"])
+    ap.add_argument("--server", default="auto", choices=["auto", "nginx", "aiohttp", "embedded"])
     ap.add_argument("--only", nargs="*", help="run only clients whose name contains these")
     args = ap.parse_args()
     python = peer_python()
@@ -153,4 +153,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,10 +1,22 @@
 """crawler fetch against a bare aiohttp loop, interleaved on the same local server.
 
-    python benchmarks/run_core.py --n 20000 -c 100 --rounds 3 [--server embedded|nginx]
+    python benchmarks/run_core.py --n 20000 -c 100 --rounds 3 [--server auto|nginx|aiohttp]
 
-Each round runs every client once, in turn, as a separate process; the table shows the
-median URLs/s over rounds, the ratio to the bare aiohttp loop on the same event loop,
-and the median peak RSS.
+One server (server.py: nginx when installed, else aiohttp.web in its own processes) is
+started once and shared by every run. Each round runs every client once, as a fresh
+process, in an order rotated from round to round:
+
+    bare aiohttp (asyncio|uvloop):  python benchmarks/bare_aiohttp.py URLS -c C [--uvloop]
+    crawler fetch (asyncio|uvloop): python -m crawler fetch URLS -c C --per-host C
+                                    -o /dev/null -q --stats-json TMP [--no-uvloop]
+
+URLS holds N distinct URLs PREFIX/page/i. "URLs/s" is N over the wall time of the whole
+process (interpreter start included); "in-proc" is the client's own figure (bare: time of
+the fetch loop; crawler: --stats-json urls_per_s), which leaves start-up out. Peak RSS is
+what each client reports about itself (bare: VmHWM; crawler: --stats-json peak_rss_mib).
+Every run must end with N ok responses, or the script says so and stops.
+The table gives medians over rounds and the ratio crawler/bare on the same event loop.
+Raw runs are saved as JSON under benchmarks/out/.
 """
 
 from __future__ import annotations
@@ -13,70 +25,113 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-from common import local_server, median, timed, write_urls
+from common import local_server, machine, median, run_main, timed, write_urls
 
 HERE = Path(__file__).parent
+OUT = HERE / "out"
 
 
-def clients(urls: Path, c: int) -> dict[str, tuple[list[str], dict[str, str]]]:
+def clients(urls: Path, c: int, stats: Path, loops: list[str]) -> dict[str, list[str]]:
     bare = [sys.executable, str(HERE / "bare_aiohttp.py"), str(urls), "-c", str(c)]
     fetch = [
         sys.executable, "-m", "crawler", "fetch", str(urls), "-c", str(c),
-        "--per-host", str(c), "-o", "/dev/null", "-q",
+        "--per-host", str(c), "-o", "/dev/null", "-q", "--stats-json", str(stats),
     ]  # fmt: skip
+    out = {}
+    for loop in loops:
+        out[f"bare aiohttp ({loop})"] = [*bare, "--uvloop"] if loop == "uvloop" else bare
+        out[f"crawler fetch ({loop})"] = [*fetch, "--no-uvloop"] if loop == "asyncio" else fetch
+    return out
+
+
+def run_once(name: str, cmd: list[str], n: int, stats: Path) -> dict[str, float]:
+    stats.unlink(missing_ok=True)
+    secs, time_rss, stdout = timed(cmd)
+    if name.startswith("bare"):
+        rep = json.loads(stdout.strip().splitlines()[-1])
+        ok = rep["urls"] - rep["errors"] - rep["http_errors"]
+        inproc, rss = rep["urls_per_s"], rep["peak_rss_mib"]
+    else:
+        rep = json.loads(stats.read_text())
+        ok = rep["ok"]
+        inproc, rss = rep["urls_per_s"], rep["peak_rss_mib"]
+        if rep["urls_done"] != n:
+            raise RuntimeError(f"{name}: {rep['urls_done']} records for {n} URLs: {rep}")
+    if ok != n:
+        raise RuntimeError(f"{name}: only {ok} of {n} URLs ok: {rep}")
     return {
-        "bare aiohttp (asyncio)": (bare, {}),
-        "crawler fetch (asyncio)": ([*fetch, "--no-uvloop"], {}),
-        "bare aiohttp (uvloop)": ([*bare, "--uvloop"], {}),
-        "crawler fetch (uvloop)": (fetch, {}),
+        "wall_s": round(secs, 3),
+        "urls_per_s": round(n / secs, 1),
+        "inproc_urls_per_s": inproc,
+        "peak_rss_mib": rss,
+        "time_maxrss_mib": round(time_rss, 1),
     }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=20_000)
-    ap.add_argument("-c", type=int, default=100)
+    ap = argparse.ArgumentParser(description="crawler fetch vs a bare aiohttp loop")
+    ap.add_argument("--n", type=int, default=20_000, help="distinct URLs per run")
+    ap.add_argument("-c", type=int, default=100, help="concurrency of every client")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--server", default="auto", choices=["auto", "nginx", "embedded"])
+    ap.add_argument("--server", default="auto", choices=["auto", "nginx", "aiohttp", "embedded"])
     ap.add_argument("--server-workers", type=int, default=1)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--loops", nargs="+", default=["asyncio", "uvloop"], choices=["asyncio", "uvloop"]
+    )
+    ap.add_argument("--json", action="store_true", help="print the report as JSON")
     args = ap.parse_args()
-    results: dict[str, list[tuple[float, float]]] = {}
+    runs: dict[str, list[dict[str, float]]] = {}
     with local_server(args.server, args.server_workers) as (prefix, desc), \
             tempfile.TemporaryDirectory() as tmp:  # fmt: skip
         urls = Path(tmp) / "urls.txt"
+        stats = Path(tmp) / "stats.json"
         write_urls(urls, prefix, args.n)
-        for _ in range(args.rounds):
-            for name, (cmd, env) in clients(urls, args.c).items():
-                secs, rss, _ = timed(cmd, env)
-                results.setdefault(name, []).append((args.n / secs, rss))
-    rows = {}
-    for name, runs in results.items():
+        todo = list(clients(urls, args.c, stats, args.loops).items())
+        for r in range(args.rounds):
+            shift = r % len(todo)
+            for name, cmd in todo[shift:] + todo[:shift]:
+                runs.setdefault(name, []).append(run_once(name, cmd, args.n, stats))
+                if not args.json:
+                    print(f"round {r + 1} {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
+    rows: dict[str, dict[str, Any]] = {}
+    for name, rs in runs.items():
         rows[name] = {
-            "urls_per_s": round(median([r for r, _ in runs]), 1),
-            "runs": [round(r) for r, _ in runs],
-            "peak_rss_mib": round(median([m for _, m in runs]), 1),
+            "urls_per_s": round(median([x["urls_per_s"] for x in rs]), 1),
+            "inproc_urls_per_s": round(median([x["inproc_urls_per_s"] for x in rs]), 1),
+            "peak_rss_mib": round(median([x["peak_rss_mib"] for x in rs]), 1),
+            "runs": [round(x["urls_per_s"]) for x in rs],
         }
-    for loop in ("asyncio", "uvloop"):
-        base = rows[f"bare aiohttp ({loop})"]["urls_per_s"]
-        for name in rows:
-            if name.endswith(f"({loop})"):
-                rows[name]["ratio_to_bare"] = round(rows[name]["urls_per_s"] / base, 3)
-    report = {"server": desc, "n": args.n, "concurrency": args.c, "rounds": args.rounds,
-              "clients": rows}  # fmt: skip
+    for loop in args.loops:
+        base = rows[f"bare aiohttp ({loop})"]
+        for name in (f"bare aiohttp ({loop})", f"crawler fetch ({loop})"):
+            row = rows[name]
+            row["ratio"] = round(row["urls_per_s"] / base["urls_per_s"], 3)
+            row["inproc_ratio"] = round(row["inproc_urls_per_s"] / base["inproc_urls_per_s"], 3)
+    report = {
+        "machine": machine(), "server": desc, "n": args.n, "concurrency": args.c,
+        "rounds": args.rounds, "clients": rows, "raw": runs,
+    }  # fmt: skip
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"run_core-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report))
     if args.json:
         print(json.dumps(report))
         return
-    print(f"server: {desc}; N={args.n}, c={args.c}, medians of {args.rounds} rounds (wall time)")
-    print(f"{'client':28} {'URLs/s':>9} {'ratio':>6} {'RSS MiB':>8}  runs")
+    print(f"server: {desc}; N={args.n}, c={args.c}; medians of {args.rounds} rounds")
+    print(
+        f"{'client':24} {'URLs/s':>8} {'ratio':>6} {'in-proc':>8} {'ratio':>6}"
+        f" {'RSS MiB':>8}  runs (URLs/s, wall)"
+    )
     for name, row in rows.items():
         print(
-            f"{name:28} {row['urls_per_s']:9.0f} {row['ratio_to_bare']:6.2f}"
+            f"{name:24} {row['urls_per_s']:8.0f} {row['ratio']:6.2f}"
+            f" {row['inproc_urls_per_s']:8.0f} {row['inproc_ratio']:6.2f}"
             f" {row['peak_rss_mib']:8.1f}  {row['runs']}"
         )
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
