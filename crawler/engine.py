@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,12 @@ _HOST_FAILURES: Final = (
 )
 _CONGESTION_STATUSES: Final = frozenset((429, 503))
 _SWEEP_INTERVAL: Final = 1.0
+
+
+def _io_message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}" + (f": {exc.filename!r}" if exc.filename else "")
+    return str(exc) or type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,15 +156,23 @@ class Engine:
                 except* errors.UsageError as group:
                     # e.g. the input became unreadable mid-run: one clear message.
                     raise group.exceptions[0] from None
+                except* (OSError, sqlite3.Error) as group:
+                    # The output or the state file failed (disk full, I/O error, locked).
+                    first = group.exceptions[0]
+                    raise errors.UsageError(f"cannot continue: {_io_message(first)}") from None
         finally:
             if self._install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
-            await asyncio.shield(sink.aclose())
-            if state is not None:
-                await asyncio.shield(state.aclose())
+            try:
+                await asyncio.shield(sink.aclose())
+            except (OSError, sqlite3.Error) as exc:
+                raise errors.UsageError(f"cannot continue: {_io_message(exc)}") from None
+            finally:
+                if state is not None:
+                    await asyncio.shield(state.aclose())
         return RunResult(stats.snapshot(), self.interrupted, output_closed or sink.broken)
 
     async def _run_tasks(self) -> None:
@@ -284,6 +299,10 @@ class Engine:
             deadline = item.deadline
             if deadline is None:
                 deadline = item.deadline = Deadline(config.retry.timeout, clock)
+            elif deadline.remaining() <= 0:
+                # A retry that waited (parked behind its host) past the URL's deadline.
+                self._final(item, None, errors.Timeout("deadline exceeded"))
+                break
             item.attempts += 1
             stats.requests += 1
             started = clock()
@@ -314,7 +333,8 @@ class Engine:
                     stats.retries += 1
                     if wait < 0.001:
                         continue
-                    self._frontier.retry_later(item, wait)
+                    if not self._frontier.retry_later(item, wait):
+                        self._cancel(item)  # the run is stopping: no more attempts
                     return
             self._final(item, resp, error)
             break

@@ -157,8 +157,12 @@ class Fetcher:
                     check(url)
                 # aiohttp's own total timeout bounds the whole exchange, body included;
                 # ceil_threshold keeps it from rounding the deadline up to whole seconds.
+                left = deadline - loop.time()
+                if left <= 0:
+                    # aiohttp reads total=0 as "no timeout": never send without time left.
+                    raise errors.Timeout("deadline exceeded")
                 timeout = ClientTimeout(
-                    total=max(0.0, deadline - loop.time()),
+                    total=left,
                     sock_connect=config.connect_timeout,
                     ceil_threshold=_NO_CEIL,
                 )
@@ -180,7 +184,7 @@ class Fetcher:
                         )
                         if method != "HEAD":
                             try:
-                                result.nbytes = await self._count_body(resp)
+                                await self._count_body(resp, result)
                             except errors.TooLarge as exc:
                                 exc.response = result
                                 raise
@@ -202,18 +206,24 @@ class Fetcher:
         except Exception as exc:  # every failure of one URL becomes its record, not a crash
             raise map_exception(exc, deadline_left=deadline - loop.time()) from exc
 
-    async def _count_body(self, resp: aiohttp.ClientResponse) -> int:
-        """Read the body to the end, stopping at max_bytes (decompressed bytes count)."""
+    async def _count_body(self, resp: aiohttp.ClientResponse, result: Response) -> None:
+        """Read the body to the end into ``result.nbytes``, stopping once it passes
+        max_bytes (decompressed bytes count; a too_large record says how far it got)."""
         limit = self._config.max_bytes
         declared = resp.content_length
-        if declared is not None and declared > limit and not resp.headers.get("Content-Encoding"):
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if declared is not None and declared > limit and encoding in ("", "identity"):
+            # Only an unencoded length is the body's size; a compressed one says nothing.
             raise errors.TooLarge(f"Content-Length {declared} exceeds --max-bytes {limit}")
         total = 0
         content = resp.content
-        while True:
-            chunk = await content.readany()
-            if not chunk:
-                return total
-            total += len(chunk)
-            if total > limit:
-                raise errors.TooLarge(f"body exceeds --max-bytes {limit}")
+        try:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    return
+                total += len(chunk)
+                if total > limit:
+                    raise errors.TooLarge(f"body exceeds --max-bytes {limit}")
+        finally:
+            result.nbytes = total

@@ -174,15 +174,22 @@ class Frontier:
         if self.finished:
             self._wake_all()
 
-    def retry_later(self, item: Item, delay: float) -> None:
-        """Give up the worker and the host slot; ``item`` comes back after ``delay`` s."""
+    def retry_later(self, item: Item, delay: float) -> bool:
+        """Give up the worker and the host slot; ``item`` comes back after ``delay`` s.
+
+        Returns False, keeping nothing, once the frontier is stopped: the caller must
+        then finish the item itself (``stop()`` has already handed out what it held).
+        """
         self.in_flight -= 1
         self._release_slot(item)
+        if self._stopped:
+            return False
         loop = asyncio.get_running_loop()
         due = loop.time() + delay
         heapq.heappush(self._delayed, (due, next(self._seq), item))
         if self._delayed[0][2] is item:
             self._arm_timer(due)
+        return True
 
     def _release_slot(self, item: Item) -> None:
         host = item.host

@@ -65,7 +65,10 @@ class LineSource:
         Standard input has no stable identity beyond being standard input."""
         if self._path is None or self._fd is None:
             return {"input": "-"}
-        head = os.pread(self._fd, 64 * 1024, 0)
+        try:
+            head = os.pread(self._fd, 64 * 1024, 0)
+        except OSError:  # a pipe or FIFO: cannot peek without consuming
+            return {"input": os.path.abspath(self._path)}
         return {
             "input": os.path.abspath(self._path),
             "input_head_sha256": hashlib.sha256(head).hexdigest(),

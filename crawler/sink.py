@@ -11,6 +11,7 @@ fills. Each write is a whole number of lines, so a record is never torn or inter
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import Any
 
@@ -36,6 +37,7 @@ class Sink:
         self._offset = 0  # bytes of the output file written so far
         self._last_checkpoint = 0.0
         self._count = 0
+        self._writing: asyncio.Future[None] | None = None
         self._kick = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -169,10 +171,18 @@ class Sink:
         if not self._buf:
             return
         # A fresh buffer per batch (one allocation per batch, not per record): the old
-        # one may still be referenced by the writer thread's memoryview.
+        # one may still be referenced by the writer thread.
         buf, self._buf = self._buf, bytearray()
         fps, self._fps = self._fps, []
         count, self._count = self._count, 0
+        # The write runs in a thread and completes even if we are cancelled meanwhile, so
+        # it is shielded and does its own bookkeeping: the offset and the done marks then
+        # always describe what really is in the file. flush() waits for it. (The one task
+        # outside the TaskGroup, on purpose: it must outlive a cancelled writer.)
+        self._writing = asyncio.ensure_future(self._write_accounted(buf, fps, count))
+        await asyncio.shield(self._writing)
+
+    async def _write_accounted(self, buf: bytearray, fps: list[int], count: int) -> None:
         try:
             if not self.broken:
                 await self._write_all(buf)
@@ -200,6 +210,10 @@ class Sink:
 
     async def flush(self) -> None:
         """Write everything queued now and checkpoint (at shutdown, shielded by the caller)."""
+        writing = self._writing
+        if writing is not None and not writing.done():
+            with contextlib.suppress(OutputClosed):
+                await writing  # a write cut off by a cancellation: let it land first
         while self._buf and not self.broken:
             await self._write_batch()
         await self.checkpoint()
@@ -212,7 +226,11 @@ class Sink:
             return
         fps, self._written_fps = self._written_fps, []
         sync_fd = self._file.fileno() if self._config.output is not None else None
-        await self._state.commit(fps, self._offset, sync_fd)
+        try:
+            await self._state.commit(fps, self._offset, sync_fd)
+        except BaseException:
+            self._written_fps[:0] = fps  # not committed: keep them for the next try
+            raise
 
     async def aclose(self) -> None:
         """Idempotent: flush what is left and close the file."""

@@ -104,3 +104,15 @@ async def test_cancelled_get_leaves_no_waiter_behind() -> None:
         await waiter
     await f.put(item("http://a/1"))
     assert (await asyncio.wait_for(f.get(), 1)) is not None
+
+
+async def test_retry_after_stop_is_refused_so_the_url_is_not_lost() -> None:
+    f = make()
+    await f.put(item("http://a/1"))
+    it = await f.get()
+    assert it is not None
+    assert f.stop() == []
+    # A request that was in flight during the grace period asks for a retry: the
+    # frontier no longer holds anything, so it says no and the caller records the URL.
+    assert f.retry_later(it, 0.01) is False
+    assert f.delayed == 0 and f.in_flight == 0

@@ -116,3 +116,20 @@ async def test_redirect_to_another_host_drops_authorization(
     # Within the same origin the credentials follow the redirect.
     sent = [h for p, h in hostile.requests if p.startswith("/chain/")]
     assert len(sent) == 2 and all(h.get("authorization") == "Bearer secret" for h in sent)
+
+
+async def test_no_request_is_sent_without_time_left(hostile: HostileServer) -> None:
+    from yarl import URL
+
+    from crawler import errors
+    from crawler.config import FetchConfig
+    from crawler.fetcher import Fetcher, make_session
+
+    config = FetchConfig()
+    async with make_session(config) as session:
+        started = time.monotonic()
+        with pytest.raises(errors.Timeout):
+            # aiohttp would read a total timeout of 0 as "none" and wait forever here.
+            await Fetcher(session, config).fetch(URL(hostile.url("/silent")), -0.5)
+        assert time.monotonic() - started < 1.0
+    assert not hostile.requests
