@@ -25,15 +25,17 @@ from crawler.config import (
     DEFAULT_USER_AGENT,
     BreakerConfig,
     ConfigError,
+    CrawlConfig,
     FetchConfig,
     InputConfig,
     LimitConfig,
     RetryConfig,
     RunConfig,
     SinkConfig,
+    StoreConfig,
 )
 from crawler.errors import UsageError
-from crawler.inputs import LineSource
+from crawler.inputs import LineSource, Source
 
 EXIT_OK: Final = 0
 EXIT_FAILED_RECORDS: Final = 1
@@ -218,6 +220,29 @@ NoUvloop = Annotated[
     bool,
     typer.Option("--no-uvloop", help=f"Use asyncio's default loop (or set {NO_UVLOOP_ENV}=1)."),
 ]
+SaveDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--save-dir",
+        metavar="DIR",
+        help="Store bodies as DIR/ab/<sha256>; records get body_path and sha256.",
+    ),
+]
+Warc = Annotated[
+    Path | None,
+    typer.Option(
+        "--warc", metavar="PATH", help="Write WARC 1.1 request/response records (gzip) here."
+    ),
+]
+WarcMaxSize = Annotated[
+    int,
+    typer.Option(
+        "--warc-max-size",
+        parser=parse_size,
+        metavar="SIZE",
+        help="Start a new WARC file past this size (e.g. 1G).",
+    ),
+]
 
 
 @app.command()
@@ -252,6 +277,9 @@ def fetch(
     grace: Grace = 5.0,
     block_private: BlockPrivate = False,
     resolve: Resolve = None,
+    save_dir: SaveDir = None,
+    warc: Warc = None,
+    warc_max_size: WarcMaxSize = 1 << 30,
     no_uvloop: NoUvloop = False,
 ) -> None:
     """Fetch every URL of INPUT once; write one JSON record per URL (JSONL)."""
@@ -280,11 +308,201 @@ def fetch(
         grace=grace,
         block_private=block_private,
         resolve=resolve,
+        store=StoreConfig(
+            save_dir=str(save_dir) if save_dir is not None else None,
+            warc=str(warc) if warc is not None else None,
+            warc_max_size=warc_max_size,
+        ),
     )
-    if stats_json is not None and not stats_json.resolve().parent.is_dir():
-        raise UsageError(f"cannot write --stats-json {str(stats_json)!r}: no such directory")
     source = LineSource(input, max_line_bytes=config.input.max_line_bytes)
     source.open()
+    _run_pipeline(
+        config,
+        source,
+        source.identity(),
+        state=state,
+        stats_json=stats_json,
+        progress=progress,
+        quiet=quiet,
+        fail_on_error=fail_on_error,
+        no_uvloop=no_uvloop,
+    )
+
+
+Scope = Annotated[
+    str,
+    typer.Option(
+        "--scope",
+        metavar="host|domain|prefix",
+        help="Follow links on the seeds' hosts, their domains, or under their URL prefix.",
+    ),
+]
+
+
+@app.command()
+def crawl(
+    seeds: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[SEEDS]...",
+            help="Seed URLs, or files of seed URLs ('-' or none: stdin).",
+        ),
+    ] = None,
+    scope: Scope = "host",
+    include: Annotated[
+        list[str] | None,
+        typer.Option("--include", metavar="REGEX", help="Follow only links matching; repeatable."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", metavar="REGEX", help="Never follow links matching; repeatable."),
+    ] = None,
+    depth: Annotated[
+        int | None, typer.Option("--depth", min=0, help="Max link depth (seeds: 0; default none).")
+    ] = None,
+    max_pages: Annotated[
+        int | None, typer.Option("--max-pages", min=1, help="Stop after N pages (records).")
+    ] = None,
+    max_time: Annotated[
+        float | None,
+        typer.Option("--max-time", min=0.001, help="Stop after S seconds (exit 0; resumable)."),
+    ] = None,
+    assets: Annotated[
+        bool, typer.Option("--assets", help="Also fetch images, scripts, stylesheets, media.")
+    ] = False,
+    ignore_robots: Annotated[
+        bool,
+        typer.Option("--ignore-robots", help="Ignore robots.txt, meta robots and rel=nofollow."),
+    ] = False,
+    sitemaps: Annotated[
+        bool, typer.Option("--sitemaps", help="Seed from the Sitemap: lines of robots.txt.")
+    ] = False,
+    sitemap: Annotated[
+        list[str] | None,
+        typer.Option("--sitemap", metavar="URL", help="Seed from this sitemap; repeatable."),
+    ] = None,
+    output: Output = None,
+    concurrency: Concurrency = 64,
+    per_host: PerHost = 8,
+    rps: Rps = 0.0,
+    per_host_rps: PerHostRps = 0.0,
+    adaptive: Adaptive = False,
+    retries: Retries = 2,
+    timeout: TimeoutOpt = 30.0,
+    connect_timeout: ConnectTimeout = 10.0,
+    max_redirects: MaxRedirects = 10,
+    max_bytes: MaxBytes = 10 * 1024 * 1024,
+    queue_size: QueueSize = 1000,
+    header: Headers = None,
+    user_agent: UserAgent = None,
+    breaker_threshold: BreakerThreshold = 5,
+    breaker_cooldown: BreakerCooldown = 30.0,
+    insecure: Insecure = False,
+    stats_json: StatsJson = None,
+    state: State = None,
+    progress: Progress = None,
+    quiet: Quiet = False,
+    fail_on_error: FailOnError = False,
+    grace: Grace = 5.0,
+    block_private: BlockPrivate = False,
+    resolve: Resolve = None,
+    save_dir: SaveDir = None,
+    warc: Warc = None,
+    warc_max_size: WarcMaxSize = 1 << 30,
+    no_uvloop: NoUvloop = False,
+) -> None:
+    """Crawl from SEEDS: follow links within a scope, politely; one record per page."""
+    from crawler.config import CrawlConfig
+
+    for pattern in [*(include or ()), *(exclude or ())]:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UsageError(f"invalid regex {pattern!r}: {exc}") from None
+    sitemap_urls = tuple(sitemap or ())
+    try:
+        crawl_config = CrawlConfig(
+            scope=scope,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
+            max_depth=depth,
+            max_pages=max_pages,
+            max_time=max_time,
+            assets=assets,
+            obey_robots=not ignore_robots,
+            sitemaps=sitemaps or bool(sitemap_urls),
+            sitemap_urls=sitemap_urls,
+        )
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    config = build_config(
+        output=str(output) if output is not None else None,
+        concurrency=concurrency,
+        per_host=per_host,
+        rps=rps,
+        per_host_rps=per_host_rps,
+        adaptive=adaptive,
+        retries=retries,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        max_redirects=max_redirects,
+        max_bytes=max_bytes,
+        queue_size=queue_size,
+        header=header,
+        user_agent=user_agent,
+        method="GET",
+        breaker_threshold=breaker_threshold,
+        breaker_cooldown=breaker_cooldown,
+        insecure=insecure,
+        dedup=True,
+        grace=grace,
+        block_private=block_private,
+        resolve=resolve,
+        store=StoreConfig(
+            save_dir=str(save_dir) if save_dir is not None else None,
+            warc=str(warc) if warc is not None else None,
+            warc_max_size=warc_max_size,
+        ),
+        crawl=crawl_config,
+    )
+    from crawler.inputs import SeedSource
+
+    urls = [s for s in seeds or () if "://" in s]
+    files = [s for s in seeds or () if "://" not in s]
+    if not urls and not files and not sitemap_urls:
+        files = ["-"]
+    max_line = config.input.max_line_bytes
+    source = SeedSource(urls, [LineSource(f, max_line_bytes=max_line) for f in files])
+    source.open()
+    _run_pipeline(
+        config,
+        source,
+        {"mode": "crawl", **source.identity()},
+        state=state,
+        stats_json=stats_json,
+        progress=progress,
+        quiet=quiet,
+        fail_on_error=fail_on_error,
+        no_uvloop=no_uvloop,
+    )
+
+
+def _run_pipeline(
+    config: RunConfig,
+    source: Source,
+    identity: dict[str, Any],
+    *,
+    state: Path | None,
+    stats_json: Path | None,
+    progress: bool | None,
+    quiet: bool,
+    fail_on_error: bool,
+    no_uvloop: bool,
+) -> None:
+    """What fetch and crawl share: state, the engine run, summary, exit status."""
+    if stats_json is not None and not stats_json.resolve().parent.is_dir():
+        raise UsageError(f"cannot write --stats-json {str(stats_json)!r}: no such directory")
+    output = config.sink.output
     console = Console(stderr=True)
     show_progress = (console.is_terminal if progress is None else progress) and not quiet
 
@@ -294,10 +512,10 @@ def fetch(
     if state is not None:
         from crawler.state import StateStore
 
-        identity: dict[str, Any] = {
-            **source.identity(),
+        identity = {
+            **identity,
             "output": os.path.abspath(output) if output is not None else None,
-            "method": method,
+            "method": config.fetch.method,
         }
         store = StateStore(str(state), identity)
     engine = Engine(config, source, progress=console if show_progress else None, state=store)
@@ -305,10 +523,13 @@ def fetch(
     if not quiet and not result.output_closed:
         from crawler.progress import render_summary
 
-        render_summary(result.snapshot, console, interrupted=result.interrupted)
+        render_summary(
+            result.snapshot, console, interrupted=result.interrupted, timed_out=result.timed_out
+        )
     if stats_json is not None:
         payload = result.snapshot.to_dict()
         payload["interrupted"] = result.interrupted
+        payload["timed_out"] = result.timed_out
         try:
             stats_json.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
         except OSError as exc:
@@ -500,6 +721,8 @@ def build_config(
     grace: float,
     block_private: bool = False,
     resolve: list[str] | None = None,
+    store: StoreConfig | None = None,
+    crawl: CrawlConfig | None = None,
 ) -> RunConfig:
     """Options -> the frozen config slices each component receives."""
     from crawler.netpolicy import parse_resolve
@@ -534,6 +757,8 @@ def build_config(
                 resolve=resolved,
             ),
             sink=SinkConfig(output=output),
+            store=store or StoreConfig(),
+            crawl=crawl,
             grace=grace,
         )
     except ConfigError as exc:

@@ -140,6 +140,50 @@ class SinkConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CrawlConfig:
+    """Crawl mode: which discovered links are followed, and politeness."""
+
+    scope: str = "host"  # host | domain | prefix, relative to the seeds
+    include: tuple[str, ...] = ()  # regexes: a link must match one of them (if any)
+    exclude: tuple[str, ...] = ()  # regexes: a link matching one of them is dropped
+    max_depth: int | None = None  # seeds are depth 0
+    max_pages: int | None = None  # records of this crawl, resumed runs included
+    max_time: float | None = None  # seconds, then stop like SIGINT but exit 0
+    assets: bool = False  # also follow img/script/stylesheet/... URLs
+    obey_robots: bool = True  # robots.txt, <meta name=robots>, rel=nofollow
+    sitemaps: bool = False  # seeds from robots.txt Sitemap: lines
+    sitemap_urls: tuple[str, ...] = ()
+    robots_ttl: float = 24 * 3600.0
+    parse_inline_bytes: int = 64 * 1024  # bigger pages are parsed in a thread
+
+    def __post_init__(self) -> None:
+        if self.scope not in ("host", "domain", "prefix"):
+            raise ConfigError(f"scope must be host, domain or prefix, got {self.scope!r}")
+        if self.max_depth is not None:
+            _non_negative("depth", self.max_depth)
+        if self.max_pages is not None:
+            _positive("max_pages", self.max_pages)
+        if self.max_time is not None:
+            _positive("max_time", self.max_time)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreConfig:
+    """Where bodies are kept: content-addressed files and/or WARC."""
+
+    save_dir: str | None = None
+    warc: str | None = None
+    warc_max_size: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        _positive("warc_max_size", self.warc_max_size)
+
+    @property
+    def active(self) -> bool:
+        return self.save_dir is not None or self.warc is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunConfig:
     """The whole run: the slices above plus run-level behaviour."""
 
@@ -149,6 +193,8 @@ class RunConfig:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    crawl: CrawlConfig | None = None  # None: fetch mode (no links followed)
     grace: float = 5.0  # seconds in-flight requests get to finish after SIGINT/SIGTERM
 
     def __post_init__(self) -> None:

@@ -22,20 +22,30 @@ no ``cancelled`` record is written: those URLs are left for the resumed run.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from rich.console import Console
+from yarl import URL
 
 from crawler import errors
 from crawler.config import RunConfig
 from crawler.dedup import FingerprintSet, fingerprint
-from crawler.fetcher import Fetcher, Response, make_session
+from crawler.fetcher import (
+    HTML_TYPES,
+    KEEP_ALL,
+    KEEP_HTML,
+    KEEP_NONE,
+    Fetcher,
+    Response,
+    make_session,
+)
 from crawler.frontier import Frontier, Item
 from crawler.inputs import Source
 from crawler.limiter import DynamicSemaphore, HostState, HostTable
@@ -48,7 +58,9 @@ from crawler.stats import Snapshot, Stats
 from crawler.urls import canonical_key, host_key, parse_url
 
 if TYPE_CHECKING:
-    from yarl import URL
+    from crawler.crawl import Candidate, Crawl
+    from crawler.robots import Rules
+    from crawler.storage import BodyStore, WarcArchive
 
 # Outcomes that count against a host's breaker: the host itself looks unwell. 4xx do not.
 _HOST_FAILURES: Final = (
@@ -60,6 +72,16 @@ _HOST_FAILURES: Final = (
 )
 _CONGESTION_STATUSES: Final = frozenset((429, 503))
 _SWEEP_INTERVAL: Final = 1.0
+_MAX_CRAWL_DELAY: Final = 60.0
+
+
+@dataclass(slots=True)
+class Kept:
+    """What became of a kept body: links found on it, where it is stored."""
+
+    found: list[Candidate] | None = None
+    body_path: str | None = None
+    sha256: str | None = None
 
 
 def _io_message(exc: BaseException) -> str:
@@ -73,6 +95,7 @@ class RunResult:
     snapshot: Snapshot
     interrupted: bool
     output_closed: bool
+    timed_out: bool = False  # crawl mode: --max-time ran out
 
 
 class Engine:
@@ -97,6 +120,8 @@ class Engine:
         self._stamp = UTCStamp()
         self._rand = random.random
         self.interrupted = False
+        self.timed_out = False
+        self._stopping = False  # intake stopped (signal or --max-time)
         self._cutting = False  # the grace period is over: in-flight workers are cancelled
         self._signals = 0
         self._busy: dict[asyncio.Task[None], Item] = {}
@@ -104,6 +129,16 @@ class Engine:
         self._grace_timer: asyncio.TimerHandle | None = None
         self._workers_left = 0
         self._background: list[asyncio.Task[None]] = []
+        self._jobs: set[asyncio.Task[None]] = set()  # sitemap reads
+        self._tg: asyncio.TaskGroup | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+        # Crawl mode and storage (set up in run()).
+        self._crawl: Crawl | None = None
+        self._robots_rules: Callable[[URL], Awaitable[Rules]] | None = None
+        self._bodies: BodyStore | None = None
+        self._warc: WarcArchive | None = None
+        self._keep = KEEP_NONE
+        self._follow: Callable[[URL], bool] | None = None
         # Set up in run(), inside the event loop.
         self.stats: Stats
         self._hosts: HostTable
@@ -143,12 +178,15 @@ class Engine:
         if state is not None:
             stats.duplicates_before = state.done_before
         output_closed = False
+        self._setup_crawl()
         if self._install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.request_stop)
         try:
+            self._open_stores()
             async with make_session(config.fetch) as session:
                 self._fetcher = Fetcher(session, config.fetch)
+                self._setup_robots()
                 try:
                     await self._run_tasks()
                 except* OutputClosed:
@@ -166,18 +204,122 @@ class Engine:
                     loop.remove_signal_handler(sig)
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
+            for timer in self._timers:
+                timer.cancel()
+            if self._crawl is not None:
+                self._crawl.close()
             try:
+                if self._warc is not None:
+                    await asyncio.shield(self._warc.aclose())
                 await asyncio.shield(sink.aclose())
             except (OSError, sqlite3.Error) as exc:
                 raise errors.UsageError(f"cannot continue: {_io_message(exc)}") from None
             finally:
                 if state is not None:
                     await asyncio.shield(state.aclose())
-        return RunResult(stats.snapshot(), self.interrupted, output_closed or sink.broken)
+        return RunResult(
+            stats.snapshot(), self.interrupted, output_closed or sink.broken, self.timed_out
+        )
+
+    def _setup_crawl(self) -> None:
+        config = self._config
+        if config.crawl is not None:
+            from crawler.crawl import Crawl
+
+            state = self._state
+            crawl = self._crawl = Crawl(
+                config.crawl,
+                spill_dir=os.path.dirname(os.path.abspath(state.path)) if state else None,
+                memory_links=max(4 * config.limits.queue_size, 4096),
+            )
+            if state is not None:
+                crawl.admitted = state.done_before  # --max-pages counts resumed runs too
+            self._frontier.on_idle = crawl.wake.set
+            self._keep = KEEP_HTML
+            scope = crawl.scope
+            self._follow = lambda url: scope.allows(url, str(url))
+            self.stats.crawl = self._crawl_counts
+        if config.store.active:
+            self._keep = KEEP_ALL
+            if config.crawl is None:
+                self.stats.crawl = self._crawl_counts
+
+    def _crawl_counts(self) -> dict[str, int]:
+        crawl, warc = self._crawl, self._warc
+        counts: dict[str, int] = {}
+        if crawl is not None:
+            counts["links_found"] = crawl.found
+            counts["admitted"] = crawl.admitted
+            counts["links_waiting"] = len(crawl.queue)
+            counts["links_spilled"] = crawl.queue.spilled
+            counts["robots_fetched"] = crawl.robots.fetched if crawl.robots else 0
+        if warc is not None:
+            counts["warc_records"] = warc.records
+        return counts
+
+    def _open_stores(self) -> None:
+        """--save-dir and --warc: fail with one clear line before the run starts."""
+        store = self._config.store
+        if store.save_dir is not None:
+            from crawler.storage import BodyStore
+
+            self._bodies = BodyStore(store.save_dir)
+            try:
+                self._bodies.check()
+            except OSError as exc:
+                raise errors.UsageError(
+                    f"cannot use --save-dir {store.save_dir!r}: {_io_message(exc)}"
+                ) from None
+        if store.warc is not None:
+            from crawler.storage import WarcArchive
+
+            resumed = self._state is not None and self._state.resumed
+            self._warc = WarcArchive(store.warc, store.warc_max_size, append=resumed)
+            try:
+                self._warc.open()
+            except OSError as exc:
+                raise errors.UsageError(
+                    f"cannot write --warc {store.warc!r}: {_io_message(exc)}"
+                ) from None
+
+    def _setup_robots(self) -> None:
+        crawl = self._crawl
+        if crawl is None or not crawl.config.obey_robots:
+            return
+        from crawler.robots import RobotsCache
+
+        fetcher, timeout = self._fetcher, self._config.retry.timeout
+
+        def fetch(url: URL) -> Awaitable[Response]:
+            return fetcher.fetch(url, timeout, KEEP_ALL)
+
+        crawl.robots = RobotsCache(
+            fetch, ttl=crawl.config.robots_ttl, clock=self._clock, on_new=self._on_robots
+        )
+        self._robots_rules = crawl.robots.rules
+
+    def _on_robots(self, origin: str, rules: Rules) -> None:
+        """A robots.txt was read: its Crawl-delay paces the host, its sitemaps are seeds."""
+        crawl = self._crawl
+        assert crawl is not None  # noqa: S101
+        delay = rules.crawl_delay(self._config.fetch.user_agent)
+        if delay:
+            self._hosts.set_crawl_delay(host_key(URL(origin)), min(delay, _MAX_CRAWL_DELAY))
+        if crawl.config.sitemaps:
+            for url in crawl.new_sitemaps(rules.sitemaps):
+                self._spawn_sitemap(url, 0)
 
     async def _run_tasks(self) -> None:
         concurrency = self._config.limits.concurrency
+        crawl = self._crawl
         async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            if crawl is not None:
+                if crawl.config.max_time is not None:
+                    loop = asyncio.get_running_loop()
+                    self._timers.append(loop.call_later(crawl.config.max_time, self._time_up))
+                for url in crawl.new_sitemaps(list(crawl.config.sitemap_urls)):
+                    self._spawn_sitemap(url, 0)
             self._background = [
                 tg.create_task(self.stats.watch_loop_lag()),
                 tg.create_task(self._maintain()),
@@ -197,7 +339,7 @@ class Engine:
         self._workers_left -= 1
         if self._workers_left == 0:
             self._sink.close()
-            for task in self._background:
+            for task in [*self._background, *self._jobs]:
                 task.cancel()
 
     def _input_fraction(self) -> float | None:
@@ -209,7 +351,10 @@ class Engine:
         """Parse, validate and deduplicate the input, one batch at a time."""
         frontier, sink, stats, state = self._frontier, self._sink, self.stats, self._state
         dedup = self._config.input.dedup
-        seen = FingerprintSet() if dedup and state is None else None
+        crawl = self._crawl
+        seen = FingerprintSet() if dedup and state is None and crawl is None else None
+        if crawl is not None and state is None:
+            seen = crawl.seen
         try:
             async for lines in self._source.batches():
                 parsed: list[tuple[str, URL | errors.InvalidURL, int]] = []
@@ -221,6 +366,8 @@ class Engine:
                         parsed.append((raw, exc, fp))
                     else:
                         parsed.append((raw, url, fingerprint(canonical_key(url)) if dedup else 0))
+                        if crawl is not None:
+                            crawl.scope.add_seed(url)  # done seeds too: they define the scope
                 if state is not None:
                     # One round trip to the state thread per batch, never per URL.
                     fresh = await state.claim([fp for _, _, fp in parsed])
@@ -233,10 +380,48 @@ class Engine:
                         stats.duplicates += 1
                     elif isinstance(target, errors.InvalidURL):
                         await sink.put(self._error_record(raw, target, None), fp)
-                    else:
+                    elif crawl is None or crawl.add_seed(fp):
                         await frontier.put(Item(raw, target, host_key(target), fp))
+            if crawl is not None:
+                await self._feed_links(crawl)
         finally:
             frontier.close_input()
+
+    async def _feed_links(self, crawl: Crawl) -> None:
+        """Crawl mode: move discovered links into the frontier until nothing can find more.
+
+        This task, not a worker, waits for room in the frontier: a worker that waited there
+        could wait on itself."""
+        from crawler.linkqueue import Link
+
+        frontier, state, queue = self._frontier, self._state, crawl.queue
+        if state is not None and state.resumed:
+            after = 0
+            while rows := await state.pending(after, 4096):
+                after = rows[-1][0]
+                for _, fp, url, depth, parent in rows:
+                    crawl.requeue(Link(url, depth, parent, fp))
+        while True:
+            links = await queue.take(256)
+            if not links:
+                if frontier.idle and crawl.jobs == 0:
+                    return
+                crawl.wake.clear()
+                if not len(queue) and not (frontier.idle and crawl.jobs == 0):
+                    await crawl.wake.wait()
+                continue
+            if state is not None:
+                fresh = await state.claim([link.fp for link in links])
+            else:
+                fresh = [True] * len(links)
+            for link, new in zip(links, fresh, strict=True):
+                if not new:  # done in an earlier run of this crawl
+                    crawl.admitted -= 1
+                    self.stats.duplicates += 1
+                    continue
+                target = URL(link.url)
+                item = Item(link.url, target, host_key(target), link.fp, link.depth, link.parent)
+                await frontier.put(item)
 
     # -- workers ---------------------------------------------------------------------------
     async def _worker(self) -> None:
@@ -283,8 +468,15 @@ class Engine:
         stats = self.stats
         clock = self._clock
         retries = config.retry.retries
-        paced = self._hosts.paced
         sink = self._sink
+        robots = self._robots_rules
+        if robots is not None and item.attempts == 0:
+            rules = await robots(item.url)
+            if not rules.allows(item.raw, config.fetch.user_agent):
+                reason = rules.disallow_all or "disallowed by robots.txt"
+                self._final(item, None, errors.RobotsDisallowed(reason))
+                return
+        paced = self._hosts.paced
         while True:
             delay = self._hosts.delay(host) if paced else 0.0
             if delay > 0:
@@ -309,7 +501,9 @@ class Engine:
             resp: Response | None = None
             error: errors.FetchError | None = None
             try:
-                resp = await self._fetcher.fetch(item.url, deadline.remaining())
+                resp = await self._fetcher.fetch(
+                    item.url, deadline.remaining(), self._keep, self._follow
+                )
             except errors.FetchError as exc:
                 error = exc
             except asyncio.CancelledError:
@@ -336,7 +530,10 @@ class Engine:
                     if not self._frontier.retry_later(item, wait):
                         self._cancel(item)  # the run is stopping: no more attempts
                     return
-            self._final(item, resp, error)
+            kept = None
+            if resp is not None and resp.body is not None and error is None:
+                kept = await self._keep_body(item, resp, resp.body)
+            self._final(item, resp, error, kept)
             break
         if sink.behind:
             await sink.backpressure()
@@ -362,8 +559,36 @@ class Engine:
             elif error is None and status < 400:
                 aimd.on_success(latency)
 
+    async def _keep_body(self, item: Item, resp: Response, body: bytes) -> Kept:
+        """Crawl mode: the page's links. --save-dir / --warc: store the body (unless the
+        page says noindex)."""
+        kept = Kept()
+        crawl = self._crawl
+        noindex = False
+        if (
+            crawl is not None
+            and 200 <= resp.status < 300
+            and resp.content_type in HTML_TYPES
+            and crawl.scope.depth_ok(item.depth + 1)
+        ):
+            page, kept.found = await crawl.page_links(resp.final_url, body)
+            noindex = page.noindex
+        if noindex:
+            return kept
+        if self._bodies is not None:
+            kept.body_path, kept.sha256 = await self._bodies.save(body)
+        if self._warc is not None and resp.exchange is not None:
+            await self._warc.add(resp.final_url, resp.exchange, body)
+        return kept
+
     # -- records ---------------------------------------------------------------------------
-    def _final(self, item: Item, resp: Response | None, error: errors.FetchError | None) -> None:
+    def _final(
+        self,
+        item: Item,
+        resp: Response | None,
+        error: errors.FetchError | None,
+        kept: Kept | None = None,
+    ) -> None:
         """Write the URL's one record and release it (synchronously: a cancellation can
         neither lose nor duplicate the record)."""
         if resp is None and error is not None:
@@ -378,13 +603,22 @@ class Engine:
             record.content_type = resp.content_type
             record.redirects = resp.redirects
             record.ok = error is None
+        links = None
+        if kept is not None:
+            record.body_path = kept.body_path
+            record.sha256 = kept.sha256
+            if kept.found and self._crawl is not None:
+                # Queued before done(): the crawl cannot look finished in between.
+                links = self._crawl.admit(kept.found, item.depth + 1, item.raw)
         self.stats.record(record.ok, record.status, error.kind if error else None, record.bytes)
         item.finished = True
-        self._sink.put_nowait(self._stamped(record, item), item.fp)
+        self._sink.put_nowait(self._stamped(record, item), item.fp, links)
         self._frontier.done(item)
 
     def _stamped(self, record: Record, item: Item) -> Record:
         record.attempts = item.attempts
+        record.depth = item.depth
+        record.parent = item.parent
         if item.deadline is not None:
             record.elapsed_ms = int(item.deadline.elapsed() * 1_000_000) / 1000
         record.fetched_at = self._stamp()
@@ -404,6 +638,30 @@ class Engine:
         self.stats.record(False, None, error.kind, 0)
         if self._state is None:
             self._sink.put_nowait(self._stamped(self._error_record(item.raw, error, item), item))
+
+    # -- sitemaps ----------------------------------------------------------------------------
+    def _spawn_sitemap(self, url: str, nesting: int) -> None:
+        crawl, tg = self._crawl, self._tg
+        if crawl is None or tg is None or self._stopping:
+            return
+        crawl.jobs += 1
+        task = tg.create_task(self._read_sitemap(crawl, url, nesting))
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    async def _read_sitemap(self, crawl: Crawl, url: str, nesting: int) -> None:
+        """One sitemap (or index): fetched outside the pacer, its URLs become seeds."""
+        try:
+            try:
+                target = parse_url(url)
+                resp = await self._fetcher.fetch(target, self._config.retry.timeout, KEEP_ALL)
+            except errors.FetchError:
+                return
+            if resp.status < 400 and resp.body:
+                await crawl.read_sitemap(url, resp.body, nesting, self._spawn_sitemap)
+        finally:
+            crawl.jobs -= 1
+            crawl.wake.set()
 
     # -- background --------------------------------------------------------------------------
     async def _maintain(self) -> None:
@@ -433,10 +691,25 @@ class Engine:
         if self._signals > 1:
             self._cut_grace()
             return
+        self._stop_intake(record_unstarted=True)
+
+    def _time_up(self) -> None:
+        """--max-time: stop like a first signal, but it is the run's planned end (exit 0).
+        URLs not started yet get no record (they stay pending with --state)."""
+        self.timed_out = True
+        self._stop_intake(record_unstarted=False)
+
+    def _stop_intake(self, *, record_unstarted: bool) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
         if self._reader is not None:
             self._reader.cancel()
+        for job in self._jobs:
+            job.cancel()
         for item in self._frontier.stop():
-            self._cancel(item)
+            if record_unstarted:
+                self._cancel(item)
         grace = self._config.grace
         loop = asyncio.get_running_loop()
         self._grace_timer = loop.call_later(grace, self._cut_grace)

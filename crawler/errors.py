@@ -15,6 +15,7 @@
         ├── HTTPStatusError   http          (final status >= 400)
         ├── CircuitOpen       circuit_open
         ├── Blocked           blocked       (--block-private refused the address)
+        ├── RobotsDisallowed  robots        (robots.txt disallows it; crawl mode)
         └── Cancelled         cancelled     (the run was interrupted)
 
 Foreign exceptions (aiohttp, OSError, ssl) are translated in exactly one place,
@@ -103,6 +104,10 @@ class Blocked(FetchError):  # noqa: N818
     """The address policy (``--block-private``) refused the destination address."""
 
     kind = "blocked"
+
+
+class RobotsDisallowed(FetchError):  # noqa: N818
+    kind = "robots"
 
 
 class Cancelled(FetchError):  # noqa: N818

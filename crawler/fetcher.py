@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -23,6 +24,12 @@ from crawler.netpolicy import AddressPolicy, PolicyResolver
 _REDIRECTS: Final = frozenset((301, 302, 303, 307, 308))
 _SENSITIVE: Final = ("Authorization", "Cookie", "Proxy-Authorization")
 _NO_CEIL: Final = 1e9  # never let aiohttp round a timeout up to a whole second
+HTML_TYPES: Final = frozenset(("text/html", "application/xhtml+xml"))
+
+# What Fetcher.fetch keeps of a body (it always counts it).
+KEEP_NONE: Final = 0
+KEEP_HTML: Final = 1  # HTML bodies only (crawl mode: links are parsed from them)
+KEEP_ALL: Final = 2  # every body (--save-dir, --warc, robots.txt, sitemaps)
 
 
 @dataclass(slots=True)
@@ -35,6 +42,21 @@ class Response:
     nbytes: int
     redirects: list[str] = field(default_factory=list)
     retry_after: str | None = None
+    # Kept only when asked for (see KEEP_*): the body and what a WARC record needs.
+    body: bytes | None = None
+    exchange: Exchange | None = None
+
+
+@dataclass(slots=True)
+class Exchange:
+    """The final request and response heads as they went over the wire (for WARC)."""
+
+    method: str
+    request_headers: list[tuple[str, str]]
+    version: str
+    status: int
+    reason: str
+    response_headers: list[tuple[str, str]]
 
 
 def map_exception(exc: BaseException, *, deadline_left: float) -> errors.FetchError:
@@ -89,6 +111,18 @@ def _describe(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
+def _exchange(method: str, resp: aiohttp.ClientResponse) -> Exchange:
+    version = resp.version
+    return Exchange(
+        method=method,
+        request_headers=list(resp.request_info.headers.items()),
+        version=f"HTTP/{version.major}.{version.minor}" if version else "HTTP/1.1",
+        status=resp.status,
+        reason=resp.reason or "",
+        response_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers],
+    )
+
+
 def make_session(config: FetchConfig) -> aiohttp.ClientSession:
     """The one pooled session of a run: keep-alive, DNS cache, no cookie jar."""
     policy = address_policy(config)
@@ -136,8 +170,18 @@ class Fetcher:
             CIMultiDict((n, v) for n, v in config.headers if n.title() in _SENSITIVE) or None
         )
 
-    async def fetch(self, url: URL, budget: float) -> Response:
+    async def fetch(
+        self,
+        url: URL,
+        budget: float,
+        keep: int = KEEP_NONE,
+        follow: Callable[[URL], bool] | None = None,
+    ) -> Response:
         """One attempt within ``budget`` seconds, redirects included. Raises FetchError.
+
+        ``keep`` says which bodies to keep (KEEP_*). ``follow``, if given, vets every
+        redirect target: a refused one ends the attempt with the redirect response itself
+        (crawl mode never follows a redirect out of its scope).
 
         One coroutine frame on purpose: every resumption of a request passes through each
         frame of the await chain, so the hot path stays flat.
@@ -172,6 +216,11 @@ class Fetcher:
                     status = resp.status
                     rh = resp.headers
                     location = rh.get("Location") if status in _REDIRECTS else None
+                    nxt = None
+                    if location is not None and follow is not None:
+                        nxt = self._redirect_target(url, location)
+                        if not follow(nxt):
+                            location = None
                     if location is None:
                         ctype = rh.get("Content-Type")
                         result = Response(
@@ -182,23 +231,21 @@ class Fetcher:
                             redirects=redirects,
                             retry_after=rh.get("Retry-After"),
                         )
+                        if keep and (keep == KEEP_ALL or result.content_type in HTML_TYPES):
+                            result.exchange = _exchange(method, resp)
+                            result.body = b""
                         if method != "HEAD":
                             try:
                                 await self._count_body(resp, result)
                             except errors.TooLarge as exc:
                                 exc.response = result
+                                result.body = None
                                 raise
                         return result
                 redirects.append(str(url))
                 if len(redirects) > config.max_redirects:
                     raise errors.TooManyRedirects(f"more than {config.max_redirects} redirects")
-                try:
-                    nxt = url.join(URL(location))
-                except ValueError as exc:
-                    raise errors.ProtocolError(f"invalid redirect Location {location!r}") from exc
-                if nxt.scheme not in ("http", "https") or not nxt.raw_host:
-                    raise errors.ProtocolError(f"redirect to unsupported URL {location!r}")
-                url = nxt.with_fragment(None) if nxt.raw_fragment else nxt
+                url = nxt if nxt is not None else self._redirect_target(url, location)
                 if headers is not None and url.origin() != origin:
                     headers = None
         except errors.FetchError:
@@ -206,9 +253,20 @@ class Fetcher:
         except Exception as exc:  # every failure of one URL becomes its record, not a crash
             raise map_exception(exc, deadline_left=deadline - loop.time()) from exc
 
+    @staticmethod
+    def _redirect_target(url: URL, location: str) -> URL:
+        try:
+            nxt = url.join(URL(location))
+        except ValueError as exc:
+            raise errors.ProtocolError(f"invalid redirect Location {location!r}") from exc
+        if nxt.scheme not in ("http", "https") or not nxt.raw_host:
+            raise errors.ProtocolError(f"redirect to unsupported URL {location!r}")
+        return nxt.with_fragment(None) if nxt.raw_fragment else nxt
+
     async def _count_body(self, resp: aiohttp.ClientResponse, result: Response) -> None:
         """Read the body to the end into ``result.nbytes``, stopping once it passes
-        max_bytes (decompressed bytes count; a too_large record says how far it got)."""
+        max_bytes (decompressed bytes count; a too_large record says how far it got).
+        The body is kept in ``result.body`` if that starts as b"" (see KEEP_*)."""
         limit = self._config.max_bytes
         declared = resp.content_length
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
@@ -217,13 +275,18 @@ class Fetcher:
             raise errors.TooLarge(f"Content-Length {declared} exceeds --max-bytes {limit}")
         total = 0
         content = resp.content
+        chunks: list[bytes] | None = [] if result.body is not None else None
         try:
             while True:
                 chunk = await content.readany()
                 if not chunk:
+                    if chunks is not None:
+                        result.body = b"".join(chunks)
                     return
                 total += len(chunk)
                 if total > limit:
                     raise errors.TooLarge(f"body exceeds --max-bytes {limit}")
+                if chunks is not None:
+                    chunks.append(chunk)
         finally:
             result.nbytes = total

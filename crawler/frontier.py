@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections import deque
+from collections.abc import Callable
 from itertools import count
 
 from yarl import URL
@@ -35,10 +36,31 @@ from crawler.retry import Deadline
 class Item:
     """One URL on its way through the pipeline, with the state its retries share."""
 
-    __slots__ = ("attempts", "deadline", "finished", "fp", "host", "host_key", "raw", "url")
+    __slots__ = (
+        "attempts",
+        "deadline",
+        "depth",
+        "finished",
+        "fp",
+        "host",
+        "host_key",
+        "parent",
+        "raw",
+        "url",
+    )
 
-    def __init__(self, raw: str, url: URL, host_key: str, fp: int = 0) -> None:
+    def __init__(
+        self,
+        raw: str,
+        url: URL,
+        host_key: str,
+        fp: int = 0,
+        depth: int = 0,
+        parent: str | None = None,
+    ) -> None:
         self.raw = raw
+        self.depth = depth  # crawl mode: links followed from a seed
+        self.parent = parent
         self.fp = fp  # fingerprint of the dedup key (0 with --no-dedup)
         self.url = url
         self.host_key = host_key
@@ -67,6 +89,8 @@ class Frontier:
         self._input_closed = False
         self._stopped = False
         self._timer: asyncio.TimerHandle | None = None
+        # Crawl mode: called when the last request in flight ends (links may be waiting).
+        self.on_idle: Callable[[], None] | None = None
 
     # -- sizes, for stats and tests -------------------------------------------------
     @property
@@ -77,6 +101,11 @@ class Frontier:
     @property
     def delayed(self) -> int:
         return len(self._delayed)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight, queued or waiting for a retry."""
+        return self.in_flight == 0 and not self._delayed and self.queued == 0
 
     @property
     def finished(self) -> bool:
@@ -173,6 +202,8 @@ class Frontier:
         self._release_slot(item)
         if self.finished:
             self._wake_all()
+        elif self.on_idle is not None and self.in_flight == 0:
+            self.on_idle()
 
     def retry_later(self, item: Item, delay: float) -> bool:
         """Give up the worker and the host slot; ``item`` comes back after ``delay`` s.

@@ -14,7 +14,7 @@ import os
 import stat
 import threading
 from collections.abc import AsyncIterator
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from crawler.errors import UsageError
 
@@ -173,3 +173,27 @@ def _clean(parts: list[bytes], max_line: int) -> list[str]:
         if line and not line.startswith(b"#"):
             out.append(line.decode("utf-8", "replace"))
     return out
+
+
+class SeedSource:
+    """Crawl seeds: URLs given as arguments, then the lines of seed files (or stdin)."""
+
+    def __init__(self, urls: list[str], files: list[LineSource]) -> None:
+        self._urls = urls
+        self._files = files
+        self.total_bytes: int | None = None
+        self.bytes_read = 0
+
+    def open(self) -> None:
+        for source in self._files:
+            source.open()
+
+    def identity(self) -> dict[str, Any]:
+        return {"seeds": self._urls, "seed_files": [f.identity() for f in self._files]}
+
+    async def batches(self) -> AsyncIterator[list[str]]:
+        if self._urls:
+            yield list(self._urls)
+        for source in self._files:
+            async for lines in source.batches():
+                yield lines

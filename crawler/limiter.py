@@ -231,6 +231,7 @@ class HostTable:
         self._breaker = breaker
         self._clock = clock
         self._hosts: dict[str, HostState] = {}
+        self._crawl_delays: dict[str, float] = {}  # robots.txt Crawl-delay, by host key
         self.global_pacer = Pacer(limits.rps, limits.burst) if limits.rps > 0 else None
         self.paced = limits.rps > 0 or limits.per_host_rps > 0
 
@@ -247,7 +248,7 @@ class HostTable:
             host = HostState(
                 key,
                 limits.host_limit,
-                Pacer(limits.per_host_rps, limits.burst) if limits.per_host_rps > 0 else None,
+                self._host_pacer(key),
                 Breaker(self._breaker.threshold, self._breaker.cooldown, self._clock)
                 if self._breaker.threshold > 0
                 else None,
@@ -255,6 +256,24 @@ class HostTable:
             )
             self._hosts[key] = host
         return host
+
+    def _host_pacer(self, key: str) -> Pacer | None:
+        limits = self._limits
+        delay = self._crawl_delays.get(key)
+        if delay is not None:
+            rate = 1.0 / delay
+            if limits.per_host_rps > 0:
+                rate = min(rate, limits.per_host_rps)
+            return Pacer(rate, 1)  # Crawl-delay: one request per interval, no burst
+        return Pacer(limits.per_host_rps, limits.burst) if limits.per_host_rps > 0 else None
+
+    def set_crawl_delay(self, key: str, delay: float) -> None:
+        """robots.txt asked for ``delay`` seconds between requests to this host."""
+        self._crawl_delays[key] = delay
+        self.paced = True
+        host = self._hosts.get(key)
+        if host is not None:
+            host.pacer = self._host_pacer(key)
 
     def release(self, host: HostState) -> None:
         """Called when a request of ``host`` ends; forgets the host at once if it can."""

@@ -49,8 +49,15 @@ async def show_progress(stats: Stats, console: Console, interval: float = 0.25) 
             live.update(_line(stats.snapshot()), refresh=True)
 
 
-def render_summary(snap: Snapshot, console: Console, *, interrupted: bool = False) -> None:
-    table = Table(title="crawler: interrupted" if interrupted else "crawler: done", box=None)
+def render_summary(
+    snap: Snapshot, console: Console, *, interrupted: bool = False, timed_out: bool = False
+) -> None:
+    title = "crawler: done"
+    if interrupted:
+        title = "crawler: interrupted"
+    elif timed_out:
+        title = "crawler: stopped at --max-time"
+    table = Table(title=title, box=None)
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
     table.add_row("URLs", f"{snap.urls_done:,}")
@@ -71,6 +78,8 @@ def render_summary(snap: Snapshot, console: Console, *, interrupted: bool = Fals
         "loop lag p50/p99/max", f"{lag['p50']:.1f} / {lag['p99']:.1f} / {lag['max']:.1f} ms"
     )
     table.add_row("bytes", f"{snap.bytes:,}")
+    for name, value in (snap.crawl or {}).items():
+        table.add_row(name.replace("_", " "), f"{value:,}")
     table.add_row("peak RSS", f"{snap.peak_rss_mib:.1f} MiB")
     if snap.by_status:
         table.add_row("statuses", ", ".join(f"{k}: {v:,}" for k, v in snap.by_status.items()))

@@ -26,6 +26,10 @@ class Record:
     content_type: str | None = None
     redirects: list[str] = field(default_factory=list)
     fetched_at: str = ""
+    depth: int = 0  # crawl mode: links followed from a seed (seeds and fetch inputs: 0)
+    parent: str | None = None  # crawl mode: the page (or sitemap) the URL was found on
+    body_path: str | None = None  # --save-dir: where the body is stored
+    sha256: str | None = None  # --save-dir: the body's SHA-256 (hex)
 
 
 def encode(record: Record) -> bytes:

@@ -19,6 +19,7 @@ import aiofiles
 
 from crawler.config import SinkConfig
 from crawler.errors import UsageError
+from crawler.linkqueue import Link
 from crawler.records import Record, encode
 from crawler.state import StateStore
 
@@ -34,6 +35,10 @@ class Sink:
         self._buf = bytearray()
         self._fps: list[int] = []  # fingerprints of the records in _buf (with --state)
         self._written_fps: list[int] = []  # written since the last checkpoint
+        # Crawl mode with --state: links found by the pages in _buf / written since the
+        # last checkpoint; committed together with their pages (see state.py).
+        self._links: list[Link] = []
+        self._written_links: list[Link] = []
         self._offset = 0  # bytes of the output file written so far
         self._last_checkpoint = 0.0
         self._count = 0
@@ -82,16 +87,21 @@ class Sink:
         await self._file.truncate(committed)
         self._offset = await self._file.seek(committed)
 
-    def put_nowait(self, record: Record, fp: int | None = None) -> None:
+    def put_nowait(
+        self, record: Record, fp: int | None = None, links: list[Link] | None = None
+    ) -> None:
         """Queue one record without waiting (the record is in the batch on return).
 
         ``fp`` is the URL's fingerprint: with --state, it is marked done at the first
         checkpoint after the record is written. Records without one (cancelled URLs)
-        leave their URL to be fetched again on resume.
+        leave their URL to be fetched again on resume. ``links`` (crawl mode) are the
+        links the page discovered: with --state they become durable with the record.
         """
         self._buf += encode(record)
         if fp is not None and self._state is not None:
             self._fps.append(fp)
+            if links:
+                self._links += links
         self._count += 1
         self.records += 1
         # Wake the writer for the first record of a batch (it starts the batch's timer)
@@ -174,15 +184,18 @@ class Sink:
         # one may still be referenced by the writer thread.
         buf, self._buf = self._buf, bytearray()
         fps, self._fps = self._fps, []
+        links, self._links = self._links, []
         count, self._count = self._count, 0
         # The write runs in a thread and completes even if we are cancelled meanwhile, so
         # it is shielded and does its own bookkeeping: the offset and the done marks then
         # always describe what really is in the file. flush() waits for it. (The one task
         # outside the TaskGroup, on purpose: it must outlive a cancelled writer.)
-        self._writing = asyncio.ensure_future(self._write_accounted(buf, fps, count))
+        self._writing = asyncio.ensure_future(self._write_accounted(buf, fps, links, count))
         await asyncio.shield(self._writing)
 
-    async def _write_accounted(self, buf: bytearray, fps: list[int], count: int) -> None:
+    async def _write_accounted(
+        self, buf: bytearray, fps: list[int], links: list[Link], count: int
+    ) -> None:
         try:
             if not self.broken:
                 await self._write_all(buf)
@@ -190,6 +203,7 @@ class Sink:
                 self.bytes_written += len(buf)
                 self._offset += len(buf)
                 self._written_fps += fps
+                self._written_links += links
         finally:
             if len(self._buf) < self._high_water:
                 self._drained.set()
@@ -225,11 +239,13 @@ class Sink:
         if not self._written_fps and self._offset == self._state.committed_offset:
             return
         fps, self._written_fps = self._written_fps, []
+        links, self._written_links = self._written_links, []
         sync_fd = self._file.fileno() if self._config.output is not None else None
         try:
-            await self._state.commit(fps, self._offset, sync_fd)
+            await self._state.commit(fps, self._offset, sync_fd, links)
         except BaseException:
             self._written_fps[:0] = fps  # not committed: keep them for the next try
+            self._written_links[:0] = links
             raise
 
     async def aclose(self) -> None:

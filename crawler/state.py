@@ -5,6 +5,9 @@ Tables:
     urls(fp, done)          64-bit fingerprint of each URL's dedup key; done=1 once its
                             record is committed
     output(id=1, offset)    bytes of the ``-o`` file that are committed
+    pending(seq, fp, url, depth, parent)
+                            crawl mode: links discovered by committed pages, in order of
+                            discovery (the durable frontier of a crawl)
 
 A checkpoint (every ``interval`` seconds and at the end) first fsyncs the output file, then
 in ONE transaction marks the URLs of every record written since the last checkpoint as done
@@ -12,7 +15,9 @@ and stores the output's new size. So after any crash, "done" and the committed o
 
 - resume cuts the output back to the committed offset (a torn or uncommitted tail goes),
 - forgets URLs that were queued but never committed (``done=0`` rows),
-- skips every URL marked done, and fetches the rest.
+- skips every URL marked done, and fetches the rest;
+- in crawl mode, starts again from the ``pending`` links that are not done: a page's links
+  are committed in the same transaction as the page itself, so none is lost with it.
 
 On standard output nothing can be cut back: at most the records written since the last
 checkpoint appear twice across the two runs; none is lost.
@@ -27,13 +32,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
 import orjson
 
 from crawler.errors import UsageError
+from crawler.linkqueue import Link
 
 FORMAT: Final = "crawler-state/1"
 _SIGNED: Final = 1 << 63
@@ -48,12 +54,14 @@ def _signed(fp: int) -> int:
 class StateStore:
     def __init__(self, path: str, identity: dict[str, Any]) -> None:
         self._path = path
+        self.path = path
         self._identity = identity
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawler-state")
         self._db: sqlite3.Connection | None = None
         self.resumed = False
         self.committed_offset = 0
         self.done_before = 0  # URLs already done when this run started
+        self.pending_max = 0
 
     # -- everything below with a leading underscore runs in the state thread ---------------
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -88,10 +96,16 @@ class StateStore:
                 "INSERT INTO meta VALUES ('identity', ?)", (orjson.dumps(self._identity).decode(),)
             )
             db.execute("COMMIT")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY, fp INTEGER NOT NULL,"
+            " url TEXT NOT NULL, depth INTEGER NOT NULL, parent TEXT)"
+        )
         # URLs queued but never committed by the previous run must be fetched again.
         db.execute("DELETE FROM urls WHERE done = 0")
         (self.committed_offset,) = db.execute("SELECT offset FROM output WHERE id = 1").fetchone()
         (self.done_before,) = db.execute("SELECT count(*) FROM urls").fetchone()
+        # Links committed by earlier runs; the ones this run adds come after these.
+        (self.pending_max,) = db.execute("SELECT coalesce(max(seq), 0) FROM pending").fetchone()
 
     def _check(self, db: sqlite3.Connection) -> None:
         try:
@@ -149,20 +163,55 @@ class StateStore:
         db.executemany("DELETE FROM urls WHERE fp = ? AND done = 0", rows)
         db.execute("COMMIT")
 
-    async def commit(self, fps: list[int], offset: int, sync_fd: int | None) -> None:
-        """Checkpoint: fsync the output, then mark ``fps`` done and store ``offset``."""
-        await self._call(self._commit, [(_signed(fp),) for fp in fps], offset, sync_fd)
+    async def commit(
+        self,
+        fps: list[int],
+        offset: int,
+        sync_fd: int | None,
+        links: Sequence[Link] = (),
+    ) -> None:
+        """Checkpoint: fsync the output, then mark ``fps`` done, add the ``links``
+        (fp, url, depth, parent) their pages discovered, and store ``offset``."""
+        rows = [(_signed(fp),) for fp in fps]
+        link_rows = [(_signed(link.fp), link.url, link.depth, link.parent) for link in links]
+        await self._call(self._commit, rows, offset, sync_fd, link_rows)
 
-    def _commit(self, rows: list[tuple[int]], offset: int, sync_fd: int | None) -> None:
+    def _commit(
+        self,
+        rows: list[tuple[int]],
+        offset: int,
+        sync_fd: int | None,
+        link_rows: list[tuple[int, str, int, str | None]],
+    ) -> None:
         db = self._db
         assert db is not None  # noqa: S101
         if sync_fd is not None:
             os.fsync(sync_fd)
         db.execute("BEGIN")
+        db.executemany(
+            "INSERT INTO pending (fp, url, depth, parent) VALUES (?, ?, ?, ?)", link_rows
+        )
         db.executemany("UPDATE urls SET done = 1 WHERE fp = ?", rows)
         db.execute("UPDATE output SET offset = ? WHERE id = 1", (offset,))
         db.execute("COMMIT")
         self.committed_offset = offset
+
+    async def pending(self, after: int, limit: int) -> list[tuple[int, int, str, int, str | None]]:
+        """Crawl resume: links committed as discovered and not done, in discovery order:
+        (seq, fp, url, depth, parent) with seq > ``after``."""
+        return await self._call(self._pending, after, limit)
+
+    def _pending(self, after: int, limit: int) -> list[tuple[int, int, str, int, str | None]]:
+        db = self._db
+        assert db is not None  # noqa: S101
+        rows = db.execute(
+            "SELECT p.seq, p.fp, p.url, p.depth, p.parent FROM pending p"
+            " WHERE p.seq > ? AND p.seq <= ? AND NOT EXISTS"
+            " (SELECT 1 FROM urls u WHERE u.fp = p.fp AND u.done = 1)"
+            " ORDER BY p.seq LIMIT ?",
+            (after, self.pending_max, limit),
+        ).fetchall()
+        return [(seq, fp + (1 << 64) if fp < 0 else fp, u, d, p) for seq, fp, u, d, p in rows]
 
     async def aclose(self) -> None:
         """Idempotent."""

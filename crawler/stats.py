@@ -73,6 +73,7 @@ class Snapshot:
     done_before: int
     peak_rss_mib: float
     input_fraction: float | None
+    crawl: dict[str, int] | None = None  # crawl mode and storage counters
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +115,7 @@ class Stats:
         self.in_flight: Callable[[], int] = lambda: 0
         self.queued: Callable[[], int] = lambda: 0
         self.input_fraction: Callable[[], float | None] = lambda: None
+        self.crawl: Callable[[], dict[str, int] | None] = lambda: None
 
     def record(self, ok: bool, status: int | None, error_kind: str | None, nbytes: int) -> None:
         self.done += 1
@@ -166,4 +168,5 @@ class Stats:
             done_before=self.duplicates_before,
             peak_rss_mib=round(peak_rss_mib(), 1),
             input_fraction=self.input_fraction(),
+            crawl=self.crawl(),
         )

@@ -23,6 +23,10 @@ FIELDS = {
     "content_type",
     "redirects",
     "fetched_at",
+    "depth",
+    "parent",
+    "body_path",
+    "sha256",
 }
 
 

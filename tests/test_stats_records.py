@@ -46,6 +46,10 @@ def test_record_encodes_every_contract_field_in_order() -> None:
         "content_type",
         "redirects",
         "fetched_at",
+        "depth",
+        "parent",
+        "body_path",
+        "sha256",
     ]
 
 

@@ -1,0 +1,94 @@
+"""Links of an HTML page, with selectolax (lexbor): a C parser, ~20x faster than lxml-free
+pure-Python parsing and tolerant of broken markup, as browsers are.
+
+What is a link:
+- ``a[href]`` and ``area[href]`` (not ``rel=nofollow`` ones, unless robots are ignored),
+  ``link[rel=next]``, ``iframe[src]``/``frame[src]``;
+- with ``assets``: ``img[src]``, ``script[src]``, ``link[rel=stylesheet|icon|preload]``,
+  ``source[src]``, ``video[src]``, ``audio[src]``;
+- relative to ``<base href>`` when the page has one, else to the page's final URL;
+- fragments dropped; only http(s) results are kept.
+
+``<meta name=robots content=...>``: ``nofollow`` means no link of the page is followed,
+``noindex`` that its body is not stored (--save-dir, --warc).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import urljoin
+
+from selectolax.lexbor import LexborHTMLParser
+
+_PAGE_SELECTOR: Final = "a[href], area[href], link[rel][href], iframe[src], frame[src], base[href]"
+_ASSET_SELECTOR: Final = "img[src], script[src], source[src], video[src], audio[src], embed[src]"
+_ASSET_RELS: Final = frozenset(("stylesheet", "icon", "preload", "shortcut", "apple-touch-icon"))
+_MAX_LINKS: Final = 10_000  # per page: a page with a million links is an attack, not a site
+
+
+@dataclass(slots=True)
+class Page:
+    links: list[str] = field(default_factory=list)
+    nofollow: bool = False  # <meta name=robots content=nofollow>
+    noindex: bool = False  # <meta name=robots content=noindex>
+
+
+def extract(body: bytes, page_url: str, *, assets: bool = False, obey_robots: bool = True) -> Page:
+    """Absolute http(s) URLs linked from ``body`` (in document order, duplicates kept)."""
+    page = Page()
+    try:
+        tree = LexborHTMLParser(body)
+    except Exception:  # noqa: BLE001 - an unparsable page simply has no links
+        return page
+    if obey_robots:
+        for meta in tree.css("meta[name][content]"):
+            name = (meta.attributes.get("name") or "").strip().lower()
+            if name in ("robots", "crawler"):
+                content = (meta.attributes.get("content") or "").lower()
+                directives = {d.strip() for d in content.split(",")}
+                if "none" in directives:
+                    directives |= {"nofollow", "noindex"}
+                page.nofollow |= "nofollow" in directives
+                page.noindex |= "noindex" in directives
+        if page.nofollow:
+            return page
+    base = page_url
+    raw: list[str] = []
+    for node in tree.css(_PAGE_SELECTOR):
+        tag = node.tag
+        attrs = node.attributes
+        if tag == "base":
+            href = attrs.get("href")
+            if href and base is page_url:  # the first <base href> wins, as in browsers
+                base = urljoin(page_url, href.strip())
+            continue
+        rels = set((attrs.get("rel") or "").lower().split())
+        if tag == "link":
+            if "next" in rels or (assets and rels & _ASSET_RELS):
+                href = attrs.get("href")
+            else:
+                continue
+        elif tag in ("iframe", "frame"):
+            href = attrs.get("src")
+        else:
+            if obey_robots and "nofollow" in rels:
+                continue
+            href = attrs.get("href")
+        if href:
+            raw.append(href)
+    if assets:
+        raw.extend(src for node in tree.css(_ASSET_SELECTOR) if (src := node.attributes.get("src")))
+    links = page.links
+    for href in raw[:_MAX_LINKS]:
+        href = href.strip()
+        if not href or href.startswith("#"):
+            continue
+        try:
+            url = urljoin(base, href)
+        except ValueError:
+            continue
+        url = url.partition("#")[0]
+        if url.startswith(("http://", "https://")):
+            links.append(url)
+    return page

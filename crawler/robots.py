@@ -1,0 +1,118 @@
+"""robots.txt: fetched once per origin (single-flight), cached with an expiry, parsed
+with protego (Scrapy's parser: RFC 9309 matching, wildcards, Crawl-delay, Sitemap).
+
+What a fetch of /robots.txt means (RFC 9309, section 2.3.1):
+- 2xx: its rules apply;
+- 4xx (404 mostly): no rules, everything is allowed;
+- 5xx: the server is unwell, the whole origin is disallowed for now (kept a short while);
+- no response at all (DNS, refused, timeout): no verdict: the page's own fetch fails with
+  the real error kind rather than ``robots``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from protego import Protego
+from yarl import URL
+
+from crawler import errors
+from crawler.fetcher import Response
+
+_MAX_ROBOTS_BYTES: Final = 512 * 1024  # Google reads the first 500 KiB
+_ERROR_TTL: Final = 300.0
+
+
+@dataclass(slots=True)
+class Rules:
+    parser: Protego | None  # None: allow everything
+    disallow_all: str | None = None  # why the whole origin is off limits
+    expires: float = 0.0
+    sitemaps: list[str] = field(default_factory=list)
+
+    def allows(self, url: str, user_agent: str) -> bool:
+        if self.disallow_all is not None:
+            return False
+        return self.parser is None or bool(self.parser.can_fetch(url, user_agent))
+
+    def crawl_delay(self, user_agent: str) -> float | None:
+        if self.parser is None:
+            return None
+        delay = self.parser.crawl_delay(user_agent)
+        return float(delay) if delay else None
+
+
+Fetch = Callable[[URL], Awaitable[Response]]
+
+
+class RobotsCache:
+    """``await rules(url)``: the robots rules of the URL's origin, fetched at most once
+    at a time per origin; concurrent callers share the one request."""
+
+    def __init__(
+        self,
+        fetch: Fetch,
+        *,
+        ttl: float,
+        clock: Callable[[], float],
+        on_new: Callable[[str, Rules], None] | None = None,
+    ) -> None:
+        self._fetch = fetch
+        self._ttl = ttl
+        self._clock = clock
+        self._on_new = on_new  # called once per fetched robots.txt (crawl-delay, sitemaps)
+        self._rules: dict[str, Rules] = {}
+        self._inflight: dict[str, asyncio.Future[Rules]] = {}
+        self.fetched = 0
+
+    async def rules(self, url: URL) -> Rules:
+        origin = f"{url.scheme}://{url.raw_authority}"
+        rules = self._rules.get(origin)
+        if rules is not None and rules.expires > self._clock():
+            return rules
+        pending = self._inflight.get(origin)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Rules] = asyncio.get_running_loop().create_future()
+        self._inflight[origin] = fut
+        try:
+            rules = await self._load(origin)
+        except BaseException as exc:
+            # Cancelled (shutdown): waiters learn it too, and the next caller tries again.
+            fut.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            fut.exception()  # mark retrieved: nobody may be waiting
+            raise
+        finally:
+            del self._inflight[origin]
+        self._rules[origin] = rules
+        fut.set_result(rules)
+        if self._on_new is not None:
+            self._on_new(origin, rules)
+        return rules
+
+    async def _load(self, origin: str) -> Rules:
+        self.fetched += 1
+        now = self._clock()
+        try:
+            resp = await self._fetch(URL(origin + "/robots.txt"))
+        except errors.TooLarge as exc:
+            resp = exc.response  # type: ignore[assignment]
+            if resp is None:
+                return Rules(None, expires=now + _ERROR_TTL)
+        except errors.FetchError:
+            return Rules(None, expires=now + _ERROR_TTL)
+        status = resp.status
+        if status >= 500:
+            return Rules(
+                None,
+                disallow_all=f"{origin}/robots.txt answered {status}: origin disallowed",
+                expires=now + _ERROR_TTL,
+            )
+        if status >= 400 or not resp.body:
+            return Rules(None, expires=now + self._ttl)
+        text = resp.body[:_MAX_ROBOTS_BYTES].decode("utf-8", "replace")
+        parser = Protego.parse(text)
+        return Rules(parser, expires=now + self._ttl, sitemaps=list(parser.sitemaps))
