@@ -22,6 +22,7 @@ no ``cancelled`` record is written: those URLs are left for the resumed run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -230,7 +231,7 @@ class Engine:
             crawl = self._crawl = Crawl(
                 config.crawl,
                 spill_dir=os.path.dirname(os.path.abspath(state.path)) if state else None,
-                memory_links=max(4 * config.limits.queue_size, 4096),
+                memory_links=config.limits.queue_size,  # at least 512: see LinkQueue
             )
             if state is not None:
                 crawl.admitted = state.done_before  # --max-pages counts resumed runs too
@@ -319,6 +320,8 @@ class Engine:
                     loop = asyncio.get_running_loop()
                     self._timers.append(loop.call_later(crawl.config.max_time, self._time_up))
                 for url in crawl.new_sitemaps(list(crawl.config.sitemap_urls)):
+                    with contextlib.suppress(errors.InvalidURL):
+                        crawl.scope.add_seed(parse_url(url))  # its site is in scope
                     self._spawn_sitemap(url, 0)
             self._background = [
                 tg.create_task(self.stats.watch_loop_lag()),
