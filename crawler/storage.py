@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import itertools
 import os
 import socket
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,6 +44,7 @@ class BodyStore:
     def __init__(self, root: str) -> None:
         self._root = root
         self._dirs: set[str] = set()
+        self._seq = itertools.count()
         self._save = wrap(self._save_sync)
 
     def check(self) -> None:
@@ -66,7 +68,7 @@ class BodyStore:
             os.makedirs(folder, exist_ok=True)
             self._dirs.add(folder)
         if not os.path.exists(path):
-            tmp = f"{path}.{os.getpid()}.tmp"
+            tmp = f"{path}.{os.getpid()}-{next(self._seq)}.tmp"  # equal bodies may race
             with open(tmp, "wb") as fh:
                 fh.write(body)
             os.replace(tmp, path)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import itertools
+import tempfile
 from pathlib import Path
 from typing import Any
 

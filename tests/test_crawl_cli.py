@@ -1,0 +1,164 @@
+"""`crawler crawl` as a subprocess: options, usage errors, SIGKILL/SIGINT/--max-time and
+resume with --state (every page exactly once), and `fetch --save-dir/--warc`."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from warcio.archiveiterator import ArchiveIterator
+
+from tests.conftest import Server
+from tests.site import A, Site, serve_site
+from tests.test_cli import ENV, assert_no_traceback, lines, run
+from tests.test_resume import parse_output
+
+CRAWLER = [sys.executable, "-m", "crawler"]
+
+
+def gen_expected(site: Site, size: int) -> list[str]:
+    return sorted(
+        [site.url(f"/gen/{i}") for i in range(size)]
+        + [site.url(f"/gen/{i}?again") for i in range(size)]
+    )
+
+
+async def start(*args: str, stdout: int | None = None) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *CRAWLER,
+        "crawl",
+        *args,
+        stdout=stdout if stdout is not None else subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
+
+
+async def test_crawl_sigkill_and_resume_finds_every_page_once(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    out, state = tmp_path / "out.jsonl", tmp_path / "st.db"
+    async with serve_site(gen_size=400, gen_delay=0.01) as site:
+        args = (
+            site.url("/gen/0"), "-o", str(out), "--state", str(state), "-c", "6", "-q",
+            "--ignore-robots",
+        )  # fmt: skip
+        kills = cut = finished = 0
+        for _ in range(8):
+            proc = await start(*args)
+            try:
+                await asyncio.wait_for(proc.wait(), rng.uniform(0.4, 1.2))
+                finished += 1
+                break
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                kills += 1
+            if state.exists() and out.exists():
+                with sqlite3.connect(state) as db:
+                    (committed,) = db.execute("SELECT offset FROM output").fetchone()
+                cut += out.stat().st_size > committed
+        proc = await start(*args)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        expected = gen_expected(site, 400)
+    records = parse_output(out.read_bytes())
+    urls = [r["url"] for r in records]
+    assert sorted(urls) == expected, (
+        f"lost {len(set(expected) - set(urls))}, duplicated {len(urls) - len(set(urls))}"
+    )
+    assert kills >= 2 and cut >= 1  # kills landed mid-crawl and left tails to cut
+    sys.stderr.write(f"\ncrawl kill test: {kills} kills, {cut} tails cut, 0 lost, 0 dup\n")
+
+
+async def test_crawl_sigint_then_resume_on_stdout(tmp_path: Path) -> None:
+    state = tmp_path / "st.db"
+    async with serve_site(gen_size=300, gen_delay=0.01) as site:
+        args = (site.url("/gen/0"), "--state", str(state), "-c", "4", "-q", "--grace", "0.2",
+                "--ignore-robots")  # fmt: skip
+        proc = await start(*args, stdout=subprocess.PIPE)
+        for _ in range(1000):  # bounded wait until the crawl is well under way
+            if sum(site.hits.values()) >= 60:
+                break
+            await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        first, _ = await asyncio.wait_for(proc.communicate(), 10)
+        assert proc.returncode == 130
+        proc = await start(*args, stdout=subprocess.PIPE)
+        second, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0
+        expected = gen_expected(site, 300)
+    one, two = parse_output(first), parse_output(second)
+    assert one and two
+    assert all(r["error"] is None for r in one + two)  # --state: no `cancelled` records
+    assert sorted(r["url"] for r in one + two) == expected
+
+
+async def test_max_time_stops_with_exit_0_and_resumes(tmp_path: Path) -> None:
+    out, state = tmp_path / "out.jsonl", tmp_path / "st.db"
+    async with serve_site(gen_size=300, gen_delay=0.02) as site:
+        args = (site.url("/gen/0"), "-o", str(out), "--state", str(state), "-c", "2",
+                "--ignore-robots", "--max-time", "0.5", "--no-progress")  # fmt: skip
+        code, _, err = await run("crawl", *args)
+        assert code == 0 and b"--max-time" in err
+        partial = len(parse_output(out.read_bytes()))
+        assert 0 < partial < 600
+        code, _, _ = await run("crawl", *args[:-3], "--no-progress", timeout=60)
+        assert code == 0
+        expected = gen_expected(site, 300)
+    assert sorted(r["url"] for r in parse_output(out.read_bytes())) == expected
+
+
+async def test_crawl_seed_file_stdin_and_usage_errors(tmp_path: Path) -> None:
+    async with serve_site(crawl_delay=0.01) as site:
+        seeds = tmp_path / "seeds.txt"
+        seeds.write_text(f"# seeds\n{site.url('/b')}\n")
+        code, out, err = await run("crawl", str(seeds), "--depth", "1", "--no-progress")
+        assert code == 0, err
+        assert {r["url"] for r in lines(out)} == {site.url("/b"), site.url("/a")}
+        code, out, _ = await run("crawl", "--depth", "0", "-q", stdin=site.url("/a").encode())
+        assert code == 0 and [r["url"] for r in lines(out)] == [site.url("/a")]
+    for args, message in [
+        (("--scope", "planet"), b"scope"),
+        (("--include", "(unclosed"), b"invalid regex"),
+        (("--depth", "-1"), b"--depth"),
+        (("--no-dedup",), b"No such option"),
+        (("--save-dir", "/proc/nope/x"), b"--save-dir"),
+        (("--warc", str(tmp_path / "missing-dir" / "x.warc.gz")), b"--warc"),
+    ]:
+        code, out, err = await run("crawl", "http://127.0.0.1:9/", *args, "-q")
+        assert code == 2 and out == b"", (args, err)
+        assert message in err and err.count(b"\n") == 1, err
+        assert_no_traceback(err)
+
+
+async def test_fetch_save_dir_and_warc(server: Server, tmp_path: Path) -> None:
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{server.url('/ok/1')}\n{server.url('/ok/2')}\n{server.url('/status/404')}\n")
+    bodies, warc = tmp_path / "bodies", tmp_path / "f.warc.gz"
+    code, out, err = await run(
+        "fetch", str(urls), "--save-dir", str(bodies), "--warc", str(warc), "-q"
+    )
+    assert code == 0, err
+    records = lines(out)
+    assert all(r["depth"] == 0 and r["parent"] is None for r in records)
+    ok = [r for r in records if r["ok"]]
+    assert len(ok) == 2 and ok[0]["sha256"] == ok[1]["sha256"]  # same body, stored once
+    files = [p for p in bodies.rglob("*") if p.is_file()]
+    assert len(files) == 2  # the ok body once, and the 404 page's body
+    with warc.open("rb") as fh:
+        kinds = [rec.rec_type for rec in ArchiveIterator(fh)]
+    assert kinds.count("response") == 3 and kinds.count("request") == 3  # the 404 too
+
+
+@pytest.mark.parametrize("host", [A])
+async def test_crawl_help_lists_crawl_options(host: str) -> None:
+    code, out, _ = await run("crawl", "--help")
+    assert code == 0
+    for option in (b"--scope", b"--depth", b"--max-pages", b"--ignore-robots", b"--sitemaps",
+                   b"--warc", b"--save-dir", b"--assets"):  # fmt: skip
+        assert option in out
