@@ -65,25 +65,28 @@ class RobotsCache:
         self._clock = clock
         self._on_new = on_new  # called once per fetched robots.txt (crawl-delay, sitemaps)
         self._rules: dict[str, Rules] = {}
-        self._inflight: dict[str, asyncio.Future[Rules]] = {}
+        self._inflight: dict[str, asyncio.Future[Rules | None]] = {}
         self.fetched = 0
 
     async def rules(self, url: URL) -> Rules:
         origin = f"{url.scheme}://{url.raw_authority}"
-        rules = self._rules.get(origin)
-        if rules is not None and rules.expires > self._clock():
-            return rules
-        pending = self._inflight.get(origin)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[Rules] = asyncio.get_running_loop().create_future()
+        while True:
+            rules = self._rules.get(origin)
+            if rules is not None and rules.expires > self._clock():
+                return rules
+            pending = self._inflight.get(origin)
+            if pending is None:
+                break
+            shared = await asyncio.shield(pending)
+            if shared is not None:
+                return shared
+            # The caller that was loading it was cancelled (shutdown): try again.
+        fut: asyncio.Future[Rules | None] = asyncio.get_running_loop().create_future()
         self._inflight[origin] = fut
         try:
             rules = await self._load(origin)
-        except BaseException as exc:
-            # Cancelled (shutdown): waiters learn it too, and the next caller tries again.
-            fut.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
-            fut.exception()  # mark retrieved: nobody may be waiting
+        except BaseException:
+            fut.set_result(None)  # waiters retry instead of inheriting our cancellation
             raise
         finally:
             del self._inflight[origin]
