@@ -31,7 +31,7 @@ async def test_crawl_python_docs_finds_every_page(tmp_path: Path) -> None:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     base = f"http://127.0.0.1:{port}/"
     try:
-        result, records = await run_crawl(
+        _, records = await run_crawl(
             tmp_path, [base + "index.html"], concurrency=16, per_host=16, timeout=30.0
         )
     finally:
