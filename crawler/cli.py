@@ -628,9 +628,16 @@ def bench(
     error_rate: Annotated[
         float, typer.Option("--error-rate", min=0.0, max=1.0, help="Embedded server: 503 rate.")
     ] = 0.0,
+    body_bytes: Annotated[
+        int, typer.Option("--body-bytes", min=0, help="Embedded server: body size.")
+    ] = 512,
+    save_dir: SaveDir = None,
+    warc: Warc = None,
     no_uvloop: NoUvloop = False,
 ) -> None:
-    """Measure throughput through the fetch pipeline against a local server."""
+    """Measure throughput through the fetch pipeline against a local server.
+
+    With --save-dir or --warc the embedded server gives every URL its own body."""
     from crawler.bench.runner import embedded_server, run_rounds, summarize
     from crawler.bench.server import ServeOptions
 
@@ -655,15 +662,24 @@ def bench(
         insecure=False,
         dedup=True,
         grace=0.0,
+        store=StoreConfig(
+            save_dir=str(save_dir) if save_dir is not None else None,
+            warc=str(warc) if warc is not None else None,
+        ),
     )
     use_uvloop = _want_uvloop(no_uvloop)
     opts = ServeOptions(
-        port=0, workers=server_workers, latency_ms=latency_ms, error_rate=error_rate
+        port=0,
+        workers=server_workers,
+        latency_ms=latency_ms,
+        error_rate=error_rate,
+        body_bytes=body_bytes,
     )
+    path = "unique" if config.store.active and not target else "page"
     with contextlib.ExitStack() as stack:
         prefix = target if target else stack.enter_context(embedded_server(opts))
         results = _run(
-            lambda: run_rounds(config, prefix, n, rounds, compare), use_uvloop=use_uvloop
+            lambda: run_rounds(config, prefix, n, rounds, compare, path), use_uvloop=use_uvloop
         )
     report = summarize(results, n=n, config=config, loop=_loop_name(use_uvloop))
     report["target"] = target or "embedded"

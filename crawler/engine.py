@@ -213,6 +213,8 @@ class Engine:
                 if self._warc is not None:
                     await asyncio.shield(self._warc.aclose())
                 await asyncio.shield(sink.aclose())
+                if self._bodies is not None:
+                    await asyncio.shield(self._bodies.aclose())
             except (OSError, sqlite3.Error) as exc:
                 raise errors.UsageError(f"cannot continue: {_io_message(exc)}") from None
             finally:
@@ -265,6 +267,7 @@ class Engine:
             from crawler.storage import BodyStore
 
             self._bodies = BodyStore(store.save_dir)
+            self._sink.before_write = self._bodies.flush  # bodies land before their records
             try:
                 self._bodies.check()
             except OSError as exc:
@@ -578,10 +581,16 @@ class Engine:
             noindex = page.noindex
         if noindex:
             return kept
-        if self._bodies is not None:
-            kept.body_path, kept.sha256 = await self._bodies.save(body)
-        if self._warc is not None and resp.exchange is not None:
-            await self._warc.add(resp.final_url, resp.exchange, body)
+        bodies = self._bodies
+        if bodies is not None:
+            kept.body_path, kept.sha256 = bodies.put(body)
+            if bodies.behind:
+                await bodies.backpressure()
+        warc = self._warc
+        if warc is not None and resp.exchange is not None:
+            warc.add(resp.final_url, resp.exchange, body)
+            if warc.behind:
+                await warc.backpressure()
         return kept
 
     # -- records ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiofiles
@@ -49,6 +50,8 @@ class Sink:
         self._closing = False
         self._file: Any = None
         self._high_water = config.batch_bytes * 8
+        # Awaited before each batch is written (--save-dir: the bodies its records name).
+        self.before_write: Callable[[], Awaitable[None]] | None = None
         self.broken = False  # standard output was closed by its reader
         self.records = 0  # records handed to the sink
         self.written = 0  # records written out
@@ -180,6 +183,8 @@ class Sink:
     async def _write_batch(self) -> None:
         if not self._buf:
             return
+        if self.before_write is not None:
+            await self.before_write()
         # A fresh buffer per batch (one allocation per batch, not per record): the old
         # one may still be referenced by the writer thread.
         buf, self._buf = self._buf, bytearray()

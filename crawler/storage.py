@@ -1,10 +1,19 @@
 """Keeping what was fetched: content-addressed body files (``--save-dir``) and WARC 1.1
 archives (``--warc``, with warcio).
 
-Both work off the event loop. A body file is one executor hop (aiofiles' ``wrap``): hash,
-write to a temporary name, rename into place, so a reader never sees half a file and equal
-bodies are stored once. WARC records are batched and written by one thread of their own
-(gzip per record, so any record can be read alone; rotation by size).
+Both are written in batches by a child process of their own. Not a thread: a thread doing
+Python work (warcio builds each record in Python, ``open()`` builds file objects) takes the
+GIL from the event loop every time the loop releases it for a syscall, and measured, that
+cost more than half the bench's throughput (benchmarks/RESULTS.md). The event loop only
+hashes a body (for its record) and appends it to a batch; a batch travels to the child as
+one pickled message.
+
+- Body files: ``DIR/ab/<sha256>``, written to a temporary name and renamed into place (a
+  reader never sees half a file); equal bodies are stored once. The sink waits for the
+  bodies before it writes the records that name them.
+- WARC: a warcinfo record per file, then a response and a request record per page, each
+  record its own gzip member (any record can be read alone); files rotate past
+  ``--warc-max-size``: ``out.warc.gz``, ``out-00001.warc.gz``, …
 
 WARC and decoded bodies: aiohttp hands us the body after gzip/deflate/chunked decoding.
 The response record therefore carries the decoded body with headers that say so:
@@ -19,60 +28,153 @@ import asyncio
 import hashlib
 import io
 import itertools
+import multiprocessing
 import os
+import signal
 import socket
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Final
+import zlib
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from aiofiles.os import wrap
-from warcio.statusandheaders import StatusAndHeaders
-from warcio.warcwriter import WARCWriter
-
 from crawler import __version__
-from crawler.fetcher import Exchange
 
-_DROP: Final = frozenset(("content-encoding", "transfer-encoding", "content-length"))
-_BATCH_RECORDS: Final = 64
+if TYPE_CHECKING:  # the child process imports this module: keep aiohttp out of it
+    from crawler.fetcher import Exchange
+
+_BATCH_ITEMS: Final = 64
 _BATCH_BYTES: Final = 1 << 20
-_MAX_PENDING_BYTES: Final = 64 << 20  # unwritten WARC bytes before workers wait
+_MAX_PENDING_BYTES: Final = 64 << 20  # bytes sent to the child and not written yet
+_GZIP_LEVEL: Final = 6
+_GZIP_WBITS: Final = 31  # a gzip member (header and trailer), not a raw deflate stream
+_DROP: Final = frozenset(("content-encoding", "transfer-encoding", "content-length"))
 
 
-class BodyStore:
-    """``DIR/ab/abcdef…``: one file per distinct body, named by its SHA-256."""
+class _Offloaded:
+    """Batches of items handed to a writer object living in a child process.
 
+    ``add`` never waits; ``backpressure`` waits while too many bytes are in flight;
+    ``flush`` returns once everything added so far is written. Batches are written in
+    the order they were added (one worker)."""
+
+    def __init__(self, kind: str, *args: Any) -> None:
+        self._pool = ProcessPoolExecutor(
+            1,
+            # spawn, not fork: forking a process that runs threads (state, input) is unsafe
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_child_init,
+            initargs=(kind, args),
+        )
+        self._batch: list[Any] = []
+        self._batch_bytes = 0
+        self._pending: deque[tuple[Future[Any], int]] = deque()
+        self._pending_bytes = 0
+        self._closed = False
+
+    def start(self) -> Any:
+        """Start the child and let it open its files: errors surface here, before the run."""
+        return self._pool.submit(_child_call, "start").result()
+
+    def add(self, item: Any, size: int) -> None:
+        self._batch.append(item)
+        self._batch_bytes += size
+        if len(self._batch) >= _BATCH_ITEMS or self._batch_bytes >= _BATCH_BYTES:
+            self._submit()
+
+    @property
+    def behind(self) -> bool:
+        return self._pending_bytes > _MAX_PENDING_BYTES
+
+    async def backpressure(self) -> None:
+        while self._pending_bytes > _MAX_PENDING_BYTES:
+            await self._wait_oldest()
+
+    async def flush(self) -> None:
+        self._submit()
+        while self._pending:
+            await self._wait_oldest()
+
+    async def aclose(self) -> Any:
+        """Write what is left, close the files; returns the writer's final report."""
+        if self._closed:
+            return None
+        try:
+            await self.flush()
+            fut = self._pool.submit(_child_call, "close")
+            return await asyncio.wrap_future(fut)
+        finally:
+            self._closed = True
+            self._pool.shutdown(wait=True)
+
+    def _submit(self) -> None:
+        batch, self._batch = self._batch, []
+        size, self._batch_bytes = self._batch_bytes, 0
+        if batch:
+            self._pending.append((self._pool.submit(_child_call, "write", batch), size))
+            self._pending_bytes += size
+
+    async def _wait_oldest(self) -> None:
+        fut, size = self._pending[0]
+        try:
+            await asyncio.wrap_future(fut)
+        finally:
+            if self._pending and self._pending[0][0] is fut:
+                self._pending.popleft()
+                self._pending_bytes -= size
+
+
+# -- the child process ---------------------------------------------------------------------
+_writer: Any = None
+
+
+def _child_init(kind: str, args: tuple[Any, ...]) -> None:
+    global _writer
+    # Ctrl-C reaches the whole process group; the parent decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _writer = _BodyWriter(*args) if kind == "bodies" else _WarcWriter(*args)
+
+
+def _child_call(method: str, *args: Any) -> Any:
+    return getattr(_writer, method)(*args)
+
+
+class _BodyWriter:
     def __init__(self, root: str) -> None:
         self._root = root
         self._dirs: set[str] = set()
         self._seq = itertools.count()
-        self._save = wrap(self._save_sync)
+        self.written = 0
 
-    def check(self) -> None:
-        """Fail early (a usage error in the CLI) if the directory cannot be used."""
+    def start(self) -> None:
         os.makedirs(self._root, exist_ok=True)
         probe = os.path.join(self._root, f".crawler-probe-{os.getpid()}")
         with open(probe, "wb"):
             pass
         os.unlink(probe)
 
-    async def save(self, body: bytes) -> tuple[str, str]:
-        """Store ``body``; returns (path, sha256 hex)."""
-        result: tuple[str, str] = await self._save(body)
-        return result
-
-    def _save_sync(self, body: bytes) -> tuple[str, str]:
-        digest = hashlib.sha256(body).hexdigest()
-        folder = os.path.join(self._root, digest[:2])
-        path = os.path.join(folder, digest)
-        if folder not in self._dirs:
-            os.makedirs(folder, exist_ok=True)
-            self._dirs.add(folder)
-        if not os.path.exists(path):
-            tmp = f"{path}.{os.getpid()}-{next(self._seq)}.tmp"  # equal bodies may race
-            with open(tmp, "wb") as fh:
-                fh.write(body)
+    def write(self, batch: list[tuple[str, bytes]]) -> None:
+        for digest, body in batch:
+            folder = os.path.join(self._root, digest[:2])
+            path = os.path.join(folder, digest)
+            if os.path.exists(path):
+                continue  # content-addressed: the same body is already there
+            if folder not in self._dirs:
+                os.makedirs(folder, exist_ok=True)
+                self._dirs.add(folder)
+            tmp = f"{path}.{os.getpid()}-{next(self._seq)}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(body)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
-        return path, digest
+            self.written += 1
+
+    def close(self) -> int:
+        return self.written
 
 
 def warc_name(path: str, index: int) -> str:
@@ -85,10 +187,14 @@ def warc_name(path: str, index: int) -> str:
     return f"{path}-{index:05d}"
 
 
-class WarcArchive:
-    """Request and response records of every stored page, in rotated WARC files."""
+# (url, method, request headers, HTTP version, status, reason, response headers, body)
+WarcItem = tuple[str, str, list[tuple[str, str]], str, int, str, list[tuple[str, str]], bytes]
 
-    def __init__(self, path: str, max_size: int, *, append: bool = False) -> None:
+
+class _WarcWriter:
+    def __init__(self, path: str, max_size: int, append: bool) -> None:
+        from warcio.warcwriter import WARCWriter  # only the child needs warcio
+
         self._path = path
         self._max_size = max_size
         self._index = 0
@@ -96,58 +202,42 @@ class WarcArchive:
             while os.path.exists(warc_name(path, self._index)):
                 self._index += 1
         self._file: Any = None
-        self._writer: WARCWriter | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="crawler-warc")
-        self._batch: list[tuple[str, Exchange, bytes]] = []
-        self._batch_bytes = 0
-        self._pending: list[tuple[Future[None], int]] = []
-        self._pending_bytes = 0
+        self._size = 0
+        # warcio builds each record (headers, digests) into this buffer; we gzip it as its
+        # own member at level 6 (warcio's own wrapper uses 9: slower, barely smaller).
+        self._raw = io.BytesIO()
+        self._builder = WARCWriter(self._raw, gzip=False, warc_version="1.1")
         self.records = 0
         self.files: list[str] = []
 
-    def open(self) -> None:
-        """Open the first file now, so a bad path is a usage error before the run."""
-        self._executor.submit(self._open_file).result()
+    def start(self) -> None:
+        self._open_file()
 
-    async def add(self, url: str, exchange: Exchange, body: bytes) -> None:
-        self._batch.append((url, exchange, body))
-        self._batch_bytes += len(body)
-        if len(self._batch) >= _BATCH_RECORDS or self._batch_bytes >= _BATCH_BYTES:
-            self._submit()
-            while self._pending_bytes > _MAX_PENDING_BYTES:
-                await self._wait_oldest()
+    def write(self, batch: list[WarcItem]) -> None:
+        if self._file is None:
+            self._open_file()
+        out = bytearray()
+        for item in batch:
+            out += self._pair(*item)
+            if self._size + len(out) >= self._max_size:
+                self._file.write(out)
+                out.clear()
+                self._close_file()
+                self._index += 1
+                self._open_file()
+        if out:
+            self._file.write(out)
+            self._size += len(out)
 
-    def _submit(self) -> None:
-        batch, self._batch = self._batch, []
-        size, self._batch_bytes = self._batch_bytes, 0
-        if batch:
-            self._pending.append((self._executor.submit(self._write, batch), size))
-            self._pending_bytes += size
+    def close(self) -> tuple[int, list[str]]:
+        self._close_file()
+        return self.records, self.files
 
-    async def _wait_oldest(self) -> None:
-        fut, size = self._pending.pop(0)
-        try:
-            await asyncio.wrap_future(fut)
-        finally:
-            self._pending_bytes -= size
-
-    async def aclose(self) -> None:
-        """Write what is left and close the file (idempotent)."""
-        self._submit()
-        try:
-            while self._pending:
-                await self._wait_oldest()
-        finally:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._close_file)
-            self._executor.shutdown(wait=True)
-
-    # -- the WARC thread -----------------------------------------------------------------
     def _open_file(self) -> None:
         name = warc_name(self._path, self._index)
         self._file = open(name, "wb")  # noqa: SIM115 - closed in _close_file
         self.files.append(name)
-        writer = self._writer = WARCWriter(self._file, gzip=True, warc_version="1.1")
-        info = writer.create_warcinfo_record(
+        info = self._builder.create_warcinfo_record(
             os.path.basename(name),
             {
                 "software": f"crawler/{__version__} (warcio)",
@@ -155,29 +245,37 @@ class WarcArchive:
                 "hostname": socket.gethostname(),
             },
         )
-        writer.write_record(info)
+        head = self._encode(info)
+        self._file.write(head)
+        self._size = len(head)
 
     def _close_file(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-            self._writer = None
 
-    def _write(self, batch: list[tuple[str, Exchange, bytes]]) -> None:
-        if self._writer is None:
-            self._open_file()
-        for url, exchange, body in batch:
-            self._write_pair(url, exchange, body)
-            if self._file.tell() >= self._max_size:
-                self._close_file()
-                self._index += 1
-                self._open_file()
+    def _encode(self, record: Any) -> bytes:
+        raw = self._raw
+        raw.seek(0)
+        raw.truncate()
+        self._builder.write_record(record)
+        return zlib.compress(raw.getbuffer(), _GZIP_LEVEL, _GZIP_WBITS)
 
-    def _write_pair(self, url: str, exchange: Exchange, body: bytes) -> None:
-        writer = self._writer
-        assert writer is not None  # noqa: S101
+    def _pair(
+        self,
+        url: str,
+        method: str,
+        request_headers: list[tuple[str, str]],
+        version: str,
+        status: int,
+        reason: str,
+        response_headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> bytes:
+        from warcio.statusandheaders import StatusAndHeaders
+
         headers = []
-        for name, value in exchange.response_headers:
+        for name, value in response_headers:
             lower = name.lower()
             if lower in _DROP:
                 if lower != "content-length":
@@ -185,32 +283,92 @@ class WarcArchive:
                 continue
             headers.append((name, value))
         headers.append(("Content-Length", str(len(body))))
-        status = f"{exchange.status} {exchange.reason}".strip()
-        response = writer.create_warc_record(
+        builder = self._builder
+        response = builder.create_warc_record(
             url,
             "response",
             payload=io.BytesIO(body),
             length=len(body),
-            http_headers=StatusAndHeaders(status, headers, protocol=exchange.version),
+            http_headers=StatusAndHeaders(f"{status} {reason}".strip(), headers, protocol=version),
         )
         parts = urlsplit(url)
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        request = writer.create_warc_record(
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        request = builder.create_warc_record(
             url,
             "request",
             payload=io.BytesIO(b""),
             length=0,
             http_headers=StatusAndHeaders(
-                f"{exchange.method} {target} {exchange.version}",
-                exchange.request_headers,
-                is_http_request=True,
+                f"{method} {target} {version}", request_headers, is_http_request=True
             ),
             warc_headers_dict={
                 "WARC-Concurrent-To": response.rec_headers.get_header("WARC-Record-ID")
             },
         )
-        writer.write_record(response)
-        writer.write_record(request)
         self.records += 1
+        return self._encode(response) + self._encode(request)
+
+
+# -- the event loop's side -------------------------------------------------------------------
+class BodyStore:
+    """``put`` hashes a body and returns (path, sha256) at once; the file is written by
+    the child. The sink calls ``flush`` before writing records that name body files."""
+
+    def __init__(self, root: str) -> None:
+        self._root = root
+        self._writer = _Offloaded("bodies", root)
+        self.flush = self._writer.flush
+        self.backpressure = self._writer.backpressure
+
+    def check(self) -> None:
+        """Start the writer; a directory it cannot use raises OSError now."""
+        self._writer.start()
+
+    @property
+    def behind(self) -> bool:
+        return self._writer.behind
+
+    def put(self, body: bytes) -> tuple[str, str]:
+        digest = hashlib.sha256(body).hexdigest()
+        self._writer.add((digest, body), len(body))
+        return os.path.join(self._root, digest[:2], digest), digest
+
+    async def aclose(self) -> None:
+        await self._writer.aclose()
+
+
+class WarcArchive:
+    """Request and response records of every stored page, in rotated WARC files."""
+
+    def __init__(self, path: str, max_size: int, *, append: bool = False) -> None:
+        self._writer = _Offloaded("warc", path, max_size, append)
+        self.records = 0  # pages handed to the archive
+        self.files: list[str] = []
+        self.backpressure = self._writer.backpressure
+
+    def open(self) -> None:
+        """Start the writer and open the first file: a bad path raises OSError now."""
+        self._writer.start()
+
+    @property
+    def behind(self) -> bool:
+        return self._writer.behind
+
+    def add(self, url: str, exchange: Exchange, body: bytes) -> None:
+        item: WarcItem = (
+            url,
+            exchange.method,
+            exchange.request_headers,
+            exchange.version,
+            exchange.status,
+            exchange.reason,
+            exchange.response_headers,
+            body,
+        )
+        self._writer.add(item, len(body) + 512)
+        self.records += 1
+
+    async def aclose(self) -> None:
+        report = await self._writer.aclose()
+        if report is not None:
+            self.files = report[1]

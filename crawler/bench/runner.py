@@ -29,8 +29,8 @@ from crawler.stats import Snapshot, peak_rss_mib
 class GeneratedSource:
     """N distinct URLs under a prefix, generated lazily in batches (no input file)."""
 
-    def __init__(self, prefix: str, n: int, batch: int = 2048) -> None:
-        self._prefix = prefix.rstrip("/")
+    def __init__(self, prefix: str, n: int, batch: int = 2048, path: str = "page") -> None:
+        self._prefix = f"{prefix.rstrip('/')}/{path}"
         self._n = n
         self._batch = batch
         self.total_bytes: int | None = n
@@ -40,7 +40,7 @@ class GeneratedSource:
         prefix = self._prefix
         for start in range(0, self._n, self._batch):
             stop = min(self._n, start + self._batch)
-            yield [f"{prefix}/page/{i}" for i in range(start, stop)]
+            yield [f"{prefix}/{i}" for i in range(start, stop)]
             self.bytes_read = stop
             await asyncio.sleep(0)
 
@@ -103,12 +103,13 @@ def embedded_server(opts: ServeOptions) -> Iterator[str]:
 
 
 async def run_rounds(
-    config: RunConfig, prefix: str, n: int, rounds: int, compare: bool
+    config: RunConfig, prefix: str, n: int, rounds: int, compare: bool, path: str = "page"
 ) -> list[BenchRound]:
     config = replace(config, sink=SinkConfig(output="/dev/null"))
     results = []
     for _ in range(rounds):
-        engine = Engine(config, GeneratedSource(prefix, n), install_signal_handlers=False)
+        source = GeneratedSource(prefix, n, path=path)
+        engine = Engine(config, source, install_signal_handlers=False)
         snap = (await engine.run()).snapshot
         base = None
         if compare:

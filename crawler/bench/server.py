@@ -6,6 +6,9 @@ Routes (any host it listens on):
     /redirect/<n>      302 chain of n hops ending at /page/end
     /drip/<n>          n bytes, one every ``?interval=`` seconds (default 1)
     /gzip/<n>          n bytes of HTML, gzip-encoded
+    /unique/<anything> like /page, but every URL gets a different body (storage benchmarks)
+    /site/<n>          a synthetic site to crawl: links to /site/10n+1 ... /site/10n+10
+                       (below ``?size=``, default 100000), a back link and a cycle
 Injected behaviour on /page: latency with mean ``latency_ms`` (fixed or exponential),
 and with probability ``error_rate`` a 503 (with Retry-After), a 429, or a reset.
 """
@@ -56,6 +59,14 @@ def build_app(opts: ServeOptions) -> web.Application:
     mean = opts.latency_ms / 1000.0
 
     async def page(request: web.Request) -> web.StreamResponse:
+        return await served(request, body)
+
+    async def unique(request: web.Request) -> web.StreamResponse:
+        head = f"<html><!-- {request.path} -->".encode()
+        return await served(request, head + body[len(head) :])
+
+    async def served(request: web.Request, body: bytes) -> web.StreamResponse:
+        """A /page-like response: injected latency and errors first."""
         if mean > 0:
             await asyncio.sleep(rng.expovariate(1 / mean) if opts.latency_dist == "exp" else mean)
         if opts.error_rate and rng.random() < opts.error_rate:
@@ -75,6 +86,26 @@ def build_app(opts: ServeOptions) -> web.Application:
                 text="busy",
             )
         return web.Response(body=body, content_type="text/html")
+
+    async def site(request: web.Request) -> web.Response:
+        try:
+            n = int(request.match_info["n"])
+            size = int(request.query.get("size", "100000"))
+        except ValueError:
+            raise web.HTTPNotFound from None
+        if not 0 <= n < size:
+            raise web.HTTPNotFound
+        query = f"?size={size}" if "size" in request.query else ""
+        kids = "".join(
+            f'<li><a href="/site/{k}{query}">page {k}</a>'
+            for k in range(10 * n + 1, min(10 * n + 11, size))
+        )
+        html = (
+            f"<!doctype html><html><head><title>page {n}</title></head><body>"
+            f'<a href="/site/0{query}">home</a> <a href="/site/{n // 10}{query}">up</a>'
+            f"<ul>{kids}</ul>{body.decode('latin-1')}</body></html>"
+        )
+        return web.Response(text=html, content_type="text/html")
 
     async def status(request: web.Request) -> web.Response:
         headers = {}
@@ -113,6 +144,8 @@ def build_app(opts: ServeOptions) -> web.Application:
     app.router.add_get(r"/redirect/{n:\d+}", redirect)
     app.router.add_get(r"/drip/{n:\d+}", drip)
     app.router.add_get(r"/gzip/{n:\d+}", gzipped)
+    app.router.add_get("/unique/{tail:.*}", unique)
+    app.router.add_get(r"/site/{n}", site)
     return app
 
 
