@@ -1,5 +1,5 @@
-"""Does a big page stall the event loop? Crawl mode parses pages over 64 KiB in a thread;
-this measures loop lag while 5 MB pages are parsed, against parsing them inline.
+"""Does a big page stall the event loop? Crawl mode parses pages over 64 KiB in a child
+process; this measures loop lag while 5 MB pages are parsed, against parsing them inline.
 
     python benchmarks/crawl_bigpage.py --pages 10 --mb 5 --rounds 3
 
@@ -76,8 +76,8 @@ def main() -> None:
                 crawl=crawl_config,
             )
             variants = {
-                "thread (default, > 64 KiB)": base_config,
-                "inline (no thread)": replace(
+                "child process (default, > 64 KiB)": base_config,
+                "inline (in the event loop)": replace(
                     base_config, crawl=replace(crawl_config, parse_inline_bytes=1 << 40)
                 ),
             }

@@ -1,6 +1,6 @@
 """Crawl mode: what the pipeline adds to follow links.
 
-    worker: page fetched -> links extracted (selectolax; big pages in a thread)
+    worker: page fetched -> links extracted (selectolax; big pages in a child process)
         -> admit: parse, scope, depth, --max-pages, dedup (all synchronous, no wait)
         -> LinkQueue (memory, spills to disk) -> feeder -> Frontier (bounded; the feeder
            waits there, never a worker)
@@ -14,51 +14,29 @@ host's pacer, its Sitemap: lines (with --sitemaps) more seeds.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
+import multiprocessing
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Final
 from xml.etree.ElementTree import ParseError
 
 from defusedxml.ElementTree import iterparse
-from yarl import URL
 
-from crawler import errors
 from crawler.config import CrawlConfig
-from crawler.dedup import FingerprintSet, fingerprint
+from crawler.dedup import FingerprintSet
 from crawler.linkqueue import Link, LinkQueue
-from crawler.links import Page, extract
+from crawler.links import Candidate, Found, find, parse_candidates
 from crawler.robots import RobotsCache
 from crawler.scope import Scope
-from crawler.urls import canonical_key, parse_url
 
 _SITEMAP_MAX_BYTES: Final = 50 * 1024 * 1024  # the sitemap protocol's own limit, unzipped
 _SITEMAP_MAX_NESTING: Final = 4
 _SITEMAP_MAX_FILES: Final = 10_000
 
-Candidate = tuple[str, URL, int]  # (url text, parsed, fingerprint of the dedup key)
-
-
-def candidates(page_url: str, body: bytes, config: CrawlConfig) -> tuple[Page, list[Candidate]]:
-    """Extract a page's links and parse them (pure: runs inline or in a thread)."""
-    page = extract(body, page_url, assets=config.assets, obey_robots=config.obey_robots)
-    return page, _parsed(page.links)
-
-
-def _parsed(texts: list[str]) -> list[Candidate]:
-    out: list[Candidate] = []
-    seen_here: set[str] = set()
-    for text in texts:
-        if text in seen_here:
-            continue
-        seen_here.add(text)
-        try:
-            url = parse_url(text)
-        except errors.InvalidURL:
-            continue
-        out.append((text, url, fingerprint(canonical_key(url))))
-    return out
+_BIG_PAGE_WORKERS: Final = 1
 
 
 class Crawl:
@@ -71,8 +49,12 @@ class Crawl:
         self.admitted = 0  # URLs let into the crawl (counted against --max-pages)
         self.found = 0  # links seen on pages, before any filter
         self.jobs = 0  # sitemaps being read
+        self.sitemap_errors = 0
         self.wake = asyncio.Event()  # a link was queued, or the frontier went idle
         self._parse_pool = ThreadPoolExecutor(1, thread_name_prefix="crawler-parse")
+        # Big pages are parsed in a child process: a thread would hold the GIL for most of
+        # the parse, and the event loop would wait for it at every syscall.
+        self._big_pages: ProcessPoolExecutor | None = None
         self._sitemaps_seen: set[str] = set()
 
     @property
@@ -88,25 +70,41 @@ class Crawl:
         self.admitted += 1
         return True
 
-    async def page_links(self, page_url: str, body: bytes) -> tuple[Page, list[Candidate]]:
-        """Links of an HTML body; a big body is parsed off the event loop."""
-        if len(body) <= self.config.parse_inline_bytes:
-            return candidates(page_url, body, self.config)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._parse_pool, candidates, page_url, body, self.config)
+    async def page_links(self, page_url: str, body: bytes) -> Found:
+        """Links of an HTML body; a big body is parsed in a child process."""
+        config = self.config
+        if len(body) <= config.parse_inline_bytes:
+            found = find(
+                page_url, body, self.scope, assets=config.assets, obey_robots=config.obey_robots
+            )
+        else:
+            if self._big_pages is None:
+                self._big_pages = ProcessPoolExecutor(
+                    _BIG_PAGE_WORKERS, mp_context=multiprocessing.get_context("spawn")
+                )
+            call = functools.partial(
+                find,
+                page_url,
+                body,
+                self.scope,
+                assets=config.assets,
+                obey_robots=config.obey_robots,
+            )
+            found = await asyncio.get_running_loop().run_in_executor(self._big_pages, call)
+        self.found += found.total
+        return found
 
     def admit(self, found: list[Candidate], depth: int, parent: str | None) -> list[Link]:
-        """Queue the candidates this crawl follows; returns them (for --state)."""
-        self.found += len(found)
+        """Queue the (in-scope) candidates this crawl follows; returns them (for --state)."""
         scope = self.scope
         if not scope.depth_ok(depth):
             return []
         seen = self.seen
         admitted: list[Link] = []
-        for text, url, fp in found:
+        for text, fp in found:
             if self.full:
                 break
-            if fp in seen or not scope.allows(url, text):
+            if fp in seen:
                 continue
             seen.add(fp)
             self.admitted += 1
@@ -126,6 +124,8 @@ class Crawl:
     def close(self) -> None:
         self.queue.close()
         self._parse_pool.shutdown(wait=False, cancel_futures=True)
+        if self._big_pages is not None:
+            self._big_pages.shutdown(wait=True, cancel_futures=True)
 
     # -- sitemaps ------------------------------------------------------------------------
     def new_sitemaps(self, urls: list[str]) -> list[str]:
@@ -152,7 +152,7 @@ class Crawl:
                 for loc in self.new_sitemaps(locs):
                     spawn(loc, nesting + 1)
             return
-        self.admit(_parsed(locs), 0, url)
+        self.admit(parse_candidates(locs, self.scope), 0, url)
 
 
 def parse_sitemap(body: bytes) -> tuple[bool, list[str]]:

@@ -59,7 +59,8 @@ from crawler.stats import Snapshot, Stats
 from crawler.urls import canonical_key, host_key, parse_url
 
 if TYPE_CHECKING:
-    from crawler.crawl import Candidate, Crawl
+    from crawler.crawl import Crawl
+    from crawler.links import Candidate
     from crawler.robots import Rules
     from crawler.storage import BodyStore, WarcArchive
 
@@ -256,6 +257,7 @@ class Engine:
             counts["links_waiting"] = len(crawl.queue)
             counts["links_spilled"] = crawl.queue.spilled
             counts["robots_fetched"] = crawl.robots.fetched if crawl.robots else 0
+            counts["sitemap_errors"] = crawl.sitemap_errors
         if warc is not None:
             counts["warc_records"] = warc.records
         return counts
@@ -577,13 +579,13 @@ class Engine:
             and resp.content_type in HTML_TYPES
             and crawl.scope.depth_ok(item.depth + 1)
         ):
-            page, kept.found = await crawl.page_links(resp.final_url, body)
-            noindex = page.noindex
+            found = await crawl.page_links(resp.final_url, body)
+            kept.found, noindex = found.candidates, found.noindex
         if noindex:
             return kept
         bodies = self._bodies
         if bodies is not None:
-            kept.body_path, kept.sha256 = bodies.put(body)
+            kept.body_path, kept.sha256 = await bodies.put(body)
             if bodies.behind:
                 await bodies.backpressure()
         warc = self._warc
@@ -671,6 +673,8 @@ class Engine:
                 return
             if resp.status < 400 and resp.body:
                 await crawl.read_sitemap(url, resp.body, nesting, self._spawn_sitemap)
+        except Exception:  # noqa: BLE001 - a broken sitemap ends itself, never the crawl
+            crawl.sitemap_errors += 1
         finally:
             crawl.jobs -= 1
             crawl.wake.set()

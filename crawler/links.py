@@ -16,10 +16,19 @@ What is a link:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urljoin
 
 from selectolax.lexbor import LexborHTMLParser
+
+from crawler.dedup import fingerprint
+from crawler.errors import InvalidURL
+from crawler.urls import canonical_key, parse_url
+
+if TYPE_CHECKING:
+    from crawler.scope import Scope
+
+Candidate = tuple[str, int]  # (absolute URL, fingerprint of its dedup key)
 
 _PAGE_SELECTOR: Final = "a[href], area[href], link[rel][href], iframe[src], frame[src], base[href]"
 _ASSET_SELECTOR: Final = "img[src], script[src], source[src], video[src], audio[src], embed[src]"
@@ -32,6 +41,39 @@ class Page:
     links: list[str] = field(default_factory=list)
     nofollow: bool = False  # <meta name=robots content=nofollow>
     noindex: bool = False  # <meta name=robots content=noindex>
+
+
+@dataclass(slots=True)
+class Found:
+    """What crawl mode needs of a page: its in-scope links, fingerprinted."""
+
+    candidates: list[Candidate]
+    total: int  # links on the page, before parsing and scope
+    noindex: bool
+
+
+def find(page_url: str, body: bytes, scope: Scope, *, assets: bool, obey_robots: bool) -> Found:
+    """A page's links, parsed, fingerprinted and in scope. Pure (runs inline, or in a
+    child process for a big page: it only reads the scope)."""
+    page = extract(body, page_url, assets=assets, obey_robots=obey_robots)
+    return Found(parse_candidates(page.links, scope), len(page.links), page.noindex)
+
+
+def parse_candidates(texts: list[str], scope: Scope | None) -> list[Candidate]:
+    """Valid http(s) URLs among ``texts`` (within ``scope`` if given), each once."""
+    out: list[Candidate] = []
+    seen_here: set[str] = set()
+    for text in texts:
+        if text in seen_here:
+            continue
+        seen_here.add(text)
+        try:
+            url = parse_url(text)
+        except InvalidURL:
+            continue
+        if scope is None or scope.allows(url, text):
+            out.append((text, fingerprint(canonical_key(url))))
+    return out
 
 
 def extract(body: bytes, page_url: str, *, assets: bool = False, obey_robots: bool = True) -> Page:

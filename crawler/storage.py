@@ -48,6 +48,7 @@ _BATCH_BYTES: Final = 1 << 20
 _MAX_PENDING_BYTES: Final = 64 << 20  # bytes sent to the child and not written yet
 _GZIP_LEVEL: Final = 6
 _GZIP_WBITS: Final = 31  # a gzip member (header and trailer), not a raw deflate stream
+_HASH_INLINE_BYTES: Final = 256 * 1024
 _DROP: Final = frozenset(("content-encoding", "transfer-encoding", "content-length"))
 
 
@@ -310,6 +311,10 @@ class _WarcWriter:
 
 
 # -- the event loop's side -------------------------------------------------------------------
+def _sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
 class BodyStore:
     """``put`` hashes a body and returns (path, sha256) at once; the file is written by
     the child. The sink calls ``flush`` before writing records that name body files."""
@@ -328,8 +333,14 @@ class BodyStore:
     def behind(self) -> bool:
         return self._writer.behind
 
-    def put(self, body: bytes) -> tuple[str, str]:
-        digest = hashlib.sha256(body).hexdigest()
+    async def put(self, body: bytes) -> tuple[str, str]:
+        """Queue ``body``; returns (path, sha256 hex) at once (a big body is hashed in a
+        thread: hashlib lets go of the GIL, and the loop goes on)."""
+        if len(body) > _HASH_INLINE_BYTES:
+            loop = asyncio.get_running_loop()
+            digest = await loop.run_in_executor(None, _sha256, body)
+        else:
+            digest = hashlib.sha256(body).hexdigest()
         self._writer.add((digest, body), len(body))
         return os.path.join(self._root, digest[:2], digest), digest
 

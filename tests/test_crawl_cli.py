@@ -78,8 +78,9 @@ async def test_crawl_sigkill_and_resume_finds_every_page_once(tmp_path: Path) ->
 async def test_crawl_sigint_then_resume_on_stdout(tmp_path: Path) -> None:
     state = tmp_path / "st.db"
     async with serve_site(gen_size=300, gen_delay=0.01) as site:
+        warc = tmp_path / "c.warc.gz"
         args = (site.url("/gen/0"), "--state", str(state), "-c", "4", "-q", "--grace", "0.2",
-                "--ignore-robots")  # fmt: skip
+                "--ignore-robots", "--warc", str(warc))  # fmt: skip
         proc = await start(*args, stdout=subprocess.PIPE)
         for _ in range(1000):  # bounded wait until the crawl is well under way
             if sum(site.hits.values()) >= 60:
@@ -96,6 +97,19 @@ async def test_crawl_sigint_then_resume_on_stdout(tmp_path: Path) -> None:
     assert one and two
     assert all(r["error"] is None for r in one + two)  # --state: no `cancelled` records
     assert sorted(r["url"] for r in one + two) == expected
+    # Both WARC files are whole (the interrupted run flushed its writer) and a resumed
+    # run started a new file rather than append to the first.
+    files = sorted(tmp_path.glob("c*.warc.gz"))
+    assert [f.name for f in files] == ["c-00001.warc.gz", "c.warc.gz"]
+    uris = set()
+    for path in files:
+        with path.open("rb") as fh:
+            uris |= {
+                r.rec_headers.get_header("WARC-Target-URI")
+                for r in ArchiveIterator(fh)
+                if r.rec_type == "response"
+            }
+    assert uris >= {r["final_url"] for r in one + two}
 
 
 async def test_max_time_stops_with_exit_0_and_resumes(tmp_path: Path) -> None:
