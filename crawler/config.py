@@ -154,7 +154,7 @@ class CrawlConfig:
     sitemaps: bool = False  # seeds from robots.txt Sitemap: lines
     sitemap_urls: tuple[str, ...] = ()
     robots_ttl: float = 24 * 3600.0
-    parse_inline_bytes: int = 64 * 1024  # bigger pages are parsed in a thread
+    parse_inline_bytes: int = 64 * 1024  # bigger pages are parsed in a child process
 
     def __post_init__(self) -> None:
         if self.scope not in ("host", "domain", "prefix"):

@@ -51,7 +51,7 @@ class Crawl:
         self.jobs = 0  # sitemaps being read
         self.sitemap_errors = 0
         self.wake = asyncio.Event()  # a link was queued, or the frontier went idle
-        self._parse_pool = ThreadPoolExecutor(1, thread_name_prefix="crawler-parse")
+        self._parse_pool = ThreadPoolExecutor(1, thread_name_prefix="crawler-sitemaps")
         # Big pages are parsed in a child process: a thread would hold the GIL for most of
         # the parse, and the event loop would wait for it at every syscall.
         self._big_pages: ProcessPoolExecutor | None = None
