@@ -285,35 +285,7 @@ def fetch(
     """Fetch every URL of INPUT once; write one JSON record per URL (JSONL)."""
     if state is not None and no_dedup:
         raise UsageError("--state cannot be combined with --no-dedup: resume is keyed by URL")
-    config = build_config(
-        output=str(output) if output is not None else None,
-        concurrency=concurrency,
-        per_host=per_host,
-        rps=rps,
-        per_host_rps=per_host_rps,
-        adaptive=adaptive,
-        retries=retries,
-        timeout=timeout,
-        connect_timeout=connect_timeout,
-        max_redirects=max_redirects,
-        max_bytes=max_bytes,
-        queue_size=queue_size,
-        header=header,
-        user_agent=user_agent,
-        method=method,
-        breaker_threshold=breaker_threshold,
-        breaker_cooldown=breaker_cooldown,
-        insecure=insecure,
-        dedup=not no_dedup,
-        grace=grace,
-        block_private=block_private,
-        resolve=resolve,
-        store=StoreConfig(
-            save_dir=str(save_dir) if save_dir is not None else None,
-            warc=str(warc) if warc is not None else None,
-            warc_max_size=warc_max_size,
-        ),
-    )
+    config = build_config(**_shared_options(locals()), method=method, dedup=not no_dedup)
     source = LineSource(input, max_line_bytes=config.input.max_line_bytes)
     source.open()
     _run_pipeline(
@@ -435,36 +407,7 @@ def crawl(
         )
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    config = build_config(
-        output=str(output) if output is not None else None,
-        concurrency=concurrency,
-        per_host=per_host,
-        rps=rps,
-        per_host_rps=per_host_rps,
-        adaptive=adaptive,
-        retries=retries,
-        timeout=timeout,
-        connect_timeout=connect_timeout,
-        max_redirects=max_redirects,
-        max_bytes=max_bytes,
-        queue_size=queue_size,
-        header=header,
-        user_agent=user_agent,
-        method="GET",
-        breaker_threshold=breaker_threshold,
-        breaker_cooldown=breaker_cooldown,
-        insecure=insecure,
-        dedup=True,
-        grace=grace,
-        block_private=block_private,
-        resolve=resolve,
-        store=StoreConfig(
-            save_dir=str(save_dir) if save_dir is not None else None,
-            warc=str(warc) if warc is not None else None,
-            warc_max_size=warc_max_size,
-        ),
-        crawl=crawl_config,
-    )
+    config = build_config(**_shared_options(locals()), method="GET", dedup=True, crawl=crawl_config)
     from crawler.inputs import SeedSource
 
     urls = [s for s in seeds or () if "://" in s]
@@ -485,6 +428,42 @@ def crawl(
         fail_on_error=fail_on_error,
         no_uvloop=no_uvloop,
     )
+
+
+_SHARED: Final = (
+    "concurrency",
+    "per_host",
+    "rps",
+    "per_host_rps",
+    "adaptive",
+    "retries",
+    "timeout",
+    "connect_timeout",
+    "max_redirects",
+    "max_bytes",
+    "queue_size",
+    "header",
+    "user_agent",
+    "breaker_threshold",
+    "breaker_cooldown",
+    "insecure",
+    "grace",
+    "block_private",
+    "resolve",
+)
+
+
+def _shared_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The options fetch and crawl share, picked from a command's ``locals()``."""
+    options = {name: values[name] for name in _SHARED}
+    output, save_dir, warc = values["output"], values["save_dir"], values["warc"]
+    options["output"] = str(output) if output is not None else None
+    options["store"] = StoreConfig(
+        save_dir=str(save_dir) if save_dir is not None else None,
+        warc=str(warc) if warc is not None else None,
+        warc_max_size=values["warc_max_size"],
+    )
+    return options
 
 
 def _run_pipeline(

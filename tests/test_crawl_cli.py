@@ -16,8 +16,9 @@ from warcio.archiveiterator import ArchiveIterator
 
 from tests.conftest import Server
 from tests.site import A, Site, serve_site
-from tests.test_cli import ENV, assert_no_traceback, lines, run
+from tests.test_cli import assert_no_traceback, lines, run
 from tests.test_resume import parse_output
+from tests.test_resume import start as resume_start
 
 CRAWLER = [sys.executable, "-m", "crawler"]
 
@@ -30,14 +31,7 @@ def gen_expected(site: Site, size: int) -> list[str]:
 
 
 async def start(*args: str, stdout: int | None = None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *CRAWLER,
-        "crawl",
-        *args,
-        stdout=stdout if stdout is not None else subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=ENV,
-    )
+    return await resume_start(*args, stdout=stdout, command="crawl")
 
 
 async def test_crawl_sigkill_and_resume_finds_every_page_once(tmp_path: Path) -> None:

@@ -31,10 +31,12 @@ def parse_output(data: bytes) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in data.splitlines()]
 
 
-async def start(*args: str, stdout: int | None = None) -> asyncio.subprocess.Process:
+async def start(
+    *args: str, stdout: int | None = None, command: str = "fetch"
+) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         *CRAWLER,
-        "fetch",
+        command,
         *args,
         stdout=stdout if stdout is not None else subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
