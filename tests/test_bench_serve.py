@@ -6,9 +6,11 @@ import asyncio
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import aiohttp
 import orjson
+from warcio.archiveiterator import ArchiveIterator
 
 from tests.conftest import until
 from tests.test_cli import ENV, run
@@ -94,3 +96,29 @@ async def test_bench_ctrl_c_stops_its_server() -> None:
     assert b"Traceback" not in err
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
     assert "crawler serve --port 0" not in ps.stdout
+
+
+async def test_bench_with_storage_and_crawl_of_the_synthetic_site(tmp_path: Path) -> None:
+    bodies, warc = tmp_path / "bodies", tmp_path / "b.warc.gz"
+    code, out, err = await run(
+        "bench", "--json", "-n", "300", "-c", "10", "--save-dir", str(bodies), "--warc", str(warc)
+    )
+    assert code == 0, err.decode()
+    assert orjson.loads(out)["ok"] == 300
+    assert len([p for p in bodies.rglob("*") if p.is_file()]) == 300  # /unique/: 300 bodies
+    with warc.open("rb") as fh:
+        assert sum(r.rec_type == "response" for r in ArchiveIterator(fh)) == 300
+    # The embedded server's /site/<n> is a site to crawl: 111 pages below ?size=111.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crawler", "serve", "--port", "0", stdout=subprocess.PIPE, env=ENV
+    )
+    try:
+        assert proc.stdout is not None
+        prefix = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()
+        code, out, _ = await run("crawl", f"{prefix}/site/0?size=111", "-q")
+    finally:
+        proc.terminate()
+        await proc.wait()
+    records = [orjson.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(records) == 111 and all(r["ok"] for r in records)
+    assert max(r["depth"] for r in records) == 2
