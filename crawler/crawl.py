@@ -19,7 +19,7 @@ import io
 import multiprocessing
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Final
 from xml.etree.ElementTree import ParseError
 
@@ -28,7 +28,7 @@ from defusedxml.ElementTree import iterparse
 from crawler.config import CrawlConfig
 from crawler.dedup import FingerprintSet
 from crawler.linkqueue import Link, LinkQueue
-from crawler.links import Candidate, Found, find, parse_candidates
+from crawler.links import Candidate, Found, find, ignore_sigint, parse_candidates
 from crawler.robots import RobotsCache
 from crawler.scope import Scope
 
@@ -80,7 +80,9 @@ class Crawl:
         else:
             if self._big_pages is None:
                 self._big_pages = ProcessPoolExecutor(
-                    _BIG_PAGE_WORKERS, mp_context=multiprocessing.get_context("spawn")
+                    _BIG_PAGE_WORKERS,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=ignore_sigint,
                 )
             call = functools.partial(
                 find,
@@ -90,7 +92,13 @@ class Crawl:
                 assets=config.assets,
                 obey_robots=config.obey_robots,
             )
-            found = await asyncio.get_running_loop().run_in_executor(self._big_pages, call)
+            try:
+                found = await asyncio.get_running_loop().run_in_executor(self._big_pages, call)
+            except BrokenExecutor:
+                # The parser process died (killed, out of memory): a new one next time;
+                # this page is parsed here.
+                self._big_pages = None
+                found = call()
         self.found += found.total
         return found
 

@@ -210,17 +210,22 @@ class Engine:
                 timer.cancel()
             if self._crawl is not None:
                 self._crawl.close()
+            # The sink first (it waits for the body files its records name), then the
+            # writers; one failing does not keep the others from closing.
+            closers = [sink.aclose]
+            closers += [w.aclose for w in (self._bodies, self._warc) if w is not None]
+            failure: BaseException | None = None
             try:
-                if self._warc is not None:
-                    await asyncio.shield(self._warc.aclose())
-                await asyncio.shield(sink.aclose())
-                if self._bodies is not None:
-                    await asyncio.shield(self._bodies.aclose())
-            except (OSError, sqlite3.Error) as exc:
-                raise errors.UsageError(f"cannot continue: {_io_message(exc)}") from None
+                for close in closers:
+                    try:
+                        await asyncio.shield(close())
+                    except (OSError, sqlite3.Error) as exc:
+                        failure = failure or exc
             finally:
                 if state is not None:
                     await asyncio.shield(state.aclose())
+            if failure is not None:
+                raise errors.UsageError(f"cannot continue: {_io_message(failure)}") from None
         return RunResult(
             stats.snapshot(), self.interrupted, output_closed or sink.broken, self.timed_out
         )

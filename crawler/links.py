@@ -15,6 +15,7 @@ What is a link:
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urljoin
@@ -34,6 +35,12 @@ _PAGE_SELECTOR: Final = "a[href], area[href], link[rel][href], iframe[src], fram
 _ASSET_SELECTOR: Final = "img[src], script[src], source[src], video[src], audio[src], embed[src]"
 _ASSET_RELS: Final = frozenset(("stylesheet", "icon", "preload", "shortcut", "apple-touch-icon"))
 _MAX_LINKS: Final = 10_000  # per page: a page with a million links is an attack, not a site
+
+
+def ignore_sigint() -> None:
+    """In a child process: Ctrl-C reaches the whole process group, but the parent decides
+    when its children stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass(slots=True)

@@ -30,15 +30,15 @@ import io
 import itertools
 import multiprocessing
 import os
-import signal
 import socket
 import zlib
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from crawler import __version__
+from crawler.links import ignore_sigint
 
 if TYPE_CHECKING:  # the child process imports this module: keep aiohttp out of it
     from crawler.fetcher import Exchange
@@ -60,6 +60,7 @@ class _Offloaded:
     the order they were added (one worker)."""
 
     def __init__(self, kind: str, *args: Any) -> None:
+        self._kind = kind
         self._pool = ProcessPoolExecutor(
             1,
             # spawn, not fork: forking a process that runs threads (state, input) is unsafe
@@ -103,7 +104,10 @@ class _Offloaded:
         try:
             await self.flush()
             fut = self._pool.submit(_child_call, "close")
-            return await asyncio.wrap_future(fut)
+            try:
+                return await asyncio.wrap_future(fut)
+            except BrokenExecutor:
+                raise OSError(f"the {self._kind} writer process died") from None
         finally:
             self._closed = True
             self._pool.shutdown(wait=True)
@@ -112,13 +116,19 @@ class _Offloaded:
         batch, self._batch = self._batch, []
         size, self._batch_bytes = self._batch_bytes, 0
         if batch:
-            self._pending.append((self._pool.submit(_child_call, "write", batch), size))
+            try:
+                fut = self._pool.submit(_child_call, "write", batch)
+            except BrokenExecutor:
+                raise OSError(f"the {self._kind} writer process died") from None
+            self._pending.append((fut, size))
             self._pending_bytes += size
 
     async def _wait_oldest(self) -> None:
         fut, size = self._pending[0]
         try:
             await asyncio.wrap_future(fut)
+        except BrokenExecutor:
+            raise OSError(f"the {self._kind} writer process died") from None
         finally:
             if self._pending and self._pending[0][0] is fut:
                 self._pending.popleft()
@@ -131,8 +141,7 @@ _writer: Any = None
 
 def _child_init(kind: str, args: tuple[Any, ...]) -> None:
     global _writer
-    # Ctrl-C reaches the whole process group; the parent decides when we stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_sigint()
     _writer = _BodyWriter(*args) if kind == "bodies" else _WarcWriter(*args)
 
 

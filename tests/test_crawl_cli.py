@@ -16,7 +16,7 @@ from warcio.archiveiterator import ArchiveIterator
 
 from tests.conftest import Server
 from tests.site import A, Site, serve_site
-from tests.test_cli import assert_no_traceback, lines, run
+from tests.test_cli import ENV, assert_no_traceback, lines, run
 from tests.test_resume import parse_output
 from tests.test_resume import start as resume_start
 
@@ -170,3 +170,31 @@ async def test_crawl_help_lists_crawl_options(host: str) -> None:
     for option in (b"--scope", b"--depth", b"--max-pages", b"--ignore-robots", b"--sitemaps",
                    b"--warc", b"--save-dir", b"--assets"):  # fmt: skip
         assert option in out
+
+
+async def test_ctrl_c_to_the_process_group_leaves_whole_archives(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals every process of the group, the writer processes too:
+    they must leave the stopping to the parent, which flushes them."""
+    import os
+
+    warc, bodies = tmp_path / "g.warc.gz", tmp_path / "bodies"
+    async with serve_site(gen_size=300, gen_delay=0.01) as site:
+        proc = await asyncio.create_subprocess_exec(
+            *CRAWLER, "crawl", site.url("/gen/0"), "--ignore-robots", "-c", "4", "-q",
+            "--warc", str(warc), "--save-dir", str(bodies), "--grace", "0.5",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, start_new_session=True,
+        )  # fmt: skip
+        for _ in range(1000):  # bounded wait until the crawl is well under way
+            if sum(site.hits.values()) >= 60:
+                break
+            await asyncio.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 130, err
+    assert_no_traceback(err)
+    records = [r for r in lines(out) if r["ok"]]
+    assert records
+    with warc.open("rb") as fh:
+        uris = {r.rec_headers.get_header("WARC-Target-URI") for r in ArchiveIterator(fh)}
+    assert {r["final_url"] for r in records} <= uris
+    assert all(Path(r["body_path"]).is_file() for r in records)
