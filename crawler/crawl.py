@@ -50,6 +50,7 @@ class Crawl:
         self.found = 0  # links seen on pages, before any filter
         self.jobs = 0  # sitemaps being read
         self.sitemap_errors = 0
+        self.parse_errors = 0  # pages whose links could not be read
         self.wake = asyncio.Event()  # a link was queued, or the frontier went idle
         self._parse_pool = ThreadPoolExecutor(1, thread_name_prefix="crawler-sitemaps")
         # Big pages are parsed in a child process: a thread would hold the GIL for most of

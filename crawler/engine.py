@@ -263,6 +263,7 @@ class Engine:
             counts["links_spilled"] = crawl.queue.spilled
             counts["robots_fetched"] = crawl.robots.fetched if crawl.robots else 0
             counts["sitemap_errors"] = crawl.sitemap_errors
+            counts["parse_errors"] = crawl.parse_errors
         if warc is not None:
             counts["warc_records"] = warc.records
         return counts
@@ -584,8 +585,12 @@ class Engine:
             and resp.content_type in HTML_TYPES
             and crawl.scope.depth_ok(item.depth + 1)
         ):
-            found = await crawl.page_links(resp.final_url, body)
-            kept.found, noindex = found.candidates, found.noindex
+            try:
+                found = await crawl.page_links(resp.final_url, body)
+            except Exception:  # noqa: BLE001 - a page we cannot read has no links, that is all
+                crawl.parse_errors += 1
+            else:
+                kept.found, noindex = found.candidates, found.noindex
         if noindex:
             return kept
         bodies = self._bodies

@@ -15,6 +15,7 @@ What is a link:
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -110,7 +111,9 @@ def extract(body: bytes, page_url: str, *, assets: bool = False, obey_robots: bo
         if tag == "base":
             href = attrs.get("href")
             if href and base is page_url:  # the first <base href> wins, as in browsers
-                base = urljoin(page_url, href.strip())
+                # A broken one ("http://[::1") is ignored, as browsers do.
+                with contextlib.suppress(ValueError):
+                    base = urljoin(page_url, href.strip())
             continue
         rels = set((attrs.get("rel") or "").lower().split())
         if tag == "link":

@@ -215,3 +215,34 @@ def test_sitemap_urlset_index_gzip_and_hostile_xml() -> None:
         ["http://h/a"],
     )  # truncated: keep what came before
     assert parse_sitemap(b"\x1f\x8bnot really gzip") == (False, [])
+
+
+# -- hostile input ---------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_TAGS = st.sampled_from(["a", "base", "link", "area", "iframe", "img", "meta", "p", "script"])
+_VALUES = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(
+        ["http://h/x", "//h2/y", "../z", "javascript:x", "#f", "http://[::1", "ht!tp://"]
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(_TAGS, st.sampled_from(["href", "src", "rel", "content", "name"]), _VALUES)),
+    st.binary(max_size=64),
+)
+def test_link_extraction_never_raises_and_yields_only_http_urls(
+    parts: list[tuple[str, str, str]], junk: bytes
+) -> None:
+    html = "".join(f'<{tag} {attr}="{value}">' for tag, attr, value in parts).encode() + junk
+    scope = scope_of("http://h/", scope="domain")
+    from crawler.links import find
+
+    found = find("http://h/page", html, scope, assets=True, obey_robots=True)
+    for text, fp in found.candidates:
+        assert text.startswith(("http://", "https://")) and "#" not in text
+        assert isinstance(fp, int)
