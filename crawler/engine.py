@@ -315,7 +315,7 @@ class Engine:
         crawl = self._crawl
         assert crawl is not None  # noqa: S101
         delay = rules.crawl_delay(self._config.fetch.user_agent)
-        if delay:
+        if delay is not None and delay > 0:
             self._hosts.set_crawl_delay(host_key(URL(origin)), min(delay, _MAX_CRAWL_DELAY))
         if crawl.config.sitemaps:
             for url in crawl.new_sitemaps(rules.sitemaps):

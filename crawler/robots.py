@@ -117,5 +117,8 @@ class RobotsCache:
         if status >= 400 or not resp.body:
             return Rules(None, expires=now + self._ttl)
         text = resp.body[:_MAX_ROBOTS_BYTES].decode("utf-8", "replace")
-        parser = Protego.parse(text)
+        try:
+            parser = Protego.parse(text)
+        except Exception:  # noqa: BLE001 - an unreadable robots.txt says nothing: allowed
+            return Rules(None, expires=now + self._ttl)
         return Rules(parser, expires=now + self._ttl, sitemaps=list(parser.sitemaps))
