@@ -101,6 +101,10 @@ class LinkQueue:
             "CREATE TABLE links (seq INTEGER PRIMARY KEY, url TEXT, depth INTEGER,"
             " parent TEXT, fp INTEGER)"
         )
+        # SQLite keeps its descriptor: the name can go now, so nothing is left behind
+        # even by a SIGKILL (no journal: the file is scratch).
+        os.unlink(self._path)
+        self._path = None
         self._db = db
         return db
 
