@@ -56,11 +56,12 @@ async def test_crawl_finds_exactly_the_site_and_obeys_robots(tmp_path: Path) -> 
         assert site.hits[f"{A}{path}"] == 0, path
     assert site.hits[f"{A}/robots.txt"] == 1  # once, though 4 workers asked at once
     assert result.snapshot.crawl is not None and result.snapshot.crawl["robots_fetched"] == 1
-    # Crawl-delay 0.2 s, on the server's own clock: no two page requests closer than that.
+    # Crawl-delay 0.2 s, on the server's own clock: no two page requests much closer than that.
     # (A redirect hop belongs to its URL's request: /c is not spaced from /redir-in.)
     starts = sorted(t for t, _, p in site.times if p not in ("/robots.txt", "/c"))
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert len(starts) == 10 and min(gaps) >= 0.18, gaps
+    # (50 ms of slack for arrival jitter on a loaded machine; unpaced gaps are ~1 ms.)
+    assert len(starts) == 10 and min(gaps) >= 0.15, gaps
 
 
 async def test_ignore_robots_follows_everything_in_scope(tmp_path: Path) -> None:

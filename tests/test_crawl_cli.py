@@ -37,7 +37,7 @@ async def start(*args: str, stdout: int | None = None) -> asyncio.subprocess.Pro
 async def test_crawl_sigkill_and_resume_finds_every_page_once(tmp_path: Path) -> None:
     rng = random.Random(7)
     out, state = tmp_path / "out.jsonl", tmp_path / "st.db"
-    async with serve_site(gen_size=400, gen_delay=0.01) as site:
+    async with serve_site(gen_size=500, gen_delay=0.02) as site:
         args = (
             site.url("/gen/0"), "-o", str(out), "--state", str(state), "-c", "6", "-q",
             "--ignore-robots",
@@ -59,7 +59,7 @@ async def test_crawl_sigkill_and_resume_finds_every_page_once(tmp_path: Path) ->
                 cut += out.stat().st_size > committed
         proc = await start(*args)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
-        expected = gen_expected(site, 400)
+        expected = gen_expected(site, 500)
     records = parse_output(out.read_bytes())
     urls = [r["url"] for r in records]
     assert sorted(urls) == expected, (
