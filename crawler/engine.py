@@ -516,7 +516,10 @@ class Engine:
             error: errors.FetchError | None = None
             try:
                 resp = await self._fetcher.fetch(
-                    item.url, deadline.remaining(), self._keep, self._follow
+                    item.url,
+                    deadline.remaining(),
+                    self._keep,
+                    self._follow if item.parent is not None else None,  # seeds: see below
                 )
             except errors.FetchError as exc:
                 error = exc
@@ -546,6 +549,10 @@ class Engine:
                     return
             kept = None
             if resp is not None and resp.body is not None and error is None:
+                if resp.redirects and item.parent is None and self._crawl is not None:
+                    # A seed that redirects (http -> https, example.com -> www.…) lands
+                    # where the site really is: that is in scope too.
+                    self._crawl.scope.add_seed(URL(resp.final_url))
                 kept = await self._keep_body(item, resp, resp.body)
             self._final(item, resp, error, kept)
             break

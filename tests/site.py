@@ -136,6 +136,7 @@ def make_site_app(site: Site) -> web.Application:
         "/missing": lambda r: web.Response(status=404, text="<html>nope</html>"),
         "/redir-in": lambda r: web.HTTPMovedPermanently("/c"),
         "/redir-out": lambda r: web.HTTPFound(f"{other(r)}/elsewhere"),
+        "/to-b": lambda r: web.HTTPFound(f"{other(r)}/"),
         "/sitemap_index.xml": sitemap_index,
         "/sitemap1.xml.gz": sitemap1,
     }

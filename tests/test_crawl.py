@@ -14,7 +14,7 @@ from crawler.config import CrawlConfig, StoreConfig
 from crawler.engine import Engine, RunResult
 from crawler.inputs import SeedSource
 from tests.conftest import make_config, read_records
-from tests.site import EXPECTED_PATHS, A, Site, serve_site
+from tests.site import EXPECTED_PATHS, A, B, Site, serve_site
 
 
 async def run_crawl(
@@ -227,3 +227,16 @@ async def test_noindex_page_is_not_stored(tmp_path: Path) -> None:
     by = {r["url"].rsplit("/", 1)[1]: r for r in records}
     assert by[""]["body_path"] is None  # noindex: not stored, links still followed
     assert by["next"]["body_path"] is not None
+
+
+async def test_a_seed_that_redirects_brings_its_target_into_scope(tmp_path: Path) -> None:
+    """http -> https, example.com -> www.example.com: a seed's redirect is followed
+    wherever it goes, and the site it lands on is crawled (a found link's redirect out
+    of scope is not: see /redir-out in the first test)."""
+    async with serve_site(crawl_delay=0.01) as site:
+        _, records = await run_crawl(tmp_path, [site.url("/to-b")], obey_robots=False, max_depth=1)
+    seed = records[0]
+    assert seed["url"] == site.url("/to-b") and seed["final_url"] == site.url("/", host=B)
+    assert seed["redirects"] == [site.url("/to-b")]
+    found = {r["url"] for r in records}
+    assert site.url("/a", host=B) in found and site.url("/b", host=B) in found  # B in scope
