@@ -13,6 +13,7 @@ from typing import Any
 
 import scrapy
 from scrapy.crawler import CrawlerProcess
+from scrapy_settings import settings
 
 
 class ListSpider(scrapy.Spider):
@@ -46,20 +47,7 @@ if __name__ == "__main__":
     a = ap.parse_args()
     with open(a.urls) as f:
         n = sum(1 for _ in f)
-    process = CrawlerProcess(
-        settings={
-            "CONCURRENT_REQUESTS": a.c,
-            "CONCURRENT_REQUESTS_PER_DOMAIN": a.c,
-            "ROBOTSTXT_OBEY": False,
-            "AUTOTHROTTLE_ENABLED": False,
-            "DOWNLOAD_DELAY": 0,
-            "LOG_LEVEL": "ERROR",
-            "COOKIES_ENABLED": False,
-            "RETRY_ENABLED": False,
-            "TELNETCONSOLE_ENABLED": False,
-            "REACTOR_THREADPOOL_MAXSIZE": 4,
-        }
-    )
+    process = CrawlerProcess(settings=settings(a.c))
     crawler = process.create_crawler(ListSpider)
     started = time.perf_counter()
     process.crawl(crawler, path=a.urls)

@@ -13,6 +13,7 @@ from typing import Any
 
 import scrapy
 from scrapy.crawler import CrawlerProcess
+from scrapy_settings import settings
 
 
 class SiteSpider(scrapy.Spider):
@@ -41,20 +42,12 @@ if __name__ == "__main__":
     ap.add_argument("-c", type=int, default=100)
     a = ap.parse_args()
     process = CrawlerProcess(
-        settings={
-            "CONCURRENT_REQUESTS": a.c,
-            "CONCURRENT_REQUESTS_PER_DOMAIN": a.c,
-            "ROBOTSTXT_OBEY": False,
-            "AUTOTHROTTLE_ENABLED": False,
-            "DOWNLOAD_DELAY": 0,
-            "LOG_LEVEL": "ERROR",
-            "COOKIES_ENABLED": False,
-            "RETRY_ENABLED": False,
-            "TELNETCONSOLE_ENABLED": False,
-            "DEPTH_PRIORITY": 1,  # breadth-first, like crawler
-            "SCHEDULER_DISK_QUEUE": "scrapy.squeues.PickleFifoDiskQueue",
-            "SCHEDULER_MEMORY_QUEUE": "scrapy.squeues.FifoMemoryQueue",
-        }
+        settings=settings(
+            a.c,
+            DEPTH_PRIORITY=1,  # breadth-first, like crawler
+            SCHEDULER_DISK_QUEUE="scrapy.squeues.PickleFifoDiskQueue",
+            SCHEDULER_MEMORY_QUEUE="scrapy.squeues.FifoMemoryQueue",
+        )
     )
     crawler = process.create_crawler(SiteSpider)
     started = time.perf_counter()
