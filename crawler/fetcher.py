@@ -242,9 +242,14 @@ class Fetcher:
                                 result.body = None
                                 raise
                         return result
+                if len(redirects) >= config.max_redirects:
+                    # The record shows how far it got: the chain followed, and the URL
+                    # whose redirect was one too many (with its status).
+                    raise errors.TooManyRedirects(
+                        f"more than {config.max_redirects} redirects",
+                        response=Response(status, str(url), None, 0, redirects),
+                    )
                 redirects.append(str(url))
-                if len(redirects) > config.max_redirects:
-                    raise errors.TooManyRedirects(f"more than {config.max_redirects} redirects")
                 url = nxt if nxt is not None else self._redirect_target(url, location)
                 if headers is not None and url.origin() != origin:
                     headers = None

@@ -197,6 +197,11 @@ async def test_max_redirects_is_the_number_followed(fault: FaultServer) -> None:
     err, _ = await failure(fault.url("/chain/4"), max_redirects=3)
     assert err.kind == "too_many_redirects"
     assert fault.hits("/chain/") == 4 + 4  # 4 for the first fetch; 3 followed + 1 refused
+    # The record shows the chain it followed and where it stopped.
+    assert err.response is not None
+    assert err.response.redirects == [fault.url(f"/chain/{i}") for i in (4, 3, 2)]
+    assert err.response.final_url == fault.url("/chain/1")
+    assert 300 <= err.response.status < 400
 
 
 async def test_max_redirects_zero_follows_none(fault: FaultServer) -> None:
