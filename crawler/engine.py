@@ -342,7 +342,11 @@ class Engine:
                 task = tg.create_task(show_progress(self.stats, self._progress))
                 self._background.append(task)
             tg.create_task(self._sink.run())
-            self._reader = tg.create_task(self._read())
+            if self._stopping:
+                # A signal arrived while the run was being set up: read nothing.
+                self._frontier.close_input()
+            else:
+                self._reader = tg.create_task(self._read())
             self._workers_left = concurrency
             for _ in range(concurrency):
                 tg.create_task(self._worker())

@@ -215,6 +215,20 @@ async def test_stop_cancels_in_flight_and_queued(server: Server, tmp_path: Path)
     assert sum(1 for r in records if r["attempts"] == 1) == 4
 
 
+async def test_stop_during_set_up_reads_nothing(server: Server, tmp_path: Path) -> None:
+    """A signal between installing the handlers and starting the reader: nothing is read
+    (so nothing is read and then dropped), and the run ends as interrupted."""
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(server.url(f"/ok/{i}") for i in range(100)) + "\n")
+    source = LineSource(str(src))
+    engine = Engine(make_config(tmp_path), source, install_signal_handlers=False)
+    asyncio.get_running_loop().call_soon(engine.request_stop)  # lands in run()'s set-up
+    result = await asyncio.wait_for(engine.run(), 5)
+    assert result.interrupted
+    assert source.bytes_read == 0 and sum(server.rec.hits.values()) == 0
+    assert read_records(tmp_path / "out.jsonl") == []
+
+
 async def test_in_flight_requests_finish_within_grace(server: Server, tmp_path: Path) -> None:
     lines = [server.url(f"/slow/{i}?s=0.3") for i in range(2)]
     src = tmp_path / "urls.txt"
