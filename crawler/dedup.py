@@ -27,6 +27,16 @@ def fingerprint(key: str) -> int:
     return fp or 1
 
 
+def to_sql(fp: int) -> int:
+    """SQLite integers are signed 64-bit: map an unsigned fingerprint onto one."""
+    return fp - (1 << 64) if fp >= 1 << 63 else fp
+
+
+def from_sql(value: int) -> int:
+    """The fingerprint stored as ``to_sql(fp)``."""
+    return value + (1 << 64) if value < 0 else value
+
+
 class FingerprintSet:
     """Set of 64-bit fingerprints in flat open-addressing tables.
 

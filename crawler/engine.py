@@ -247,11 +247,10 @@ class Engine:
             self._keep = KEEP_HTML
             scope = crawl.scope
             self._follow = lambda url: scope.allows(url, str(url))
-            self.stats.crawl = self._crawl_counts
         if config.store.active:
             self._keep = KEEP_ALL
-            if config.crawl is None:
-                self.stats.crawl = self._crawl_counts
+        if config.crawl is not None or config.store.active:
+            self.stats.crawl = self._crawl_counts
 
     def _crawl_counts(self) -> dict[str, int]:
         crawl, warc = self._crawl, self._warc
@@ -277,7 +276,7 @@ class Engine:
             self._bodies = BodyStore(store.save_dir)
             self._sink.before_write = self._bodies.flush  # bodies land before their records
             try:
-                self._bodies.check()
+                self._bodies.start()
             except OSError as exc:
                 raise errors.UsageError(
                     f"cannot use --save-dir {store.save_dir!r}: {_io_message(exc)}"
@@ -288,7 +287,7 @@ class Engine:
             resumed = self._state is not None and self._state.resumed
             self._warc = WarcArchive(store.warc, store.warc_max_size, append=resumed)
             try:
-                self._warc.open()
+                self._warc.start()
             except OSError as exc:
                 raise errors.UsageError(
                     f"cannot write --warc {store.warc!r}: {_io_message(exc)}"
@@ -370,9 +369,9 @@ class Engine:
         frontier, sink, stats, state = self._frontier, self._sink, self.stats, self._state
         dedup = self._config.input.dedup
         crawl = self._crawl
-        seen = FingerprintSet() if dedup and state is None and crawl is None else None
-        if crawl is not None and state is None:
-            seen = crawl.seen
+        seen = None  # with --state, the state file is the dedup store
+        if dedup and state is None:
+            seen = crawl.seen if crawl is not None else FingerprintSet()
         try:
             async for lines in self._source.batches():
                 parsed: list[tuple[str, URL | errors.InvalidURL, int]] = []
@@ -553,10 +552,6 @@ class Engine:
                     return
             kept = None
             if resp is not None and resp.body is not None and error is None:
-                if resp.redirects and item.parent is None and self._crawl is not None:
-                    # A seed that redirects (http -> https, example.com -> www.…) lands
-                    # where the site really is: that is in scope too.
-                    self._crawl.scope.add_seed(URL(resp.final_url))
                 kept = await self._keep_body(item, resp, resp.body)
             self._final(item, resp, error, kept)
             break
@@ -590,6 +585,10 @@ class Engine:
         kept = Kept()
         crawl = self._crawl
         noindex = False
+        if crawl is not None and item.parent is None and resp.redirects:
+            # A seed that redirects (http -> https, example.com -> www.…) lands where the
+            # site really is: that is in scope too.
+            crawl.scope.add_seed(URL(resp.final_url))
         if (
             crawl is not None
             and 200 <= resp.status < 300

@@ -24,6 +24,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final, NamedTuple
 
+from crawler.dedup import from_sql, to_sql
+
 _CHUNK: Final = 512
 
 
@@ -113,10 +115,7 @@ class LinkQueue:
         db.execute("BEGIN")
         db.executemany(
             "INSERT INTO links (url, depth, parent, fp) VALUES (?, ?, ?, ?)",
-            [
-                (r.url, r.depth, r.parent, r.fp - (1 << 64) if r.fp >= 1 << 63 else r.fp)
-                for r in rows
-            ],
+            [(r.url, r.depth, r.parent, to_sql(r.fp)) for r in rows],
         )
         db.execute("COMMIT")
 
@@ -128,7 +127,7 @@ class LinkQueue:
         ).fetchall()
         if rows:
             db.execute("DELETE FROM links WHERE seq <= ?", (rows[-1][0],))
-        return [Link(u, d, p, fp + (1 << 64) if fp < 0 else fp) for _, u, d, p, fp in rows]
+        return [Link(u, d, p, from_sql(fp)) for _, u, d, p, fp in rows]
 
     def close(self) -> None:
         """Drop the spill file (idempotent; pending writes finish first)."""

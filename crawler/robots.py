@@ -5,8 +5,8 @@ What a fetch of /robots.txt means (RFC 9309, section 2.3.1):
 - 2xx: its rules apply;
 - 4xx (404 mostly): no rules, everything is allowed;
 - 5xx: the server is unwell, the whole origin is disallowed for now (kept a short while);
-- no response at all (DNS, refused, timeout): no verdict: the page's own fetch fails with
-  the real error kind rather than ``robots``.
+- no response at all (DNS, refused, timeout), or one over --max-bytes: no verdict: the
+  page's own fetch fails with the real error kind rather than ``robots``.
 """
 
 from __future__ import annotations
@@ -101,11 +101,7 @@ class RobotsCache:
         now = self._clock()
         try:
             resp = await self._fetch(URL(origin + "/robots.txt"))
-        except errors.TooLarge as exc:
-            resp = exc.response  # type: ignore[assignment]
-            if resp is None:
-                return Rules(None, expires=now + _ERROR_TTL)
-        except errors.FetchError:
+        except errors.FetchError:  # too_large included: no verdict either
             return Rules(None, expires=now + _ERROR_TTL)
         status = resp.status
         if status >= 500:

@@ -38,22 +38,16 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
+from crawler.dedup import from_sql, to_sql
 from crawler.errors import UsageError
 from crawler.linkqueue import Link
 
 FORMAT: Final = "crawler-state/1"
-_SIGNED: Final = 1 << 63
 T = TypeVar("T")
-
-
-def _signed(fp: int) -> int:
-    """SQLite integers are signed 64-bit: map our unsigned fingerprints onto them."""
-    return fp - (1 << 64) if fp >= _SIGNED else fp
 
 
 class StateStore:
     def __init__(self, path: str, identity: dict[str, Any]) -> None:
-        self._path = path
         self.path = path
         self._identity = identity
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawler-state")
@@ -72,11 +66,11 @@ class StateStore:
         try:
             await self._call(self._open)
         except sqlite3.DatabaseError as exc:
-            raise UsageError(f"cannot use --state {self._path!r}: {exc}") from None
+            raise UsageError(f"cannot use --state {self.path!r}: {exc}") from None
 
     def _open(self) -> None:
-        existed = os.path.exists(self._path) and os.path.getsize(self._path) > 0
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db = db
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -111,14 +105,14 @@ class StateStore:
         try:
             rows = dict(db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError:
-            raise UsageError(f"--state {self._path!r} is not a crawler state file") from None
+            raise UsageError(f"--state {self.path!r} is not a crawler state file") from None
         if rows.get("format") != FORMAT:
-            raise UsageError(f"--state {self._path!r} is not a crawler state file")
+            raise UsageError(f"--state {self.path!r} is not a crawler state file")
         saved = orjson.loads(rows.get("identity", "{}"))
         for key, value in self._identity.items():
             if saved.get(key) != value:
                 raise UsageError(
-                    f"--state {self._path!r} belongs to a different run: {key} was "
+                    f"--state {self.path!r} belongs to a different run: {key} was "
                     f"{saved.get(key)!r}, now {value!r} (use a new state file)"
                 )
 
@@ -129,7 +123,7 @@ class StateStore:
     def _claim(self, fps: list[int]) -> list[bool]:
         db = self._db
         assert db is not None  # noqa: S101
-        signed = [_signed(fp) for fp in fps]
+        signed = [to_sql(fp) for fp in fps]
         seen: set[int] = set()
         for start in range(0, len(signed), 500):  # stay under SQLite's variable limit
             part = signed[start : start + 500]
@@ -154,7 +148,7 @@ class StateStore:
 
     async def release(self, fps: Iterable[int]) -> None:
         """Forget claims that got no committed record (e.g. cancelled at shutdown)."""
-        await self._call(self._release, [(_signed(fp),) for fp in fps])
+        await self._call(self._release, [(to_sql(fp),) for fp in fps])
 
     def _release(self, rows: list[tuple[int]]) -> None:
         db = self._db
@@ -172,8 +166,8 @@ class StateStore:
     ) -> None:
         """Checkpoint: fsync the output, then mark ``fps`` done, add the ``links``
         (fp, url, depth, parent) their pages discovered, and store ``offset``."""
-        rows = [(_signed(fp),) for fp in fps]
-        link_rows = [(_signed(link.fp), link.url, link.depth, link.parent) for link in links]
+        rows = [(to_sql(fp),) for fp in fps]
+        link_rows = [(to_sql(link.fp), link.url, link.depth, link.parent) for link in links]
         await self._call(self._commit, rows, offset, sync_fd, link_rows)
 
     def _commit(
@@ -211,7 +205,7 @@ class StateStore:
             " ORDER BY p.seq LIMIT ?",
             (after, self.pending_max, limit),
         ).fetchall()
-        return [(seq, fp + (1 << 64) if fp < 0 else fp, u, d, p) for seq, fp, u, d, p in rows]
+        return [(seq, from_sql(fp), u, d, p) for seq, fp, u, d, p in rows]
 
     async def aclose(self) -> None:
         """Idempotent."""

@@ -55,8 +55,8 @@ _DROP: Final = frozenset(("content-encoding", "transfer-encoding", "content-leng
 class _Offloaded:
     """Batches of items handed to a writer object living in a child process.
 
-    ``add`` never waits; ``backpressure`` waits while too many bytes are in flight;
-    ``flush`` returns once everything added so far is written. Batches are written in
+    ``_queue`` never waits; ``backpressure`` waits while too many bytes are in flight;
+    ``flush`` returns once everything queued so far is written. Batches are written in
     the order they were added (one worker)."""
 
     def __init__(self, kind: str, *args: Any) -> None:
@@ -74,11 +74,11 @@ class _Offloaded:
         self._pending_bytes = 0
         self._closed = False
 
-    def start(self) -> Any:
+    def start(self) -> None:
         """Start the child and let it open its files: errors surface here, before the run."""
-        return self._pool.submit(_child_call, "start").result()
+        self._pool.submit(_child_call, "start").result()
 
-    def add(self, item: Any, size: int) -> None:
+    def _queue(self, item: Any, size: int) -> None:
         self._batch.append(item)
         self._batch_bytes += size
         if len(self._batch) >= _BATCH_ITEMS or self._batch_bytes >= _BATCH_BYTES:
@@ -97,20 +97,23 @@ class _Offloaded:
         while self._pending:
             await self._wait_oldest()
 
-    async def aclose(self) -> Any:
-        """Write what is left, close the files; returns the writer's final report."""
+    async def aclose(self) -> None:
+        """Write what is left, close the files (idempotent)."""
         if self._closed:
-            return None
+            return
         try:
             await self.flush()
             fut = self._pool.submit(_child_call, "close")
             try:
-                return await asyncio.wrap_future(fut)
+                self._closed_with(await asyncio.wrap_future(fut))
             except BrokenExecutor:
                 raise OSError(f"the {self._kind} writer process died") from None
         finally:
             self._closed = True
             self._pool.shutdown(wait=True)
+
+    def _closed_with(self, report: Any) -> None:
+        """The writer's final report (subclasses keep what they need of it)."""
 
     def _submit(self) -> None:
         batch, self._batch = self._batch, []
@@ -324,55 +327,34 @@ def _sha256(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-class BodyStore:
+class BodyStore(_Offloaded):
     """``put`` hashes a body and returns (path, sha256) at once; the file is written by
-    the child. The sink calls ``flush`` before writing records that name body files."""
+    the child. The sink calls ``flush`` before writing records that name body files.
+    ``start()`` raises OSError if the directory cannot be used."""
 
     def __init__(self, root: str) -> None:
+        super().__init__("bodies", root)
         self._root = root
-        self._writer = _Offloaded("bodies", root)
-        self.flush = self._writer.flush
-        self.backpressure = self._writer.backpressure
-
-    def check(self) -> None:
-        """Start the writer; a directory it cannot use raises OSError now."""
-        self._writer.start()
-
-    @property
-    def behind(self) -> bool:
-        return self._writer.behind
 
     async def put(self, body: bytes) -> tuple[str, str]:
         """Queue ``body``; returns (path, sha256 hex) at once (a big body is hashed in a
         thread: hashlib lets go of the GIL, and the loop goes on)."""
         if len(body) > _HASH_INLINE_BYTES:
-            loop = asyncio.get_running_loop()
-            digest = await loop.run_in_executor(None, _sha256, body)
+            digest = await asyncio.get_running_loop().run_in_executor(None, _sha256, body)
         else:
-            digest = hashlib.sha256(body).hexdigest()
-        self._writer.add((digest, body), len(body))
+            digest = _sha256(body)
+        self._queue((digest, body), len(body))
         return os.path.join(self._root, digest[:2], digest), digest
 
-    async def aclose(self) -> None:
-        await self._writer.aclose()
 
-
-class WarcArchive:
-    """Request and response records of every stored page, in rotated WARC files."""
+class WarcArchive(_Offloaded):
+    """Request and response records of every stored page, in rotated WARC files.
+    ``start()`` opens the first file: a bad path raises OSError before the run."""
 
     def __init__(self, path: str, max_size: int, *, append: bool = False) -> None:
-        self._writer = _Offloaded("warc", path, max_size, append)
+        super().__init__("warc", path, max_size, append)
         self.records = 0  # pages handed to the archive
         self.files: list[str] = []
-        self.backpressure = self._writer.backpressure
-
-    def open(self) -> None:
-        """Start the writer and open the first file: a bad path raises OSError now."""
-        self._writer.start()
-
-    @property
-    def behind(self) -> bool:
-        return self._writer.behind
 
     def add(self, url: str, exchange: Exchange, body: bytes) -> None:
         item: WarcItem = (
@@ -385,10 +367,8 @@ class WarcArchive:
             exchange.response_headers,
             body,
         )
-        self._writer.add(item, len(body) + 512)
+        self._queue(item, len(body) + 512)
         self.records += 1
 
-    async def aclose(self) -> None:
-        report = await self._writer.aclose()
-        if report is not None:
-            self.files = report[1]
+    def _closed_with(self, report: Any) -> None:
+        self.files = report[1]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from warcio.archiveiterator import ArchiveIterator
 from tests.conftest import Server
 from tests.site import A, Site, serve_site
 from tests.test_cli import ENV, assert_no_traceback, lines, run
-from tests.test_resume import parse_output
+from tests.test_resume import parse_output, run_or_kill, uncommitted_tail
 from tests.test_resume import start as resume_start
 
 CRAWLER = [sys.executable, "-m", "crawler"]
@@ -42,21 +41,12 @@ async def test_crawl_sigkill_and_resume_finds_every_page_once(tmp_path: Path) ->
             site.url("/gen/0"), "-o", str(out), "--state", str(state), "-c", "6", "-q",
             "--ignore-robots",
         )  # fmt: skip
-        kills = cut = finished = 0
+        kills = cut = 0
         for _ in range(8):
-            proc = await start(*args)
-            try:
-                await asyncio.wait_for(proc.wait(), rng.uniform(0.4, 1.2))
-                finished += 1
+            if await run_or_kill(args, rng.uniform(0.4, 1.2), command="crawl"):
                 break
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-                kills += 1
-            if state.exists() and out.exists():
-                with sqlite3.connect(state) as db:
-                    (committed,) = db.execute("SELECT offset FROM output").fetchone()
-                cut += out.stat().st_size > committed
+            kills += 1
+            cut += uncommitted_tail(state, out)
         proc = await start(*args)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
         expected = gen_expected(site, 500)

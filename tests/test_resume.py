@@ -44,6 +44,27 @@ async def start(
     )
 
 
+async def run_or_kill(args: tuple[str, ...], seconds: float, command: str = "fetch") -> bool:
+    """Run the CLI; SIGKILL it after ``seconds``. True if it ended by itself first."""
+    proc = await start(*args, command=command)
+    try:
+        await asyncio.wait_for(proc.wait(), seconds)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return False
+    return True
+
+
+def uncommitted_tail(state: Path, out: Path) -> bool:
+    """Does the output hold bytes the state has not committed (resume will cut them)?"""
+    if not (state.exists() and out.exists()):
+        return False
+    with sqlite3.connect(state) as db:
+        (committed,) = db.execute("SELECT offset FROM output").fetchone()
+    return bool(out.stat().st_size > committed)
+
+
 async def kill_and_resume(server: Server, tmp_path: Path, kills: int, seed: int) -> None:
     rng = random.Random(seed)
     urls_path, out, state = tmp_path / "urls.txt", tmp_path / "out.jsonl", tmp_path / "st.db"
@@ -52,17 +73,8 @@ async def kill_and_resume(server: Server, tmp_path: Path, kills: int, seed: int)
     done_naturally = 0
     cut = 0  # kills after which the output held uncommitted bytes, cut on resume
     for _ in range(kills):
-        proc = await start(*args)
-        try:
-            await asyncio.wait_for(proc.wait(), rng.uniform(0.3, 1.6))
-            done_naturally += 1
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        if state.exists() and out.exists():
-            with sqlite3.connect(state) as db:
-                (committed,) = db.execute("SELECT offset FROM output").fetchone()
-            cut += out.stat().st_size > committed
+        done_naturally += await run_or_kill(args, rng.uniform(0.3, 1.6))
+        cut += uncommitted_tail(state, out)
     proc = await start(*args)
     assert await asyncio.wait_for(proc.wait(), 60) == 0
     records = parse_output(out.read_bytes())
