@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import resource
 import statistics
@@ -82,22 +83,32 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("-c", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--target", help="URL prefix of a running server (default: embedded)")
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    ap.add_argument("--only", nargs="+", choices=("bare", "fetcher", "crawler", "pipeline"))
     args = ap.parse_args()
+    run = uvloop.run if args.loop == "uvloop" else asyncio.run
     config = RunConfig(
         limits=LimitConfig(concurrency=args.c, per_host=0), sink=SinkConfig(output="/dev/null")
     )
     real_fetch = Fetcher.fetch
-    results: dict[str, list[float]] = {k: [] for k in ("bare", "fetcher", "crawler", "pipeline")}
+    names = args.only or ("bare", "fetcher", "crawler", "pipeline")
+    results: dict[str, list[float]] = {k: [] for k in names}
     gc.freeze()
-    with embedded_server(ServeOptions(port=0, workers=2)) as prefix:
+    server = (
+        contextlib.nullcontext(args.target)
+        if args.target
+        else embedded_server(ServeOptions(port=0, workers=2))
+    )
+    with server as prefix:
         for _ in range(args.rounds):
             for name in results:
                 Fetcher.fetch = stub_fetch if name == "pipeline" else real_fetch  # type: ignore[method-assign]
                 started = cpu()
                 if name in ("bare", "fetcher"):
-                    uvloop.run(loop_of(prefix, args.n, args.c, name == "fetcher"))
+                    run(loop_of(prefix, args.n, args.c, name == "fetcher"))
                 else:
-                    uvloop.run(engine_run(replace(config), prefix, args.n))
+                    run(engine_run(replace(config), prefix, args.n))
                 results[name].append((cpu() - started) / args.n * 1e6)
                 print(f"{name:>9}: {results[name][-1]:6.1f} µs CPU/URL", flush=True)
     Fetcher.fetch = real_fetch  # type: ignore[method-assign]

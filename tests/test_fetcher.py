@@ -22,7 +22,7 @@ from aiohttp.client_reqrep import ConnectionKey
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from crawler import errors
+from crawler import errors, fetcher
 from crawler.config import FetchConfig
 from crawler.fetcher import Fetcher, Response, make_session, map_exception
 from tests.faultserver import FaultServer, bomb, closed_port
@@ -106,6 +106,16 @@ async def site() -> AsyncIterator[WebServer]:
         yield srv
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture(autouse=True, params=["direct", "session"])
+def request_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every case runs on both request paths: aiohttp's connector, request and response
+    driven by Fetcher._send (the default), and ClientSession.request (the fallback for an
+    aiohttp without those interfaces)."""
+    assert fetcher.DIRECT_REQUESTS  # the installed aiohttp must have the fast path
+    monkeypatch.setattr(fetcher, "DIRECT_REQUESTS", request.param == "direct")
+    return str(request.param)
 
 
 @pytest.fixture
@@ -403,6 +413,44 @@ async def test_deadline_is_shared_by_every_redirect_hop(
     assert took <= 1.0 + 0.3
 
 
+async def test_pooled_connection_closed_by_the_server_is_sent_again_once() -> None:
+    # A keep-alive connection the server drops when the next request arrives on it (an
+    # idle timeout racing our reuse): the request goes again on a fresh connection, as
+    # aiohttp's session does. A server that drops every request still fails, once retried.
+    connections: list[int] = []  # requests seen on each connection, in order
+    drop_all = False
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(0)
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                connections[-1] += 1
+                if connections[-1] > 1 or drop_all:
+                    break  # the 2nd request on a connection: close without an answer
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/")
+    cfg = FetchConfig()
+    try:
+        async with make_session(cfg) as session:
+            fetch_one = Fetcher(session, cfg).fetch
+            assert (await fetch_one(url, 5.0)).status == 200
+            assert (await fetch_one(url, 5.0)).status == 200  # resent on connection 2
+            assert connections == [2, 1]
+            drop_all = True
+            with pytest.raises(errors.ConnectError, match="disconnected"):
+                await fetch_one(url, 5.0)  # connection 2 drops it, then the fresh 3rd too
+            assert connections == [2, 2, 1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 @pytest.mark.parametrize("budget", [0.0, -1.0])
 async def test_spent_budget_sends_nothing(fault: FaultServer, budget: float) -> None:
     # aiohttp reads a total timeout of 0 as "none": without a check this would hang.
@@ -550,3 +598,16 @@ def test_timeout_with_time_left_is_a_retryable_attempt_timeout() -> None:
 def test_timeout_with_the_deadline_spent_is_final() -> None:
     mapped = map_exception(TimeoutError(), deadline_left=0.0)
     assert type(mapped) is errors.Timeout and not mapped.retryable
+
+
+def test_an_aiohttp_without_the_direct_interfaces_gets_the_session_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aiohttp.client_proto import ResponseHandler
+
+    assert fetcher._direct_requests_work()
+
+    def set_response_params(self: ResponseHandler, *, timer: object = None) -> None: ...
+
+    monkeypatch.setattr(ResponseHandler, "set_response_params", set_response_params)
+    assert not fetcher._direct_requests_work()
