@@ -393,7 +393,7 @@ class Fetcher:
     def _redirect_target(url: URL, location: str) -> URL:
         try:
             nxt = url.join(URL(location))
-        except ValueError as exc:
+        except Exception as exc:  # ValueError, or IndexError from yarl 1.25
             raise errors.ProtocolError(f"invalid redirect Location {location!r}") from exc
         if nxt.scheme not in ("http", "https") or not nxt.raw_host:
             raise errors.ProtocolError(f"redirect to unsupported URL {location!r}")

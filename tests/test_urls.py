@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from yarl import URL
 
+from crawler import urls
 from crawler.errors import InvalidURL
 from crawler.urls import canonical_key, host_key, parse_url
 
@@ -62,6 +66,8 @@ def test_different_urls_keep_different_keys(a: str, b: str) -> None:
         "http://ho\x00st/",
         "javascript:alert(1)",
         "http://[::1/",
+        "http://[::1]@",  # yarl 1.25 raises IndexError on these, not ValueError
+        "https://-h]-[@",
         "http://1.2.3/",
         "http://127.1/",
         "http://2130706433/",
@@ -104,3 +110,126 @@ def test_key_is_stable_under_case_and_default_port(
     path = "/" + "/".join(parts)
     port = ":443" if scheme.lower() == "https" else ":80"
     assert key(f"{scheme}://{host.upper()}{port}{path}") == key(f"{scheme.lower()}://{host}{path}")
+
+
+# -- the pre-encoded fast path ------------------------------------------------------------
+def _full_parse(text: str) -> URL | InvalidURL:
+    """parse_url's answer with the fast path switched off: yarl's full parse always."""
+    try:
+        with_slow = urls._PLAIN_URL
+        urls._PLAIN_URL = re.compile(r"(?!)")  # matches nothing
+        try:
+            return parse_url(text)
+        finally:
+            urls._PLAIN_URL = with_slow
+    except InvalidURL as exc:
+        return exc
+
+
+_PIECES = st.sampled_from(
+    [
+        "a",
+        "Z",
+        "0",
+        "9",
+        "-",
+        ".",
+        "_",
+        "~",
+        "/",
+        "?",
+        "=",
+        "&",
+        "+",
+        ";",
+        ":",
+        "@",
+        "!",
+        "$",
+        "'",
+        "(",
+        ")",
+        "*",
+        ",",
+        "%",
+        "%2e",
+        "%7E",
+        "..",
+        "/./",
+        "/../",
+        "#",
+        " ",
+        "é",
+        "[",
+        "]",
+    ]
+)
+_HOSTS = st.sampled_from(
+    [
+        "h",
+        "example.com",
+        "Example.COM",
+        "127.0.0.1",
+        "127.1",
+        "0x7f.0.0.1",
+        "h.",
+        "h..x",
+        "-h",
+        "a_b",
+        "xn--bcher-kva.de",
+        "bücher.de",
+        "[::1]",
+        "",
+    ]
+)
+_PORTS = st.sampled_from(
+    ["", ":80", ":443", ":8080", ":080", ":0", ":65535", ":65536", ":99999", ":1"]
+)
+
+
+@given(
+    scheme=st.sampled_from(["http", "https", "HTTP", "ftp"]),
+    host=_HOSTS,
+    port=_PORTS,
+    rest=st.lists(_PIECES, max_size=12).map("".join),
+)
+def test_fast_path_parses_exactly_as_yarls_full_parse(
+    scheme: str, host: str, port: str, rest: str
+) -> None:
+    text = f"{scheme}://{host}{port}{rest}"
+    slow = _full_parse(text)
+    try:
+        fast: URL | InvalidURL = parse_url(text)
+    except InvalidURL as exc:
+        fast = exc
+    if isinstance(slow, InvalidURL):
+        assert isinstance(fast, InvalidURL), (text, fast)
+        return
+    assert isinstance(fast, URL), (text, fast)
+    assert fast == slow and str(fast) == str(slow)
+    for attr in (
+        "raw_host",
+        "port",
+        "explicit_port",
+        "raw_path",
+        "raw_query_string",
+        "raw_fragment",
+        "path_qs",
+        "raw_path_qs",
+    ):
+        assert getattr(fast, attr) == getattr(slow, attr), (text, attr)
+    assert canonical_key(fast) == canonical_key(slow)
+    assert host_key(fast) == host_key(slow)
+
+
+def test_fast_path_is_taken_for_plain_urls() -> None:
+    assert urls._PLAIN_URL.fullmatch("http://127.0.0.1:8080/page/1?a=b&c=d")
+    for text in (
+        "http://Example.com/",
+        "http://h/a%20b",
+        "http://h/./x",
+        "http://h:080/",
+        "http://h/#top",
+        "http://h/a b",
+    ):
+        assert not (urls._PLAIN_URL.fullmatch(text) and "/." not in text), text
