@@ -629,14 +629,36 @@ class Engine:
             resp = error.response  # e.g. too_large: the status line did arrive
         if resp is not None and error is None and resp.status >= 400:
             error = errors.HTTPStatusError(f"HTTP {resp.status}")
-        record = self._error_record(item.raw, error, item) if error else Record(url=item.raw)
+        # One constructor call with every field: this runs once per URL.
+        described = {"kind": error.kind, "message": error.message} if error else None
+        deadline = item.deadline
+        elapsed = int(deadline.elapsed() * 1_000_000) / 1000 if deadline is not None else 0.0
         if resp is not None:
-            record.final_url = resp.final_url
-            record.status = resp.status
-            record.bytes = resp.nbytes
-            record.content_type = resp.content_type
-            record.redirects = resp.redirects
-            record.ok = error is None
+            record = Record(
+                url=item.raw,
+                final_url=resp.final_url,
+                status=resp.status,
+                ok=error is None,
+                error=described,
+                attempts=item.attempts,
+                elapsed_ms=elapsed,
+                bytes=resp.nbytes,
+                content_type=resp.content_type,
+                redirects=resp.redirects,
+                fetched_at=self._stamp(),
+                depth=item.depth,
+                parent=item.parent,
+            )
+        else:
+            record = Record(
+                url=item.raw,
+                error=described,
+                attempts=item.attempts,
+                elapsed_ms=elapsed,
+                fetched_at=self._stamp(),
+                depth=item.depth,
+                parent=item.parent,
+            )
         links = None
         if kept is not None:
             record.body_path = kept.body_path
@@ -646,7 +668,7 @@ class Engine:
                 links = self._crawl.admit(kept.found, item.depth + 1, item.raw)
         self.stats.record(record.ok, record.status, error.kind if error else None, record.bytes)
         item.finished = True
-        self._sink.put_nowait(self._stamped(record, item), item.fp, links)
+        self._sink.put_nowait(record, item.fp, links)
         self._frontier.done(item)
 
     def _stamped(self, record: Record, item: Item) -> Record:

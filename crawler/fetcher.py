@@ -11,7 +11,7 @@ import inspect
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 from aiohttp import ClientTimeout, client_exceptions, http_exceptions
@@ -29,6 +29,7 @@ _SENSITIVE: Final = ("Authorization", "Cookie", "Proxy-Authorization")
 _NO_CEIL: Final = 1e9  # never let aiohttp round a timeout up to a whole second
 HTML_TYPES: Final = frozenset(("text/html", "application/xhtml+xml"))
 _NO_TIMER: Final = TimerNoop()
+_NO_TRACES: Final[list[Any]] = []  # aiohttp only iterates over the traces it is given
 
 # What Fetcher.fetch keeps of a body (it always counts it).
 KEEP_NONE: Final = 0
@@ -206,6 +207,9 @@ class Fetcher:
         # without ClientSession._request around them (see _send), unless this aiohttp
         # does not have the interfaces that path was written against.
         self._direct = DIRECT_REQUESTS if direct is None else direct
+        connector = session.connector
+        assert connector is not None  # noqa: S101 - make_session gives it one
+        self._connector = connector
         self._connect_timeout = ClientTimeout(
             sock_connect=config.connect_timeout, ceil_threshold=_NO_CEIL
         )
@@ -324,14 +328,13 @@ class Fetcher:
         HEAD is sent again once on a fresh connection if a pooled one turns out closed.
         """
         session = self._session
-        connector = session.connector
-        assert connector is not None  # noqa: S101 - the session is open
+        connector = self._connector
         headers = self._headers_with_credentials if credentials else self._headers
         retry = True
         while True:
             req = ClientRequest(method, url, headers=headers, loop=self._loop, session=session)
             try:
-                conn = await connector.connect(req, traces=[], timeout=self._connect_timeout)
+                conn = await connector.connect(req, _NO_TRACES, self._connect_timeout)
             except TimeoutError as exc:  # sock_connect; the deadline is the caller's timer
                 raise client_exceptions.ConnectionTimeoutError(
                     f"Connection timeout to host {url}"
@@ -405,10 +408,11 @@ class Fetcher:
         The body is kept in ``result.body`` if that starts as b"" (see KEEP_*)."""
         limit = self._config.max_bytes
         declared = resp.content_length
-        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-        if declared is not None and declared > limit and encoding in ("", "identity"):
+        if declared is not None and declared > limit:
             # Only an unencoded length is the body's size; a compressed one says nothing.
-            raise errors.TooLarge(f"Content-Length {declared} exceeds --max-bytes {limit}")
+            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding in ("", "identity"):
+                raise errors.TooLarge(f"Content-Length {declared} exceeds --max-bytes {limit}")
         total = 0
         content = resp.content
         chunks: list[bytes] | None = [] if result.body is not None else None
