@@ -484,8 +484,6 @@ class Engine:
         config = self._config
         stats = self.stats
         clock = self._clock
-        retries = config.retry.retries
-        sink = self._sink
         robots = self._robots_rules
         if robots is not None and item.attempts == 0:
             rules = await robots(item.url)
@@ -536,7 +534,7 @@ class Engine:
 
             status = resp.status if resp is not None else None
             retryable = error.retryable if error is not None else status in RETRY_STATUSES
-            if retryable and item.attempts <= retries:
+            if retryable and item.attempts <= config.retry.retries:
                 wait = backoff_delay(
                     item.attempts, config.retry.backoff_base, config.retry.backoff_cap, self._rand()
                 )
@@ -555,8 +553,8 @@ class Engine:
                 kept = await self._keep_body(item, resp, resp.body)
             self._final(item, resp, error, kept)
             break
-        if sink.behind:
-            await sink.backpressure()
+        if self._sink.behind:
+            await self._sink.backpressure()
 
     def _observe(
         self,

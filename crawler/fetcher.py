@@ -417,16 +417,18 @@ class Fetcher:
         content = resp.content
         chunks: list[bytes] | None = [] if result.body is not None else None
         try:
-            while True:
+            # at_eof() saves the last readany() that would only say b"": a small body
+            # has usually arrived whole with the head.
+            while not content.at_eof():
                 chunk = await content.readany()
                 if not chunk:
-                    if chunks is not None:
-                        result.body = b"".join(chunks)
-                    return
+                    break
                 total += len(chunk)
                 if total > limit:
                     raise errors.TooLarge(f"body exceeds --max-bytes {limit}")
                 if chunks is not None:
                     chunks.append(chunk)
+            if chunks is not None:
+                result.body = b"".join(chunks)
         finally:
             result.nbytes = total
