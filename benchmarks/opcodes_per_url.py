@@ -9,7 +9,8 @@ slow, but the count does not depend on timing). Three clients against the same s
 each on uvloop, whose loop is C: what is counted is the Python each URL costs, the part
 that sets how far behind the bare loop crawler is there.
 
-- bare:     the baseline of run_core.py (``session.get(str)``, ``resp.read()``);
+- bare:     the baseline loop of ``crawler bench --compare`` and run_core.py
+            (``session.get(str)``, ``resp.read()``);
 - fetcher:  the same loop calling crawler's ``Fetcher.fetch`` on pre-parsed URLs;
 - crawler:  the whole ``crawler fetch`` pipeline (``Engine``, a URL file, output to
             /dev/null): reader, dedup, frontier, workers, breaker, records, sink.
@@ -20,7 +21,6 @@ Prints opcodes per URL by package and the top functions of crawler's own code.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import contextlib
 import os
@@ -31,11 +31,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import aiohttp
 import uvloop
 from cpu_per_url import loop_of
 
-from crawler.bench.runner import embedded_server
+from crawler.bench.runner import bare_aiohttp, embedded_server
 from crawler.bench.server import ServeOptions
 from crawler.config import LimitConfig, RunConfig, SinkConfig
 from crawler.engine import Engine
@@ -58,7 +57,7 @@ def where(filename: str) -> str:
     return path
 
 
-def counted(main: Callable[[], Coroutine[Any, Any, None]]) -> Counts:
+def counted(main: Callable[[], Coroutine[Any, Any, object]]) -> Counts:
     counts: Counts = collections.Counter()
 
     def tracer(frame: FrameType, event: str, arg: object) -> Any:
@@ -76,25 +75,6 @@ def counted(main: Callable[[], Coroutine[Any, Any, None]]) -> Counts:
 
     uvloop.run(traced())
     return counts
-
-
-async def bare(prefix: str, n: int, c: int) -> None:
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for i in range(n):
-        queue.put_nowait(f"{prefix}/page/{i}")
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        while True:
-            try:
-                url = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            async with session.get(url) as resp:
-                await resp.read()
-
-    connector = aiohttp.TCPConnector(limit=c)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        await asyncio.gather(*(worker(session) for _ in range(c)))
 
 
 async def crawler_fetch(urls: Path, n: int, c: int) -> None:
@@ -137,7 +117,7 @@ def main() -> None:
         urls = Path(tmp) / "urls.txt"
         urls.write_text("".join(f"{prefix}/page/{i}\n" for i in range(args.n)))
         runs = {
-            "bare": lambda: bare(prefix, args.n, args.c),
+            "bare": lambda: bare_aiohttp(prefix, args.n, args.c),
             "fetcher": lambda: loop_of(prefix, args.n, args.c, True),
             "crawler": lambda: crawler_fetch(urls, args.n, args.c),
         }
