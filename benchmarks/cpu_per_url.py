@@ -1,9 +1,11 @@
 """Where crawler's CPU per URL goes, against a bare aiohttp loop (issue #4's gap).
 
     python benchmarks/cpu_per_url.py --n 20000 -c 100 --rounds 4
+        [--target PREFIX] [--loop uvloop|asyncio] [--only bare fetcher crawler pipeline]
 
-CPU time of this process (user + system, getrusage) per URL, on uvloop, against the
-embedded server (2 processes), interleaved rounds, medians:
+CPU time of this process (user + system, getrusage) per URL, on uvloop (or --loop),
+against the embedded server in 2 processes (or a running one at --target), interleaved
+rounds, medians:
 
 - bare:     one session, a queue of pre-parsed URLs, C workers, the same request options
             as crawler (allow_redirects=False, a per-request ClientTimeout), readany();

@@ -86,6 +86,14 @@ class Kept:
     sha256: str | None = None
 
 
+def _start_writer(writer: BodyStore | WarcArchive, what: str) -> None:
+    """Start a storage writer; a failure is one clear line before the run starts."""
+    try:
+        writer.start()
+    except OSError as exc:
+        raise errors.UsageError(f"{what}: {_io_message(exc)}") from None
+
+
 def _io_message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}" + (f": {exc.filename!r}" if exc.filename else "")
@@ -275,23 +283,13 @@ class Engine:
 
             self._bodies = BodyStore(store.save_dir)
             self._sink.before_write = self._bodies.flush  # bodies land before their records
-            try:
-                self._bodies.start()
-            except OSError as exc:
-                raise errors.UsageError(
-                    f"cannot use --save-dir {store.save_dir!r}: {_io_message(exc)}"
-                ) from None
+            _start_writer(self._bodies, f"cannot use --save-dir {store.save_dir!r}")
         if store.warc is not None:
             from crawler.storage import WarcArchive
 
             resumed = self._state is not None and self._state.resumed
             self._warc = WarcArchive(store.warc, store.warc_max_size, append=resumed)
-            try:
-                self._warc.start()
-            except OSError as exc:
-                raise errors.UsageError(
-                    f"cannot write --warc {store.warc!r}: {_io_message(exc)}"
-                ) from None
+            _start_writer(self._warc, f"cannot write --warc {store.warc!r}")
 
     def _setup_robots(self) -> None:
         crawl = self._crawl
