@@ -85,6 +85,30 @@ class FingerprintSet:
             self._grow(shard)
         return True
 
+    def add_many(self, fps: list[int]) -> list[bool]:
+        """``[self.add(fp) for fp in fps]``, with the per-call overhead paid once."""
+        tables, masks, limits = self._tables, self._masks, self._limits
+        fresh = []
+        for fp in fps:
+            shard = fp >> 56
+            table = tables[shard]
+            mask = masks[shard]
+            i = fp & mask
+            slot = table[i]
+            while slot and slot != fp:  # 0 (_EMPTY) ends the probe
+                i = (i + 1) & mask
+                slot = table[i]
+            if slot:
+                fresh.append(False)
+                continue
+            table[i] = fp
+            self._size += 1
+            limits[shard] -= 1
+            if limits[shard] < 0:
+                self._grow(shard)
+            fresh.append(True)
+        return fresh
+
     def __contains__(self, fp: object) -> bool:
         if not isinstance(fp, int):
             return False

@@ -56,7 +56,7 @@ from crawler.retry import RETRY_STATUSES, Deadline, backoff_delay, parse_retry_a
 from crawler.sink import OutputClosed, Sink
 from crawler.state import StateStore
 from crawler.stats import Snapshot, Stats
-from crawler.urls import canonical_key, host_key, parse_url
+from crawler.urls import host_key, parse_target, parse_url
 
 if TYPE_CHECKING:
     from crawler.crawl import Crawl
@@ -372,31 +372,33 @@ class Engine:
             seen = crawl.seen if crawl is not None else FingerprintSet()
         try:
             async for lines in self._source.batches():
-                parsed: list[tuple[str, URL | errors.InvalidURL, int]] = []
+                parsed: list[tuple[str, URL | errors.InvalidURL, str, int]] = []
                 for raw in lines:
                     try:
-                        url = parse_url(raw)
+                        url, key, host = parse_target(raw)
                     except errors.InvalidURL as exc:
                         fp = fingerprint("\0invalid\0" + raw) if dedup else 0
-                        parsed.append((raw, exc, fp))
+                        parsed.append((raw, exc, "", fp))
                     else:
-                        parsed.append((raw, url, fingerprint(canonical_key(url)) if dedup else 0))
+                        parsed.append((raw, url, host, fingerprint(key) if dedup else 0))
                         if crawl is not None:
                             crawl.scope.add_seed(url)  # done seeds too: they define the scope
                 if state is not None:
                     # One round trip to the state thread per batch, never per URL.
-                    fresh = await state.claim([fp for _, _, fp in parsed])
+                    fresh = await state.claim([entry[3] for entry in parsed])
                 elif seen is not None:
-                    fresh = [seen.add(fp) for _, _, fp in parsed]
+                    fresh = seen.add_many([entry[3] for entry in parsed])
                 else:
                     fresh = [True] * len(parsed)
-                for (raw, target, fp), new in zip(parsed, fresh, strict=True):
+                for (raw, target, host, fp), new in zip(parsed, fresh, strict=True):
                     if not new:
                         stats.duplicates += 1
                     elif isinstance(target, errors.InvalidURL):
                         await sink.put(self._error_record(raw, target, None), fp)
                     elif crawl is None or crawl.add_seed(fp):
-                        await frontier.put(Item(raw, target, host_key(target), fp))
+                        item = Item(raw, target, host, fp)
+                        if not frontier.offer(item):
+                            await frontier.put(item)
             if crawl is not None:
                 await self._feed_links(crawl)
         finally:

@@ -123,6 +123,17 @@ class Frontier:
     def full(self) -> bool:
         return len(self._fresh) + self._parked >= self._maxsize
 
+    def offer(self, item: Item) -> bool:
+        """``put`` without the wait: False (nothing done) if the frontier is full."""
+        if self._stopped:
+            return True  # dropped, as put() drops it: stop() has handed out the rest
+        if len(self._fresh) + self._parked >= self._maxsize:
+            return False
+        self._fresh.append(item)
+        if self._getters:
+            self._wake_getter()
+        return True
+
     async def put(self, item: Item) -> None:
         """Add a URL, waiting while the frontier is full (backpressure on the reader)."""
         while self.full() and not self._stopped:

@@ -25,7 +25,7 @@ from selectolax.lexbor import LexborHTMLParser
 
 from crawler.dedup import fingerprint
 from crawler.errors import InvalidURL
-from crawler.urls import canonical_key, parse_url
+from crawler.urls import parse_target
 
 if TYPE_CHECKING:
     from crawler.scope import Scope
@@ -76,11 +76,11 @@ def parse_candidates(texts: list[str], scope: Scope | None) -> list[Candidate]:
             continue
         seen_here.add(text)
         try:
-            url = parse_url(text)
+            url, key, _ = parse_target(text)
         except InvalidURL:
             continue
         if scope is None or scope.allows(url, text):
-            out.append((text, fingerprint(canonical_key(url))))
+            out.append((text, fingerprint(key)))
     return out
 
 

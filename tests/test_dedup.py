@@ -51,3 +51,13 @@ def test_behaves_like_a_set(keys: list[str]) -> None:
         assert s.add_key(k) == (k not in seen)
         seen.add(k)
     assert len(s) == len(seen)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=(1 << 64) - 1), max_size=3000))
+def test_add_many_answers_as_add_one_by_one(fps: list[int]) -> None:
+    one, many = FingerprintSet(), FingerprintSet()
+    # Colliding low bits in one shard make long probe runs and force growth.
+    fps += [(fp & 0xFF00_0000_0000_0000) | 7 for fp in fps[:100]]
+    assert many.add_many(fps) == [one.add(fp) for fp in fps]
+    assert len(many) == len(one)
+    assert all(fp in many for fp in fps)

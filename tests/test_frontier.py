@@ -35,6 +35,21 @@ async def test_put_waits_when_full() -> None:
     assert f.queued == 2
 
 
+async def test_offer_adds_without_waiting_or_refuses_when_full() -> None:
+    f = make(maxsize=2)
+    getter = asyncio.create_task(f.get())
+    await asyncio.sleep(0)  # the getter waits on an empty frontier
+    assert f.offer(item("http://a/1"))
+    got = await asyncio.wait_for(getter, 1)  # offer() woke it
+    assert got is not None and got.raw == "http://a/1"
+    assert f.offer(item("http://b/1")) and f.offer(item("http://c/1"))
+    assert not f.offer(item("http://d/1"))  # full: nothing done, the caller must wait
+    assert f.queued == 2
+    f.stop()
+    assert f.offer(item("http://e/1"))  # stopped: dropped, as put() drops it
+    assert f.queued == 0
+
+
 async def test_busy_host_is_parked_not_waited_on() -> None:
     f = make(maxsize=10, per_host=1)
     for u in ("http://a/1", "http://a/2", "http://b/1"):

@@ -11,7 +11,7 @@ from yarl import URL
 
 from crawler import urls
 from crawler.errors import InvalidURL
-from crawler.urls import canonical_key, host_key, parse_url
+from crawler.urls import canonical_key, host_key, parse_target, parse_url
 
 
 def key(text: str) -> str:
@@ -220,10 +220,18 @@ def test_fast_path_parses_exactly_as_yarls_full_parse(
         assert getattr(fast, attr) == getattr(slow, attr), (text, attr)
     assert canonical_key(fast) == canonical_key(slow)
     assert host_key(fast) == host_key(slow)
+    # The reader's variant reads both keys off the regex match, not off the URL.
+    assert parse_target(text) == (slow, canonical_key(slow), host_key(slow))
 
 
 def test_fast_path_is_taken_for_plain_urls() -> None:
-    assert urls._PLAIN_URL.fullmatch("http://127.0.0.1:8080/page/1?a=b&c=d")
+    for text in (
+        "http://127.0.0.1:8080/page/1?a=b&c=d",
+        "https://example.com",
+        "http://h:80/a?",
+        "http://h?x",
+    ):
+        assert urls._parse_plain(text) is not None, text
     for text in (
         "http://Example.com/",
         "http://h/a%20b",
@@ -232,4 +240,27 @@ def test_fast_path_is_taken_for_plain_urls() -> None:
         "http://h/#top",
         "http://h/a b",
     ):
-        assert not (urls._PLAIN_URL.fullmatch(text) and "/." not in text), text
+        assert urls._parse_plain(text) is None, text
+
+
+def test_fast_path_leaves_invalid_plain_urls_to_the_full_parse() -> None:
+    """Hosts and ports the regex lets through but the checks refuse: the full parse
+    gives the reason, and a refused host is not remembered as good."""
+    for text, reason in (
+        ("http://127.1/", "not a canonical IPv4 address"),
+        ("http://-h/", "invalid host"),
+        ("http://h:65536/", "cannot parse URL"),
+        ("http://h/" + "a" * 65_536, "longer than 65536"),
+    ):
+        assert urls._parse_plain(text) is None, text
+        with pytest.raises(InvalidURL, match=reason):
+            parse_target(text)
+    assert "127.1" not in urls._HOSTS_OK
+    assert "-h" not in urls._HOSTS_OK
+
+
+def test_the_remembered_good_hosts_are_bounded() -> None:
+    urls._HOSTS_OK.clear()
+    for i in range(urls._HOSTS_OK_MAX + 10):
+        parse_target(f"http://h{i}.example/")
+    assert 0 < len(urls._HOSTS_OK) <= urls._HOSTS_OK_MAX
