@@ -369,27 +369,55 @@ class Fetcher:
     async def _final_response(
         self, resp: ClientResponse, url: URL, method: str, redirects: list[str], keep: int
     ) -> Response:
-        """The attempt's Response: the head, and the body counted (and kept if asked)."""
+        """The attempt's Response: the head, and the body read to the end and counted
+        (kept too if asked), stopping once it passes max_bytes (decompressed bytes count;
+        a too_large record says how far it got)."""
         rh = resp.headers
         ctype = rh.get("Content-Type")
-        result = Response(
-            status=resp.status,
-            final_url=str(url),
-            content_type=ctype.partition(";")[0].strip().lower() if ctype else None,
-            nbytes=0,
-            redirects=redirects,
-            retry_after=rh.get("Retry-After"),
+        result = Response(  # positional: this runs once per URL
+            resp.status,
+            str(url),  # final_url
+            ctype.partition(";")[0].strip().lower() if ctype else None,  # content_type
+            0,  # nbytes
+            redirects,
+            rh.get("Retry-After"),
         )
+        chunks: list[bytes] | None = None
         if keep and (keep == KEEP_ALL or result.content_type in HTML_TYPES):
             result.exchange = _exchange(method, resp)
             result.body = b""
-        if method != "HEAD":
-            try:
-                await self._count_body(resp, result)
-            except errors.TooLarge as exc:
-                exc.response = result
+            chunks = []
+        if method == "HEAD":
+            return result
+        limit = self._config.max_bytes
+        declared = resp.content_length
+        if declared is not None and declared > limit:
+            # Only an unencoded length is the body's size; a compressed one says nothing.
+            encoding = rh.get("Content-Encoding", "identity").strip().lower()
+            if encoding in ("", "identity"):
                 result.body = None
-                raise
+                raise errors.TooLarge(
+                    f"Content-Length {declared} exceeds --max-bytes {limit}", response=result
+                )
+        total = 0
+        content = resp.content
+        try:
+            # A small body has usually arrived whole with the head: take what is buffered
+            # without a coroutine, and stop at at_eof() without a last empty read.
+            while not content.at_eof():
+                chunk = content.read_nowait() or await content.readany()
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > limit:
+                    result.body = None
+                    raise errors.TooLarge(f"body exceeds --max-bytes {limit}", response=result)
+                if chunks is not None:
+                    chunks.append(chunk)
+            if chunks is not None:
+                result.body = b"".join(chunks)
+        finally:
+            result.nbytes = total
         return result
 
     @staticmethod
@@ -401,34 +429,3 @@ class Fetcher:
         if nxt.scheme not in ("http", "https") or not nxt.raw_host:
             raise errors.ProtocolError(f"redirect to unsupported URL {location!r}")
         return nxt.with_fragment(None) if nxt.raw_fragment else nxt
-
-    async def _count_body(self, resp: aiohttp.ClientResponse, result: Response) -> None:
-        """Read the body to the end into ``result.nbytes``, stopping once it passes
-        max_bytes (decompressed bytes count; a too_large record says how far it got).
-        The body is kept in ``result.body`` if that starts as b"" (see KEEP_*)."""
-        limit = self._config.max_bytes
-        declared = resp.content_length
-        if declared is not None and declared > limit:
-            # Only an unencoded length is the body's size; a compressed one says nothing.
-            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-            if encoding in ("", "identity"):
-                raise errors.TooLarge(f"Content-Length {declared} exceeds --max-bytes {limit}")
-        total = 0
-        content = resp.content
-        chunks: list[bytes] | None = [] if result.body is not None else None
-        try:
-            # at_eof() saves the last readany() that would only say b"": a small body
-            # has usually arrived whole with the head.
-            while not content.at_eof():
-                chunk = await content.readany()
-                if not chunk:
-                    break
-                total += len(chunk)
-                if total > limit:
-                    raise errors.TooLarge(f"body exceeds --max-bytes {limit}")
-                if chunks is not None:
-                    chunks.append(chunk)
-            if chunks is not None:
-                result.body = b"".join(chunks)
-        finally:
-            result.nbytes = total

@@ -188,9 +188,20 @@ class Frontier:
         return bool(self._ready or self._due or self._fresh)
 
     def _take(self) -> Item | None:
+        item: Item | None
         if self._ready:
+            item = self._ready.popleft()
+        else:
+            item = self._take_queued()
+            if item is None:
+                return None
+        if self._putters and len(self._fresh) + self._parked <= self._low_water:
             self._wake_putter()
-            return self._ready.popleft()
+        return item
+
+    def _take_queued(self) -> Item | None:
+        """The first due retry or fresh URL whose host has room, its slot now held;
+        the ones before it whose host is full are parked on their host."""
         hosts = self._hosts
         for source in (self._due, self._fresh):
             while source:
@@ -199,8 +210,6 @@ class Frontier:
                 if host.has_room():
                     host.active += 1
                     item.host = host
-                    if source is self._fresh:
-                        self._wake_putter()
                     return item
                 # Parked URLs (retries included) count toward the bound like fresh ones.
                 host.parked.append(item)
@@ -211,7 +220,7 @@ class Frontier:
         """The worker is finished with ``item`` (its record is written)."""
         self.in_flight -= 1
         self._release_slot(item)
-        if self.finished:
+        if (self._input_closed or self._stopped) and self.finished:
             self._wake_all()
         elif self.on_idle is not None and self.in_flight == 0:
             self.on_idle()
@@ -304,8 +313,6 @@ class Frontier:
                 fut.set_result(None)
 
     def _wake_putter(self) -> None:
-        if len(self._fresh) + self._parked > self._low_water:
-            return
         while self._putters:
             fut = self._putters.popleft()
             if not fut.done():
