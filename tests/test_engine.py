@@ -7,8 +7,12 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
+from crawler import engine as engine_module
 from crawler.engine import Engine
 from crawler.inputs import LineSource
+from crawler.limiter import DynamicSemaphore
 from tests.conftest import Server, make_config, read_records, run_engine, until
 
 FIELDS = {
@@ -272,3 +276,20 @@ async def test_adaptive_backs_off_an_overloaded_host(server: Server, tmp_path: P
     assert all(r["ok"] for r in adaptive)
     assert adaptive_503 * 3 < plain_503, (adaptive_503, plain_503)
     assert len(plain) == len(adaptive) == 300
+
+
+async def test_adaptive_runs_obey_the_global_permits(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With --adaptive the global limit can drop below the number of workers (when the
+    # event loop lags), so workers take a permit per URL. Here it starts at 2 of 8.
+    # Without --adaptive the limit never moves and workers skip the semaphore.
+    monkeypatch.setattr(engine_module, "DynamicSemaphore", lambda limit: DynamicSemaphore(2))
+    lines = [server.url(f"/slow/{i}?s=0.02") for i in range(24)]
+    port = server.ports["127.0.0.1"]
+    _, records = await run_engine(tmp_path, lines, concurrency=8, per_host=8, adaptive=True)
+    assert len(records) == 24 and all(r["ok"] for r in records)
+    assert server.rec.peak[f"127.0.0.1:{port}"] == 2
+    server.rec.peak.clear()
+    _, records = await run_engine(tmp_path, lines, concurrency=8, per_host=8, adaptive=False)
+    assert len(records) == 24 and server.rec.peak[f"127.0.0.1:{port}"] > 2
