@@ -49,7 +49,7 @@ from crawler.fetcher import (
 )
 from crawler.frontier import Frontier, Item
 from crawler.inputs import Source
-from crawler.limiter import DynamicSemaphore, HostState, HostTable
+from crawler.limiter import AIMD, DynamicSemaphore, HostTable
 from crawler.progress import show_progress
 from crawler.records import Record, UTCStamp
 from crawler.retry import RETRY_STATUSES, Deadline, backoff_delay, parse_retry_after
@@ -508,21 +508,24 @@ class Engine:
                 self._final(item, None, errors.CircuitOpen(f"circuit open for {host.key}"))
                 break
             deadline = item.deadline
-            if deadline is None:
+            if deadline is None:  # the first attempt starts the URL's deadline
                 deadline = item.deadline = Deadline(config.retry.timeout, clock)
-            elif deadline.remaining() <= 0:
-                # A retry that waited (parked behind its host) past the URL's deadline.
-                self._final(item, None, errors.Timeout("deadline exceeded"))
-                break
+                started, budget = deadline.started, config.retry.timeout
+            else:
+                started = clock()
+                budget = deadline.expires - started
+                if budget <= 0:
+                    # A retry that waited (parked behind its host) past the URL's deadline.
+                    self._final(item, None, errors.Timeout("deadline exceeded"))
+                    break
             item.attempts += 1
             stats.requests += 1
-            started = clock()
             resp: Response | None = None
             error: errors.FetchError | None = None
             try:
                 resp = await self._fetcher.fetch(
                     item.url,
-                    deadline.remaining(),
+                    budget,
                     self._keep,
                     self._follow if item.parent is not None else None,  # seeds: see below
                 )
@@ -534,9 +537,13 @@ class Engine:
                 raise
             latency = clock() - started
             stats.latency.add(latency)
-            self._observe(host, resp, error, latency)
+            # The outcome feeds the host's breaker and, with --adaptive, its AIMD limit.
+            status = resp.status if resp is not None else 0
+            if breaker is not None:
+                breaker.record(status >= 500 or isinstance(error, _HOST_FAILURES))
+            if host.aimd is not None:
+                self._observe_aimd(host.aimd, status, error, latency)
 
-            status = resp.status if resp is not None else None
             retryable = error.retryable if error is not None else status in RETRY_STATUSES
             if retryable and item.attempts <= config.retry.retries:
                 wait = backoff_delay(
@@ -560,26 +567,18 @@ class Engine:
         if self._sink.behind:
             await self._sink.backpressure()
 
-    def _observe(
-        self,
-        host: HostState,
-        resp: Response | None,
-        error: errors.FetchError | None,
-        latency: float,
+    @staticmethod
+    def _observe_aimd(
+        aimd: AIMD, status: int, error: errors.FetchError | None, latency: float
     ) -> None:
-        """Feed one attempt's outcome to the host's breaker and AIMD controller."""
-        status = resp.status if resp is not None else 0
-        breaker = host.breaker
-        if breaker is not None:
-            breaker.record(isinstance(error, _HOST_FAILURES) or status >= 500)
-        aimd = host.aimd
-        if aimd is not None:
-            if status in _CONGESTION_STATUSES or isinstance(
-                error, errors.Timeout | errors.ConnectError
-            ):
-                aimd.on_congestion()
-            elif error is None and status < 400:
-                aimd.on_success(latency)
+        """--adaptive: congestion (429/503, timeouts, failed connects) halves the host's
+        limit; a success raises it, unless latency is climbing (see AIMD)."""
+        if status in _CONGESTION_STATUSES or isinstance(
+            error, errors.Timeout | errors.ConnectError
+        ):
+            aimd.on_congestion()
+        elif error is None and status < 400:
+            aimd.on_success(latency)
 
     async def _keep_body(self, item: Item, resp: Response, body: bytes) -> Kept:
         """Crawl mode: the page's links. --save-dir / --warc: store the body (unless the

@@ -165,14 +165,11 @@ class LineSource:
 
 
 def _clean(parts: list[bytes], max_line: int) -> list[str]:
-    out = []
-    for raw in parts:
-        line = raw.strip()
-        if len(line) > max_line:
-            line = line[:max_line]
-        if line and not line.startswith(b"#"):
-            out.append(line.decode("utf-8", "replace"))
-    return out
+    """Stripped lines, without blank ones and comments, each cut to ``max_line`` bytes."""
+    stripped = [raw.strip() for raw in parts]
+    if max(map(len, stripped), default=0) > max_line:  # rare: a pathological input
+        stripped = [line[:max_line] for line in stripped]
+    return [line.decode("utf-8", "replace") for line in stripped if line and line[0] != 0x23]
 
 
 class SeedSource:

@@ -50,6 +50,8 @@ class Sink:
         self._closing = False
         self._file: Any = None
         self._high_water = config.batch_bytes * 8
+        self._batch_records = config.batch_records
+        self._batch_bytes = config.batch_bytes
         # Awaited before each batch is written (--save-dir: the bodies its records name).
         self.before_write: Callable[[], Awaitable[None]] | None = None
         self.broken = False  # standard output was closed by its reader
@@ -105,15 +107,11 @@ class Sink:
             self._fps.append(fp)
             if links:
                 self._links += links
-        self._count += 1
+        self._count = count = self._count + 1
         self.records += 1
         # Wake the writer for the first record of a batch (it starts the batch's timer)
         # and again when the batch is full.
-        if (
-            self._count == 1
-            or self._count >= self._config.batch_records
-            or len(self._buf) >= self._config.batch_bytes
-        ):
+        if count == 1 or count >= self._batch_records or len(self._buf) >= self._batch_bytes:
             self._kick.set()
 
     @property
