@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import resource
 import signal
 import statistics
 import subprocess
@@ -32,10 +33,17 @@ def write_urls(path: Path, prefix: str, n: int) -> None:
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Run cmd; return (wall seconds, peak RSS MiB via /usr/bin/time -f %M, stdout).
+    """Run cmd; return (wall seconds, peak RSS MiB via /usr/bin/time -f %M, stdout)."""
+    elapsed, rss, stdout, _ = timed_cpu(cmd, env)
+    return elapsed, rss, stdout
+
+
+def timed_cpu(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str, float]:
+    """``timed`` and the CPU seconds (user + system) the command used.
 
     The client runs in a process group of its own; if this script is interrupted, the
     whole group (``/usr/bin/time`` and the client under it) is stopped before unwinding."""
+    cpu_before = _children_cpu()
     time_bin = "/usr/bin/time"
     full = [time_bin, "-f", "%M", *cmd] if os.path.exists(time_bin) else cmd
     started = time.perf_counter()
@@ -58,7 +66,12 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, flo
     rss = 0.0
     if full is not cmd:
         rss = int(stderr.strip().splitlines()[-1]) / 1024
-    return elapsed, rss, stdout
+    return elapsed, rss, stdout, _children_cpu() - cpu_before
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def stop_group(proc: subprocess.Popen[str], grace: float = 10.0) -> None:

@@ -15,7 +15,10 @@ process (interpreter start included); "in-proc" is the client's own figure (bare
 the fetch loop; crawler: --stats-json urls_per_s), which leaves start-up out. Peak RSS is
 what each client reports about itself (bare: VmHWM; crawler: --stats-json peak_rss_mib).
 Every run must end with N ok responses, or the script says so and stops.
-The table gives medians over rounds and the ratio crawler/bare on the same event loop.
+The table gives medians over rounds and the ratio crawler/bare on the same event loop;
+"rounds" is the median of each round's own ratio (both clients ran within the same
+minute), and "CPU" the client's user + system seconds per URL (start-up included) with
+the ratio bare/crawler: time the VM loses to its neighbours does not count there.
 Raw runs are saved as JSON under benchmarks/out/.
 """
 
@@ -29,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import local_server, machine, median, run_main, timed, write_urls
+from common import local_server, machine, median, run_main, timed_cpu, write_urls
 
 HERE = Path(__file__).parent
 OUT = HERE / "out"
@@ -50,7 +53,7 @@ def clients(urls: Path, c: int, stats: Path, loops: list[str]) -> dict[str, list
 
 def run_once(name: str, cmd: list[str], n: int, stats: Path) -> dict[str, float]:
     stats.unlink(missing_ok=True)
-    secs, time_rss, stdout = timed(cmd)
+    secs, time_rss, stdout, cpu = timed_cpu(cmd)
     if name.startswith("bare"):
         rep = json.loads(stdout.strip().splitlines()[-1])
         ok = rep["urls"] - rep["errors"] - rep["http_errors"]
@@ -69,6 +72,7 @@ def run_once(name: str, cmd: list[str], n: int, stats: Path) -> dict[str, float]
         "inproc_urls_per_s": inproc,
         "peak_rss_mib": rss,
         "time_maxrss_mib": round(time_rss, 1),
+        "cpu_s": round(cpu, 3),
     }
 
 
@@ -103,14 +107,22 @@ def main() -> None:
             "urls_per_s": round(median([x["urls_per_s"] for x in rs]), 1),
             "inproc_urls_per_s": round(median([x["inproc_urls_per_s"] for x in rs]), 1),
             "peak_rss_mib": round(median([x["peak_rss_mib"] for x in rs]), 1),
+            "cpu_us_per_url": round(median([x["cpu_s"] for x in rs]) / args.n * 1e6, 1),
             "runs": [round(x["urls_per_s"]) for x in rs],
         }
     for loop in args.loops:
-        base = rows[f"bare aiohttp ({loop})"]
-        for name in (f"bare aiohttp ({loop})", f"crawler fetch ({loop})"):
+        bare = f"bare aiohttp ({loop})"
+        base = rows[bare]
+        for name in (bare, f"crawler fetch ({loop})"):
             row = rows[name]
             row["ratio"] = round(row["urls_per_s"] / base["urls_per_s"], 3)
             row["inproc_ratio"] = round(row["inproc_urls_per_s"] / base["inproc_urls_per_s"], 3)
+            # Steadier on a noisy machine: each round's own ratio (same minute), and the
+            # ratio of CPU time, which time stolen by neighbours does not inflate.
+            pairs = list(zip(runs[name], runs[bare], strict=True))
+            speed = [a["urls_per_s"] / b["urls_per_s"] for a, b in pairs]
+            row["round_ratio"] = round(median(speed), 3)
+            row["cpu_ratio"] = round(median([b["cpu_s"] / a["cpu_s"] for a, b in pairs]), 3)
     report = {
         "machine": machine(), "server": desc, "n": args.n, "concurrency": args.c,
         "rounds": args.rounds, "clients": rows, "raw": runs,
@@ -122,15 +134,20 @@ def main() -> None:
         return
     print(f"server: {desc}; N={args.n}, c={args.c}; medians of {args.rounds} rounds")
     print(
-        f"{'client':24} {'URLs/s':>8} {'ratio':>6} {'in-proc':>8} {'ratio':>6}"
-        f" {'RSS MiB':>8}  runs (URLs/s, wall)"
+        f"{'client':24} {'URLs/s':>8} {'ratio':>6} {'in-proc':>8} {'ratio':>6} {'rounds':>6}"
+        f" {'CPU us':>7} {'ratio':>6} {'RSS MiB':>8}  runs (URLs/s, wall)"
     )
     for name, row in rows.items():
         print(
             f"{name:24} {row['urls_per_s']:8.0f} {row['ratio']:6.2f}"
             f" {row['inproc_urls_per_s']:8.0f} {row['inproc_ratio']:6.2f}"
+            f" {row['round_ratio']:6.2f} {row['cpu_us_per_url']:7.1f} {row['cpu_ratio']:6.2f}"
             f" {row['peak_rss_mib']:8.1f}  {row['runs']}"
         )
+    print(
+        "ratio: crawler / bare on the same loop (medians; 'rounds': median of each round's"
+        " own ratio; CPU: user+sys per URL, ratio bare / crawler)"
+    )
 
 
 if __name__ == "__main__":
