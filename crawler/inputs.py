@@ -21,6 +21,7 @@ from crawler.errors import UsageError
 CHUNK: Final = 256 * 1024
 _AHEAD: Final = 4  # chunks the reader thread may read ahead of the pipeline
 _BOM: Final = b"\xef\xbb\xbf"
+_HASH: Final = ord("#")  # a line starting with it is a comment
 
 
 class Source(Protocol):
@@ -169,7 +170,7 @@ def _clean(parts: list[bytes], max_line: int) -> list[str]:
     stripped = [raw.strip() for raw in parts]
     if max(map(len, stripped), default=0) > max_line:  # rare: a pathological input
         stripped = [line[:max_line] for line in stripped]
-    return [line.decode("utf-8", "replace") for line in stripped if line and line[0] != 0x23]
+    return [line.decode("utf-8", "replace") for line in stripped if line and line[0] != _HASH]
 
 
 class SeedSource:
