@@ -515,7 +515,10 @@ class Engine:
                 started = clock()
                 budget = deadline.expires - started
                 if budget <= 0:
-                    # A retry that waited (parked behind its host) past the URL's deadline.
+                    # A retry that waited (parked behind its host, for a worker or for the
+                    # pacer) past the URL's deadline.
+                    if breaker is not None:
+                        breaker.release_probe()  # allow() may have made it the probe
                     self._final(item, None, errors.Timeout("deadline exceeded"))
                     break
             item.attempts += 1

@@ -293,3 +293,43 @@ async def test_adaptive_runs_obey_the_global_permits(
     server.rec.peak.clear()
     _, records = await run_engine(tmp_path, lines, concurrency=8, per_host=8, adaptive=False)
     assert len(records) == 24 and server.rec.peak[f"127.0.0.1:{port}"] > 2
+
+
+async def test_a_retry_taken_past_its_deadline_gives_back_the_breakers_probe(
+    server: Server, tmp_path: Path
+) -> None:
+    # The URL's 503 opens its host's breaker (threshold 1); its retry then waits for the
+    # host's pacer (1 request/s). While it waits the injected clock jumps past both the
+    # URL's deadline and the breaker's cooldown: allow() makes the retry the half-open
+    # probe, then the deadline check ends it. The probe must be given back, or the
+    # breaker refuses its host for good.
+    now = [0.0]
+    src = tmp_path / "urls.txt"
+    src.write_text(server.url("/status/503?retry_after=0") + "\n")
+    config = make_config(
+        tmp_path,
+        retries=1,
+        timeout=10.0,
+        per_host_rps=1.0,
+        burst=1,
+        breaker_threshold=1,
+        breaker_cooldown=5.0,
+    )
+    engine = Engine(
+        config, LineSource(str(src)), install_signal_handlers=False, clock=lambda: now[0]
+    )
+    task = asyncio.create_task(engine.run())
+    # The retry has been taken (it is in flight again) and sleeps in the pacer.
+    await until(
+        lambda: (
+            hasattr(engine, "stats")
+            and engine.stats.retries == 1
+            and engine._frontier.in_flight == 1
+        )
+    )
+    now[0] = 20.0  # past the deadline (10 s) and the cooldown (5 s)
+    await asyncio.wait_for(task, 10)
+    [rec] = read_records(tmp_path / "out.jsonl")
+    assert rec["error"]["kind"] == "timeout" and rec["attempts"] == 1
+    breaker = engine._hosts.get(f"127.0.0.1:{server.ports['127.0.0.1']}").breaker
+    assert breaker is not None and not breaker.probing, breaker.state
