@@ -13,7 +13,8 @@ cost of one more URL. Valgrind slows a client ~50x, so the client is always the 
 and the server always has its answer ready: the regime of a benchmark run.
 
     bare aiohttp:  python benchmarks/bare_aiohttp.py URLS -c C [--uvloop]
-    crawler fetch: python -m crawler fetch URLS -c C --per-host C -o /dev/null -q [--no-uvloop]
+    crawler fetch: python -m crawler fetch URLS -c C --per-host C -o /dev/null -q
+                   --stats-json TMP [--no-uvloop]
 
 The ratio bare / crawler estimates crawler's URLs/s relative to the bare loop when the
 client's CPU is the bottleneck. Needs valgrind (Debian: apt-get install valgrind).
@@ -31,21 +32,7 @@ import tempfile
 from pathlib import Path
 
 from common import local_server, machine, write_urls
-
-HERE = Path(__file__).parent
-
-
-def clients(urls: Path, c: int, loop: str) -> dict[str, list[str]]:
-    bare = [sys.executable, str(HERE / "bare_aiohttp.py"), str(urls), "-c", str(c)]
-    fetch = [
-        sys.executable, "-m", "crawler", "fetch", str(urls), "-c", str(c),
-        "--per-host", str(c), "-o", "/dev/null", "-q",
-    ]  # fmt: skip
-    if loop == "uvloop":
-        bare.append("--uvloop")
-    else:
-        fetch.append("--no-uvloop")
-    return {f"bare aiohttp ({loop})": bare, f"crawler fetch ({loop})": fetch}
+from run_core import clients
 
 
 def instructions(cmd: list[str]) -> int:
@@ -80,7 +67,8 @@ def main() -> None:
         files = {n: Path(tmp) / f"urls-{n}.txt" for n in (args.n1, args.n2)}
         for n, path in files.items():
             write_urls(path, prefix, n)
-        commands = {n: clients(path, args.c, args.loop) for n, path in files.items()}
+        stats = Path(tmp) / "stats.json"  # run_core's commands write one; unread here
+        commands = {n: clients(path, args.c, stats, [args.loop]) for n, path in files.items()}
         for name in commands[args.n1]:
             counts = {
                 n: statistics.median(instructions(cmds[name]) for _ in range(args.repeat))

@@ -94,6 +94,16 @@ def _start_writer(writer: BodyStore | WarcArchive, what: str) -> None:
         raise errors.UsageError(f"{what}: {_io_message(exc)}") from None
 
 
+def _described(error: errors.FetchError | None) -> dict[str, str] | None:
+    """A record's ``error`` field."""
+    return {"kind": error.kind, "message": error.message} if error is not None else None
+
+
+def _elapsed_ms(deadline: Deadline | None) -> float:
+    """A record's ``elapsed_ms``: from the URL's first attempt (its deadline's start)."""
+    return int(deadline.elapsed() * 1_000_000) / 1000 if deadline is not None else 0.0
+
+
 def _io_message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}" + (f": {exc.filename!r}" if exc.filename else "")
@@ -394,7 +404,7 @@ class Engine:
                     if not new:
                         stats.duplicates += 1
                     elif isinstance(target, errors.InvalidURL):
-                        await sink.put(self._error_record(raw, target, None), fp)
+                        await sink.put(self._invalid_record(raw, target), fp)
                     elif crawl is None or crawl.add_seed(fp):
                         item = Item(raw, target, host, fp)
                         if not frontier.offer(item):
@@ -633,35 +643,23 @@ class Engine:
             resp = error.response  # e.g. too_large: the status line did arrive
         if resp is not None and error is None and resp.status >= 400:
             error = errors.HTTPStatusError(f"HTTP {resp.status}")
-        # One positional constructor call (keywords cost a third more): once per URL.
-        described = {"kind": error.kind, "message": error.message} if error else None
-        deadline = item.deadline
-        elapsed = int(deadline.elapsed() * 1_000_000) / 1000 if deadline is not None else 0.0
-        if resp is not None:
+        if resp is None:
+            record = self._unanswered(item, error)
+        else:  # one positional constructor call (keywords cost a third more): once per URL
             record = Record(
                 item.raw,  # url
                 resp.final_url,
                 resp.status,
                 error is None,  # ok
-                described,  # error
+                _described(error),  # error
                 item.attempts,
-                elapsed,  # elapsed_ms
+                _elapsed_ms(item.deadline),
                 resp.nbytes,  # bytes
                 resp.content_type,
                 resp.redirects,
                 self._stamp(),  # fetched_at
                 item.depth,
                 item.parent,
-            )
-        else:
-            record = Record(
-                url=item.raw,
-                error=described,
-                attempts=item.attempts,
-                elapsed_ms=elapsed,
-                fetched_at=self._stamp(),
-                depth=item.depth,
-                parent=item.parent,
             )
         links = None
         if kept is not None:
@@ -675,21 +673,22 @@ class Engine:
         self._sink.put_nowait(record, item.fp, links)
         self._frontier.done(item)
 
-    def _stamped(self, record: Record, item: Item) -> Record:
-        record.attempts = item.attempts
-        record.depth = item.depth
-        record.parent = item.parent
-        if item.deadline is not None:
-            record.elapsed_ms = int(item.deadline.elapsed() * 1_000_000) / 1000
-        record.fetched_at = self._stamp()
-        return record
+    def _unanswered(self, item: Item, error: errors.FetchError | None) -> Record:
+        """The record of a URL that got no response (failed, refused or cancelled)."""
+        return Record(
+            url=item.raw,
+            error=_described(error),
+            attempts=item.attempts,
+            elapsed_ms=_elapsed_ms(item.deadline),
+            fetched_at=self._stamp(),
+            depth=item.depth,
+            parent=item.parent,
+        )
 
-    def _error_record(self, raw: str, error: errors.FetchError, item: Item | None) -> Record:
-        record = Record(url=raw, error={"kind": error.kind, "message": error.message})
-        if item is None:
-            self.stats.record(False, None, error.kind, 0)
-            record.fetched_at = self._stamp()
-        return record
+    def _invalid_record(self, raw: str, error: errors.InvalidURL) -> Record:
+        """An input line that is not a URL we can fetch: counted and stamped here."""
+        self.stats.record(False, None, error.kind, 0)
+        return Record(url=raw, error=_described(error), fetched_at=self._stamp())
 
     def _cancel(self, item: Item) -> None:
         """The run was interrupted before ``item`` finished. Without --state it gets a
@@ -697,7 +696,7 @@ class Engine:
         error = errors.Cancelled("the run was interrupted before this URL finished")
         self.stats.record(False, None, error.kind, 0)
         if self._state is None:
-            self._sink.put_nowait(self._stamped(self._error_record(item.raw, error, item), item))
+            self._sink.put_nowait(self._unanswered(item, error))
 
     # -- sitemaps ----------------------------------------------------------------------------
     def _spawn_sitemap(self, url: str, nesting: int) -> None:

@@ -34,7 +34,7 @@ _IPV4_RE: Final = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}", re.ASCII)
 # characters to quote, no fragment, no user info). Together with "no dot segment"
 # (checked apart), such a URL is built from its parts, as yarl's pre-encoded build, and
 # its keys are read off the same parts: the full parse would give exactly the same (a
-# differential test holds the two to it), at about a third of the cost. Groups: scheme,
+# differential test holds the two to it), at under half the cost. Groups: scheme,
 # netloc, host, port, path, query.
 _PLAIN_URL: Final = re.compile(
     r"(https?)://(([a-z0-9_.-]+)(?::([1-9][0-9]{0,4}))?)"
