@@ -145,6 +145,15 @@ Headers = Annotated[
     list[str] | None,
     typer.Option("-H", "--header", metavar="'NAME: VALUE'", help="Extra request header."),
 ]
+SecretHeaders = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--secret-header",
+        metavar="NAME",
+        help="A header (from -H) sent only to the origin of the URL or seed it was given "
+        "for, like Authorization, Cookie and Proxy-Authorization (repeatable).",
+    ),
+]
 UserAgent = Annotated[str | None, typer.Option("--user-agent", help="User-Agent header.")]
 
 
@@ -263,6 +272,7 @@ def fetch(
     max_bytes: MaxBytes = 10 * 1024 * 1024,
     queue_size: QueueSize = 1000,
     header: Headers = None,
+    secret_header: SecretHeaders = None,
     user_agent: UserAgent = None,
     method: Method = "GET",
     breaker_threshold: BreakerThreshold = 5,
@@ -366,6 +376,7 @@ def crawl(
     max_bytes: MaxBytes = 10 * 1024 * 1024,
     queue_size: QueueSize = 1000,
     header: Headers = None,
+    secret_header: SecretHeaders = None,
     user_agent: UserAgent = None,
     breaker_threshold: BreakerThreshold = 5,
     breaker_cooldown: BreakerCooldown = 30.0,
@@ -443,6 +454,7 @@ _SHARED: Final = (
     "max_bytes",
     "queue_size",
     "header",
+    "secret_header",
     "user_agent",
     "breaker_threshold",
     "breaker_cooldown",
@@ -716,6 +728,7 @@ def build_config(
     grace: float,
     block_private: bool = False,
     resolve: list[str] | None = None,
+    secret_header: list[str] | None = None,
     store: StoreConfig | None = None,
     crawl: CrawlConfig | None = None,
 ) -> RunConfig:
@@ -723,6 +736,10 @@ def build_config(
     from crawler.netpolicy import parse_resolve
 
     headers = tuple(parse_header(h) for h in header or ())
+    secrets = tuple(n.strip() for n in secret_header or ())
+    for name in secrets:
+        if not _HEADER_NAME.fullmatch(name):
+            raise UsageError(f"invalid --secret-header {name!r}: expected a header name")
     try:
         resolved = tuple(parse_resolve(r) for r in resolve or ())
     except ValueError as exc:
@@ -746,6 +763,7 @@ def build_config(
                 max_redirects=max_redirects,
                 max_bytes=max_bytes,
                 headers=headers,
+                secret_headers=secrets,
                 verify_tls=not insecure,
                 user_agent=user_agent or DEFAULT_USER_AGENT,
                 block_private=block_private,

@@ -103,6 +103,8 @@ class FetchConfig:
     max_redirects: int = 10
     max_bytes: int = 10 * 1024 * 1024
     headers: tuple[tuple[str, str], ...] = ()
+    # Names of more headers that go only to their origin, like Authorization (--secret-header).
+    secret_headers: tuple[str, ...] = ()
     user_agent: str = DEFAULT_USER_AGENT
     verify_tls: bool = True
     max_header_bytes: int = 16 * 1024

@@ -159,6 +159,9 @@ class Engine:
         self._warc: WarcArchive | None = None
         self._keep = KEEP_NONE
         self._follow: Callable[[URL], bool] | None = None
+        # Crawl mode with credentials (-H Authorization, --secret-header): the origins of
+        # the seeds, the only ones a discovered URL may send them to ("scheme://host:port").
+        self._seed_origins: set[str] | None = None
         # Set up in run(), inside the event loop.
         self.stats: Stats
         self._hosts: HostTable
@@ -206,6 +209,8 @@ class Engine:
             self._open_stores()
             async with make_session(config.fetch) as session:
                 self._fetcher = Fetcher(session, config.fetch)
+                if self._crawl is not None and self._fetcher.has_credentials:
+                    self._seed_origins = set()
                 self._setup_robots()
                 try:
                     await self._run_tasks()
@@ -310,7 +315,7 @@ class Engine:
         fetcher, timeout = self._fetcher, self._config.retry.timeout
 
         def fetch(url: URL) -> Awaitable[Response]:
-            return fetcher.fetch(url, timeout, KEEP_ALL)
+            return fetcher.fetch(url, timeout, KEEP_ALL, None, self._seed_origin(url))
 
         crawl.robots = RobotsCache(
             fetch, ttl=crawl.config.robots_ttl, clock=self._clock, on_new=self._on_robots
@@ -393,6 +398,8 @@ class Engine:
                         parsed.append((raw, url, host, fingerprint(key) if dedup else 0))
                         if crawl is not None:
                             crawl.scope.add_seed(url)  # done seeds too: they define the scope
+                            if self._seed_origins is not None:
+                                self._seed_origins.add(f"{url.scheme}://{host}")
                 if state is not None:
                     # One round trip to the state thread per batch, never per URL.
                     fresh = await state.claim([entry[3] for entry in parsed])
@@ -506,6 +513,12 @@ class Engine:
                 self._final(item, None, errors.RobotsDisallowed(reason))
                 return
         paced = self._hosts.paced
+        # Credentials go to an input URL's (a seed's) own origin, and in crawl mode to a
+        # discovered URL only on a seed's origin: decided once per URL, here.
+        origins = self._seed_origins
+        credentials = item.parent is None or (
+            origins is not None and f"{item.url.scheme}://{item.host_key}" in origins
+        )
         while True:
             delay = self._hosts.delay(host) if paced else 0.0
             if delay > 0:
@@ -541,6 +554,7 @@ class Engine:
                     budget,
                     self._keep,
                     self._follow if item.parent is not None else None,  # seeds: see below
+                    credentials,
                 )
             except errors.FetchError as exc:
                 error = exc
@@ -698,6 +712,11 @@ class Engine:
         if self._state is None:
             self._sink.put_nowait(self._unanswered(item, error))
 
+    def _seed_origin(self, url: URL) -> bool:
+        """Whether ``url`` (robots.txt, a sitemap) is on a seed's origin (credentials)."""
+        origins = self._seed_origins
+        return origins is not None and f"{url.scheme}://{host_key(url)}" in origins
+
     # -- sitemaps ----------------------------------------------------------------------------
     def _spawn_sitemap(self, url: str, nesting: int) -> None:
         crawl, tg = self._crawl, self._tg
@@ -713,7 +732,9 @@ class Engine:
         try:
             try:
                 target = parse_url(url)
-                resp = await self._fetcher.fetch(target, self._config.retry.timeout, KEEP_ALL)
+                resp = await self._fetcher.fetch(
+                    target, self._config.retry.timeout, KEEP_ALL, None, self._seed_origin(target)
+                )
             except errors.FetchError:
                 return
             if resp.status < 400 and resp.body:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from crawler.records import safe_text
+
 if TYPE_CHECKING:
     from crawler.fetcher import Response
 
@@ -46,6 +48,9 @@ class FetchError(CrawlerError):
     retryable: ClassVar[bool] = False
 
     def __init__(self, message: str, *, response: Response | None = None) -> None:
+        # Messages quote what servers sent (header values, reasons): make them valid UTF-8
+        # here, once, so every record can be encoded.
+        message = safe_text(message)
         super().__init__(message)
         self.message = message
         self.response = response  # what arrived before the failure, if anything

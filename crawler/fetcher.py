@@ -7,14 +7,17 @@ them, and the OS and TLS errors under them, into the contract's error kinds.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import ssl
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohttp
 from aiohttp import ClientTimeout, client_exceptions, http_exceptions
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest, ClientResponse
 from aiohttp.helpers import BaseTimerContext, TimerContext, TimerNoop
 from multidict import CIMultiDict
@@ -23,9 +26,18 @@ from yarl import URL
 from crawler import errors
 from crawler.config import FetchConfig
 from crawler.netpolicy import AddressPolicy, PolicyResolver
+from crawler.records import safe_text
+from crawler.urls import check_port
 
 _REDIRECTS: Final = frozenset((301, 302, 303, 307, 308))
-_SENSITIVE: Final = ("Authorization", "Cookie", "Proxy-Authorization")
+# Sent only to the origin they were given for (see Fetcher.fetch); --secret-header adds more.
+SENSITIVE: Final = frozenset(("authorization", "cookie", "proxy-authorization"))
+# Informational (1xx) responses accepted before the final one: a server that sends more
+# is broken or hostile (aiohttp would queue and skip them forever).
+MAX_INFORMATIONAL: Final = 5
+# Bodies in these encodings are decoded here (see _Decoder); aiohttp decodes no body.
+_DECODED: Final = frozenset(("gzip", "deflate"))
+_DECODE_STEP: Final = 1 << 20  # decoded bytes per zlib call: a bomb inflates piece by piece
 _NO_CEIL: Final = 1e9  # never let aiohttp round a timeout up to a whole second
 HTML_TYPES: Final = frozenset(("text/html", "application/xhtml+xml"))
 _NO_TIMER: Final = TimerNoop()
@@ -140,10 +152,22 @@ def map_exception(exc: BaseException, *, deadline_left: float) -> errors.FetchEr
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
-    text = str(exc).strip()
-    if isinstance(exc, OSError) and exc.strerror:
-        text = exc.strerror
-    text = text.splitlines()[0] if text else ""
+    if isinstance(exc, http_exceptions.HttpProcessingError | client_exceptions.ClientResponseError):
+        # str() of these is "400, message:" with the reason on the lines after it (the
+        # parser's description, the bytes it choked on, a ^ pointer): say what was wrong.
+        lines = [line.strip() for line in str(exc.message).splitlines()]
+        text = " ".join(line for line in lines if line.strip("^~ "))
+        if not text:
+            code = (
+                exc.status if isinstance(exc, client_exceptions.ClientResponseError) else exc.code
+            )
+            text = f"status {code}"
+    else:
+        text = str(exc).strip()
+        if isinstance(exc, OSError) and exc.strerror:
+            text = exc.strerror
+        text = text.splitlines()[0] if text else ""
+    text = safe_text(text)
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
@@ -154,7 +178,7 @@ def _exchange(method: str, resp: aiohttp.ClientResponse) -> Exchange:
         request_headers=list(resp.request_info.headers.items()),
         version=f"HTTP/{version.major}.{version.minor}" if version else "HTTP/1.1",
         status=resp.status,
-        reason=resp.reason or "",
+        reason=safe_text(resp.reason or ""),
         response_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers],
     )
 
@@ -169,11 +193,15 @@ def make_session(config: FetchConfig) -> aiohttp.ClientSession:
         ssl=config.verify_tls,
         resolver=PolicyResolver(policy) if policy.active else None,
     )
-    headers = CIMultiDict({"User-Agent": config.user_agent})
+    _bound_informational(connector)
+    # Only what _Decoder decodes is asked for (aiohttp would add br/zstd when installed).
+    headers = CIMultiDict({"User-Agent": config.user_agent, "Accept-Encoding": "gzip, deflate"})
+    sensitive = sensitive_names(config)
     for name, value in config.headers:
-        if name.lower() == "user-agent":
-            headers["User-Agent"] = value
-        elif name.title() not in _SENSITIVE:  # credentials go per request: see Fetcher
+        lower = name.lower()
+        if lower in ("user-agent", "accept-encoding"):
+            headers[name] = value
+        elif lower not in sensitive:  # credentials go per request: see Fetcher
             headers.add(name, value)
     return aiohttp.ClientSession(
         connector=connector,
@@ -181,9 +209,57 @@ def make_session(config: FetchConfig) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         max_line_size=config.max_header_bytes,
         max_field_size=config.max_header_bytes,
-        auto_decompress=True,
+        auto_decompress=False,  # _Decoder decodes, and sees a truncated stream
         trust_env=False,
     )
+
+
+def sensitive_names(config: FetchConfig) -> frozenset[str]:
+    """Lower-case names of the headers that go only to their origin."""
+    return SENSITIVE | {name.lower() for name in config.secret_headers}
+
+
+class _BoundedHandler(ResponseHandler):
+    """aiohttp's connection protocol, refusing a flood of informational responses.
+
+    aiohttp's ClientResponse.start() skips 1xx responses in a loop, forever, and the
+    protocol queues every one the parser finds in a read (thousands per read for a
+    server that sends nothing else): memory grows, and the loop never waits while the
+    queue is not empty, so the deadline's cancellation cannot land. After
+    MAX_INFORMATIONAL of them in a row the connection is closed with a protocol error."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.informational = 0
+
+    def feed_data(self, data: Any, size: int = 0) -> None:
+        code = data[0].code
+        if 100 <= code < 200 and code != 101:
+            self.informational += 1
+            if self.informational > MAX_INFORMATIONAL:
+                if self.informational == MAX_INFORMATIONAL + 1:
+                    self.set_exception(
+                        http_exceptions.HttpProcessingError(
+                            message=f"more than {MAX_INFORMATIONAL} informational (1xx) "
+                            "responses before the final one"
+                        )
+                    )
+                    if self.transport is not None:
+                        self.transport.close()
+                return
+        else:
+            self.informational = 0
+        super().feed_data(data, size)
+
+
+def _bound_informational(connector: aiohttp.BaseConnector) -> None:
+    """Make the connector build _BoundedHandler protocols. aiohttp has no public hook
+    for this: its protocol factory is the ``_factory`` attribute (aiohttp 1.x to 3.14);
+    if it is not there as expected, the connector is left as it is."""
+    factory = getattr(connector, "_factory", None)
+    if isinstance(factory, functools.partial) and factory.func is ResponseHandler:
+        bounded = functools.partial(_BoundedHandler, *factory.args, **factory.keywords)
+        setattr(connector, "_factory", bounded)  # noqa: B010 - a private attribute
 
 
 def address_policy(config: FetchConfig) -> AddressPolicy:
@@ -213,9 +289,10 @@ class Fetcher:
         self._connect_timeout = ClientTimeout(
             sock_connect=config.connect_timeout, ceil_threshold=_NO_CEIL
         )
-        # Credentials are sent only to the origin of the input URL, never after a
-        # redirect to another origin (curl and aiohttp behave the same way).
-        credentials = [(n, v) for n, v in config.headers if n.title() in _SENSITIVE]
+        # Credentials (sensitive headers) go only where the caller says, per URL (see
+        # fetch), never after a redirect to another origin (curl does the same).
+        sensitive = sensitive_names(config)
+        credentials = [(n, v) for n, v in config.headers if n.lower() in sensitive]
         self._credentials: CIMultiDict[str] | None = CIMultiDict(credentials) or None
         # The session's headers, with and without the credentials (_send only: a
         # session request merges them itself).
@@ -223,18 +300,26 @@ class Fetcher:
         self._headers_with_credentials = CIMultiDict(session.headers)
         self._headers_with_credentials.extend(credentials)
 
+    @property
+    def has_credentials(self) -> bool:
+        """Whether any sensitive header was given (else ``credentials`` changes nothing)."""
+        return self._credentials is not None
+
     async def fetch(
         self,
         url: URL,
         budget: float,
         keep: int = KEEP_NONE,
         follow: Callable[[URL], bool] | None = None,
+        credentials: bool = False,
     ) -> Response:
         """One attempt within ``budget`` seconds, redirects included. Raises FetchError.
 
         ``keep`` says which bodies to keep (KEEP_*). ``follow``, if given, vets every
         redirect target: a refused one ends the attempt with the redirect response itself
-        (crawl mode never follows a redirect out of its scope).
+        (crawl mode never follows a redirect out of its scope). ``credentials``: the
+        caller (the engine, once per URL) decided that ``url``'s origin may receive the
+        sensitive headers; they are sent there and to redirects within that origin only.
 
         Few coroutine frames on purpose: every resumption of a request passes through
         each frame of the await chain, so the hot path stays flat.
@@ -246,7 +331,7 @@ class Fetcher:
             loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         redirects: list[str] = []
-        credentials = self._credentials is not None
+        credentials = credentials and self._credentials is not None
         origin = url.origin() if credentials else None
         check = self._check
         direct = self._direct
@@ -276,6 +361,7 @@ class Fetcher:
                                 method,
                                 url,
                                 allow_redirects=False,
+                                auto_decompress=False,
                                 headers=self._credentials if credentials else None,
                                 timeout=ClientTimeout(
                                     total=left,
@@ -344,7 +430,7 @@ class Fetcher:
             protocol.set_response_params(
                 skip_payload=method == "HEAD",
                 read_until_eof=True,
-                auto_decompress=True,
+                auto_decompress=False,  # _Decoder decodes
                 max_line_size=self._config.max_header_bytes,
                 max_field_size=self._config.max_header_bytes,
             )
@@ -374,10 +460,13 @@ class Fetcher:
         a too_large record says how far it got)."""
         rh = resp.headers
         ctype = rh.get("Content-Type")
+        if ctype is not None:
+            # Header bytes that are not UTF-8 arrive as lone surrogates: make them text.
+            ctype = safe_text(ctype.partition(";")[0]).strip().lower()
         result = Response(  # positional: this runs once per URL
             resp.status,
             str(url),  # final_url
-            ctype.partition(";")[0].strip().lower() if ctype else None,  # content_type
+            ctype or None,  # content_type
             0,  # nbytes
             redirects,
             rh.get("Retry-After"),
@@ -391,14 +480,18 @@ class Fetcher:
             return result
         limit = self._config.max_bytes
         declared = resp.content_length
-        if declared is not None and declared > limit:
+        encoding = rh.get("Content-Encoding")
+        decoder = None
+        if encoding is not None:
+            encoding = encoding.strip().lower()
+            if encoding in _DECODED:  # aiohttp's choice: one known encoding, else as is
+                decoder = _Decoder(encoding)
+        if declared is not None and declared > limit and encoding in (None, "", "identity"):
             # Only an unencoded length is the body's size; a compressed one says nothing.
-            encoding = rh.get("Content-Encoding", "identity").strip().lower()
-            if encoding in ("", "identity"):
-                result.body = None
-                raise errors.TooLarge(
-                    f"Content-Length {declared} exceeds --max-bytes {limit}", response=result
-                )
+            result.body = None
+            raise errors.TooLarge(
+                f"Content-Length {declared} exceeds --max-bytes {limit}", response=result
+            )
         total = 0
         content = resp.content
         try:
@@ -408,12 +501,23 @@ class Fetcher:
                 chunk = content.read_nowait() or await content.readany()
                 if not chunk:
                     break
-                total += len(chunk)
-                if total > limit:
-                    result.body = None
-                    raise errors.TooLarge(f"body exceeds --max-bytes {limit}", response=result)
-                if chunks is not None:
-                    chunks.append(chunk)
+                if decoder is None:
+                    total += len(chunk)
+                    if total > limit:
+                        result.body = None
+                        raise errors.TooLarge(f"body exceeds --max-bytes {limit}", response=result)
+                    if chunks is not None:
+                        chunks.append(chunk)
+                    continue
+                for piece in decoder.feed(chunk, result):
+                    total += len(piece)
+                    if total > limit:
+                        result.body = None
+                        raise errors.TooLarge(f"body exceeds --max-bytes {limit}", response=result)
+                    if chunks is not None:
+                        chunks.append(piece)
+            if decoder is not None:
+                decoder.finish(result)
             if chunks is not None:
                 result.body = b"".join(chunks)
         finally:
@@ -422,10 +526,84 @@ class Fetcher:
 
     @staticmethod
     def _redirect_target(url: URL, location: str) -> URL:
+        if not location.isascii():
+            location = _quote_non_utf8(location)
         try:
             nxt = url.join(URL(location))
+            bad_port = check_port(location) if nxt.explicit_port is not None else None
         except Exception as exc:  # ValueError, or IndexError from yarl 1.25
             raise errors.ProtocolError(f"invalid redirect Location {location!r}") from exc
+        if bad_port is not None:
+            raise errors.ProtocolError(f"redirect to an invalid port: {bad_port} ({location!r})")
         if nxt.scheme not in ("http", "https") or not nxt.raw_host:
             raise errors.ProtocolError(f"redirect to unsupported URL {location!r}")
         return nxt.with_fragment(None) if nxt.raw_fragment else nxt
+
+
+def _quote_non_utf8(text: str) -> str:
+    """A header value with bytes that are not UTF-8 (lone surrogates, from aiohttp's
+    ``surrogateescape``) with each such byte percent-encoded: yarl would drop them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return text  # an IRI: yarl encodes it (the host as IDNA)
+    out = []
+    for char in text:
+        if "\udc80" <= char <= "\udcff":
+            out.append(f"%{ord(char) - 0xDC00:02X}")
+        elif "\ud800" <= char <= "\udfff":
+            out.append("%EF%BF%BD")  # not from a byte: U+FFFD
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+class _Decoder:
+    """Decodes a gzip or deflate body. Done here, not by aiohttp, because aiohttp takes a
+    gzip stream cut short (with a Content-Length that matches what was sent) for a
+    whole one: here an unfinished stream is a protocol error. Concatenated members are
+    decoded one after another, as aiohttp and gzip do; NUL padding after the last one is
+    ignored, other trailing bytes are an error."""
+
+    __slots__ = ("_encoding", "_members", "_zlib")
+
+    def __init__(self, encoding: str) -> None:
+        self._encoding = encoding
+        self._zlib: Any = None  # the member being decoded
+        self._members = 0  # members decoded to their end
+
+    def feed(self, data: bytes, response: Response) -> Iterator[bytes]:
+        """The decoded bytes of ``data``, at most _DECODE_STEP at a time."""
+        try:
+            while data:
+                d = self._zlib
+                if d is None:
+                    if self._members and not data.strip(b"\0"):
+                        return
+                    # deflate: zlib-wrapped, as RFC 9110 says, or raw (common too).
+                    raw = data[0] & 0x0F != 8
+                    wbits = 31 if self._encoding == "gzip" else -15 if raw else 15
+                    d = self._zlib = zlib.decompressobj(wbits)
+                piece = d.decompress(data, _DECODE_STEP)
+                if d.eof:
+                    data = d.unused_data
+                    self._zlib = None
+                    self._members += 1
+                else:
+                    data = d.unconsumed_tail
+                if piece:
+                    yield piece
+        except zlib.error as exc:
+            raise errors.ProtocolError(
+                f"cannot decode the {self._encoding} body: {exc}", response=response
+            ) from None
+
+    def finish(self, response: Response) -> None:
+        if self._zlib is not None:
+            response.body = None
+            raise errors.ProtocolError(
+                f"truncated {self._encoding} body: the compressed stream ends early",
+                response=response,
+            )

@@ -20,12 +20,66 @@ from crawler.errors import Blocked
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+# Not globally routable, yet ``is_global`` says they are (Python 3.11): IETF protocol
+# assignments, the deprecated 6to4 relay anycast and IPv6 site-local ranges, local-use
+# NAT64, IPv4-compatible IPv6 (::a.b.c.d). Multicast is refused apart (``is_multicast``).
+_NOT_GLOBAL: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "192.0.0.0/24",
+        "192.88.99.0/24",
+        "fec0::/10",
+        "64:ff9b:1::/48",
+        "::/96",
+    )
+)
+_NAT64: ipaddress.IPv6Network = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for, if any: IPv4-mapped (::ffff:a.b.c.d),
+    6to4 (2002::/16), NAT64 (64:ff9b::/96) and Teredo (2001::/32, its client)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    return None
+
+
+def _not_global(ip: IPAddress) -> bool:
+    return (
+        not ip.is_global
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or ip.is_link_local
+        or ip.is_loopback
+        or any(ip.version == net.version and ip in net for net in _NOT_GLOBAL)
+    )
+
+
+def unroutable(ip: IPAddress) -> bool:
+    """True for every address that is not globally routable, an IPv6 form of such an
+    IPv4 address included (``--block-private`` refuses them all)."""
+    if _not_global(ip):
+        return True
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = embedded_ipv4(ip)
+        return inner is not None and _not_global(inner)
+    return False
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AddressPolicy:
-    """``block_private`` refuses loopback, private, link-local, multicast, reserved and
-    unspecified addresses. ``allow_only`` (networks, used by the tests) refuses every
-    address outside them. ``resolve`` maps host names (``*`` = any) to fixed addresses."""
+    """``block_private`` refuses every address that is not globally routable (see
+    ``unroutable``: loopback, private, shared (100.64/10), link-local, multicast, reserved,
+    unspecified, and their IPv4-mapped, 6to4, NAT64 and Teredo forms). ``allow_only``
+    (networks, used by the tests) refuses every address outside them. ``resolve`` maps
+    host names (``*`` = any) to fixed addresses."""
 
     block_private: bool = False
     allow_only: tuple[str, ...] = ()
@@ -41,21 +95,14 @@ class AddressPolicy:
             ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
             return f"{address!r} is not an IP address"
+        if self.block_private and unroutable(ip):
+            return f"{ip} is not a globally routable address"
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         if self.allow_only and not any(
             ip in ipaddress.ip_network(net, strict=False) for net in self.allow_only
         ):
             return f"{ip} is outside the allowed networks"
-        if self.block_private and (
-            ip.is_private
-            or ip.is_loopback
-            or ip.is_link_local
-            or ip.is_multicast
-            or ip.is_reserved
-            or ip.is_unspecified
-        ):
-            return f"{ip} is a private, loopback, link-local or reserved address"
         return None
 
     def check_url(self, url: URL) -> None:

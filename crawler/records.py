@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -32,6 +33,33 @@ class Record:
     sha256: str | None = None  # --save-dir: the body's SHA-256 (hex)
 
 
+def safe_text(text: str) -> str:
+    """``text`` as valid UTF-8. aiohttp decodes header bytes that are not UTF-8 as lone
+    surrogates (``surrogateescape``), which no UTF-8 encoder accepts: each such byte
+    becomes ``\\xNN``; any other lone surrogate becomes U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "replace")
+        return raw.decode("utf-8", "backslashreplace")
+    return text
+
+
+def _safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, dict):
+        return {safe_text(k): _safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_safe(v) for v in value]
+    return value
+
+
 def encode(record: Record) -> bytes:
     """One JSON line, newline included.
 
@@ -39,26 +67,29 @@ def encode(record: Record) -> bytes:
     attribute lookup per field (~1.2 us); a dict literal is half that, and this runs
     once per URL. tests/test_stats_records.py holds the two encodings equal."""
     r = record
-    return orjson.dumps(
-        {
-            "url": r.url,
-            "final_url": r.final_url,
-            "status": r.status,
-            "ok": r.ok,
-            "error": r.error,
-            "attempts": r.attempts,
-            "elapsed_ms": r.elapsed_ms,
-            "bytes": r.bytes,
-            "content_type": r.content_type,
-            "redirects": r.redirects,
-            "fetched_at": r.fetched_at,
-            "depth": r.depth,
-            "parent": r.parent,
-            "body_path": r.body_path,
-            "sha256": r.sha256,
-        },
-        option=_ENCODE_OPTS,
-    )
+    fields = {
+        "url": r.url,
+        "final_url": r.final_url,
+        "status": r.status,
+        "ok": r.ok,
+        "error": r.error,
+        "attempts": r.attempts,
+        "elapsed_ms": r.elapsed_ms,
+        "bytes": r.bytes,
+        "content_type": r.content_type,
+        "redirects": r.redirects,
+        "fetched_at": r.fetched_at,
+        "depth": r.depth,
+        "parent": r.parent,
+        "body_path": r.body_path,
+        "sha256": r.sha256,
+    }
+    try:
+        return orjson.dumps(fields, option=_ENCODE_OPTS)
+    except orjson.JSONEncodeError:
+        # A string that is not valid UTF-8 (a header byte that slipped past the fetcher's
+        # own decoding): one bad value must not end the run, so encode it safely.
+        return orjson.dumps(_safe(fields), option=_ENCODE_OPTS)
 
 
 class UTCStamp:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from typing import Final
+from urllib.parse import urlsplit
 
 from yarl import URL
 
@@ -111,7 +112,7 @@ def _parse_any(text: str) -> URL:
     try:
         url = URL(text)
         host = url.raw_host
-        port = url.port
+        port = url.explicit_port
     except Exception as exc:  # noqa: BLE001 - ValueError mostly; yarl 1.25 also raises
         # IndexError ("http://[::1]@"). Whatever the parser trips on, the line is invalid.
         raise InvalidURL(f"cannot parse URL: {exc or type(exc).__name__}") from None
@@ -127,9 +128,34 @@ def _parse_any(text: str) -> URL:
         # 127.1, 2130706433, 0x7f.0.0.1: legacy forms that resolvers map onto
         # addresses nobody wrote down. Refused, as WHATWG URL parsers and aiohttp do.
         raise InvalidURL(f"{host!r} is not a canonical IPv4 address")
-    if port == 0:
-        raise InvalidURL("port 0 is not a valid port")
+    if port is not None:
+        bad = check_port(text)
+        if bad is not None:
+            raise InvalidURL(bad)
     return url
+
+
+def check_port(text: str) -> str | None:
+    """Why the port written in URL ``text`` (absolute or scheme-relative) is not valid,
+    or None. yarl reads the port with ``int()``, which takes ``+80``, ``8_0``, `` 80``
+    and non-ASCII digits: a port is ASCII digits only (leading zeros allowed, as WHATWG
+    URL parsers do), 1 to 65535. Called only for URLs that have an explicit port."""
+    try:
+        netloc = urlsplit(text).netloc
+    except ValueError as exc:
+        return f"cannot parse URL: {exc}"
+    hostport = netloc.rpartition("@")[2]
+    if hostport.startswith("["):
+        port = hostport.partition("]")[2].removeprefix(":")
+    else:
+        port = hostport.rpartition(":")[2] if ":" in hostport else ""
+    if not port:
+        return None
+    if not (port.isascii() and port.isdigit()):
+        return f"invalid port {port!r}"
+    if not 0 < int(port) <= 65_535:
+        return f"port {int(port)} is not a valid port"
+    return None
 
 
 def _host_ok(host: str) -> bool:

@@ -126,10 +126,11 @@ async def fault() -> AsyncIterator[FaultServer]:
 
 # -- helpers ----------------------------------------------------------------------------------
 async def fetch(url: str, budget: float = 5.0, **config: Any) -> Response:
-    """One attempt through a fresh session, as the engine makes it."""
+    """One attempt through a fresh session, as the engine makes it for an input URL
+    (whose origin may receive the credentials)."""
     cfg = FetchConfig(**config)
     async with make_session(cfg) as session:
-        return await Fetcher(session, cfg).fetch(URL(url, encoded=True), budget)
+        return await Fetcher(session, cfg).fetch(URL(url, encoded=True), budget, credentials=True)
 
 
 async def failure(url: str, budget: float = 5.0, **config: Any) -> tuple[errors.FetchError, float]:
