@@ -178,9 +178,22 @@ def _exchange(method: str, resp: aiohttp.ClientResponse) -> Exchange:
         request_headers=list(resp.request_info.headers.items()),
         version=f"HTTP/{version.major}.{version.minor}" if version else "HTTP/1.1",
         status=resp.status,
-        reason=safe_text(resp.reason or ""),
-        response_headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers],
+        # A WARC status line is ASCII: other bytes of the reason are written as \\xNN.
+        reason=_ascii(resp.reason or ""),
+        # warcio writes ASCII header blocks only (its fallback percent-encodes some
+        # values, and fails on others): bytes outside ASCII are written as \\xNN.
+        response_headers=[(_ascii_bytes(k), _ascii_bytes(v)) for k, v in resp.raw_headers],
     )
+
+
+def _ascii_bytes(raw: bytes) -> str:
+    return raw.decode("ascii") if raw.isascii() else raw.decode("ascii", "backslashreplace")
+
+
+def _ascii(text: str) -> str:
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
 
 
 def make_session(config: FetchConfig) -> aiohttp.ClientSession:

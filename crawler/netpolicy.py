@@ -37,16 +37,14 @@ _NAT64: ipaddress.IPv6Network = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address stands for, if any: IPv4-mapped (::ffff:a.b.c.d),
-    6to4 (2002::/16), NAT64 (64:ff9b::/96) and Teredo (2001::/32, its client)."""
+    """The IPv4 address an IPv6 address stands for: IPv4-mapped (::ffff:a.b.c.d), 6to4
+    (2002::/16) or NAT64 (64:ff9b::/96); None for any other."""
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     if ip.sixtofour is not None:
         return ip.sixtofour
     if ip in _NAT64:
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    if ip.teredo is not None:
-        return ip.teredo[1]
     return None
 
 
@@ -65,12 +63,13 @@ def _not_global(ip: IPAddress) -> bool:
 def unroutable(ip: IPAddress) -> bool:
     """True for every address that is not globally routable, an IPv6 form of such an
     IPv4 address included (``--block-private`` refuses them all)."""
-    if _not_global(ip):
-        return True
     if isinstance(ip, ipaddress.IPv6Address):
         inner = embedded_ipv4(ip)
-        return inner is not None and _not_global(inner)
-    return False
+        if inner is not None:  # it reaches that IPv4 address (Python calls 64:ff9b:: reserved)
+            return _not_global(inner)
+        if ip.teredo is not None:  # a Teredo client: refused if its IPv4 address is
+            return _not_global(ip) or _not_global(ip.teredo[1])
+    return _not_global(ip)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
