@@ -476,13 +476,17 @@ class Fetcher:
         if ctype is not None:
             # Header bytes that are not UTF-8 arrive as lone surrogates: make them text.
             ctype = safe_text(ctype.partition(";")[0]).strip().lower()
+        retry_after = rh.get("Retry-After")
+        if retry_after is not None and not retry_after.isascii():
+            # "²".isdigit() holds, float("²") fails: only ASCII can be a delay or a date.
+            retry_after = None
         result = Response(  # positional: this runs once per URL
             resp.status,
             str(url),  # final_url
             ctype or None,  # content_type
             0,  # nbytes
             redirects,
-            rh.get("Retry-After"),
+            retry_after,
         )
         chunks: list[bytes] | None = None
         if keep and (keep == KEEP_ALL or result.content_type in HTML_TYPES):

@@ -369,3 +369,21 @@ def test_block_private_refuses_what_is_not_globally_routable(address: str) -> No
 @pytest.mark.parametrize("address", ALLOWED)
 def test_block_private_lets_global_addresses_through(address: str) -> None:
     assert AddressPolicy(block_private=True).refusal(address) is None
+
+
+async def test_a_retry_after_in_odd_digits_ends_only_its_own_url(tmp_path: Path) -> None:
+    # "²" (sent as UTF-8) passed str.isdigit() and then failed float(): the exception left
+    # the worker and ended the whole run.
+    from tests.conftest import run_engine
+
+    routes: dict[str, bytes | Handler] = {
+        "/busy": whole("503 Service Unavailable", b"", "Retry-After: \u00b2".encode()),
+        "/ok": whole("200 OK", b"ok"),
+    }
+    async with RawServer(routes) as srv:
+        urls = [srv.url("/busy"), srv.url("/ok")]
+        _, records = await run_engine(tmp_path, urls, retries=1, timeout=20.0)
+    by_url = {r["url"]: r for r in records}
+    assert set(by_url) == set(urls)
+    assert by_url[urls[0]]["error"]["kind"] == "http" and by_url[urls[0]]["attempts"] == 2
+    assert by_url[urls[1]]["ok"] is True
