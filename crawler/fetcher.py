@@ -36,7 +36,7 @@ SENSITIVE: Final = frozenset(("authorization", "cookie", "proxy-authorization"))
 # is broken or hostile (aiohttp would queue and skip them forever).
 MAX_INFORMATIONAL: Final = 5
 # Bodies in these encodings are decoded here (see _Decoder); aiohttp decodes no body.
-_DECODED: Final = frozenset(("gzip", "deflate"))
+DECODED: Final = frozenset(("gzip", "deflate"))  # the WARC writer may key on it too
 _DECODE_STEP: Final = 1 << 20  # decoded bytes per zlib call: a bomb inflates piece by piece
 _NO_CEIL: Final = 1e9  # never let aiohttp round a timeout up to a whole second
 HTML_TYPES: Final = frozenset(("text/html", "application/xhtml+xml"))
@@ -501,7 +501,7 @@ class Fetcher:
         decoder = None
         if encoding is not None:
             encoding = encoding.strip().lower()
-            if encoding in _DECODED:  # aiohttp's choice: one known encoding, else as is
+            if encoding in DECODED:  # aiohttp's choice: one known encoding, else as is
                 decoder = _Decoder(encoding)
         if declared is not None and declared > limit and encoding in (None, "", "identity"):
             # Only an unencoded length is the body's size; a compressed one says nothing.
