@@ -102,7 +102,10 @@ async def servers() -> AsyncIterator[Servers]:
     srv = Servers(Origin("A"), Origin("B"), Origin("C"), Origin("T"))
     runners: list[web.AppRunner] = []
     try:
-        plan = [(srv.a, "127.0.0.1", None), (srv.b, "127.0.0.1", None)]
+        plan: list[tuple[Origin, str, ssl.SSLContext | None]] = [
+            (srv.a, "127.0.0.1", None),
+            (srv.b, "127.0.0.1", None),
+        ]
         plan += [(srv.c, "127.0.0.2", None), (srv.t, "127.0.0.1", ctx)]
         for origin, host, tls in plan:
             runner = web.AppRunner(_app(origin, srv), access_log=None)

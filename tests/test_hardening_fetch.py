@@ -129,6 +129,37 @@ def test_record_encoder_survives_any_header_bytes(
     orjson.dumps(error.message)  # messages are made safe when the error is built
 
 
+_HEADER_BYTES = st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+
+
+async def _record_for(status: bytes, ctype: bytes, location: bytes) -> bytes:
+    """One fetch from a server answering with these bytes, made into a record the way the
+    engine makes one (final URL, content type, redirects, error message), encoded."""
+    raw = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nLocation: %s\r\n" % (status, ctype, location)
+    raw += b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+    async with RawServer({"/x": raw}) as srv:
+        record = Record(url=srv.url("/x"))
+        try:
+            resp = await fetch(srv.url("/x"), max_redirects=0)
+        except errors.FetchError as exc:
+            record.error = {"kind": exc.kind, "message": exc.message}
+            resp = exc.response  # type: ignore[assignment]
+        if resp is not None:
+            record.final_url, record.status = resp.final_url, resp.status
+            record.content_type, record.redirects = resp.content_type, resp.redirects
+    return encode(record)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([b"200 OK", b"302 Found", b"301 \xff\xfe"]), _HEADER_BYTES, _HEADER_BYTES)
+def test_any_header_bytes_from_a_server_make_a_record(
+    status: bytes, ctype: bytes, location: bytes
+) -> None:
+    line = asyncio.run(_record_for(status, ctype, location))
+    record = orjson.loads(line)
+    assert record["status"] is not None or record["error"]["kind"] == "protocol"
+
+
 async def _cli(*args: str, stdin: bytes, timeout: float = 60) -> tuple[int, bytes, bytes]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
