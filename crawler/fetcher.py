@@ -229,8 +229,13 @@ class Fetcher:
         budget: float,
         keep: int = KEEP_NONE,
         follow: Callable[[URL], bool] | None = None,
+        *,
+        cap: int | None = None,
     ) -> Response:
         """One attempt within ``budget`` seconds, redirects included. Raises FetchError.
+
+        ``cap``, if given, replaces --max-bytes with a cut: the body is read up to ``cap``
+        bytes and kept that far, not refused (robots.txt: RFC 9309 reads its first 500 KiB).
 
         ``keep`` says which bodies to keep (KEEP_*). ``follow``, if given, vets every
         redirect target: a refused one ends the attempt with the redirect response itself
@@ -294,7 +299,7 @@ class Fetcher:
                                     location = None
                             if location is None:
                                 return await self._final_response(
-                                    resp, url, method, redirects, keep
+                                    resp, url, method, redirects, keep, cap
                                 )
                         finally:
                             resp.release()
@@ -367,7 +372,13 @@ class Fetcher:
             return resp
 
     async def _final_response(
-        self, resp: ClientResponse, url: URL, method: str, redirects: list[str], keep: int
+        self,
+        resp: ClientResponse,
+        url: URL,
+        method: str,
+        redirects: list[str],
+        keep: int,
+        cap: int | None = None,
     ) -> Response:
         """The attempt's Response: the head, and the body read to the end and counted
         (kept too if asked), stopping once it passes max_bytes (decompressed bytes count;
@@ -389,9 +400,9 @@ class Fetcher:
             chunks = []
         if method == "HEAD":
             return result
-        limit = self._config.max_bytes
+        limit = self._config.max_bytes if cap is None else cap
         declared = resp.content_length
-        if declared is not None and declared > limit:
+        if declared is not None and declared > limit and cap is None:
             # Only an unencoded length is the body's size; a compressed one says nothing.
             encoding = rh.get("Content-Encoding", "identity").strip().lower()
             if encoding in ("", "identity"):
@@ -410,6 +421,11 @@ class Fetcher:
                     break
                 total += len(chunk)
                 if total > limit:
+                    if cap is not None:  # keep the first cap bytes; the rest is not read
+                        if chunks is not None:
+                            chunks.append(chunk[: len(chunk) - (total - limit)])
+                        total = limit
+                        break
                     result.body = None
                     raise errors.TooLarge(f"body exceeds --max-bytes {limit}", response=result)
                 if chunks is not None:
