@@ -29,6 +29,7 @@ from crawler.fetcher import Response
 ROBOTS_MAX_BYTES: Final = 512 * 1024  # Google reads the first 500 KiB
 _ERROR_TTL: Final = 300.0
 _INLINE_PARSE_CHARS: Final = 32 * 1024
+_MAX_HELD_BYTES: Final = 64 * 1024 * 1024  # of robots.txt text behind the cached rules
 
 
 @dataclass(slots=True)
@@ -37,6 +38,7 @@ class Rules:
     disallow_all: str | None = None  # why the whole origin is off limits
     expires: float = 0.0
     sitemaps: list[str] = field(default_factory=list)
+    size: int = 0  # bytes of robots.txt parsed (what the cache holds on to)
 
     def allows(self, url: str, user_agent: str) -> bool:
         if self.disallow_all is not None:
@@ -70,6 +72,7 @@ class RobotsCache:
         self._clock = clock
         self._on_new = on_new  # called once per fetched robots.txt (crawl-delay, sitemaps)
         self._rules: dict[str, Rules] = {}
+        self._held = 0  # sum of their sizes
         self._inflight: dict[str, asyncio.Future[Rules | None]] = {}
         self.fetched = 0
 
@@ -95,11 +98,25 @@ class RobotsCache:
             raise
         finally:
             del self._inflight[origin]
+        old = self._rules.pop(origin, None)  # expired: its place moves to the newest end
+        if old is not None:
+            self._held -= old.size
         self._rules[origin] = rules
+        self._held += rules.size
+        if self._held > _MAX_HELD_BYTES:
+            self._evict()
         fut.set_result(rules)
         if self._on_new is not None:
             self._on_new(origin, rules)
         return rules
+
+    def _evict(self) -> None:
+        """Forget the oldest origins' rules until the cache is within its bound (they are
+        fetched again if needed): a crawl of many hosts (--scope domain, each subdomain
+        its own origin, each robots.txt up to 512 KiB) must not keep them all."""
+        rules = self._rules
+        while self._held > _MAX_HELD_BYTES // 2 and rules:
+            self._held -= rules.pop(next(iter(rules))).size
 
     async def _load(self, origin: str) -> Rules:
         self.fetched += 1
@@ -129,4 +146,6 @@ class RobotsCache:
                 parser = Protego.parse(text)
         except Exception:  # noqa: BLE001 - an unreadable robots.txt says nothing: allowed
             return Rules(None, expires=now + self._ttl)
-        return Rules(parser, expires=now + self._ttl, sitemaps=list(parser.sitemaps))
+        return Rules(
+            parser, expires=now + self._ttl, sitemaps=list(parser.sitemaps), size=len(text)
+        )
