@@ -1,6 +1,7 @@
 """Crawl mode: what the pipeline adds to follow links.
 
-    worker: page fetched -> links extracted (selectolax; big pages in a child process)
+    worker: page fetched -> links extracted (selectolax; big or deep pages in a child
+           process, killed past its deadline: crawler/parser.py)
         -> admit: parse, scope, depth, --max-pages, dedup (all synchronous, no wait)
         -> LinkQueue (memory, spills to disk) -> feeder -> Frontier (bounded; the feeder
            waits there, never a worker)
@@ -8,7 +9,8 @@
 The run ends when the feeder finds no link queued, the frontier idle (nothing queued, in
 flight or waiting for a retry) and no sitemap being read: nothing can discover a link any
 more. robots.txt comes from RobotsCache (once per origin); its Crawl-delay becomes the
-host's pacer, its Sitemap: lines (with --sitemaps) more seeds.
+host's pacer, its Sitemap: lines (with --sitemaps) more seeds, read a step at a time in
+another child (crawler/sitemaps.py).
 """
 
 from __future__ import annotations
