@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from yarl import URL
 
@@ -236,18 +237,25 @@ async def test_parser_child_dies_with_a_killed_crawl(tmp_path: Path) -> None:
 # -- item 3: sitemaps, incrementally, off the loop, killable ------------------------------------
 
 
-async def test_sitemap_with_a_50_mib_comment_does_not_outlive_max_time(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", ["max-time", "sigint-twice"])
+async def test_sitemap_with_a_50_mib_comment_ends_when_asked(tmp_path: Path, stop: str) -> None:
     # expat fed 16 KiB at a time re-scans the unfinished comment each time: 169 s, with
-    # SIGINT and --max-time waiting for it.
+    # --max-time and SIGINT waiting for it (and a traceback at the second SIGINT).
     bomb = gzip.compress(b"<urlset><!--" + b"x" * (50 << 20) + b"--></urlset>", 1)
-    async with serve({"/sitemap.xml.gz": blob(bomb, "application/gzip")}) as url:
+    served = asyncio.Event()
+
+    async def sitemap(request: web.Request) -> web.Response:
+        served.set()
+        return web.Response(body=bomb, content_type="application/gzip")
+
+    async with serve({"/sitemap.xml.gz": sitemap}) as url:
+        limit = ["--max-time", "2"] if stop == "max-time" else []
         proc = await asyncio.create_subprocess_exec(
             *CRAWLER,
             "crawl",
             "--sitemap",
             url("/sitemap.xml.gz"),
-            "--max-time",
-            "2",
+            *limit,
             "-o",
             str(tmp_path / "out.jsonl"),
             stdout=subprocess.DEVNULL,
@@ -255,12 +263,21 @@ async def test_sitemap_with_a_50_mib_comment_does_not_outlive_max_time(tmp_path:
             env=ENV,
         )
         try:
+            if stop == "sigint-twice":
+                # Once the sitemap reached its parser (a child of the crawl).
+                await asyncio.wait_for(served.wait(), 30)
+                deadline = time.monotonic() + 30
+                while not {c for c in _children(proc.pid) if _alive(c)}:
+                    assert time.monotonic() < deadline, "the sitemap was never parsed"
+                    await asyncio.sleep(0.05)
+                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGINT)
             _, err = await asyncio.wait_for(proc.communicate(), 60)
         finally:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-    assert proc.returncode == 0
+    assert proc.returncode == (0 if stop == "max-time" else 130)
     assert_no_traceback(err)
 
 
