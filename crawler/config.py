@@ -157,6 +157,7 @@ class CrawlConfig:
     sitemap_urls: tuple[str, ...] = ()
     robots_ttl: float = 24 * 3600.0
     parse_inline_bytes: int = 64 * 1024  # bigger pages are parsed in a child process
+    parse_timeout: float = 5.0  # seconds for one page (or sitemap step) in that child
 
     def __post_init__(self) -> None:
         if self.scope not in ("host", "domain", "prefix"):
@@ -167,6 +168,7 @@ class CrawlConfig:
             _positive("max_pages", self.max_pages)
         if self.max_time is not None:
             _positive("max_time", self.max_time)
+        _positive("parse_timeout", self.parse_timeout)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,6 +1,7 @@
 """Crawl mode: what the pipeline adds to follow links.
 
-    worker: page fetched -> links extracted (selectolax; big pages in a child process)
+    worker: page fetched -> links extracted (selectolax; big or deep pages in a child
+           process, killed past its deadline: crawler/parser.py)
         -> admit: parse, scope, depth, --max-pages, dedup (all synchronous, no wait)
         -> LinkQueue (memory, spills to disk) -> feeder -> Frontier (bounded; the feeder
            waits there, never a worker)
@@ -8,35 +9,43 @@
 The run ends when the feeder finds no link queued, the frontier idle (nothing queued, in
 flight or waiting for a retry) and no sitemap being read: nothing can discover a link any
 more. robots.txt comes from RobotsCache (once per origin); its Crawl-delay becomes the
-host's pacer, its Sitemap: lines (with --sitemaps) more seeds.
+host's pacer, its Sitemap: lines (with --sitemaps) more seeds, read a step at a time in
+another child (crawler/sitemaps.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import io
-import multiprocessing
-import zlib
 from collections.abc import Callable
-from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Final
-from xml.etree.ElementTree import ParseError
 
-from defusedxml.ElementTree import iterparse
-
+from crawler import sitemaps
 from crawler.config import CrawlConfig
 from crawler.dedup import FingerprintSet
 from crawler.linkqueue import Link, LinkQueue
-from crawler.links import Candidate, Found, find, ignore_sigint, parse_candidates
+from crawler.links import Candidate, Found, find
+from crawler.parser import ParserProcess
 from crawler.robots import RobotsCache
 from crawler.scope import Scope
+from crawler.sitemaps import parse_sitemap as parse_sitemap  # re-exported for tests
 
-_SITEMAP_MAX_BYTES: Final = 50 * 1024 * 1024  # the sitemap protocol's own limit, unzipped
 _SITEMAP_MAX_NESTING: Final = 4
 _SITEMAP_MAX_FILES: Final = 10_000
+# Sitemaps fetched (their bodies held) at once; they are parsed one at a time.
+_SITEMAP_FETCHES: Final = 4
+_SITEMAP_BATCH: Final = 2_000  # URLs per step of a sitemap: admitting them is one loop turn
 
-_BIG_PAGE_WORKERS: Final = 1
+# A page parsed inline blocks the loop while lexbor runs; lexbor is quadratic in the
+# nesting depth (16k nested <ul> take 0.36 s), and the depth is at most the number of
+# opening tags. A page with more than this many parses in the child, within its deadline
+# (4096 nested levels: ~25 ms).
+_INLINE_MAX_OPEN_TAGS: Final = 4096
+
+
+def _shallow(body: bytes) -> bool:
+    """Cheap (two memchr-speed scans): can this page not be nested deep enough to matter?"""
+    return body.count(b"<") - body.count(b"</") <= _INLINE_MAX_OPEN_TAGS
 
 
 class Crawl:
@@ -52,10 +61,13 @@ class Crawl:
         self.sitemap_errors = 0
         self.parse_errors = 0  # pages whose links could not be read
         self.wake = asyncio.Event()  # a link was queued, or the frontier went idle
-        self._parse_pool = ThreadPoolExecutor(1, thread_name_prefix="crawler-sitemaps")
-        # Big pages are parsed in a child process: a thread would hold the GIL for most of
-        # the parse, and the event loop would wait for it at every syscall.
-        self._big_pages: ProcessPoolExecutor | None = None
+        # Pages over parse_inline_bytes and sitemaps are parsed in child processes, each
+        # call within config.parse_timeout (see crawler/parser.py): lexbor and expat can
+        # be made to run for minutes, and a C call cannot be cancelled, only killed.
+        self._pages = ParserProcess(config.parse_timeout)
+        self._sitemaps = ParserProcess(config.parse_timeout)
+        self._sitemap_turn = asyncio.Lock()  # the child reads one sitemap at a time
+        self.sitemap_fetches = asyncio.Semaphore(_SITEMAP_FETCHES)
         self._sitemaps_seen: set[str] = set()
 
     @property
@@ -72,19 +84,15 @@ class Crawl:
         return True
 
     async def page_links(self, page_url: str, body: bytes) -> Found:
-        """Links of an HTML body; a big body is parsed in a child process."""
+        """Links of an HTML body; a big (or possibly deeply nested) one is parsed in the
+        child. Raises ParserError if the child takes too long or dies: the page then has
+        no links (and counts as a parse error)."""
         config = self.config
-        if len(body) <= config.parse_inline_bytes:
+        if len(body) <= config.parse_inline_bytes and _shallow(body):
             found = find(
                 page_url, body, self.scope, assets=config.assets, obey_robots=config.obey_robots
             )
         else:
-            if self._big_pages is None:
-                self._big_pages = ProcessPoolExecutor(
-                    _BIG_PAGE_WORKERS,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=ignore_sigint,
-                )
             call = functools.partial(
                 find,
                 page_url,
@@ -93,13 +101,7 @@ class Crawl:
                 assets=config.assets,
                 obey_robots=config.obey_robots,
             )
-            try:
-                found = await asyncio.get_running_loop().run_in_executor(self._big_pages, call)
-            except BrokenExecutor:
-                # The parser process died (killed, out of memory): a new one next time;
-                # this page is parsed here.
-                self._big_pages = None
-                found = call()
+            found = await self._pages.call(call)
         self.found += found.total
         return found
 
@@ -131,10 +133,10 @@ class Crawl:
             self.queue.push(link)
 
     def close(self) -> None:
+        """Never waits for a parser: a child still parsing is killed."""
         self.queue.close()
-        self._parse_pool.shutdown(wait=False, cancel_futures=True)
-        if self._big_pages is not None:
-            self._big_pages.shutdown(wait=True, cancel_futures=True)
+        self._pages.close()
+        self._sitemaps.close()
 
     # -- sitemaps ------------------------------------------------------------------------
     def new_sitemaps(self, urls: list[str]) -> list[str]:
@@ -153,38 +155,22 @@ class Crawl:
         nesting: int,
         spawn: Callable[[str, int], None],
     ) -> None:
-        """Index files spawn reads of their sitemaps; URL sets become seeds (depth 0)."""
-        loop = asyncio.get_running_loop()
-        is_index, locs = await loop.run_in_executor(self._parse_pool, parse_sitemap, body)
-        if is_index:
-            if nesting < _SITEMAP_MAX_NESTING:
-                for loc in self.new_sitemaps(locs):
-                    spawn(loc, nesting + 1)
-            return
-        self.admit(parse_candidates(locs, self.scope), 0, url)
-
-
-def parse_sitemap(body: bytes) -> tuple[bool, list[str]]:
-    """(is it a sitemap index, its <loc> URLs). Gzipped bodies are unpacked (to 50 MiB).
-
-    defusedxml refuses entity declarations (billion laughs, external entities)."""
-    if body[:2] == b"\x1f\x8b":
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            body = inflater.decompress(body, _SITEMAP_MAX_BYTES)
-        except zlib.error:
-            return False, []
-    is_index = False
-    locs: list[str] = []
-    try:
-        for _, elem in iterparse(io.BytesIO(body), events=("end",)):
-            tag = elem.tag.rpartition("}")[2]
-            if tag == "loc" and elem.text:
-                locs.append(elem.text.strip())
-            elif tag == "sitemapindex":
-                is_index = True
-            elif tag in ("url", "sitemap"):
-                elem.clear()
-    except (ParseError, ValueError):
-        pass  # keep what came before the error, as search engines do
-    return is_index, locs
+        """Index files spawn reads of their sitemaps; URL sets become seeds (depth 0),
+        admitted a batch at a time as the child reads them. Raises ParserError (a step
+        past its deadline, the child gone)."""
+        parser = self._sitemaps
+        async with self._sitemap_turn:
+            await parser.call(sitemaps.begin, body, self.scope)
+            del body  # the child has it
+            while True:
+                batch = await parser.call(sitemaps.step, _SITEMAP_BATCH)
+                if batch.is_index:
+                    if nesting < _SITEMAP_MAX_NESTING:
+                        for loc in self.new_sitemaps(batch.locs):
+                            spawn(loc, nesting + 1)
+                else:
+                    self.admit(batch.candidates, 0, url)
+                    if self.full:
+                        return
+                if batch.done:
+                    return

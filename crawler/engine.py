@@ -310,12 +310,14 @@ class Engine:
         crawl = self._crawl
         if crawl is None or not crawl.config.obey_robots:
             return
-        from crawler.robots import RobotsCache
+        from crawler.robots import ROBOTS_MAX_BYTES, RobotsCache
 
         fetcher, timeout = self._fetcher, self._config.retry.timeout
 
         def fetch(url: URL) -> Awaitable[Response]:
-            return fetcher.fetch(url, timeout, KEEP_ALL, None, self._seed_origin(url))
+            return fetcher.fetch(
+                url, timeout, KEEP_ALL, None, self._seed_origin(url), cap=ROBOTS_MAX_BYTES
+            )
 
         crawl.robots = RobotsCache(
             fetch, ttl=crawl.config.robots_ttl, clock=self._clock, on_new=self._on_robots
@@ -729,12 +731,22 @@ class Engine:
 
     async def _read_sitemap(self, crawl: Crawl, url: str, nesting: int) -> None:
         """One sitemap (or index): fetched outside the pacer, its URLs become seeds."""
+        # A few sitemaps at a time: an index naming 10,000 of them must not hold 10,000
+        # bodies at once.
+        try:
+            await crawl.sitemap_fetches.acquire()
+        except BaseException:
+            crawl.jobs -= 1
+            raise
         try:
             try:
                 target = parse_url(url)
                 resp = await self._fetcher.fetch(
                     target, self._config.retry.timeout, KEEP_ALL, None, self._seed_origin(target)
                 )
+            except errors.TooLarge:
+                crawl.sitemap_errors += 1  # a sitemap that was there but could not be read
+                return
             except errors.FetchError:
                 return
             if resp.status < 400 and resp.body:
@@ -742,6 +754,7 @@ class Engine:
         except Exception:  # noqa: BLE001 - a broken sitemap ends itself, never the crawl
             crawl.sitemap_errors += 1
         finally:
+            crawl.sitemap_fetches.release()
             crawl.jobs -= 1
             crawl.wake.set()
 

@@ -325,8 +325,13 @@ class Fetcher:
         keep: int = KEEP_NONE,
         follow: Callable[[URL], bool] | None = None,
         credentials: bool = False,
+        *,
+        cap: int | None = None,
     ) -> Response:
         """One attempt within ``budget`` seconds, redirects included. Raises FetchError.
+
+        ``cap``, if given, replaces --max-bytes with a cut: the body is read up to ``cap``
+        bytes and kept that far, not refused (robots.txt: RFC 9309 reads its first 500 KiB).
 
         ``keep`` says which bodies to keep (KEEP_*). ``follow``, if given, vets every
         redirect target: a refused one ends the attempt with the redirect response itself
@@ -393,7 +398,7 @@ class Fetcher:
                                     location = None
                             if location is None:
                                 return await self._final_response(
-                                    resp, url, method, redirects, keep
+                                    resp, url, method, redirects, keep, cap
                                 )
                         finally:
                             resp.release()
@@ -466,7 +471,13 @@ class Fetcher:
             return resp
 
     async def _final_response(
-        self, resp: ClientResponse, url: URL, method: str, redirects: list[str], keep: int
+        self,
+        resp: ClientResponse,
+        url: URL,
+        method: str,
+        redirects: list[str],
+        keep: int,
+        cap: int | None = None,
     ) -> Response:
         """The attempt's Response: the head, and the body read to the end and counted
         (kept too if asked), stopping once it passes max_bytes (decompressed bytes count;
@@ -495,7 +506,7 @@ class Fetcher:
             chunks = []
         if method == "HEAD":
             return result
-        limit = self._config.max_bytes
+        limit = self._config.max_bytes if cap is None else cap
         declared = resp.content_length
         encoding = rh.get("Content-Encoding")
         decoder = None
@@ -503,7 +514,12 @@ class Fetcher:
             encoding = encoding.strip().lower()
             if encoding in DECODED:  # aiohttp's choice: one known encoding, else as is
                 decoder = _Decoder(encoding)
-        if declared is not None and declared > limit and encoding in (None, "", "identity"):
+        if (
+            declared is not None
+            and declared > limit
+            and cap is None
+            and encoding in (None, "", "identity")
+        ):
             # Only an unencoded length is the body's size; a compressed one says nothing.
             result.body = None
             raise errors.TooLarge(
@@ -521,18 +537,36 @@ class Fetcher:
                 if decoder is None:
                     total += len(chunk)
                     if total > limit:
-                        result.body = None
-                        raise errors.TooLarge(f"body exceeds --max-bytes {limit}", response=result)
+                        if cap is None:
+                            result.body = None
+                            raise errors.TooLarge(
+                                f"body exceeds --max-bytes {limit}", response=result
+                            )
+                        if chunks is not None:  # keep the first cap bytes; the rest is not read
+                            chunks.append(chunk[: len(chunk) - (total - limit)])
+                        total = limit
+                        break
                     if chunks is not None:
                         chunks.append(chunk)
                     continue
                 for piece in decoder.feed(chunk, result):
                     total += len(piece)
                     if total > limit:
-                        result.body = None
-                        raise errors.TooLarge(f"body exceeds --max-bytes {limit}", response=result)
+                        if cap is None:
+                            result.body = None
+                            raise errors.TooLarge(
+                                f"body exceeds --max-bytes {limit}", response=result
+                            )
+                        if chunks is not None:
+                            chunks.append(piece[: len(piece) - (total - limit)])
+                        total = limit
+                        decoder = None  # cut here on purpose: the stream's end is not read
+                        break
                     if chunks is not None:
                         chunks.append(piece)
+                else:
+                    continue
+                break
             if decoder is not None:
                 decoder.finish(result)
             if chunks is not None:

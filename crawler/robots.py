@@ -5,8 +5,12 @@ What a fetch of /robots.txt means (RFC 9309, section 2.3.1):
 - 2xx: its rules apply;
 - 4xx (404 mostly): no rules, everything is allowed;
 - 5xx: the server is unwell, the whole origin is disallowed for now (kept a short while);
-- no response at all (DNS, refused, timeout), or one over --max-bytes: no verdict: the
-  page's own fetch fails with the real error kind rather than ``robots``.
+- no response at all (DNS, refused, timeout): no verdict: the page's own fetch fails
+  with the real error kind rather than ``robots``.
+
+Only the first ``ROBOTS_MAX_BYTES`` are read, whatever --max-bytes says (RFC 9309, 2.5:
+"a parsing limit of at least 500 kibibytes"); a longer file is parsed that far, without
+its last, possibly cut, line.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from yarl import URL
 from crawler import errors
 from crawler.fetcher import Response
 
-_MAX_ROBOTS_BYTES: Final = 512 * 1024  # Google reads the first 500 KiB
+ROBOTS_MAX_BYTES: Final = 512 * 1024  # Google reads the first 500 KiB
 _ERROR_TTL: Final = 300.0
+_INLINE_PARSE_CHARS: Final = 32 * 1024
+_MAX_HELD_BYTES: Final = 64 * 1024 * 1024  # of robots.txt text behind the cached rules
 
 
 @dataclass(slots=True)
@@ -32,6 +38,7 @@ class Rules:
     disallow_all: str | None = None  # why the whole origin is off limits
     expires: float = 0.0
     sitemaps: list[str] = field(default_factory=list)
+    size: int = 0  # bytes of robots.txt parsed (what the cache holds on to)
 
     def allows(self, url: str, user_agent: str) -> bool:
         if self.disallow_all is not None:
@@ -65,6 +72,7 @@ class RobotsCache:
         self._clock = clock
         self._on_new = on_new  # called once per fetched robots.txt (crawl-delay, sitemaps)
         self._rules: dict[str, Rules] = {}
+        self._held = 0  # sum of their sizes
         self._inflight: dict[str, asyncio.Future[Rules | None]] = {}
         self.fetched = 0
 
@@ -90,18 +98,32 @@ class RobotsCache:
             raise
         finally:
             del self._inflight[origin]
+        old = self._rules.pop(origin, None)  # expired: its place moves to the newest end
+        if old is not None:
+            self._held -= old.size
         self._rules[origin] = rules
+        self._held += rules.size
+        if self._held > _MAX_HELD_BYTES:
+            self._evict()
         fut.set_result(rules)
         if self._on_new is not None:
             self._on_new(origin, rules)
         return rules
+
+    def _evict(self) -> None:
+        """Forget the oldest origins' rules until the cache is within its bound (they are
+        fetched again if needed): a crawl of many hosts (--scope domain, each subdomain
+        its own origin, each robots.txt up to 512 KiB) must not keep them all."""
+        rules = self._rules
+        while self._held > _MAX_HELD_BYTES // 2 and rules:
+            self._held -= rules.pop(next(iter(rules))).size
 
     async def _load(self, origin: str) -> Rules:
         self.fetched += 1
         now = self._clock()
         try:
             resp = await self._fetch(URL(origin + "/robots.txt"))
-        except errors.FetchError:  # too_large included: no verdict either
+        except errors.FetchError:
             return Rules(None, expires=now + _ERROR_TTL)
         status = resp.status
         if status >= 500:
@@ -112,9 +134,18 @@ class RobotsCache:
             )
         if status >= 400 or not resp.body:
             return Rules(None, expires=now + self._ttl)
-        text = resp.body[:_MAX_ROBOTS_BYTES].decode("utf-8", "replace")
+        body = resp.body
+        if len(body) >= ROBOTS_MAX_BYTES:  # cut by the fetch: drop the last, partial line
+            body = body[:ROBOTS_MAX_BYTES].rpartition(b"\n")[0]
+        text = body.decode("utf-8", "replace")
         try:
-            parser = Protego.parse(text)
+            if len(text) > _INLINE_PARSE_CHARS:
+                # protego is pure Python: 500 KiB of rules take ~0.5 s, off the loop.
+                parser = await asyncio.to_thread(Protego.parse, text)
+            else:
+                parser = Protego.parse(text)
         except Exception:  # noqa: BLE001 - an unreadable robots.txt says nothing: allowed
             return Rules(None, expires=now + self._ttl)
-        return Rules(parser, expires=now + self._ttl, sitemaps=list(parser.sitemaps))
+        return Rules(
+            parser, expires=now + self._ttl, sitemaps=list(parser.sitemaps), size=len(text)
+        )
