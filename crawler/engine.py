@@ -218,6 +218,8 @@ class Engine:
         self._setup_crawl()
         previous = self._take_signals(loop)
         try:
+            if config.store.active or config.crawl is not None:
+                signals.start_resource_tracker()  # before any process pool: see there
             self._open_stores()
             async with make_session(config.fetch) as session:
                 self._fetcher = Fetcher(session, config.fetch)

@@ -39,9 +39,11 @@ _MAX_LINKS: Final = 10_000  # per page: a page with a million links is an attack
 
 
 def ignore_sigint() -> None:
-    """In a child process: Ctrl-C reaches the whole process group, but the parent decides
-    when its children stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """In a child process: Ctrl-C (and Ctrl-\\, a terminal hangup, a group-wide SIGTERM)
+    reaches the whole process group, but the parent decides when its children stop."""
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 @dataclass(slots=True)

@@ -71,3 +71,25 @@ def take() -> int:
     n = len(_pending)
     _pending.clear()
     return n
+
+
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker now, with SIGHUP and SIGQUIT blocked.
+
+    The tracker (a child shared by our process pools) ignores SIGINT and SIGTERM but not
+    the other signals a terminal sends to the whole process group: a hang-up or Ctrl-\\
+    would kill it mid-run, and the pools' clean-up would then print tracebacks. It keeps
+    the signal mask it is started with, so blocked there they never reach it; here they
+    are only delayed until it is started."""
+    import signal
+    from multiprocessing import resource_tracker
+
+    group = {getattr(signal, name) for name in ("SIGHUP", "SIGQUIT") if hasattr(signal, name)}
+    if not group or not hasattr(signal, "pthread_sigmask"):
+        resource_tracker.ensure_running()
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, group)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

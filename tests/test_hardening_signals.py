@@ -44,13 +44,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def spawn(*args: str, stdout: Any = subprocess.PIPE) -> subprocess.Popen[bytes]:
+def spawn(
+    *args: str, stdout: Any = subprocess.PIPE, group: bool = False
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [*CRAWLER, *args],
         stdin=subprocess.DEVNULL,
         stdout=stdout,
         stderr=subprocess.PIPE,
         env=ENV,
+        start_new_session=group,  # its own process group, to signal it as a terminal would
     )
 
 
@@ -245,6 +248,41 @@ async def test_sighup_and_sigquit_flush_commit_and_resume(
     assert code == 0, err
     counts = Counter(orjson.loads(line)["url"] for line in output.read_bytes().splitlines())
     assert counts == Counter(ok + hang)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT, signal.SIGINT])
+async def test_a_signal_to_the_whole_process_group_still_flushes_the_warc(
+    server: Server, tmp_path: Path, sig: signal.Signals
+) -> None:
+    # A terminal sends SIGHUP (hang-up), SIGQUIT (Ctrl-\\) and SIGINT (Ctrl-C) to the whole
+    # foreground process group: the WARC writer child must outlive them, for the parent
+    # to flush it.
+    urls = tmp_path / "urls.txt"
+    hang = [server.url(f"/hang/{i}") for i in range(3)]
+    ok = [server.url(f"/ok/{i}") for i in range(5)]
+    urls.write_text("\n".join(ok + hang) + "\n")
+    output, warc = tmp_path / "out.jsonl", tmp_path / "run.warc.gz"
+    args = ("fetch", str(urls), "-o", str(output), "--warc", str(warc), "--grace", "0.3", "-q")
+    proc = spawn(*args, stdout=subprocess.DEVNULL, group=True)
+    try:
+        await until(lambda: sum(server.rec.hits.values()) >= len(ok + hang), 30)
+        os.killpg(proc.pid, sig)
+        code = await exits(proc, 20)
+    finally:
+        _, err = reap(proc)
+    assert code == 130, err
+    assert_no_traceback(err)
+    records = [orjson.loads(line) for line in output.read_bytes().splitlines()]
+    assert sorted(r["url"] for r in records if r["ok"]) == sorted(ok)
+    from warcio.archiveiterator import ArchiveIterator
+
+    with warc.open("rb") as f:
+        responses = [
+            rec.rec_headers.get_header("WARC-Target-URI")
+            for rec in ArchiveIterator(f)
+            if rec.rec_type == "response"
+        ]
+    assert sorted(responses) == sorted(ok)
 
 
 # -- 4. --max-time and URLs waiting for their host's pacer ------------------------------------
