@@ -63,6 +63,8 @@ def _nonblocking_stdout() -> _Pipe | None:
         except OSError:
             return None
 
+    if os.name != "posix":  # add_writer() on a pipe: POSIX event loops only
+        return None
     try:
         mode = os.fstat(1).st_mode
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
