@@ -216,8 +216,9 @@ class Engine:
             stats.duplicates_before = state.done_before
         output_closed = False
         self._setup_crawl()
-        previous = self._take_signals(loop)
+        previous: dict[int, Any] = {}  # handlers replaced by ours, put back at the end
         try:
+            self._take_signals(loop, previous)
             if config.store.active or config.crawl is not None:
                 signals.start_resource_tracker()  # before any process pool: see there
             self._open_stores()
@@ -268,19 +269,18 @@ class Engine:
             stats.snapshot(), self.interrupted, output_closed or sink.broken, self.timed_out
         )
 
-    def _take_signals(self, loop: asyncio.AbstractEventLoop) -> dict[int, Any]:
+    def _take_signals(self, loop: asyncio.AbstractEventLoop, previous: dict[int, Any]) -> None:
         """Handle the stop signals (those not ignored) in the loop; act on the ones that
-        came before (deferred by crawler.signals). Returns the handlers to put back."""
+        came before (deferred by crawler.signals). ``previous``: the handlers replaced."""
         if not self._install_signals:
-            return {}
-        previous: dict[int, Any] = {}
+            return
         for sig in signals.STOP_SIGNALS:
             if signals.handled(sig):
-                previous[sig] = signal.getsignal(sig)
+                handler = signal.getsignal(sig)
                 loop.add_signal_handler(sig, self.request_stop)
+                previous[sig] = handler
         for _ in range(min(2, signals.take())):
             self.request_stop()
-        return previous
 
     @staticmethod
     def _give_back_signals(loop: asyncio.AbstractEventLoop, previous: dict[int, Any]) -> None:

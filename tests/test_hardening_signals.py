@@ -25,7 +25,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.conftest import Server, until
+from crawler.engine import Engine
+from crawler.inputs import LineSource
+from tests.conftest import Server, make_config, read_records, until
 
 # The CLI with the stop signals at their defaults: a signal our parent ignores (a shell's
 # background job ignores SIGINT, nohup SIGHUP) stays ignored in the CLI, as it should.
@@ -371,3 +373,25 @@ async def test_pages_cut_off_by_max_time_are_fetched_on_resume(
     urls = Counter(orjson.loads(line)["url"] for line in out.read_bytes().splitlines())
     assert urls == Counter([site.url("/"), *(site.url(f"/p/{i}") for i in range(site.pages))])
     assert len(first) < len(urls)  # the first run really was cut short
+
+
+async def test_a_signal_cuts_pacer_waits_short(server: Server, tmp_path: Path) -> None:
+    # One request per 2 s to the host: after the first, the other workers wait for their
+    # turn. A stop signal: those were never sent, so they are `cancelled` at once (attempts
+    # 0), not sent during the grace period as their turns come up.
+    lines = [server.url(f"/ok/{i}") for i in range(5)]
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(lines) + "\n")
+    config = make_config(tmp_path, concurrency=5, per_host=5, per_host_rps=0.5, burst=1, grace=30)
+    engine = Engine(config, LineSource(str(src)), install_signal_handlers=False)
+    task = asyncio.create_task(engine.run())
+    await until(lambda: sum(server.rec.hits.values()) >= 1)
+    engine.request_stop()
+    result = await asyncio.wait_for(task, 10)
+    assert result.interrupted
+    records = {r["url"]: r for r in read_records(tmp_path / "out.jsonl")}
+    assert sorted(records) == sorted(lines)
+    sent = [r for r in records.values() if r["attempts"]]
+    assert len(sent) == sum(server.rec.hits.values()) == 1
+    unsent = [r for r in records.values() if not r["attempts"]]
+    assert {r["error"]["kind"] for r in unsent} == {"cancelled"}
