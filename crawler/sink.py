@@ -252,6 +252,7 @@ class Sink:
         takes at once is written and the rest of each batch is dropped, counted as lost.
         Output that is not a non-blocking pipe (a file) never waits this way: no effect."""
         self._abandoned = True
+        self._drained.set()  # nobody waits for room any more
         if self._waiting is not None:
             _resolve(self._waiting, False)
 
