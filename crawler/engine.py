@@ -14,8 +14,8 @@ the sink happen outside the group, in ``finally`` blocks, shielded from cancella
 
 Shutdown (SIGINT, SIGTERM, SIGHUP, SIGQUIT). The first signal stops intake: the reader is
 cancelled and the frontier stops handing out URLs; URLs queued but not started get
-``cancelled`` records, and so do URLs whose worker waits for its host's pacer (not sent
-yet: their wait is cut short). Requests in flight get ``grace`` seconds to finish; then
+``cancelled`` records, and so do URLs whose worker waits for its host's pacer or its
+robots.txt (not sent yet: the wait is cut short). Requests in flight get ``grace`` seconds to finish; then
 (or at a second signal) their workers are cancelled and write ``cancelled`` records for
 them. With ``--state`` no ``cancelled`` record is written: those URLs are left for the
 resumed run. ``--max-time`` stops the same way, but URLs never sent get no record at all.
@@ -163,6 +163,8 @@ class Engine:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._record_unstarted = True  # a signal, not --max-time: unsent URLs get records
         self._pacing: set[asyncio.Future[bool]] = set()  # workers waiting for a pacer
+        self._robots_waits: set[asyncio.Task[None]] = set()  # workers waiting for robots.txt
+        self._cut_early: set[asyncio.Task[None]] = set()  # ...cancelled when intake stopped
         self._workers_left = 0
         self._background: list[asyncio.Task[None]] = []
         self._jobs: set[asyncio.Task[None]] = set()  # sitemap reads
@@ -523,7 +525,8 @@ class Engine:
                             else:
                                 self._cancel(item)
                                 frontier.done(item)
-                        if self._cutting and task.cancelling() <= 1:
+                        cut = self._cutting or task in self._cut_early
+                        if cut and task.cancelling() <= 1:
                             task.uncancel()
                             return
                         raise
@@ -544,7 +547,14 @@ class Engine:
         clock = self._clock
         robots = self._robots_rules
         if robots is not None and item.attempts == 0:
-            rules = await robots(item.url)
+            # Not started yet while it waits for robots.txt: a stop cancels the wait.
+            task = asyncio.current_task()
+            assert task is not None  # noqa: S101
+            self._robots_waits.add(task)
+            try:
+                rules = await robots(item.url)
+            finally:
+                self._robots_waits.discard(task)
             if not rules.allows(item.raw, config.fetch.user_agent):
                 reason = rules.disallow_all or "disallowed by robots.txt"
                 self._final(item, None, errors.RobotsDisallowed(reason))
@@ -840,6 +850,9 @@ class Engine:
         self._record_unstarted = record_unstarted
         for turn in self._pacing:  # not started yet: see _paced()
             _resolve(turn, False)
+        for task in self._robots_waits:  # neither: see _process() and _worker()
+            self._cut_early.add(task)
+            task.cancel()
         if self._reader is not None:
             self._reader.cancel()
         for job in self._jobs:

@@ -289,9 +289,10 @@ async def test_a_signal_to_the_whole_process_group_still_flushes_the_warc(
 
 # -- 4. --max-time and URLs waiting for their host's pacer ------------------------------------
 class Site:
-    def __init__(self, crawl_delay: float, pages: int) -> None:
+    def __init__(self, crawl_delay: float, pages: int, robots_delay: float = 0.0) -> None:
         self.crawl_delay = crawl_delay
         self.pages = pages
+        self.robots_delay = robots_delay
         self.hits: Counter[str] = Counter()
         self.port = 0
 
@@ -304,6 +305,7 @@ async def paced_site(request: pytest.FixtureRequest) -> AsyncIterator[Site]:
     site = Site(*request.param)
 
     async def robots(request: web.Request) -> web.Response:
+        await asyncio.sleep(site.robots_delay)
         return web.Response(text=f"User-agent: *\nCrawl-delay: {site.crawl_delay}\n")
 
     async def root(request: web.Request) -> web.Response:
@@ -395,3 +397,21 @@ async def test_a_signal_cuts_pacer_waits_short(server: Server, tmp_path: Path) -
     assert len(sent) == sum(server.rec.hits.values()) == 1
     unsent = [r for r in records.values() if not r["attempts"]]
     assert {r["error"]["kind"] for r in unsent} == {"cancelled"}
+
+
+@pytest.mark.parametrize("paced_site", [(0.0, 3, 20.0)], indirect=True)
+async def test_max_time_does_not_wait_for_a_slow_robots_txt(
+    paced_site: Site, tmp_path: Path
+) -> None:
+    # robots.txt takes 20 s: at --max-time the seed is still waiting for it, so it has not
+    # started. No record for it (it is fetched on resume), and no waiting out the grace.
+    site = paced_site
+    out = tmp_path / "out.jsonl"
+    started = time.monotonic()
+    code, _, err = await run(
+        "crawl", site.url("/"), "-o", str(out), "-q", "--max-time", "1", "--grace", "30"
+    )
+    assert time.monotonic() - started < 15
+    assert code == 0, err
+    assert out.read_bytes() == b""
+    assert not site.hits
