@@ -39,9 +39,10 @@ _MAX_LINKS: Final = 10_000  # per page: a page with a million links is an attack
 
 
 def ignore_sigint() -> None:
-    """In a child process: Ctrl-C (and Ctrl-\\, a terminal hangup, a group-wide SIGTERM)
-    reaches the whole process group, but the parent decides when its children stop."""
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
+    """In a child process: Ctrl-C (and Ctrl-\\, a terminal hang-up) reaches the whole
+    process group, but the parent decides when its children stop. SIGTERM is left alone:
+    it is how a process pool ends a child it gave up on."""
+    for name in ("SIGINT", "SIGHUP", "SIGQUIT"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
 
