@@ -20,7 +20,7 @@ import orjson
 import typer
 from rich.console import Console
 
-from crawler import __version__
+from crawler import __version__, signals
 from crawler.config import (
     DEFAULT_USER_AGENT,
     BreakerConfig,
@@ -510,7 +510,7 @@ def _run_pipeline(
         }
         store = StateStore(str(state), identity)
     engine = Engine(config, source, progress=console if show_progress else None, state=store)
-    result = _run(engine.run, use_uvloop=_want_uvloop(no_uvloop))
+    result = _run(engine.run, use_uvloop=_want_uvloop(no_uvloop), takes_signals=True)
     if not quiet and not result.output_closed:
         from crawler.progress import render_summary
 
@@ -788,8 +788,16 @@ def _loop_name(use_uvloop: bool) -> str:
     return "asyncio"
 
 
-def _run(main: Callable[[], Coroutine[Any, Any, T]], *, use_uvloop: bool) -> T:
-    """Run ``main`` on uvloop when it is installed and wanted, else on asyncio's loop."""
+def _run(
+    main: Callable[[], Coroutine[Any, Any, T]], *, use_uvloop: bool, takes_signals: bool = False
+) -> T:
+    """Run ``main`` on uvloop when it is installed and wanted, else on asyncio's loop.
+
+    Stop signals are still deferred here (see ``crawler.signals``). ``takes_signals``: the
+    coroutine installs its own handlers and takes the pending signals (the engine), so the
+    signals stay deferred until it does. Otherwise the usual handlers come back first (Ctrl-C
+    raises KeyboardInterrupt), and a signal that came while deferred ends the program now.
+    """
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if use_uvloop:
         try:
@@ -802,6 +810,10 @@ def _run(main: Callable[[], Coroutine[Any, Any, T]], *, use_uvloop: bool) -> T:
     # freezing it keeps the garbage collector from rescanning it over and over.
     gc.collect()
     gc.freeze()
+    if not takes_signals:
+        signals.restore()
+        if signals.take():
+            raise KeyboardInterrupt
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main())
 
@@ -816,8 +828,26 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise SystemExit(code)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: one-line errors, exit statuses from the contract."""
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Console-script entry point: one-line errors, exit statuses from the contract.
+
+    No signal ends it with a traceback: stop signals are deferred from the start (and again
+    for the way out, where a KeyboardInterrupt would interrupt clean-up), and a
+    KeyboardInterrupt from the spans where Ctrl-C has its usual meaning is exit status 130.
+    """
+    signals.defer()  # already done by crawler.__main__ before the heavy imports
+    code = EXIT_INTERRUPTED
+    try:
+        if not signals.pending():  # a signal during start-up: do nothing at all
+            code = _main(argv)
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    finally:
+        signals.defer()
+    raise SystemExit(code)
+
+
+def _main(argv: list[str] | None) -> int:
     command = typer.main.get_command(app)
     args = argv if argv is not None else sys.argv[1:]
     try:
@@ -825,13 +855,13 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":
             command.main(args=["--help"], prog_name="crawler", standalone_mode=False)
-            raise SystemExit(EXIT_OK) from None
+            return EXIT_OK
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         _fail(" ".join(message.split()))
     except UsageError as exc:
         _fail(str(exc))
     except (typer.Abort, KeyboardInterrupt):
-        raise SystemExit(EXIT_INTERRUPTED) from None
+        return EXIT_INTERRUPTED
     except typer.Exit as exc:
-        raise SystemExit(exc.exit_code) from None
-    raise SystemExit(code if isinstance(code, int) else EXIT_OK)
+        return int(exc.exit_code)
+    return code if isinstance(code, int) else EXIT_OK

@@ -12,11 +12,19 @@ and the last worker to leave closes the sink (whose writer writes the rest and r
 and cancels the background tasks, so the group ends. Closing the session and flushing
 the sink happen outside the group, in ``finally`` blocks, shielded from cancellation.
 
-Shutdown (SIGINT/SIGTERM). The first signal stops intake: the reader is cancelled and
-the frontier stops handing out URLs; URLs queued but not started get ``cancelled``
-records. Requests in flight get ``grace`` seconds to finish; then (or at a second signal)
-their workers are cancelled and write ``cancelled`` records for them. With ``--state``
-no ``cancelled`` record is written: those URLs are left for the resumed run.
+Shutdown (SIGINT, SIGTERM, SIGHUP, SIGQUIT). The first signal stops intake: the reader is
+cancelled and the frontier stops handing out URLs; URLs queued but not started get
+``cancelled`` records, and so do URLs whose worker waits for its host's pacer or its
+robots.txt (not sent yet: the wait is cut short). Requests in flight get ``grace``
+seconds to finish; then (or at a second signal) their workers are cancelled and write
+``cancelled`` records for them. With ``--state`` no ``cancelled`` record is written:
+those URLs are left for the resumed run. ``--max-time`` stops the same way, but URLs
+never sent get no record at all.
+
+Nothing waits without a bound once the run is told to stop: the final flush of the output
+gets ``max(grace, 1)`` seconds after the grace period (none after a second signal); then
+a standard output nobody reads is given up on (``Sink.abandon``) and the records that did
+not fit are counted as lost (not marked done with ``--state``: the resumed run redoes them).
 """
 
 from __future__ import annotations
@@ -30,12 +38,12 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from rich.console import Console
 from yarl import URL
 
-from crawler import errors
+from crawler import errors, signals
 from crawler.config import RunConfig
 from crawler.dedup import FingerprintSet, fingerprint
 from crawler.fetcher import (
@@ -75,6 +83,12 @@ _HOST_FAILURES: Final = (
 _CONGESTION_STATUSES: Final = frozenset((429, 503))
 _SWEEP_INTERVAL: Final = 1.0
 _MAX_CRAWL_DELAY: Final = 60.0
+_MIN_FLUSH_BOUND: Final = 1.0  # seconds the final flush gets after the grace period, at least
+
+
+def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 @dataclass(slots=True)
@@ -147,6 +161,11 @@ class Engine:
         self._busy: dict[asyncio.Task[None], Item] = {}
         self._reader: asyncio.Task[None] | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._record_unstarted = True  # a signal, not --max-time: unsent URLs get records
+        self._pacing: set[asyncio.Future[bool]] = set()  # workers waiting for a pacer
+        self._robots_waits: set[asyncio.Task[None]] = set()  # workers waiting for robots.txt
+        self._cut_early: set[asyncio.Task[None]] = set()  # ...cancelled when intake stopped
         self._workers_left = 0
         self._background: list[asyncio.Task[None]] = []
         self._jobs: set[asyncio.Task[None]] = set()  # sitemap reads
@@ -186,6 +205,7 @@ class Engine:
         if state is not None:
             await state.open()
         self._sink = sink = Sink(config.sink, state)
+        stats.lost = lambda: sink.lost
         try:
             await sink.open()
         except OSError as exc:
@@ -202,10 +222,11 @@ class Engine:
             stats.duplicates_before = state.done_before
         output_closed = False
         self._setup_crawl()
-        if self._install_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self.request_stop)
+        previous: dict[int, Any] = {}  # handlers replaced by ours, put back at the end
         try:
+            self._take_signals(loop, previous)
+            if config.store.active or config.crawl is not None:
+                signals.start_resource_tracker()  # before any process pool: see there
             self._open_stores()
             async with make_session(config.fetch) as session:
                 self._fetcher = Fetcher(session, config.fetch)
@@ -224,11 +245,6 @@ class Engine:
                     first = group.exceptions[0]
                     raise errors.UsageError(f"cannot continue: {_io_message(first)}") from None
         finally:
-            if self._install_signals:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
-            if self._grace_timer is not None:
-                self._grace_timer.cancel()
             for timer in self._timers:
                 timer.cancel()
             if self._crawl is not None:
@@ -245,13 +261,41 @@ class Engine:
                     except (OSError, sqlite3.Error) as exc:
                         failure = failure or exc
             finally:
-                if state is not None:
-                    await asyncio.shield(state.aclose())
+                try:
+                    if state is not None:
+                        await asyncio.shield(state.aclose())
+                finally:
+                    # Only now: a signal during the final flush still gives up on a
+                    # blocked output (see _cut_grace).
+                    for handle in (self._grace_timer, self._flush_timer):
+                        if handle is not None:
+                            handle.cancel()
+                    self._give_back_signals(loop, previous)
             if failure is not None:
                 raise errors.UsageError(f"cannot continue: {_io_message(failure)}") from None
         return RunResult(
             stats.snapshot(), self.interrupted, output_closed or sink.broken, self.timed_out
         )
+
+    def _take_signals(self, loop: asyncio.AbstractEventLoop, previous: dict[int, Any]) -> None:
+        """Handle the stop signals (those not ignored) in the loop; act on the ones that
+        came before (deferred by crawler.signals). ``previous``: the handlers replaced."""
+        if not self._install_signals:
+            return
+        for sig in signals.STOP_SIGNALS:
+            if signals.handled(sig):
+                handler = signal.getsignal(sig)
+                loop.add_signal_handler(sig, self.request_stop)
+                previous[sig] = handler
+        for _ in range(min(2, signals.take())):
+            self.request_stop()
+
+    @staticmethod
+    def _give_back_signals(loop: asyncio.AbstractEventLoop, previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            if handler is not None:
+                signal.signal(sig, handler)
 
     def _setup_crawl(self) -> None:
         config = self._config
@@ -486,9 +530,13 @@ class Engine:
                         # `cancelled` record and the worker ends quietly. Any other
                         # cancellation (the group is failing) still propagates.
                         if not item.finished:
-                            self._cancel(item)
-                            frontier.done(item)
-                        if self._cutting and task.cancelling() <= 1:
+                            if item.attempts == 0:
+                                self._unsent(item)  # e.g. still waiting for robots.txt
+                            else:
+                                self._cancel(item)
+                                frontier.done(item)
+                        cut = self._cutting or task in self._cut_early
+                        if cut and task.cancelling() <= 1:
                             task.uncancel()
                             return
                         raise
@@ -509,7 +557,14 @@ class Engine:
         clock = self._clock
         robots = self._robots_rules
         if robots is not None and item.attempts == 0:
-            rules = await robots(item.url)
+            # Not started yet while it waits for robots.txt: a stop cancels the wait.
+            task = asyncio.current_task()
+            assert task is not None  # noqa: S101
+            self._robots_waits.add(task)
+            try:
+                rules = await robots(item.url)
+            finally:
+                self._robots_waits.discard(task)
             if not rules.allows(item.raw, config.fetch.user_agent):
                 reason = rules.disallow_all or "disallowed by robots.txt"
                 self._final(item, None, errors.RobotsDisallowed(reason))
@@ -527,7 +582,9 @@ class Engine:
                 if item.deadline is not None and not item.deadline.allows_wait(delay):
                     self._final(item, None, errors.Timeout("deadline exceeded while paced"))
                     break
-                await asyncio.sleep(delay)
+                if not await self._paced(delay):
+                    self._unsent(item)  # the run is stopping: this attempt never starts
+                    return
             breaker = host.breaker
             if breaker is not None and not breaker.allow():
                 self._final(item, None, errors.CircuitOpen(f"circuit open for {host.key}"))
@@ -595,6 +652,31 @@ class Engine:
             break
         if self._sink.behind:
             await self._sink.backpressure()
+
+    async def _paced(self, delay: float) -> bool:
+        """Wait ``delay`` seconds for the host's pacer: True, or False as soon as the run
+        stops (a URL waiting for its turn has not started; see _stop_intake)."""
+        if self._stopping:
+            return False
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future[bool] = loop.create_future()
+        timer = loop.call_later(delay, _resolve, turn, True)
+        self._pacing.add(turn)
+        try:
+            return await turn
+        finally:
+            timer.cancel()
+            self._pacing.discard(turn)
+
+    def _unsent(self, item: Item) -> None:
+        """The run stopped before ``item``'s next attempt was sent: like a URL still
+        queued. On a signal it gets a ``cancelled`` record (none with --state); at
+        --max-time a URL never sent gets no record (with --state it stays pending for the
+        next run), one already tried gets ``cancelled`` (attempts as sent)."""
+        if self._record_unstarted or item.attempts:
+            self._cancel(item)
+        item.finished = True
+        self._frontier.done(item)
 
     @staticmethod
     def _observe_aimd(
@@ -780,11 +862,13 @@ class Engine:
 
     # -- shutdown ----------------------------------------------------------------------------
     def request_stop(self) -> None:
-        """SIGINT/SIGTERM: first stops intake and starts the grace period; second cuts it."""
+        """A stop signal: the first stops intake and starts the grace period; the second
+        cuts it and gives up on an output nobody reads (the run ends now)."""
         self._signals += 1
         self.interrupted = True
         if self._signals > 1:
             self._cut_grace()
+            self._sink.abandon()
             return
         self._stop_intake(record_unstarted=True)
 
@@ -798,12 +882,18 @@ class Engine:
         if self._stopping:
             return
         self._stopping = True
+        self._record_unstarted = record_unstarted
+        for turn in self._pacing:  # not started yet: see _paced()
+            _resolve(turn, False)
+        for task in self._robots_waits:  # neither: see _process() and _worker()
+            self._cut_early.add(task)
+            task.cancel()
         if self._reader is not None:
             self._reader.cancel()
         for job in self._jobs:
             job.cancel()
         for item in self._frontier.stop():
-            if record_unstarted:
+            if record_unstarted or item.attempts:  # a retry waiting to be due has started
                 self._cancel(item)
         grace = self._config.grace
         loop = asyncio.get_running_loop()
@@ -816,3 +906,8 @@ class Engine:
             self._grace_timer = None
         for task in list(self._busy):
             task.cancel()
+        if self._flush_timer is None:
+            # The records are all in the sink now; writing them gets a bound too.
+            bound = max(self._config.grace, _MIN_FLUSH_BOUND)
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(bound, self._sink.abandon)

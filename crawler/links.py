@@ -49,9 +49,12 @@ _SHORTEST_ATTR: Final = 6  # len(b"src=''")
 
 
 def ignore_sigint() -> None:
-    """In a child process: Ctrl-C reaches the whole process group, but the parent decides
-    when its children stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """In a child process: Ctrl-C (and Ctrl-\\, a terminal hang-up) reaches the whole
+    process group, but the parent decides when its children stop. SIGTERM is left alone:
+    it is how a process pool ends a child it gave up on."""
+    for name in ("SIGINT", "SIGHUP", "SIGQUIT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 @dataclass(slots=True)

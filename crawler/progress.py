@@ -61,6 +61,8 @@ def render_summary(
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
     table.add_row("URLs", f"{snap.urls_done:,}")
+    if snap.lost:
+        table.add_row("lost: records not written", f"{snap.lost:,}", style="bold red")
     table.add_row("ok / failed", f"{snap.ok:,} / {snap.failed:,}")
     table.add_row("requests (retries)", f"{snap.requests:,} ({snap.retries:,})")
     if snap.duplicates:

@@ -6,6 +6,12 @@ or ``batch_bytes``, or ``flush_interval`` seconds after its first record, so a s
 still shows output promptly. Writes happen in a worker thread (aiofiles) so a slow
 consumer of a pipe never blocks the event loop; while one batch is written the next one
 fills. Each write is a whole number of lines, so a record is never torn or interleaved.
+
+Standard output that is a pipe or socket of its own is written without blocking, from the
+event loop: a reader that stops reading then holds up the run, but can be given up on
+(``abandon()``, at shutdown), and exactly the records whose whole line went out count as
+written (with --state only those are marked done; the rest are ``lost``, redone on resume).
+A thread blocked in write() could be neither interrupted nor accounted for.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,13 +36,66 @@ class OutputClosed(Exception):  # noqa: N818 - a state, not a failure
     """The reader of standard output went away (``crawler fetch … | head -1``)."""
 
 
+class _Pipe:
+    """Standard output, a pipe or socket switched to non-blocking (restored on close)."""
+
+    def __init__(self, fd: int, restore: bool) -> None:
+        self.fd = fd
+        self._restore = restore
+
+    def fileno(self) -> int:
+        return self.fd
+
+    async def close(self) -> None:
+        if self._restore:
+            with contextlib.suppress(OSError):
+                os.set_blocking(self.fd, True)
+
+
+def _nonblocking_stdout() -> _Pipe | None:
+    """fd 1 as a _Pipe, or None where non-blocking writes would be unsafe or useless: a
+    terminal or file, or an open file shared with stdin or stderr (``2>&1``: the flag is
+    per open file, and stderr's writers expect blocking writes)."""
+
+    def blocking(fd: int) -> bool | None:
+        try:
+            return os.get_blocking(fd)
+        except OSError:
+            return None
+
+    if os.name != "posix":  # add_writer() on a pipe: POSIX event loops only
+        return None
+    try:
+        mode = os.fstat(1).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return None
+        if not os.get_blocking(1):
+            return _Pipe(1, restore=False)  # our parent made it so
+        others = (blocking(0), blocking(2))
+        os.set_blocking(1, False)
+        if (blocking(0), blocking(2)) != others:
+            os.set_blocking(1, True)
+            return None
+    except OSError:
+        return None
+    return _Pipe(1, restore=True)
+
+
+def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
 class Sink:
     def __init__(self, config: SinkConfig, state: StateStore | None = None) -> None:
         self._config = config
         self._state = state
         self._buf = bytearray()
-        self._fps: list[int] = []  # fingerprints of the records in _buf (with --state)
-        self._written_fps: list[int] = []  # written since the last checkpoint
+        # With --state: one fingerprint per record in _buf (None: nothing to mark done),
+        # so a batch cut short knows whose lines went out; and those written since the
+        # last checkpoint.
+        self._fps: list[int | None] = []
+        self._written_fps: list[int | None] = []
         # Crawl mode with --state: links found by the pages in _buf / written since the
         # last checkpoint; committed together with their pages (see state.py).
         self._links: list[Link] = []
@@ -48,6 +108,8 @@ class Sink:
         self._drained = asyncio.Event()
         self._drained.set()
         self._closing = False
+        self._abandoned = False  # see abandon()
+        self._waiting: asyncio.Future[bool] | None = None  # for a full pipe to drain
         self._file: Any = None
         self._high_water = config.batch_bytes * 8
         self._batch_records = config.batch_records
@@ -63,7 +125,9 @@ class Sink:
         self._last_checkpoint = asyncio.get_running_loop().time()
         path = self._config.output
         if path is None:
-            self._file = await aiofiles.open(1, "wb", buffering=0, closefd=False)
+            self._file = _nonblocking_stdout() or await aiofiles.open(
+                1, "wb", buffering=0, closefd=False
+            )
             return
         state = self._state
         if state is None or not state.resumed:
@@ -103,7 +167,7 @@ class Sink:
         links the page discovered: with --state they become durable with the record.
         """
         self._buf += encode(record)
-        if fp is not None and self._state is not None:
+        if self._state is not None:
             self._fps.append(fp)
             if links:
                 self._links += links
@@ -117,11 +181,16 @@ class Sink:
     @property
     def behind(self) -> bool:
         """True when the writer has fallen far behind and producers should wait."""
-        return len(self._buf) >= self._high_water and not self.broken
+        return len(self._buf) >= self._high_water and not (self.broken or self._abandoned)
+
+    @property
+    def lost(self) -> int:
+        """Records handed to the sink and not written (so far, or ever: see abandon())."""
+        return self.records - self.written
 
     async def backpressure(self) -> None:
         """Wait while the writer is far behind; returns at once otherwise."""
-        if len(self._buf) >= self._high_water and not self.broken:
+        if self.behind:
             self._drained.clear()
             await self._drained.wait()
 
@@ -178,6 +247,15 @@ class Sink:
         self._closing = True
         self._kick.set()
 
+    def abandon(self) -> None:
+        """Stop waiting for a pipe that is not read (shutdown): from now on, what the pipe
+        takes at once is written and the rest of each batch is dropped, counted as lost.
+        Output that is not a non-blocking pipe (a file) never waits this way: no effect."""
+        self._abandoned = True
+        self._drained.set()  # nobody waits for room any more
+        if self._waiting is not None:
+            _resolve(self._waiting, False)
+
     async def _write_batch(self) -> None:
         if not self._buf:
             return
@@ -197,25 +275,32 @@ class Sink:
         await asyncio.shield(self._writing)
 
     async def _write_accounted(
-        self, buf: bytearray, fps: list[int], links: list[Link], count: int
+        self, buf: bytearray, fps: list[int | None], links: list[Link], count: int
     ) -> None:
         try:
             if not self.broken:
-                await self._write_all(buf)
+                size = await self._write_all(buf)
+                if size < len(buf):  # abandoned part-way: whole lines count, no more
+                    count = buf.count(b"\n", 0, size)
+                    fps = fps[:count]
                 self.written += count
-                self.bytes_written += len(buf)
-                self._offset += len(buf)
+                self.bytes_written += size
+                self._offset += size
                 self._written_fps += fps
                 self._written_links += links
         finally:
             if len(self._buf) < self._high_water:
                 self._drained.set()
 
-    async def _write_all(self, data: bytearray) -> None:
+    async def _write_all(self, data: bytearray) -> int:
+        """Write ``data``; the bytes written (fewer only once abandoned)."""
         try:
-            written = await self._file.write(data)
+            if isinstance(self._file, _Pipe):
+                return await self._write_pipe(self._file.fd, data)
+            written: int = await self._file.write(data)
             while written < len(data):  # a short write: rare, but a pipe may do it
                 written += await self._file.write(data[written:])
+            return written
         except BrokenPipeError:
             self.broken = True
             self._drained.set()
@@ -224,6 +309,31 @@ class Sink:
             os.dup2(devnull, 1)
             os.close(devnull)
             raise OutputClosed from None
+
+    async def _write_pipe(self, fd: int, data: bytearray) -> int:
+        size, written = len(data), 0
+        with memoryview(data) as view:
+            while written < size:
+                try:
+                    written += os.write(fd, view[written:])
+                except BlockingIOError:
+                    if not await self._writable(fd):
+                        break
+        return written
+
+    async def _writable(self, fd: int) -> bool:
+        """Wait until the pipe has room: True, or False once abandoned."""
+        if self._abandoned:
+            return False
+        loop = asyncio.get_running_loop()
+        waiting: asyncio.Future[bool] = loop.create_future()
+        self._waiting = waiting
+        loop.add_writer(fd, _resolve, waiting, True)
+        try:
+            return await waiting
+        finally:
+            loop.remove_writer(fd)
+            self._waiting = None
 
     async def flush(self) -> None:
         """Write everything queued now and checkpoint (at shutdown, shielded by the caller)."""
@@ -243,9 +353,10 @@ class Sink:
             return
         fps, self._written_fps = self._written_fps, []
         links, self._written_links = self._written_links, []
+        done = [fp for fp in fps if fp is not None]
         sync_fd = self._file.fileno() if self._config.output is not None else None
         try:
-            await self._state.commit(fps, self._offset, sync_fd, links)
+            await self._state.commit(done, self._offset, sync_fd, links)
         except BaseException:
             self._written_fps[:0] = fps  # not committed: keep them for the next try
             self._written_links[:0] = links

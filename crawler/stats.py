@@ -75,6 +75,7 @@ class Snapshot:
     peak_rss_mib: float
     input_fraction: float | None
     crawl: dict[str, int] | None = None  # crawl mode and storage counters
+    lost: int = 0  # records made but never written (an output given up at shutdown)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +118,7 @@ class Stats:
         self.queued: Callable[[], int] = lambda: 0
         self.input_fraction: Callable[[], float | None] = lambda: None
         self.crawl: Callable[[], dict[str, int] | None] = lambda: None
+        self.lost: Callable[[], int] = lambda: 0
 
     def record(self, ok: bool, status: int | None, error_kind: str | None, nbytes: int) -> None:
         self.done += 1
@@ -170,4 +172,5 @@ class Stats:
             peak_rss_mib=round(peak_rss_mib(), 1),
             input_fraction=self.input_fraction(),
             crawl=self.crawl(),
+            lost=self.lost(),
         )
