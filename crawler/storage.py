@@ -106,8 +106,12 @@ class _Offloaded:
         self._failed: OSError | None = None
 
     def start(self) -> None:
-        """Start the child and let it open its files: errors surface here, before the run."""
-        self._pool.submit(_child_call, "start").result()
+        """Start the child and let it open its files: errors surface here, before the run
+        (as OSError, also when the child could not start at all)."""
+        try:
+            self._pool.submit(_child_call, "start").result()
+        except Exception as exc:  # noqa: BLE001 - any failure of the writer sticks (see _fail)
+            raise self._fail(exc) from None
 
     def _queue(self, item: Any, size: int) -> None:
         self._batch.append(item)

@@ -5,20 +5,25 @@ headers, and the writer processes die with their parent."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gzip
+import hashlib
 import os
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from warcio.archiveiterator import ArchiveIterator
 
+from crawler.storage import WarcItem, _WarcWriter
 from tests.site import serve_site
 from tests.test_cli import ENV, assert_no_traceback
 from tests.test_crawl_cli import gen_expected
@@ -87,6 +92,7 @@ def warcio_check(path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.timeout(400)
 async def test_warc_holds_every_committed_page_across_repeated_sigkills(tmp_path: Path) -> None:
     """Each run is SIGKILLed just after a checkpoint shows in the state file (plus a
     seeded random moment), so kills land mid-crawl with WARC batches in flight; small
@@ -110,7 +116,7 @@ async def test_warc_holds_every_committed_page_across_repeated_sigkills(tmp_path
                 proc.kill()
             await proc.wait()
         proc = await start(*args)
-        _, err = await asyncio.wait_for(proc.communicate(), 120)
+        _, err = await asyncio.wait_for(proc.communicate(), 240)
         assert proc.returncode == 0, err
         expected = gen_expected(site, 300)
     records = parse_output(out.read_bytes())
@@ -159,6 +165,7 @@ def _alive(pid: int, started: str) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(180)
 async def test_sigkill_of_the_parent_leaves_no_writer_process(tmp_path: Path) -> None:
     async with serve_site(gen_size=2000, gen_delay=0.05) as site:
         proc = await start(
@@ -228,12 +235,13 @@ async def raw_server() -> AsyncIterator[str]:
         await server.wait_closed()
 
 
+@pytest.mark.timeout(180)
 async def test_warc_keeps_the_content_encodings_aiohttp_did_not_decode(tmp_path: Path) -> None:
     urls, warc = tmp_path / "urls.txt", tmp_path / "e.warc.gz"
     async with raw_server() as base:
         urls.write_text("".join(f"{base}{path}\n" for path in RESPONSES))
         proc = await start("fetch", str(urls), "--warc", str(warc), "-q")
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        _, err = await asyncio.wait_for(proc.communicate(), 150)
     assert proc.returncode == 0, err
     assert_no_traceback(err)
     seen = {}
@@ -265,6 +273,7 @@ async def test_warc_keeps_the_content_encodings_aiohttp_did_not_decode(tmp_path:
 
 
 # -- a writer that dies ------------------------------------------------------------------
+@pytest.mark.timeout(180)
 async def test_a_dead_warc_writer_fails_the_run_and_commits_nothing_after(tmp_path: Path) -> None:
     out, state, warc = tmp_path / "out.jsonl", tmp_path / "st.db", tmp_path / "d.warc.gz"
     async with serve_site(gen_size=400, gen_delay=0.03) as site:
@@ -278,7 +287,7 @@ async def test_a_dead_warc_writer_fails_the_run_and_commits_nothing_after(tmp_pa
             writer = [pid for pid, _ in await _children_running(proc.pid, b"spawn_main")]
             assert len(writer) == 1
             os.kill(writer[0], signal.SIGKILL)
-            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            _, err = await asyncio.wait_for(proc.communicate(), 150)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -306,3 +315,101 @@ async def _children_running(pid: int, marker: bytes) -> list[tuple[int, str]]:
             if int(fields[1]) == pid and marker in cmdline:
                 found.append((int(entry), fields[19]))
     return found
+
+
+# -- a torn WARC tail, cut on resume ------------------------------------------------------
+def _item(n: int, size: int) -> WarcItem:
+    body = (f"page {n} ".encode() * (size // 7 + 1))[:size]
+    return (f"http://127.0.0.1/{n}", "GET", [("Host", "127.0.0.1")], "HTTP/1.1", 200, "OK",
+            [("Content-Type", "text/html")], body)  # fmt: skip
+
+
+def test_resume_cuts_a_torn_tail_at_any_byte_and_keeps_every_whole_record(
+    tmp_path: Path,
+) -> None:
+    whole = tmp_path / "whole.warc.gz"
+    writer = _WarcWriter(str(whole), 1 << 30, False, True)
+    writer.start()
+    writer.write([_item(n, 300 + 40_000 * (n % 2)) for n in range(6)])
+    writer.close()
+    data = whole.read_bytes()
+    ends = []  # where each record (gzip member) ends
+    pos = 0
+    while pos < len(data):
+        inflater = zlib.decompressobj(31)
+        inflater.decompress(data[pos:])
+        pos = len(data) - len(inflater.unused_data)
+        ends.append(pos)
+    assert len(ends) == 13  # warcinfo, then a response and a request per page
+    # Every cut in the last record, every 7th byte in the three before, a few elsewhere.
+    cuts = [*range(ends[11], len(data) + 1), *range(ends[8], ends[11], 7)]
+    cuts += [ends[0] - 1, ends[0] + 1, 10, 1]
+    for cut in cuts:
+        torn = tmp_path / "torn.warc.gz"
+        torn.write_bytes(data[:cut])
+        # The resumed run: the torn file is cut back, the new run writes the next one.
+        resumed = _WarcWriter(str(torn), 1 << 30, True, True)
+        resumed.start()
+        resumed.write([_item(99, 500)])
+        resumed.close()
+        kept = max((end for end in ends if end <= cut), default=0)
+        if kept:
+            assert torn.read_bytes() == data[:kept], cut
+        files = sorted(tmp_path.glob("torn*.warc.gz"))
+        pages = warc_pages(files)  # every file reads to its end
+        assert "http://127.0.0.1/99" in pages
+        assert len(pages) == sum(1 for end in ends[1::2] if end <= cut) + 1, cut
+        for path in files:
+            path.unlink()
+
+
+def test_resume_leaves_a_file_that_is_not_our_warc_alone(tmp_path: Path) -> None:
+    for content in (gzip.compress(b"someone else's data " * 100)[:-7], b"plain text\n", b""):
+        theirs = tmp_path / "x.warc.gz"
+        theirs.write_bytes(content)
+        resumed = _WarcWriter(str(theirs), 1 << 30, True, True)
+        resumed.start()
+        resumed.close()
+        if content:
+            assert theirs.read_bytes() == content
+            assert (tmp_path / "x-00001.warc.gz").exists()
+        else:  # an empty file: what a run killed before its first write leaves; reused
+            assert warc_pages([theirs]) == []
+        for path in tmp_path.glob("x*.warc.gz"):
+            path.unlink()
+
+
+@pytest.mark.timeout(180)
+async def test_a_body_that_cannot_be_stored_fails_the_run_and_is_never_committed(
+    tmp_path: Path,
+) -> None:
+    """One body's folder is taken by a file: that batch fails, later ones would succeed.
+    The failure must stick, or the shutdown flush commits the record of a missing body."""
+    out, state, bodies = tmp_path / "out.jsonl", tmp_path / "st.db", tmp_path / "bodies"
+    async with serve_site(gen_size=400) as site:
+        digests = []
+        async with aiohttp.ClientSession() as session:
+            for i in range(400):
+                async with session.get(site.url(f"/gen/{i}")) as resp:
+                    digests.append(hashlib.sha256(await resp.read()).hexdigest())
+        # An early page whose folder no other page shares: only its batch fails.
+        folders = collections.Counter(d[:2] for d in digests)
+        blocked = next(d[:2] for d in digests[:100] if folders[d[:2]] == 1)
+        bodies.mkdir()
+        (bodies / blocked).write_text("in the way")
+        urls = tmp_path / "urls.txt"
+        urls.write_text("".join(site.url(f"/gen/{i}") + "\n" for i in range(400)))
+        proc = await start(
+            "fetch", str(urls), "-o", str(out), "--state", str(state), "--save-dir",
+            str(bodies), "-c", "4", "-q",
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 150)
+    assert proc.returncode == 2, err
+    assert err.count(b"\n") == 1, err
+    assert_no_traceback(err)
+    offset = committed_offset(state)
+    assert offset is not None
+    for record in parse_output(out.read_bytes()[:offset]):
+        path = Path(str(record["body_path"]))
+        assert path.is_file(), f"committed {record['url']} names a missing body"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == record["sha256"]
