@@ -144,11 +144,14 @@ class _Offloaded:
         if self._closed:
             return
         try:
-            await self.flush()
-            self._closed_with(await self._call("close"))
+            # After a failure (already raised to whoever met it first, and reported from
+            # there) there is nothing more to write: close without raising it again.
+            if self._failed is None:
+                await self.flush()
+                self._closed_with(await self._call("close"))
         finally:
             self._closed = True
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True, cancel_futures=self._failed is not None)
 
     def _closed_with(self, report: Any) -> None:
         """The writer's final report (subclasses keep what they need of it)."""
