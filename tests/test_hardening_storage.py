@@ -213,7 +213,19 @@ RESPONSES = {
         TWICE,
     ),
     "/single": _response([("Content-Encoding", "gzip")], ONCE),
+    # Which of two headers aiohttp reads depends on its parser (C: the last, Python: the
+    # first): here one choice decodes the body and the other does not.
+    "/mixed": _response([("Content-Encoding", "gzip"), ("Content-Encoding", "identity")], ONCE),
 }
+
+
+def undo(codings: list[str], payload: bytes) -> bytes:
+    """Undo Content-Encoding header values, last applied first."""
+    for coding in reversed([c.strip().lower() for value in codings for c in value.split(",")]):
+        assert coding in ("gzip", "identity"), coding
+        if coding == "gzip":
+            payload = gzip.decompress(payload)
+    return payload
 
 
 @contextlib.asynccontextmanager
@@ -260,6 +272,9 @@ async def test_warc_keeps_the_content_encodings_aiohttp_did_not_decode(tmp_path:
             assert int(rec.http_headers.get_header("Content-Length")) == len(raw)
             seen[path] = (kept, renamed, raw)
     # What the headers still name is exactly what is left on the payload.
+    assert sorted(seen) == sorted(RESPONSES)
+    for path, (kept, _, raw) in seen.items():
+        assert undo(kept, raw) == BODY, path
     assert seen["/one-header"] == (["gzip, gzip"], [], TWICE)
     kept, renamed, raw = seen["/two-headers"]
     assert (kept, renamed) == (["gzip"], ["gzip"])
@@ -269,9 +284,8 @@ async def test_warc_keeps_the_content_encodings_aiohttp_did_not_decode(tmp_path:
     # warcio's own decoding (as a replay tool does) gets the page back from each.
     with warc.open("rb") as fh:
         for rec in ArchiveIterator(fh):
-            if rec.rec_type == "response" and "/one-header" not in rec.rec_headers.get_header(
-                "WARC-Target-URI"
-            ):
+            uri = rec.rec_headers.get_header("WARC-Target-URI")
+            if rec.rec_type == "response" and not uri.endswith(("/one-header", "/mixed")):
                 assert rec.content_stream().read() == BODY
 
 
