@@ -349,6 +349,15 @@ class Engine:
             resumed = self._state is not None and self._state.resumed
             self._warc = WarcArchive(store.warc, store.warc_max_size, append=resumed)
             _start_writer(self._warc, f"cannot write --warc {store.warc!r}")
+        if self._bodies is not None or self._warc is not None:
+            self._sink.before_commit = self._sync_stores
+
+    async def _sync_stores(self) -> None:
+        """Before a checkpoint commits URLs: their body files and WARC records on disk
+        (a writer that failed raises here, and nothing is committed)."""
+        for writer in (self._bodies, self._warc):
+            if writer is not None:
+                await writer.sync()
 
     def _setup_robots(self) -> None:
         crawl = self._crawl

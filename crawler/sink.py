@@ -116,6 +116,9 @@ class Sink:
         self._batch_bytes = config.batch_bytes
         # Awaited before each batch is written (--save-dir: the bodies its records name).
         self.before_write: Callable[[], Awaitable[None]] | None = None
+        # Awaited before a checkpoint commits (--save-dir/--warc: what its records name,
+        # on disk). Raising keeps the checkpoint from committing.
+        self.before_commit: Callable[[], Awaitable[None]] | None = None
         self.broken = False  # standard output was closed by its reader
         self.records = 0  # records handed to the sink
         self.written = 0  # records written out
@@ -346,7 +349,12 @@ class Sink:
         await self.checkpoint()
 
     async def checkpoint(self) -> None:
-        """With --state: make what is written durable, then mark its URLs done."""
+        """With --state: make what is written durable, then mark its URLs done.
+
+        The records, their body files and WARC records are all durable before the
+        commit names them: the output is fsynced by the commit, the stores by
+        ``before_commit``. The offset is taken with the marks, before any await, so the
+        two describe the same records."""
         if self._state is None or self._file is None:
             return
         if not self._written_fps and self._offset == self._state.committed_offset:
@@ -354,9 +362,12 @@ class Sink:
         fps, self._written_fps = self._written_fps, []
         links, self._written_links = self._written_links, []
         done = [fp for fp in fps if fp is not None]
+        offset = self._offset
         sync_fd = self._file.fileno() if self._config.output is not None else None
         try:
-            await self._state.commit(done, self._offset, sync_fd, links)
+            if self.before_commit is not None:
+                await self.before_commit()
+            await self._state.commit(done, offset, sync_fd, links)
         except BaseException:
             self._written_fps[:0] = fps  # not committed: keep them for the next try
             self._written_links[:0] = links
