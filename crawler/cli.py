@@ -36,6 +36,7 @@ from crawler.config import (
 )
 from crawler.errors import UsageError
 from crawler.inputs import LineSource, Source
+from crawler.paths import Named, check_distinct, state_files
 
 EXIT_OK: Final = 0
 EXIT_FAILED_RECORDS: Final = 1
@@ -292,6 +293,7 @@ def fetch(
         config,
         source,
         source.identity(),
+        inputs=[Named("INPUT", input)] if input not in (None, "-") else [],
         state=state,
         stats_json=stats_json,
         progress=progress,
@@ -421,6 +423,7 @@ def crawl(
         config,
         source,
         {"mode": "crawl", **source.identity()},
+        inputs=[Named("SEEDS file", f) for f in files if f != "-"],
         state=state,
         stats_json=stats_json,
         progress=progress,
@@ -471,6 +474,7 @@ def _run_pipeline(
     source: Source,
     identity: dict[str, Any],
     *,
+    inputs: list[Named],
     state: Path | None,
     stats_json: Path | None,
     progress: bool | None,
@@ -479,9 +483,8 @@ def _run_pipeline(
     no_uvloop: bool,
 ) -> None:
     """What fetch and crawl share: state, the engine run, summary, exit status."""
-    if stats_json is not None and not stats_json.resolve().parent.is_dir():
-        raise UsageError(f"cannot write --stats-json {str(stats_json)!r}: no such directory")
     output = config.sink.output
+    _check_paths(config, inputs, state=state, stats_json=stats_json)
     console = Console(stderr=True)
     show_progress = (console.is_terminal if progress is None else progress) and not quiet
 
@@ -496,7 +499,9 @@ def _run_pipeline(
             "output": os.path.abspath(output) if output is not None else None,
             "method": config.fetch.method,
         }
-        store = StateStore(str(state), identity)
+        store = StateStore(
+            str(state), identity, owner=f"crawler {'fetch' if config.crawl is None else 'crawl'}"
+        )
     engine = Engine(config, source, progress=console if show_progress else None, state=store)
     result = _run(engine.run, use_uvloop=_want_uvloop(no_uvloop))
     if not quiet and not result.output_closed:
@@ -521,6 +526,29 @@ def _run_pipeline(
         raise typer.Exit(EXIT_OK)
     if fail_on_error and result.snapshot.failed:
         raise typer.Exit(EXIT_FAILED_RECORDS)
+
+
+def _check_paths(
+    config: RunConfig, inputs: list[Named], *, state: Path | None, stats_json: Path | None
+) -> None:
+    """Before anything is opened for writing: every file written is a new name, distinct
+    from the inputs and from each other, and can be written where it is."""
+    outputs = []
+    if config.sink.output is not None:
+        outputs.append(Named("-o", config.sink.output))
+    if stats_json is not None:
+        if not stats_json.resolve().parent.is_dir():
+            raise UsageError(f"cannot write --stats-json {str(stats_json)!r}: no such directory")
+        if stats_json.is_dir():
+            raise UsageError(f"cannot write --stats-json {str(stats_json)!r}: is a directory")
+        outputs.append(Named("--stats-json", str(stats_json)))
+    if state is not None:
+        if state.is_dir():
+            raise UsageError(f"cannot use --state {str(state)!r}: is a directory")
+        if not state.resolve().parent.is_dir():
+            raise UsageError(f"cannot use --state {str(state)!r}: no such directory")
+        outputs += state_files(str(state))
+    check_distinct(inputs, outputs, warc=config.store.warc, save_dir=config.store.save_dir)
 
 
 @app.command()
