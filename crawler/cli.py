@@ -45,6 +45,8 @@ EXIT_INTERRUPTED: Final = 130
 NO_UVLOOP_ENV: Final = "CRAWLER_NO_UVLOOP"
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "upgrade"))
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SIZE = re.compile(r"(\d+)\s*([kmg]i?b?|b)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -78,14 +80,24 @@ def _root(
 
 
 def parse_header(text: str) -> tuple[str, str]:
+    """``Name: value``: the name an RFC 9110 token, the value without control characters
+    (each of them makes every request fail; CR/LF would inject headers)."""
     name, sep, value = text.partition(":")
-    name = name.strip()
+    name = name.strip(" \t")
     if not sep or not _HEADER_NAME.fullmatch(name):
         raise UsageError(f"invalid header {text!r}: expected 'Name: value'")
-    value = value.strip()
-    if any(c in value for c in "\r\n\0"):
-        raise UsageError(f"invalid header {text!r}: control characters in value")
+    if name.lower() in _FRAMING_HEADERS:
+        # A GET has no body: a framing header of our own would desynchronise the connection.
+        raise UsageError(f"invalid header {text!r}: {name} is set by crawler itself")
+    value = value.strip(" \t")
+    check_field_value(value, f"header {text!r}")
     return name, value
+
+
+def check_field_value(value: str, what: str) -> None:
+    """A header field value (RFC 9110 5.5): visible characters, spaces and tabs."""
+    if _CONTROL.search(value):
+        raise UsageError(f"invalid {what}: control characters in value")
 
 
 def parse_size(text: str | int) -> int:
@@ -751,6 +763,8 @@ def build_config(
     from crawler.netpolicy import parse_resolve
 
     headers = tuple(parse_header(h) for h in header or ())
+    if user_agent is not None:
+        check_field_value(user_agent, f"--user-agent {user_agent!r}")
     try:
         resolved = tuple(parse_resolve(r) for r in resolve or ())
     except ValueError as exc:
