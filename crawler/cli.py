@@ -43,9 +43,15 @@ EXIT_FAILED_RECORDS: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
 NO_UVLOOP_ENV: Final = "CRAWLER_NO_UVLOOP"
+# The embedded server: each worker is a process, each body is held in memory.
+MAX_SERVER_WORKERS: Final = 256
+MAX_BODY_BYTES: Final = 1 << 30
+MAX_LATENCY_MS: Final = 3_600_000.0
+MAX_RETRY_AFTER: Final = 86_400.0
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "upgrade"))
+_SPACE = re.compile(r"[\x00-\x20\x7f]")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SIZE = re.compile(r"(\d+)\s*([kmg]i?b?|b)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -570,9 +576,12 @@ def serve(
         typer.Option("--host", help="Address to listen on; repeat for several hosts."),
     ] = None,
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0: any free port.")] = 8080,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes.")] = 1,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=MAX_SERVER_WORKERS, help="Server processes.")
+    ] = 1,
     latency_ms: Annotated[
-        float, typer.Option("--latency-ms", min=0.0, help="Mean latency of /page.")
+        float,
+        typer.Option("--latency-ms", min=0.0, max=MAX_LATENCY_MS, help="Mean latency of /page."),
     ] = 0.0,
     latency_dist: Annotated[
         str, typer.Option("--latency-dist", metavar="exp|fixed", help="Latency distribution.")
@@ -584,10 +593,13 @@ def serve(
         str, typer.Option("--error-kind", metavar="503|429|reset", help="How /page fails.")
     ] = "503",
     retry_after: Annotated[
-        float, typer.Option("--retry-after", min=0.0, help="Retry-After on 503/429, seconds.")
+        float,
+        typer.Option(
+            "--retry-after", min=0.0, max=MAX_RETRY_AFTER, help="Retry-After on 503/429, seconds."
+        ),
     ] = 1.0,
     body_bytes: Annotated[
-        int, typer.Option("--body-bytes", min=0, help="Body size of /page.")
+        int, typer.Option("--body-bytes", min=0, max=MAX_BODY_BYTES, help="Body size of /page.")
     ] = 512,
     reuse_port: Annotated[bool, typer.Option("--reuse-port", hidden=True)] = False,
     parent_pid: Annotated[int | None, typer.Option("--parent-pid", hidden=True)] = None,
@@ -639,16 +651,23 @@ def bench(
     retries: Retries = 2,
     timeout: TimeoutOpt = 30.0,
     server_workers: Annotated[
-        int, typer.Option("--server-workers", min=1, help="Embedded server processes.")
+        int,
+        typer.Option(
+            "--server-workers", min=1, max=MAX_SERVER_WORKERS, help="Embedded server processes."
+        ),
     ] = 1,
     latency_ms: Annotated[
-        float, typer.Option("--latency-ms", min=0.0, help="Embedded server: mean latency.")
+        float,
+        typer.Option(
+            "--latency-ms", min=0.0, max=MAX_LATENCY_MS, help="Embedded server: mean latency."
+        ),
     ] = 0.0,
     error_rate: Annotated[
         float, typer.Option("--error-rate", min=0.0, max=1.0, help="Embedded server: 503 rate.")
     ] = 0.0,
     body_bytes: Annotated[
-        int, typer.Option("--body-bytes", min=0, help="Embedded server: body size.")
+        int,
+        typer.Option("--body-bytes", min=0, max=MAX_BODY_BYTES, help="Embedded server: body size."),
     ] = 512,
     save_dir: SaveDir = None,
     warc: Warc = None,
@@ -660,6 +679,8 @@ def bench(
     from crawler.bench.runner import embedded_server, run_rounds, summarize
     from crawler.bench.server import ServeOptions
 
+    if target is not None:
+        _check_target(target)
     config = build_config(
         output=None,
         concurrency=concurrency,
@@ -707,6 +728,20 @@ def bench(
         sys.stdout.flush()
     else:
         _render_bench(report, Console())
+
+
+def _check_target(target: str) -> None:
+    """``--target`` is a URL prefix every request is built from: an http(s) URL, or every
+    URL of the run would fail the same way."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(target)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a bad IPv6 literal or port
+        valid = False
+    if not valid or _SPACE.search(target):
+        raise UsageError(f"invalid --target {target!r}: expected an http(s) URL prefix")
 
 
 def _render_bench(report: dict[str, Any], console: Console) -> None:
