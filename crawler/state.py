@@ -95,9 +95,10 @@ class StateStore:
         # Order matters: the lock first (nothing is read or written before this run holds
         # the file), then a read-only look at what is there, and only then a connection
         # that may write (WAL on, -wal/-shm created) to a file known to be ours.
+        self._inspect()  # a file not ours is refused before even a lock file appears
         self._lock()
         try:
-            kind = self._inspect()
+            kind = self._inspect()  # again: what is there now that no other run can change it
             if kind != "ours":
                 self._create(replace_empty=kind == "empty")
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
