@@ -18,7 +18,7 @@ import pytest
 
 from crawler.config import ConfigError, LimitConfig
 from tests.conftest import Server, until
-from tests.test_cli import ENV, assert_no_traceback, run
+from tests.test_cli import ENV, assert_no_traceback
 
 CRAWLER = [sys.executable, "-m", "crawler"]
 
@@ -32,6 +32,29 @@ async def start(*args: str) -> asyncio.subprocess.Process:
         stderr=subprocess.PIPE,
         env=ENV,
     )
+
+
+async def run(
+    *args: str, stdin: bytes | None = None, timeout: float = 60
+) -> tuple[int, bytes, bytes]:
+    """Like tests.test_cli.run, but a run that does not end in time is killed (a serve
+    that should have been refused would otherwise outlive the test)."""
+    proc = await asyncio.create_subprocess_exec(
+        *CRAWLER,
+        *args,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out, err
 
 
 def one_error_line(err: bytes) -> None:
@@ -125,12 +148,14 @@ async def test_a_foreign_state_file_is_refused_unchanged(tmp_path: Path, kind: s
     assert _snapshot(path) == before  # same bytes, same mtime, no -wal/-shm beside it
 
 
-async def _kill_after_lock(args: tuple[str, ...], lock: Path, rng: random.Random) -> None:
-    """Start a run and SIGKILL it soon after it takes the lock, i.e. while it inspects or
-    creates the state file (or a little later: where exactly is not asserted)."""
+async def _kill_while_creating(args: tuple[str, ...], state: Path, rng: random.Random) -> None:
+    """Start a run and SIGKILL it within 30 ms of the first file of its state appearing
+    (the lock, the state itself): while it creates the state file, or a little later.
+    Where exactly it lands is not asserted."""
     proc = await start(*args)
+    lock = Path(f"{state}.lock")
     try:
-        await until(lambda: holds_lock(lock, proc.pid) or proc.returncode is not None, 30)
+        await until(lambda: lock.exists() or state.exists() or proc.returncode is not None, 30)
         await asyncio.sleep(rng.uniform(0, 0.03))
     finally:
         if proc.returncode is None:
@@ -143,10 +168,10 @@ async def test_state_file_creation_is_atomic_under_sigkill(server: Server, tmp_p
     src = tmp_path / "urls.txt"
     urls = [server.url(f"/ok/{i}") for i in range(5)]
     src.write_text("\n".join(urls) + "\n")
-    for attempt in range(8):
+    for attempt in range(10):
         state, out = tmp_path / f"s{attempt}.db", tmp_path / f"out{attempt}.jsonl"
         args = ("fetch", str(src), "--state", str(state), "-o", str(out), "-q")
-        await _kill_after_lock(args, Path(f"{state}.lock"), rng)
+        await _kill_while_creating(args, state, rng)
         if state.exists():  # only ever complete: a later run can read it
             db = sqlite3.connect(state)
             try:
@@ -321,7 +346,7 @@ async def test_ordinary_header_values_still_go_out(server: Server) -> None:
     ids=" ".join,
 )
 async def test_option_values_that_cannot_work_are_refused(server: Server, args: list[str]) -> None:
-    code, out, err = await run(*args, stdin=f"{server.url('/ok/1')}\n".encode(), timeout=60)
+    code, out, err = await run(*args, stdin=f"{server.url('/ok/1')}\n".encode(), timeout=30)
     assert code == 2 and out == b"", err
     one_error_line(err)
     assert sum(server.rec.hits.values()) == 0
