@@ -39,6 +39,7 @@ import contextlib
 import fcntl
 import glob
 import os
+import shutil
 import sqlite3
 import stat
 import tempfile
@@ -58,6 +59,7 @@ FORMAT: Final = "crawler-state/1"
 # with a plain open() before SQLite ever touches a file given as --state.
 APPLICATION_ID: Final = 0x43524C31
 LOCK_SUFFIX: Final = ".lock"
+_LEGACY_COPY_LIMIT: Final = 256 << 20
 _PENDING_TABLE: Final = (
     "CREATE TABLE pending (seq INTEGER PRIMARY KEY, fp INTEGER NOT NULL,"
     " url TEXT NOT NULL, depth INTEGER NOT NULL, parent TEXT)"
@@ -106,6 +108,8 @@ class StateStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             self._check(db)
+            if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                db.execute(f"PRAGMA application_id={APPLICATION_ID}")  # an older version's
             self.resumed = kind == "ours"
             # Made by every version, but state files of older versions lack it.
             db.execute(_PENDING_TABLE.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
@@ -189,21 +193,24 @@ class StateStore:
         raise refuse
 
     def _legacy_format(self) -> bool:
-        """A state file from before ``application_id``: its meta table, read-only."""
-        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
-        if not os.path.exists(self.path + "-wal"):
-            uri += "&immutable=1"  # no -shm, no lock: nothing is created beside it
-        try:
-            db = sqlite3.connect(uri, uri=True, isolation_level=None)
-        except sqlite3.Error:
+        """A state file from before ``application_id``: is its meta table ours? Read
+        without writing: the file alone (``immutable``: no -shm, no lock), then through
+        a -wal left by a killed run, and if that needs a recovery (a write), on a copy."""
+        path = os.path.abspath(self.path)
+        wal = path + "-wal"
+        if _meta_format(_ro_uri(path) + "&immutable=1") == FORMAT:
+            return True
+        if not os.path.exists(wal):
             return False
-        try:
-            row = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-        except sqlite3.Error:
+        if os.path.exists(path + "-shm") and _meta_format(_ro_uri(path)) == FORMAT:
+            return True
+        if os.path.getsize(path) + os.path.getsize(wal) > _LEGACY_COPY_LIMIT:
             return False
-        finally:
-            db.close()
-        return row is not None and row[0] == FORMAT
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
+            copy = os.path.join(tmp, "state")
+            shutil.copyfile(path, copy)
+            shutil.copyfile(wal, copy + "-wal")
+            return _meta_format("file:" + urllib.parse.quote(copy)) == FORMAT
 
     def _create(self, *, replace_empty: bool) -> None:
         """A new state file appears complete or not at all: built under a temporary
@@ -263,6 +270,7 @@ class StateStore:
                 os.unlink(tmp)
 
     def _check(self, db: sqlite3.Connection) -> None:
+        """The file is ours (see ``_inspect``): is it this run's?"""
         try:
             rows = dict(db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError:
@@ -382,3 +390,22 @@ class StateStore:
         if self._lock_fd is not None:
             fd, self._lock_fd = self._lock_fd, None
             os.close(fd)
+
+
+def _ro_uri(path: str) -> str:
+    return "file:" + urllib.parse.quote(path) + "?mode=ro"
+
+
+def _meta_format(uri: str) -> str | None:
+    """The ``format`` in the meta table of the database at ``uri``, if any."""
+    try:
+        db = sqlite3.connect(uri, uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return None
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+    return row[0] if row is not None and isinstance(row[0], str) else None

@@ -370,3 +370,30 @@ async def test_stats_json_on_a_directory_is_refused_before_the_run(
     assert code == 2
     one_error_line(err)
     assert not out.exists() and sum(server.rec.hits.values()) == 0
+
+
+_LEGACY = """
+import os, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("BEGIN")
+db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+db.execute("INSERT INTO meta VALUES ('format', 'crawler-state/1'), ('identity', '{}')")
+db.execute("COMMIT")
+if sys.argv[2] == "closed":
+    db.close()
+os._exit(0)  # "killed": the meta table is only in the -wal
+"""
+
+
+@pytest.mark.parametrize("how", ["closed", "killed", "killed-no-shm"])
+async def test_state_files_of_older_versions_are_still_recognised(tmp_path: Path, how: str) -> None:
+    """Before application_id: recognised by the meta table, read without writing."""
+    state = tmp_path / "s.db"
+    subprocess.run([sys.executable, "-c", _LEGACY, str(state), how], check=True)
+    if how == "killed-no-shm":
+        Path(f"{state}-shm").unlink()
+    code, _, err = await run("fetch", "--state", str(state), stdin=b"http://127.0.0.1:9/\n")
+    assert code == 2
+    one_error_line(err)
+    assert b"belongs to a different run" in err  # i.e. ours, not "not a state file"
