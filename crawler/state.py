@@ -60,6 +60,7 @@ FORMAT: Final = "crawler-state/1"
 APPLICATION_ID: Final = 0x43524C31
 LOCK_SUFFIX: Final = ".lock"
 _LEGACY_COPY_LIMIT: Final = 256 << 20
+_TEMP_TAG: Final = "crawler-creating-"  # .PATH.crawler-creating-XXXXXXXX.new
 _PENDING_TABLE: Final = (
     "CREATE TABLE pending (seq INTEGER PRIMARY KEY, fp INTEGER NOT NULL,"
     " url TEXT NOT NULL, depth INTEGER NOT NULL, parent TEXT)"
@@ -218,10 +219,11 @@ class StateStore:
         replaces a file that appeared meanwhile). A run killed half-way leaves only its
         temporary file, removed by the next run that holds the lock."""
         folder, base = os.path.split(os.path.abspath(self.path))
-        for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(base)}.*.new")):
+        pattern = f".{glob.escape(base)}.{_TEMP_TAG}*.new"
+        for stale in glob.glob(os.path.join(glob.escape(folder), pattern)):
             with contextlib.suppress(OSError):
                 os.unlink(stale)  # only the lock holder makes these: a dead run's
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".new", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.{_TEMP_TAG}", suffix=".new", dir=folder)
         os.close(fd)
         try:
             db = sqlite3.connect(tmp, isolation_level=None)

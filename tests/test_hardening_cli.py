@@ -189,12 +189,16 @@ async def test_a_temporary_file_left_by_a_killed_creation_does_not_block(
 ) -> None:
     src, state = tmp_path / "urls.txt", tmp_path / "s.db"
     src.write_text(server.url("/ok/1") + "\n")
-    leftover = tmp_path / ".s.db.k1ll3d.new"
+    leftover = tmp_path / ".s.db.crawler-creating-k1ll3d.new"
+    unrelated = tmp_path / ".s.db.mine.new"  # a name crawler never makes: left alone
+    unrelated.write_bytes(b"keep")
     leftover.write_bytes(b"SQLite format 3\0" + b"\0" * 50)  # torn, as a kill leaves it
     code, out, err = await run("fetch", str(src), "--state", str(state), "-q")
     assert code == 0 and err == b"" and len(out.splitlines()) == 1
     assert not leftover.exists()  # the next run holding the lock removed it
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db", "s.db.lock", "urls.txt"]
+    assert unrelated.read_bytes() == b"keep"
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".s.db.mine.new", "s.db", "s.db.lock", "urls.txt"]
 
 
 async def test_a_wal_without_its_database_is_refused(tmp_path: Path) -> None:
