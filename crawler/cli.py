@@ -555,15 +555,24 @@ def _check_paths(
     if config.sink.output is not None:
         outputs.append(Named("-o", config.sink.output))
     if stats_json is not None:
-        if not stats_json.resolve().parent.is_dir():
+        # os.path, not Path.resolve(): that raises RuntimeError on a symlink loop.
+        if not os.path.isdir(os.path.dirname(os.path.realpath(stats_json))):
             raise UsageError(f"cannot write --stats-json {str(stats_json)!r}: no such directory")
         if stats_json.is_dir():
             raise UsageError(f"cannot write --stats-json {str(stats_json)!r}: is a directory")
+        try:
+            os.stat(stats_json)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # e.g. a symlink loop: found now, not after the run
+            raise UsageError(
+                f"cannot write --stats-json {str(stats_json)!r}: {exc.strerror}"
+            ) from None
         outputs.append(Named("--stats-json", str(stats_json)))
     if state is not None:
         if state.is_dir():
             raise UsageError(f"cannot use --state {str(state)!r}: is a directory")
-        if not state.resolve().parent.is_dir():
+        if not os.path.isdir(os.path.dirname(os.path.realpath(state))):
             raise UsageError(f"cannot use --state {str(state)!r}: no such directory")
         outputs += state_files(str(state))
     check_distinct(inputs, outputs, warc=config.store.warc, save_dir=config.store.save_dir)

@@ -401,3 +401,17 @@ async def test_state_files_of_older_versions_are_still_recognised(tmp_path: Path
     assert code == 2
     one_error_line(err)
     assert b"belongs to a different run" in err  # i.e. ours, not "not a state file"
+
+
+@pytest.mark.parametrize("option", ["--state", "--stats-json", "-o", "--warc"])
+async def test_a_symlink_loop_is_one_line_before_the_run(
+    server: Server, tmp_path: Path, option: str
+) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    code, out, err = await run(
+        "fetch", option, str(loop), stdin=f"{server.url('/ok/1')}\n".encode()
+    )
+    assert code == 2 and out == b"", err
+    one_error_line(err)
+    assert sum(server.rec.hits.values()) == 0
