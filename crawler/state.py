@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import glob
 import os
@@ -262,11 +263,25 @@ class StateStore:
                         f"cannot use --state {self.path!r}: created by another program meanwhile"
                     ) from None
                 os.replace(tmp, self.path)
-            dir_fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            except OSError as exc:
+                # A filesystem without hard links: rename instead. Only a program other
+                # than crawler could create the path meanwhile (we hold the lock), and
+                # then, rarely, it would be replaced: the check just above is the best
+                # such a filesystem offers.
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                if os.path.lexists(self.path):
+                    raise UsageError(
+                        f"cannot use --state {self.path!r}: created by another program meanwhile"
+                    ) from None
+                os.rename(tmp, self.path)
+            # Make the new name durable too (best effort: not every filesystem can).
+            with contextlib.suppress(OSError):
+                dir_fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
