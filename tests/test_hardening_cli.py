@@ -70,13 +70,15 @@ def holds_lock(lock: Path, pid: int) -> bool:
 
 
 # -- item: one run per state file ---------------------------------------------------------
+@pytest.mark.timeout(300)  # three runs in a row on a loaded machine
 async def test_second_run_on_a_state_file_is_refused_naming_the_first(
     server: Server, tmp_path: Path
 ) -> None:
     urls = [server.url(f"/hang/{i}") for i in range(6)]
     src, out, state = tmp_path / "urls.txt", tmp_path / "out.jsonl", tmp_path / "s.db"
     src.write_text("\n".join(urls) + "\n")
-    args = ("fetch", str(src), "--state", str(state), "-o", str(out), "-q")
+    # A deadline far beyond the test's: the hanging requests end only when released.
+    args = ("fetch", str(src), "--state", str(state), "-o", str(out), "-q", "--timeout", "600")
     first = await start(*args)
     try:
         # The first holds the lock (and its requests hang until released).
@@ -89,7 +91,7 @@ async def test_second_run_on_a_state_file_is_refused_naming_the_first(
         assert b"crawler fetch" in err
     finally:
         server.rec.release.set()
-        _, first_err = await asyncio.wait_for(first.communicate(), 60)
+        _, first_err = await asyncio.wait_for(first.communicate(), 120)
     assert first.returncode == 0, first_err
     data = out.read_bytes()
     assert data.endswith(b"\n")
@@ -163,12 +165,13 @@ async def _kill_while_creating(args: tuple[str, ...], state: Path, rng: random.R
         await proc.wait()
 
 
+@pytest.mark.timeout(600)  # 16 runs in a row on a loaded machine
 async def test_state_file_creation_is_atomic_under_sigkill(server: Server, tmp_path: Path) -> None:
     rng = random.Random(12)
     src = tmp_path / "urls.txt"
     urls = [server.url(f"/ok/{i}") for i in range(5)]
     src.write_text("\n".join(urls) + "\n")
-    for attempt in range(10):
+    for attempt in range(8):
         state, out = tmp_path / f"s{attempt}.db", tmp_path / f"out{attempt}.jsonl"
         args = ("fetch", str(src), "--state", str(state), "-o", str(out), "-q")
         await _kill_while_creating(args, state, rng)
