@@ -166,10 +166,13 @@ class StateStore:
         would create -wal/-shm files or switch journal modes of a file not ours."""
         refuse = UsageError(f"cannot use --state {self.path!r}: not a crawler state file")
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO given as --state must not hang the open.
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
-            if os.path.lexists(self.path):  # a dangling symlink: never write through it
-                raise refuse from None
+            if os.path.lexists(self.path):  # never create a file through a symlink
+                raise UsageError(
+                    f"cannot use --state {self.path!r}: a symlink to a missing file"
+                ) from None
             if os.path.exists(self.path + "-wal"):
                 # A log without its database: SQLite would replay it into a new file.
                 raise UsageError(

@@ -418,3 +418,20 @@ async def test_a_symlink_loop_is_one_line_before_the_run(
     assert code == 2 and out == b"", err
     one_error_line(err)
     assert sum(server.rec.hits.values()) == 0
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dangling-symlink"])
+async def test_a_state_path_that_is_no_file_is_refused_without_hanging(
+    tmp_path: Path, kind: str
+) -> None:
+    state = tmp_path / "s.db"
+    if kind == "fifo":
+        os.mkfifo(state)
+    else:
+        state.symlink_to(tmp_path / "elsewhere.db")
+    code, _, err = await run(
+        "fetch", "--state", str(state), stdin=b"http://127.0.0.1:9/\n", timeout=30
+    )
+    assert code == 2
+    one_error_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]  # nothing created
