@@ -36,14 +36,23 @@ from crawler.config import (
 )
 from crawler.errors import UsageError
 from crawler.inputs import LineSource, Source
+from crawler.paths import Named, check_distinct, state_files
 
 EXIT_OK: Final = 0
 EXIT_FAILED_RECORDS: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
 NO_UVLOOP_ENV: Final = "CRAWLER_NO_UVLOOP"
+# The embedded server: each worker is a process, each body is held in memory.
+MAX_SERVER_WORKERS: Final = 256
+MAX_BODY_BYTES: Final = 1 << 30
+MAX_LATENCY_MS: Final = 3_600_000.0
+MAX_RETRY_AFTER: Final = 86_400.0
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "upgrade"))
+_SPACE = re.compile(r"[\x00-\x20\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SIZE = re.compile(r"(\d+)\s*([kmg]i?b?|b)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -77,14 +86,24 @@ def _root(
 
 
 def parse_header(text: str) -> tuple[str, str]:
+    """``Name: value``: the name an RFC 9110 token, the value without control characters
+    (each of them makes every request fail; CR/LF would inject headers)."""
     name, sep, value = text.partition(":")
-    name = name.strip()
+    name = name.strip(" \t")
     if not sep or not _HEADER_NAME.fullmatch(name):
         raise UsageError(f"invalid header {text!r}: expected 'Name: value'")
-    value = value.strip()
-    if any(c in value for c in "\r\n\0"):
-        raise UsageError(f"invalid header {text!r}: control characters in value")
+    if name.lower() in _FRAMING_HEADERS:
+        # A GET has no body: a framing header of our own would desynchronise the connection.
+        raise UsageError(f"invalid header {text!r}: {name} is set by crawler itself")
+    value = value.strip(" \t")
+    check_field_value(value, f"header {text!r}")
     return name, value
+
+
+def check_field_value(value: str, what: str) -> None:
+    """A header field value (RFC 9110 5.5): visible characters, spaces and tabs."""
+    if _CONTROL.search(value):
+        raise UsageError(f"invalid {what}: control characters in value")
 
 
 def parse_size(text: str | int) -> int:
@@ -302,6 +321,7 @@ def fetch(
         config,
         source,
         source.identity(),
+        inputs=[Named("INPUT", input)] if input not in (None, "-") else [],
         state=state,
         stats_json=stats_json,
         progress=progress,
@@ -432,6 +452,7 @@ def crawl(
         config,
         source,
         {"mode": "crawl", **source.identity()},
+        inputs=[Named("SEEDS file", f) for f in files if f != "-"],
         state=state,
         stats_json=stats_json,
         progress=progress,
@@ -483,6 +504,7 @@ def _run_pipeline(
     source: Source,
     identity: dict[str, Any],
     *,
+    inputs: list[Named],
     state: Path | None,
     stats_json: Path | None,
     progress: bool | None,
@@ -491,9 +513,8 @@ def _run_pipeline(
     no_uvloop: bool,
 ) -> None:
     """What fetch and crawl share: state, the engine run, summary, exit status."""
-    if stats_json is not None and not stats_json.resolve().parent.is_dir():
-        raise UsageError(f"cannot write --stats-json {str(stats_json)!r}: no such directory")
     output = config.sink.output
+    _check_paths(config, inputs, state=state, stats_json=stats_json)
     console = Console(stderr=True)
     show_progress = (console.is_terminal if progress is None else progress) and not quiet
 
@@ -508,7 +529,9 @@ def _run_pipeline(
             "output": os.path.abspath(output) if output is not None else None,
             "method": config.fetch.method,
         }
-        store = StateStore(str(state), identity)
+        store = StateStore(
+            str(state), identity, owner=f"crawler {'fetch' if config.crawl is None else 'crawl'}"
+        )
     engine = Engine(config, source, progress=console if show_progress else None, state=store)
     result = _run(engine.run, use_uvloop=_want_uvloop(no_uvloop), takes_signals=True)
     if not quiet and not result.output_closed:
@@ -535,6 +558,38 @@ def _run_pipeline(
         raise typer.Exit(EXIT_FAILED_RECORDS)
 
 
+def _check_paths(
+    config: RunConfig, inputs: list[Named], *, state: Path | None, stats_json: Path | None
+) -> None:
+    """Before anything is opened for writing: every file written is a new name, distinct
+    from the inputs and from each other, and can be written where it is."""
+    outputs = []
+    if config.sink.output is not None:
+        outputs.append(Named("-o", config.sink.output))
+    if stats_json is not None:
+        # os.path, not Path.resolve(): that raises RuntimeError on a symlink loop.
+        if not os.path.isdir(os.path.dirname(os.path.realpath(stats_json))):
+            raise UsageError(f"cannot write --stats-json {str(stats_json)!r}: no such directory")
+        if stats_json.is_dir():
+            raise UsageError(f"cannot write --stats-json {str(stats_json)!r}: is a directory")
+        try:
+            os.stat(stats_json)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # e.g. a symlink loop: found now, not after the run
+            raise UsageError(
+                f"cannot write --stats-json {str(stats_json)!r}: {exc.strerror}"
+            ) from None
+        outputs.append(Named("--stats-json", str(stats_json)))
+    if state is not None:
+        if state.is_dir():
+            raise UsageError(f"cannot use --state {str(state)!r}: is a directory")
+        if not os.path.isdir(os.path.dirname(os.path.realpath(state))):
+            raise UsageError(f"cannot use --state {str(state)!r}: no such directory")
+        outputs += state_files(str(state))
+    check_distinct(inputs, outputs, warc=config.store.warc, save_dir=config.store.save_dir)
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -542,9 +597,12 @@ def serve(
         typer.Option("--host", help="Address to listen on; repeat for several hosts."),
     ] = None,
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0: any free port.")] = 8080,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes.")] = 1,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=MAX_SERVER_WORKERS, help="Server processes.")
+    ] = 1,
     latency_ms: Annotated[
-        float, typer.Option("--latency-ms", min=0.0, help="Mean latency of /page.")
+        float,
+        typer.Option("--latency-ms", min=0.0, max=MAX_LATENCY_MS, help="Mean latency of /page."),
     ] = 0.0,
     latency_dist: Annotated[
         str, typer.Option("--latency-dist", metavar="exp|fixed", help="Latency distribution.")
@@ -556,10 +614,13 @@ def serve(
         str, typer.Option("--error-kind", metavar="503|429|reset", help="How /page fails.")
     ] = "503",
     retry_after: Annotated[
-        float, typer.Option("--retry-after", min=0.0, help="Retry-After on 503/429, seconds.")
+        float,
+        typer.Option(
+            "--retry-after", min=0.0, max=MAX_RETRY_AFTER, help="Retry-After on 503/429, seconds."
+        ),
     ] = 1.0,
     body_bytes: Annotated[
-        int, typer.Option("--body-bytes", min=0, help="Body size of /page.")
+        int, typer.Option("--body-bytes", min=0, max=MAX_BODY_BYTES, help="Body size of /page.")
     ] = 512,
     reuse_port: Annotated[bool, typer.Option("--reuse-port", hidden=True)] = False,
     parent_pid: Annotated[int | None, typer.Option("--parent-pid", hidden=True)] = None,
@@ -611,16 +672,23 @@ def bench(
     retries: Retries = 2,
     timeout: TimeoutOpt = 30.0,
     server_workers: Annotated[
-        int, typer.Option("--server-workers", min=1, help="Embedded server processes.")
+        int,
+        typer.Option(
+            "--server-workers", min=1, max=MAX_SERVER_WORKERS, help="Embedded server processes."
+        ),
     ] = 1,
     latency_ms: Annotated[
-        float, typer.Option("--latency-ms", min=0.0, help="Embedded server: mean latency.")
+        float,
+        typer.Option(
+            "--latency-ms", min=0.0, max=MAX_LATENCY_MS, help="Embedded server: mean latency."
+        ),
     ] = 0.0,
     error_rate: Annotated[
         float, typer.Option("--error-rate", min=0.0, max=1.0, help="Embedded server: 503 rate.")
     ] = 0.0,
     body_bytes: Annotated[
-        int, typer.Option("--body-bytes", min=0, help="Embedded server: body size.")
+        int,
+        typer.Option("--body-bytes", min=0, max=MAX_BODY_BYTES, help="Embedded server: body size."),
     ] = 512,
     save_dir: SaveDir = None,
     warc: Warc = None,
@@ -632,6 +700,8 @@ def bench(
     from crawler.bench.runner import embedded_server, run_rounds, summarize
     from crawler.bench.server import ServeOptions
 
+    if target is not None:
+        _check_target(target)
     config = build_config(
         output=None,
         concurrency=concurrency,
@@ -679,6 +749,20 @@ def bench(
         sys.stdout.flush()
     else:
         _render_bench(report, Console())
+
+
+def _check_target(target: str) -> None:
+    """``--target`` is a URL prefix every request is built from: an http(s) URL, or every
+    URL of the run would fail the same way."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(target)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a bad IPv6 literal or port
+        valid = False
+    if not valid or _SPACE.search(target):
+        raise UsageError(f"invalid --target {target!r}: expected an http(s) URL prefix")
 
 
 def _render_bench(report: dict[str, Any], console: Console) -> None:
@@ -740,6 +824,8 @@ def build_config(
     for name in secrets:
         if not _HEADER_NAME.fullmatch(name):
             raise UsageError(f"invalid --secret-header {name!r}: expected a header name")
+    if user_agent is not None:
+        check_field_value(user_agent, f"--user-agent {user_agent!r}")
     try:
         resolved = tuple(parse_resolve(r) for r in resolve or ())
     except ValueError as exc:

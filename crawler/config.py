@@ -6,6 +6,7 @@ the CLI reads the environment.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from crawler import __version__
@@ -17,14 +18,21 @@ class ConfigError(ValueError):
     """A configuration value is out of range; the CLI turns it into exit status 2."""
 
 
+# Each unit of concurrency is a worker task; past this, more would only exhaust memory
+# and file descriptors (a typo of a few digits must not take the machine down).
+MAX_CONCURRENCY = 65_536
+
+
 def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{name} must be > 0, got {value!r}")
+    # inf/nan are refused: "forever" has its own spelling (0) where it makes sense, and
+    # an infinite timeout or rate overflows where it is turned into an integer.
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 def _non_negative(name: str, value: float) -> None:
-    if value < 0:
-        raise ConfigError(f"{name} must be >= 0, got {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +60,8 @@ class LimitConfig:
 
     def __post_init__(self) -> None:
         _positive("concurrency", self.concurrency)
+        if self.concurrency > MAX_CONCURRENCY:
+            raise ConfigError(f"concurrency must be <= {MAX_CONCURRENCY}, got {self.concurrency}")
         _non_negative("per_host", self.per_host)
         _non_negative("rps", self.rps)
         _non_negative("per_host_rps", self.per_host_rps)

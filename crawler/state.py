@@ -19,6 +19,11 @@ and stores the output's new size. So after any crash, "done" and the committed o
 - in crawl mode, starts again from the ``pending`` links that are not done: a page's links
   are committed in the same transaction as the page itself, so none is lost with it.
 
+One run at a time holds a state file (``flock`` on ``PATH.lock``; a second run is refused
+naming the first). A path given as ``--state`` is read with plain ``open()`` before SQLite
+touches it: only a file whose header carries our ``application_id`` is opened for writing.
+A new state file is built under a temporary name and linked into place complete.
+
 On standard output nothing can be cut back: at most the records written since the last
 checkpoint appear twice across the two runs; none is lost.
 
@@ -30,8 +35,16 @@ one call per input batch or checkpoint, never per URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
+import glob
 import os
+import shutil
 import sqlite3
+import stat
+import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
@@ -43,13 +56,25 @@ from crawler.errors import UsageError
 from crawler.linkqueue import Link
 
 FORMAT: Final = "crawler-state/1"
+# SQLite's header field for "which program's file is this" (bytes 68-71): "CRL1". Read
+# with a plain open() before SQLite ever touches a file given as --state.
+APPLICATION_ID: Final = 0x43524C31
+LOCK_SUFFIX: Final = ".lock"
+_LEGACY_COPY_LIMIT: Final = 256 << 20
+_TEMP_TAG: Final = "crawler-creating-"  # .PATH.crawler-creating-XXXXXXXX.new
+_PENDING_TABLE: Final = (
+    "CREATE TABLE pending (seq INTEGER PRIMARY KEY, fp INTEGER NOT NULL,"
+    " url TEXT NOT NULL, depth INTEGER NOT NULL, parent TEXT)"
+)
 T = TypeVar("T")
 
 
 class StateStore:
-    def __init__(self, path: str, identity: dict[str, Any]) -> None:
+    def __init__(self, path: str, identity: dict[str, Any], *, owner: str = "crawler") -> None:
         self.path = path
         self._identity = identity
+        self._owner = owner  # named to a second run refused the lock (no arguments)
+        self._lock_fd: int | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawler-state")
         self._db: sqlite3.Connection | None = None
         self.resumed = False
@@ -67,41 +92,205 @@ class StateStore:
             await self._call(self._open)
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"cannot use --state {self.path!r}: {exc}") from None
+        except OSError as exc:
+            raise UsageError(f"cannot use --state {self.path!r}: {exc.strerror or exc}") from None
 
     def _open(self) -> None:
-        existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db = db
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        if existed:
+        # Order matters: the lock first (nothing is read or written before this run holds
+        # the file), then a read-only look at what is there, and only then a connection
+        # that may write (WAL on, -wal/-shm created) to a file known to be ours.
+        self._inspect()  # a file not ours is refused before even a lock file appears
+        self._lock()
+        try:
+            kind = self._inspect()  # again: what is there now that no other run can change it
+            if kind != "ours":
+                self._create(replace_empty=kind == "empty")
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db = db
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
             self._check(db)
-            self.resumed = True
-        else:
-            db.execute("BEGIN")
-            db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            db.execute(
-                "CREATE TABLE urls (fp INTEGER PRIMARY KEY, done INTEGER NOT NULL) WITHOUT ROWID"
-            )
-            db.execute("CREATE TABLE output (id INTEGER PRIMARY KEY, offset INTEGER NOT NULL)")
-            db.execute("INSERT INTO output VALUES (1, 0)")
-            db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
-            db.execute(
-                "INSERT INTO meta VALUES ('identity', ?)", (orjson.dumps(self._identity).decode(),)
-            )
-            db.execute("COMMIT")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY, fp INTEGER NOT NULL,"
-            " url TEXT NOT NULL, depth INTEGER NOT NULL, parent TEXT)"
-        )
-        # URLs queued but never committed by the previous run must be fetched again.
-        db.execute("DELETE FROM urls WHERE done = 0")
-        (self.committed_offset,) = db.execute("SELECT offset FROM output WHERE id = 1").fetchone()
-        (self.done_before,) = db.execute("SELECT count(*) FROM urls").fetchone()
-        # Links committed by earlier runs; the ones this run adds come after these.
-        (self.pending_max,) = db.execute("SELECT coalesce(max(seq), 0) FROM pending").fetchone()
+            if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                db.execute(f"PRAGMA application_id={APPLICATION_ID}")  # an older version's
+            self.resumed = kind == "ours"
+            # Made by every version, but state files of older versions lack it.
+            db.execute(_PENDING_TABLE.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+            # URLs queued but never committed by the previous run must be fetched again.
+            db.execute("DELETE FROM urls WHERE done = 0")
+            (self.committed_offset,) = db.execute(
+                "SELECT offset FROM output WHERE id = 1"
+            ).fetchone()
+            (self.done_before,) = db.execute("SELECT count(*) FROM urls").fetchone()
+            # Links committed by earlier runs; the ones this run adds come after these.
+            (self.pending_max,) = db.execute("SELECT coalesce(max(seq), 0) FROM pending").fetchone()
+        except BaseException:
+            self._close()
+            raise
+
+    # -- one run per state file ------------------------------------------------------------
+    def _lock(self) -> None:
+        """Hold ``PATH.lock`` for the whole run, or refuse naming the run that holds it.
+
+        ``flock`` on a file of its own, not on the database: the kernel releases it when
+        the holder dies (even by SIGKILL), so a killed run leaves no stale lock; it does
+        not interfere with SQLite's own POSIX locks on the database; and the lock file is
+        never replaced or removed, so two runs always lock the same inode. (Children are
+        spawned, never forked, so none inherits the descriptor.)"""
+        lock_path = self.path + LOCK_SUFFIX
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UsageError(f"cannot use --state {self.path!r}: {lock_path!r} is not a file")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").split("\n")
+                pid = holder[0].strip() or "unknown"
+                what = f" ({holder[1].strip()})" if len(holder) > 1 and holder[1].strip() else ""
+                raise UsageError(
+                    f"cannot use --state {self.path!r}: in use by another run, pid {pid}{what}"
+                ) from None
+            # Who holds it: the pid and the command, never its arguments (they may hold
+            # credentials, and the lock file is readable by others).
+            note = f"{os.getpid()}\n{self._owner}\n".encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, note, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+
+    def _inspect(self) -> str:
+        """What is at the path, read without changing it: ``new`` (nothing), ``empty``
+        (0 bytes), ``ours``; anything else is refused. Read with plain ``open``: SQLite
+        would create -wal/-shm files or switch journal modes of a file not ours."""
+        refuse = UsageError(f"cannot use --state {self.path!r}: not a crawler state file")
+        try:
+            # O_NONBLOCK: a FIFO given as --state must not hang the open.
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            if os.path.lexists(self.path):  # never create a file through a symlink
+                raise UsageError(
+                    f"cannot use --state {self.path!r}: a symlink to a missing file"
+                ) from None
+            if os.path.exists(self.path + "-wal"):
+                # A log without its database: SQLite would replay it into a new file.
+                raise UsageError(
+                    f"cannot use --state {self.path!r}: {self.path + '-wal'!r} exists "
+                    "without it (remove it or use another path)"
+                ) from None
+            return "new"
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise refuse
+            head = os.pread(fd, 100, 0)
+        finally:
+            os.close(fd)
+        if not head:
+            return "empty"  # e.g. left by an older version killed while creating it
+        if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
+            raise refuse
+        app_id = int.from_bytes(head[68:72], "big")
+        if app_id == APPLICATION_ID:
+            return "ours"
+        if app_id == 0 and self._legacy_format():
+            return "ours"
+        raise refuse
+
+    def _legacy_format(self) -> bool:
+        """A state file from before ``application_id``: is its meta table ours? Read
+        without writing: the file alone (``immutable``: no -shm, no lock), then through
+        a -wal left by a killed run, and if that needs a recovery (a write), on a copy."""
+        path = os.path.abspath(self.path)
+        wal = path + "-wal"
+        if _meta_format(_ro_uri(path) + "&immutable=1") == FORMAT:
+            return True
+        if not os.path.exists(wal):
+            return False
+        if os.path.exists(path + "-shm") and _meta_format(_ro_uri(path)) == FORMAT:
+            return True
+        if os.path.getsize(path) + os.path.getsize(wal) > _LEGACY_COPY_LIMIT:
+            return False
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
+            copy = os.path.join(tmp, "state")
+            shutil.copyfile(path, copy)
+            shutil.copyfile(wal, copy + "-wal")
+            return _meta_format("file:" + urllib.parse.quote(copy)) == FORMAT
+
+    def _create(self, *, replace_empty: bool) -> None:
+        """A new state file appears complete or not at all: built under a temporary
+        name in the same directory, fsynced, then linked into place (a link never
+        replaces a file that appeared meanwhile). A run killed half-way leaves only its
+        temporary file, removed by the next run that holds the lock."""
+        folder, base = os.path.split(os.path.abspath(self.path))
+        pattern = f".{glob.escape(base)}.{_TEMP_TAG}*.new"
+        for stale in glob.glob(os.path.join(glob.escape(folder), pattern)):
+            with contextlib.suppress(OSError):
+                os.unlink(stale)  # only the lock holder makes these: a dead run's
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.{_TEMP_TAG}", suffix=".new", dir=folder)
+        os.close(fd)
+        try:
+            db = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                # No journal: a torn temporary file is simply never linked into place.
+                db.execute("PRAGMA journal_mode=OFF")
+                db.execute("PRAGMA synchronous=OFF")
+                db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                db.execute("BEGIN")
+                db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                db.execute(
+                    "CREATE TABLE urls (fp INTEGER PRIMARY KEY, done INTEGER NOT NULL)"
+                    " WITHOUT ROWID"
+                )
+                db.execute("CREATE TABLE output (id INTEGER PRIMARY KEY, offset INTEGER NOT NULL)")
+                db.execute(_PENDING_TABLE)
+                db.execute("INSERT INTO output VALUES (1, 0)")
+                db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+                db.execute(
+                    "INSERT INTO meta VALUES ('identity', ?)",
+                    (orjson.dumps(self._identity).decode(),),
+                )
+                db.execute("COMMIT")
+            finally:
+                db.close()
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                if not (replace_empty and os.path.getsize(self.path) == 0):
+                    raise UsageError(
+                        f"cannot use --state {self.path!r}: created by another program meanwhile"
+                    ) from None
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                # A filesystem without hard links: rename instead. Only a program other
+                # than crawler could create the path meanwhile (we hold the lock), and
+                # then, rarely, it would be replaced: the check just above is the best
+                # such a filesystem offers.
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                if os.path.lexists(self.path):
+                    raise UsageError(
+                        f"cannot use --state {self.path!r}: created by another program meanwhile"
+                    ) from None
+                os.rename(tmp, self.path)
+            # Make the new name durable too (best effort: not every filesystem can).
+            with contextlib.suppress(OSError):
+                dir_fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def _check(self, db: sqlite3.Connection) -> None:
+        """The file is ours (see ``_inspect``): is it this run's?"""
         try:
             rows = dict(db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError:
@@ -209,7 +398,7 @@ class StateStore:
 
     async def aclose(self) -> None:
         """Idempotent."""
-        if self._db is not None:
+        if self._db is not None or self._lock_fd is not None:
             await self._call(self._close)
         self._executor.shutdown(wait=True)
 
@@ -217,3 +406,26 @@ class StateStore:
         if self._db is not None:
             db, self._db = self._db, None
             db.close()
+        # After the database is closed (its last write is in), never before.
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None
+            os.close(fd)
+
+
+def _ro_uri(path: str) -> str:
+    return "file:" + urllib.parse.quote(path) + "?mode=ro"
+
+
+def _meta_format(uri: str) -> str | None:
+    """The ``format`` in the meta table of the database at ``uri``, if any."""
+    try:
+        db = sqlite3.connect(uri, uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return None
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+    return row[0] if row is not None and isinstance(row[0], str) else None

@@ -1,0 +1,102 @@
+"""Files a run reads and writes must be distinct: checked before any of them is touched.
+
+Two names are the same file when they resolve to the same path (symlinks followed), or,
+for files that exist, share device and inode (hard links too). Character devices
+(``/dev/null``) are exempt: writing twice to them destroys nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+
+from crawler.errors import UsageError
+
+# What ``--state PATH`` makes beside it: SQLite's files and the run lock.
+STATE_SIBLINGS = ("", "-wal", "-shm", "-journal", ".lock")
+_BODY_NAME = re.compile(r"[0-9a-f]{2}/[0-9a-f]{64}(\..*)?")
+
+
+@dataclass(frozen=True, slots=True)
+class Named:
+    """One file of the run: ``what`` names it in messages (``-o``, ``INPUT``)."""
+
+    what: str
+    path: str
+
+
+def _key(path: str) -> tuple[str, tuple[int, int] | None, bool]:
+    """(resolved path, (device, inode) if it exists, exempt)"""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return real, None, False
+    return real, (st.st_dev, st.st_ino), stat.S_ISCHR(st.st_mode)
+
+
+def _warc_pattern(warc: str) -> re.Pattern[str]:
+    """The rotated names of a WARC path (see ``storage.warc_name``), resolved."""
+    real = os.path.realpath(warc)
+    for ext in (".warc.gz", ".warc"):
+        if real.endswith(ext):
+            return re.compile(re.escape(real[: -len(ext)]) + r"-\d{5,}" + re.escape(ext))
+    return re.compile(re.escape(real) + r"-\d{5,}")
+
+
+def check_distinct(
+    inputs: list[Named],
+    outputs: list[Named],
+    *,
+    warc: str | None = None,
+    save_dir: str | None = None,
+) -> None:
+    """Refuse (``UsageError``) when an output is an input or another output.
+
+    ``outputs`` are files this run writes; ``warc`` and its rotated names and
+    ``save_dir`` (the whole directory) count as outputs too. Inputs may repeat.
+    """
+    named = [*outputs]
+    if warc is not None:
+        named.append(Named("--warc", warc))
+    if save_dir is not None:
+        named.append(Named("--save-dir", save_dir))
+    keyed = [(n, *_key(n.path)) for n in named]
+    keyed_inputs = [(n, *_key(n.path)) for n in inputs]
+    for i, (out, real, ino, exempt) in enumerate(keyed):
+        if exempt:
+            continue
+        others = keyed[:i] + keyed_inputs
+        for other, o_real, o_ino, o_exempt in others:
+            if o_exempt:
+                continue
+            if real == o_real or (ino is not None and ino == o_ino):
+                _clash(out, other)
+    if warc is not None:
+        rotated = _warc_pattern(warc)
+        for other in [*outputs, *inputs]:
+            if rotated.fullmatch(os.path.realpath(other.path)):
+                raise UsageError(
+                    f"{other.what} {other.path!r} is a name --warc {warc!r} rotates into"
+                )
+    if save_dir is not None:
+        root = os.path.realpath(save_dir)
+        for other in [*outputs, *inputs]:
+            inside = os.path.relpath(os.path.realpath(other.path), root)
+            if _BODY_NAME.fullmatch(inside):
+                raise UsageError(
+                    f"{other.what} {other.path!r} is a body file name of --save-dir {save_dir!r}"
+                )
+
+
+def state_files(state: str) -> list[Named]:
+    """``--state PATH`` and the files SQLite and the lock make beside it."""
+    return [Named(f"--state{' (' + s + ')' if s else ''}", state + s) for s in STATE_SIBLINGS]
+
+
+def _clash(one: Named, other: Named) -> None:
+    if one.path == other.path:
+        raise UsageError(f"{one.what} and {other.what} are the same file: {one.path!r}")
+    raise UsageError(f"{one.what} {one.path!r} and {other.what} {other.path!r} are the same file")
