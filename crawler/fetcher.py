@@ -628,10 +628,10 @@ class _Decoder:
     def feed(self, data: bytes, response: Response) -> Iterator[bytes]:
         """The decoded bytes of ``data``, at most _DECODE_STEP at a time."""
         try:
-            while data:
+            while True:
                 d = self._zlib
                 if d is None:
-                    if self._members and not data.strip(b"\0"):
+                    if not data or (self._members and not data.strip(b"\0")):
                         return
                     # deflate: zlib-wrapped, as RFC 9110 says, or raw (common too).
                     raw = data[0] & 0x0F != 8
@@ -644,6 +644,13 @@ class _Decoder:
                     self._members += 1
                 else:
                     data = d.unconsumed_tail
+                    if not data and len(piece) < _DECODE_STEP:
+                        # All input taken and room left: nothing is held back. (A full
+                        # step may leave output in zlib with no input left: ask again,
+                        # or the end of a raw deflate stream looks truncated.)
+                        if piece:
+                            yield piece
+                        return
                 if piece:
                     yield piece
         except zlib.error as exc:

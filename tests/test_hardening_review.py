@@ -1,0 +1,31 @@
+"""Issue 12, review of the merged fetch and crawl hardening: the cases the first tests
+missed (servers are raw asyncio streams on 127.0.0.1, as in test_hardening_fetch)."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+
+from tests.test_hardening_fetch import Handler, RawServer, fetch, whole
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return packer.compress(data) + packer.flush()
+
+
+# A raw deflate stream of a bit over 1 MiB: zlib can take in all of its input while it
+# fills the fetcher's 1 MiB decode step, and hold the last bytes back until asked again.
+@pytest.mark.parametrize("size", [(1 << 20) + 5, (1 << 20) + 100, (2 << 20) + 50])
+async def test_decoded_output_held_back_at_a_step_boundary_is_not_a_truncation(
+    size: int,
+) -> None:
+    plain = bytes(size)
+    body = _raw_deflate(plain)
+    routes: dict[str, bytes | Handler] = {
+        "/d": whole("200 OK", body, b"Content-Encoding: deflate"),
+    }
+    async with RawServer(routes) as srv:
+        resp = await fetch(srv.url("/d"))
+    assert (resp.status, resp.nbytes, resp.body) == (200, size, plain)
