@@ -512,7 +512,9 @@ class Fetcher:
         decoder = None
         if encoding is not None:
             encoding = encoding.strip().lower()
-            if encoding in DECODED:  # aiohttp's choice: one known encoding, else as is
+            # One known coding is decoded, anything else is kept as sent. Two fields are
+            # one list whose first names the innermost coding: kept as sent too.
+            if encoding in DECODED and len(rh.getall("Content-Encoding")) == 1:
                 decoder = _Decoder(encoding)
         if (
             declared is not None

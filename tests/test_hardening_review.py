@@ -3,6 +3,7 @@ missed (servers are raw asyncio streams on 127.0.0.1, as in test_hardening_fetch
 
 from __future__ import annotations
 
+import gzip
 import zlib
 
 import pytest
@@ -29,3 +30,19 @@ async def test_decoded_output_held_back_at_a_step_boundary_is_not_a_truncation(
     async with RawServer(routes) as srv:
         resp = await fetch(srv.url("/d"))
     assert (resp.status, resp.nbytes, resp.body) == (200, size, plain)
+
+
+# Two Content-Encoding fields mean one list (RFC 9110, 5.3), codings in the order they
+# were applied: "deflate" then "gzip" is a gzip stream around a zlib one. The first field
+# alone names the innermost coding, which the outer bytes are not in.
+async def test_two_content_encoding_fields_are_one_list_and_kept_as_sent() -> None:
+    plain = b"<p>stacked</p>" * 100
+    body = gzip.compress(zlib.compress(plain))
+    routes: dict[str, bytes | Handler] = {
+        "/two": whole("200 OK", body, b"Content-Encoding: deflate", b"Content-Encoding: gzip"),
+        "/one": whole("200 OK", body, b"Content-Encoding: deflate, gzip"),
+    }
+    async with RawServer(routes) as srv:
+        for path in ("/two", "/one"):
+            resp = await fetch(srv.url(path))
+            assert (resp.status, resp.nbytes, resp.body) == (200, len(body), body), path
