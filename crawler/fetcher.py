@@ -246,23 +246,28 @@ class _BoundedHandler(ResponseHandler):
         self.informational = 0
 
     def feed_data(self, data: Any, size: int = 0) -> None:
+        # Once per response: the final one (the usual case) costs a compare and a call.
         code = data[0].code
-        if 100 <= code < 200 and code != 101:
-            self.informational += 1
-            if self.informational > MAX_INFORMATIONAL:
-                if self.informational == MAX_INFORMATIONAL + 1:
-                    self.set_exception(
-                        http_exceptions.HttpProcessingError(
-                            message=f"more than {MAX_INFORMATIONAL} informational (1xx) "
-                            "responses before the final one"
-                        )
-                    )
-                    if self.transport is not None:
-                        self.transport.close()
-                return
-        else:
-            self.informational = 0
-        super().feed_data(data, size)
+        if code >= 200 or code == 101:
+            if self.informational:
+                self.informational = 0
+            _feed_data(self, data, size)
+            return
+        self.informational += 1
+        if self.informational <= MAX_INFORMATIONAL:
+            _feed_data(self, data, size)
+        elif self.informational == MAX_INFORMATIONAL + 1:
+            self.set_exception(
+                http_exceptions.HttpProcessingError(
+                    message=f"more than {MAX_INFORMATIONAL} informational (1xx) "
+                    "responses before the final one"
+                )
+            )
+            if self.transport is not None:
+                self.transport.close()
+
+
+_feed_data: Final = ResponseHandler.feed_data  # without super()'s lookup, per response
 
 
 def _bound_informational(connector: aiohttp.BaseConnector) -> None:
@@ -485,8 +490,11 @@ class Fetcher:
         rh = resp.headers
         ctype = rh.get("Content-Type")
         if ctype is not None:
-            # Header bytes that are not UTF-8 arrive as lone surrogates: make them text.
-            ctype = safe_text(ctype.partition(";")[0]).strip().lower()
+            ctype = ctype.partition(";")[0]
+            if not ctype.isascii():
+                # Header bytes that are not UTF-8 arrive as lone surrogates: make them text.
+                ctype = safe_text(ctype)
+            ctype = ctype.strip().lower()
         retry_after = rh.get("Retry-After")
         if retry_after is not None and not retry_after.isascii():
             # "²".isdigit() holds, float("²") fails: only ASCII can be a delay or a date.
