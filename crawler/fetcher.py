@@ -250,6 +250,8 @@ class _BoundedHandler(ResponseHandler):
         code = data[0].code
         if code >= 200 or code == 101:
             if self.informational:
+                if self.informational > MAX_INFORMATIONAL:
+                    return  # refused: nothing more from this connection is handed over
                 self.informational = 0
             _feed_data(self, data, size)
             return

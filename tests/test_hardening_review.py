@@ -8,7 +8,8 @@ import zlib
 
 import pytest
 
-from tests.test_hardening_fetch import Handler, RawServer, fetch, whole
+from crawler.fetcher import MAX_INFORMATIONAL
+from tests.test_hardening_fetch import Handler, RawServer, failure, fetch, whole
 
 
 def _raw_deflate(data: bytes) -> bytes:
@@ -46,3 +47,13 @@ async def test_two_content_encoding_fields_are_one_list_and_kept_as_sent() -> No
         for path in ("/two", "/one"):
             resp = await fetch(srv.url(path))
             assert (resp.status, resp.nbytes, resp.body) == (200, len(body), body), path
+
+
+# README: more than MAX_INFORMATIONAL informational responses are a protocol error. A
+# final response that came in the same read as the flood was still handed over (the
+# connection already closed under it), so the outcome depended on how reads fell.
+async def test_too_many_1xx_is_an_error_even_with_the_answer_in_the_same_read() -> None:
+    flood = b"HTTP/1.1 100 Continue\r\n\r\n" * (MAX_INFORMATIONAL + 1)
+    async with RawServer({"/f": flood + whole("200 OK", b"done")}) as srv:
+        err = await failure(srv.url("/f"))
+    assert err.kind == "protocol" and "informational" in err.message, err
