@@ -246,23 +246,30 @@ class _BoundedHandler(ResponseHandler):
         self.informational = 0
 
     def feed_data(self, data: Any, size: int = 0) -> None:
+        # Once per response: the final one (the usual case) costs a compare and a call.
         code = data[0].code
-        if 100 <= code < 200 and code != 101:
-            self.informational += 1
-            if self.informational > MAX_INFORMATIONAL:
-                if self.informational == MAX_INFORMATIONAL + 1:
-                    self.set_exception(
-                        http_exceptions.HttpProcessingError(
-                            message=f"more than {MAX_INFORMATIONAL} informational (1xx) "
-                            "responses before the final one"
-                        )
-                    )
-                    if self.transport is not None:
-                        self.transport.close()
-                return
-        else:
-            self.informational = 0
-        super().feed_data(data, size)
+        if code >= 200 or code == 101:
+            if self.informational:
+                if self.informational > MAX_INFORMATIONAL:
+                    return  # refused: nothing more from this connection is handed over
+                self.informational = 0
+            _feed_data(self, data, size)
+            return
+        self.informational += 1
+        if self.informational <= MAX_INFORMATIONAL:
+            _feed_data(self, data, size)
+        elif self.informational == MAX_INFORMATIONAL + 1:
+            self.set_exception(
+                http_exceptions.HttpProcessingError(
+                    message=f"more than {MAX_INFORMATIONAL} informational (1xx) "
+                    "responses before the final one"
+                )
+            )
+            if self.transport is not None:
+                self.transport.close()
+
+
+_feed_data: Final = ResponseHandler.feed_data  # without super()'s lookup, per response
 
 
 def _bound_informational(connector: aiohttp.BaseConnector) -> None:
@@ -485,8 +492,11 @@ class Fetcher:
         rh = resp.headers
         ctype = rh.get("Content-Type")
         if ctype is not None:
-            # Header bytes that are not UTF-8 arrive as lone surrogates: make them text.
-            ctype = safe_text(ctype.partition(";")[0]).strip().lower()
+            ctype = ctype.partition(";")[0]
+            if not ctype.isascii():
+                # Header bytes that are not UTF-8 arrive as lone surrogates: make them text.
+                ctype = safe_text(ctype)
+            ctype = ctype.strip().lower()
         retry_after = rh.get("Retry-After")
         if retry_after is not None and not retry_after.isascii():
             # "²".isdigit() holds, float("²") fails: only ASCII can be a delay or a date.
@@ -512,7 +522,9 @@ class Fetcher:
         decoder = None
         if encoding is not None:
             encoding = encoding.strip().lower()
-            if encoding in DECODED:  # aiohttp's choice: one known encoding, else as is
+            # One known coding is decoded, anything else is kept as sent. Two fields are
+            # one list whose first names the innermost coding: kept as sent too.
+            if encoding in DECODED and len(rh.getall("Content-Encoding")) == 1:
                 decoder = _Decoder(encoding)
         if (
             declared is not None
@@ -628,10 +640,10 @@ class _Decoder:
     def feed(self, data: bytes, response: Response) -> Iterator[bytes]:
         """The decoded bytes of ``data``, at most _DECODE_STEP at a time."""
         try:
-            while data:
+            while True:
                 d = self._zlib
                 if d is None:
-                    if self._members and not data.strip(b"\0"):
+                    if not data or (self._members and not data.strip(b"\0")):
                         return
                     # deflate: zlib-wrapped, as RFC 9110 says, or raw (common too).
                     raw = data[0] & 0x0F != 8
@@ -644,6 +656,13 @@ class _Decoder:
                     self._members += 1
                 else:
                     data = d.unconsumed_tail
+                    if not data and len(piece) < _DECODE_STEP:
+                        # All input taken and room left: nothing is held back. (A full
+                        # step may leave output in zlib with no input left: ask again,
+                        # or the end of a raw deflate stream looks truncated.)
+                        if piece:
+                            yield piece
+                        return
                 if piece:
                     yield piece
         except zlib.error as exc:
