@@ -29,14 +29,13 @@ Children die with the parent (``crawler.lifeline``): a SIGKILLed run leaves no w
 behind, and with the writers gone multiprocessing's resource tracker sees its pipe close
 and exits too.
 
-WARC and decoded bodies: aiohttp hands us the body after gzip/deflate/chunked decoding.
-The response record therefore carries the decoded body with headers that say so:
-``Transfer-Encoding`` and the one ``Content-Encoding`` aiohttp decoded are renamed
+WARC and decoded bodies: the fetcher hands us the body after chunked decoding, and after
+gzip/deflate decoding when the response has exactly one Content-Encoding field naming one of
+those (``crawler.fetcher.DECODED``). The response record carries that body with headers that
+say so: ``Transfer-Encoding`` and the decoded ``Content-Encoding`` are renamed
 ``X-Crawler-Original-…`` and ``Content-Length`` is the body's length, so replay tools and
-``warcio check`` read a consistent record. aiohttp decodes at most one coding, and only a
-header whose whole value is one it knows (``gzip``; not ``gzip, gzip``); with several
-Content-Encoding headers it decodes the last one (C parser) or the first (pure-Python
-parser). Whatever it did not decode stays in the headers, as the body still has it.
+``warcio check`` read a consistent record. Whatever was not decoded (``br``, ``gzip, gzip``,
+two Content-Encoding fields) stays in the headers, as the body still has it.
 """
 
 from __future__ import annotations
@@ -71,7 +70,6 @@ _MAX_PENDING_BYTES: Final = 64 << 20  # bytes sent to the child and not written 
 _GZIP_LEVEL: Final = 6
 _GZIP_WBITS: Final = 31  # a gzip member (header and trailer), not a raw deflate stream
 _HASH_INLINE_BYTES: Final = 256 * 1024
-# Codings aiohttp decodes: a Content-Encoding value equal to one of these (isascii, lower).
 # What the fetcher decodes (crawler.fetcher.DECODED; not imported: this module runs in the
 # child, which must not load aiohttp).
 _DECODED_CODINGS: Final = frozenset(("gzip", "deflate"))
@@ -516,9 +514,10 @@ class _WarcWriter:
             i for i, (n, _) in enumerate(response_headers) if n.lower() == "content-encoding"
         ]
         decoded = -1
-        if codings:
-            # The fetcher reads the first Content-Encoding header and decodes it only if
-            # it is one coding it knows (Fetcher._final_response).
+        if len(codings) == 1:
+            # The fetcher decodes a body only when it has exactly one Content-Encoding
+            # field naming one coding it knows (Fetcher._final_response); anything else
+            # (stacked codings, two fields, br, …) is kept as sent, and so is its header.
             value = response_headers[codings[0]][1]
             if value.isascii() and value.strip().lower() in _DECODED_CODINGS:
                 decoded = codings[0]
