@@ -171,11 +171,15 @@ def _describe(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
-def _exchange(method: str, resp: aiohttp.ClientResponse) -> Exchange:
+def _exchange(method: str, resp: aiohttp.ClientResponse, redact: frozenset[str] | None) -> Exchange:
     version = resp.version
+    sent = list(resp.request_info.headers.items())
+    if redact is not None:
+        # A WARC file is shared and replayed: the user's secrets stay out of it.
+        sent = [(k, "[redacted]" if k.lower() in redact else v) for k, v in sent]
     return Exchange(
         method=method,
-        request_headers=list(resp.request_info.headers.items()),
+        request_headers=sent,
         version=f"HTTP/{version.major}.{version.minor}" if version else "HTTP/1.1",
         status=resp.status,
         # A WARC status line is ASCII: other bytes of the reason are written as \\xNN.
@@ -314,6 +318,7 @@ class Fetcher:
         sensitive = sensitive_names(config)
         credentials = [(n, v) for n, v in config.headers if n.lower() in sensitive]
         self._credentials: CIMultiDict[str] | None = CIMultiDict(credentials) or None
+        self._redact = sensitive if credentials else None  # in WARC request records
         # The session's headers, with and without the credentials (_send only: a
         # session request merges them itself).
         self._headers: CIMultiDict[str] = CIMultiDict(session.headers)
@@ -511,7 +516,7 @@ class Fetcher:
         )
         chunks: list[bytes] | None = None
         if keep and (keep == KEEP_ALL or result.content_type in HTML_TYPES):
-            result.exchange = _exchange(method, resp)
+            result.exchange = _exchange(method, resp, self._redact)
             result.body = b""
             chunks = []
         if method == "HEAD":

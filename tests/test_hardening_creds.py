@@ -9,10 +9,12 @@ B (127.0.0.1, another port), C (127.0.0.2), T (https on 127.0.0.1)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import ssl
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 import pytest
@@ -192,3 +194,28 @@ async def test_secret_header_needs_a_header_name() -> None:
     assert proc.returncode == 2 and out == b""
     assert b"--secret-header" in err and b"header name" in err
     assert len(err.strip().splitlines()) == 1
+
+
+async def test_warc_request_records_hold_no_secrets(servers: Servers, tmp_path: Path) -> None:
+    """A WARC file is shared and replayed: the secrets sent are redacted in it."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    srv, warc = servers, tmp_path / "out.warc.gz"
+    await _cli(
+        "fetch", "-q", "--insecure", "--warc", str(warc), *ARGS,
+        stdin=srv.a.url("/plain").encode() + b"\n",
+    )  # fmt: skip
+    assert srv.a.with_secrets() == ["/plain"]  # they were sent...
+    with warc.open("rb") as fh:
+        sent = [
+            dict(rec.http_headers.headers)
+            for rec in ArchiveIterator(fh)
+            if rec.rec_type == "request"
+        ]
+    assert len(sent) == 1
+    headers = {k.lower(): v for k, v in sent[0].items()}
+    # ...and the archive names them without their values.
+    for name in ("authorization", "cookie", "x-api-key"):
+        assert headers[name] == "[redacted]", headers
+    assert headers["x-trace"] == "t"
+    assert b"s3cret" not in warc.read_bytes() and b"k3y" not in gzip.decompress(warc.read_bytes())
