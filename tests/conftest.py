@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, settings
 
 from crawler.config import (
     BreakerConfig,
@@ -27,6 +30,46 @@ from crawler.engine import Engine, RunResult
 from crawler.inputs import LineSource
 
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+
+# Hypothesis measures each example against the wall clock (a 200 ms deadline, a "too slow"
+# health check): on a loaded machine that fails tests whose code is fine. Tests that need
+# a bound on time assert it themselves, generously.
+settings.register_profile(
+    "loaded-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("loaded-machine")
+
+MARKER_VAR = "CRAWLER_TEST_RUN"
+
+
+def marked_env(env: dict[str, str]) -> tuple[dict[str, str], str]:
+    """``env`` plus a token no other process has: every process the test starts, and every
+    process those start (they inherit the environment), carries it, so the test can find
+    its own processes without looking at anyone else's."""
+    token = uuid.uuid4().hex
+    return {**env, MARKER_VAR: token}, token
+
+
+def marked_processes(token: str) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes whose environment carries ``token``."""
+    needle = f"{MARKER_VAR}={token}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as fh:
+                if needle not in fh.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                if fh.read().rpartition(b")")[2].split()[0] == b"Z":
+                    continue  # a zombie: already dead, waiting for its parent to reap it
+            with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
+                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        found.append((int(entry.name), cmdline))
+    return found
 
 
 @dataclass
@@ -145,7 +188,7 @@ async def server() -> AsyncIterator[Server]:
         await runner.cleanup()
 
 
-async def until(predicate: Any, timeout: float = 10.0) -> None:
+async def until(predicate: Any, timeout: float = 30.0) -> None:
     """Poll ``predicate`` (no sleeping on state: a bounded wait for it to become true)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
