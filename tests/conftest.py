@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
+import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,28 +41,50 @@ settings.register_profile(
 )
 settings.load_profile("loaded-machine")
 
+# A suite started in the background of a non-interactive shell (`pytest &`, as CI scripts
+# and parallel runs do) inherits SIGINT and SIGQUIT ignored, and passes that on to every
+# process it starts: a test that sends them would see nothing happen (a `crawler bench` that
+# ignores Ctrl-C runs its five million URLs). The processes the tests start get the usual
+# dispositions, as in a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+# Every process this session starts inherits a marker in its environment: the session (and
+# a test) can find its own processes, children and orphans included, and nobody else's.
 MARKER_VAR = "CRAWLER_TEST_RUN"
+SESSION_TOKEN = uuid.uuid4().hex
+os.environ[MARKER_VAR] = SESSION_TOKEN
 
 
 def marked_env(env: dict[str, str]) -> tuple[dict[str, str], str]:
     """``env`` plus a token no other process has: every process the test starts, and every
     process those start (they inherit the environment), carries it, so the test can find
     its own processes without looking at anyone else's."""
-    token = uuid.uuid4().hex
+    token = f"{SESSION_TOKEN}.{uuid.uuid4().hex}"
     return {**env, MARKER_VAR: token}, token
 
 
+def _marker(pid: str) -> str | None:
+    with open(f"/proc/{pid}/environ", "rb") as fh:
+        for var in fh.read().split(b"\0"):
+            if var.startswith(MARKER_VAR.encode() + b"="):
+                return var.partition(b"=")[2].decode(errors="replace")
+    return None
+
+
 def marked_processes(token: str) -> list[tuple[int, str]]:
-    """(pid, command line) of the live processes whose environment carries ``token``."""
-    needle = f"{MARKER_VAR}={token}".encode()
+    """(pid, command line) of the live processes whose marker is ``token`` or below it
+    (a test's token is below the session's)."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/environ", "rb") as fh:
-                if needle not in fh.read().split(b"\0"):
-                    continue
+            mark = _marker(entry.name)
+            if mark is None or not (mark == token or mark.startswith(token + ".")):
+                continue
             with open(f"/proc/{entry.name}/stat", "rb") as fh:
                 if fh.read().rpartition(b")")[2].split()[0] == b"Z":
                     continue  # a zombie: already dead, waiting for its parent to reap it
@@ -70,6 +94,29 @@ def marked_processes(token: str) -> list[tuple[int, str]]:
             continue
         found.append((int(entry.name), cmdline))
     return found
+
+
+def _kill(pids: Iterable[int]) -> None:
+    for pid in pids:
+        if pid == os.getpid():
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(autouse=True)
+def _reap_leftover_processes() -> Iterator[None]:
+    """A test that fails (or times out) while a process it started runs must not leave it
+    running into the next tests: on a loaded machine a stray `crawler bench` makes every
+    later test slow. What the test started and left is killed when it ends (a fixture of
+    a wider scope started its processes before, and keeps them)."""
+    before = {pid for pid, _ in marked_processes(SESSION_TOKEN)}
+    yield
+    _kill(pid for pid, _ in marked_processes(SESSION_TOKEN) if pid not in before)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _kill(pid for pid, _ in marked_processes(SESSION_TOKEN))
 
 
 @dataclass

@@ -303,7 +303,7 @@ async def test_adaptive_runs_obey_the_global_permits(
     # event loop lags), so workers take a permit per URL. Here it starts at 2 of 8.
     # Without --adaptive the limit never moves and workers skip the semaphore.
     monkeypatch.setattr(engine_module, "DynamicSemaphore", lambda limit: DynamicSemaphore(2))
-    lines = [server.url(f"/slow/{i}?s=0.02") for i in range(24)]
+    lines = [server.url(f"/slow/{i}?s=0.1") for i in range(24)]  # long enough to overlap
     port = server.ports["127.0.0.1"]
     _, records = await run_engine(tmp_path, lines, concurrency=8, per_host=8, adaptive=True)
     assert len(records) == 24 and all(r["ok"] for r in records)
