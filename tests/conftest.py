@@ -96,6 +96,14 @@ def marked_processes(token: str) -> list[tuple[int, str]]:
     return found
 
 
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rpartition(b")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _kill(pids: Iterable[int]) -> None:
     for pid in pids:
         if pid == os.getpid():
@@ -112,7 +120,13 @@ def _reap_leftover_processes() -> Iterator[None]:
     a wider scope started its processes before, and keeps them)."""
     before = {pid for pid, _ in marked_processes(SESSION_TOKEN)}
     yield
-    _kill(pid for pid, _ in marked_processes(SESSION_TOKEN) if pid not in before)
+    _kill(
+        pid
+        for pid, cmdline in marked_processes(SESSION_TOKEN)
+        # multiprocessing's helpers of this very process (the resource tracker) serve
+        # the whole session, whichever test happened to start them first
+        if pid not in before and not (_ppid(pid) == os.getpid() and "multiprocessing" in cmdline)
+    )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

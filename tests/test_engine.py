@@ -302,7 +302,13 @@ async def test_adaptive_runs_obey_the_global_permits(
     # With --adaptive the global limit can drop below the number of workers (when the
     # event loop lags), so workers take a permit per URL. Here it starts at 2 of 8.
     # Without --adaptive the limit never moves and workers skip the semaphore.
-    monkeypatch.setattr(engine_module, "DynamicSemaphore", lambda limit: DynamicSemaphore(2))
+    # (Held at 2: the loop-lag controller would otherwise add a permit after a second with
+    # no lag, which a slow machine reaches while the 24 URLs are still running.)
+    class HeldAtTwo(DynamicSemaphore):
+        def resize(self, limit: int) -> None:
+            pass
+
+    monkeypatch.setattr(engine_module, "DynamicSemaphore", lambda limit: HeldAtTwo(2))
     lines = [server.url(f"/slow/{i}?s=0.1") for i in range(24)]  # long enough to overlap
     port = server.ports["127.0.0.1"]
     _, records = await run_engine(tmp_path, lines, concurrency=8, per_host=8, adaptive=True)
