@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from crawler.engine import Engine
 from crawler.inputs import LineSource
 from crawler.limiter import DynamicSemaphore
 from tests.conftest import Server, make_config, read_records, run_engine, until
+from tests.faultserver import closed_port
 
 FIELDS = {
     "url",
@@ -32,12 +32,6 @@ FIELDS = {
     "body_path",
     "sha256",
 }
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_one_record_per_distinct_url(server: Server, tmp_path: Path) -> None:
