@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import os
+import signal
 import time
-from collections.abc import AsyncIterator, Iterable
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, settings
 
 from crawler.config import (
     BreakerConfig,
@@ -27,6 +32,105 @@ from crawler.engine import Engine, RunResult
 from crawler.inputs import LineSource
 
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+
+# Hypothesis measures each example against the wall clock (a 200 ms deadline, a "too slow"
+# health check): on a loaded machine that fails tests whose code is fine. Tests that need
+# a bound on time assert it themselves, generously.
+settings.register_profile(
+    "loaded-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("loaded-machine")
+
+# A suite started in the background of a non-interactive shell (`pytest &`, as CI scripts
+# and parallel runs do) inherits SIGINT and SIGQUIT ignored, and passes that on to every
+# process it starts: a test that sends them would see nothing happen (a `crawler bench` that
+# ignores Ctrl-C runs its five million URLs). The processes the tests start get the usual
+# dispositions, as in a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+# Every process this session starts inherits a marker in its environment: the session (and
+# a test) can find its own processes, children and orphans included, and nobody else's.
+MARKER_VAR = "CRAWLER_TEST_RUN"
+SESSION_TOKEN = uuid.uuid4().hex
+os.environ[MARKER_VAR] = SESSION_TOKEN
+
+
+def marked_env(env: dict[str, str]) -> tuple[dict[str, str], str]:
+    """``env`` plus a token no other process has: every process the test starts, and every
+    process those start (they inherit the environment), carries it, so the test can find
+    its own processes without looking at anyone else's."""
+    token = f"{SESSION_TOKEN}.{uuid.uuid4().hex}"
+    return {**env, MARKER_VAR: token}, token
+
+
+def _marker(pid: str) -> str | None:
+    with open(f"/proc/{pid}/environ", "rb") as fh:
+        for var in fh.read().split(b"\0"):
+            if var.startswith(MARKER_VAR.encode() + b"="):
+                return var.partition(b"=")[2].decode(errors="replace")
+    return None
+
+
+def marked_processes(token: str) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes whose marker is ``token`` or below it
+    (a test's token is below the session's)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            mark = _marker(entry.name)
+            if mark is None or not (mark == token or mark.startswith(token + ".")):
+                continue
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                if fh.read().rpartition(b")")[2].split()[0] == b"Z":
+                    continue  # a zombie: already dead, waiting for its parent to reap it
+            with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
+                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        found.append((int(entry.name), cmdline))
+    return found
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rpartition(b")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _kill(pids: Iterable[int]) -> None:
+    for pid in pids:
+        if pid == os.getpid():
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(autouse=True)
+def _reap_leftover_processes() -> Iterator[None]:
+    """A test that fails (or times out) while a process it started runs must not leave it
+    running into the next tests: on a loaded machine a stray `crawler bench` makes every
+    later test slow. What the test started and left is killed when it ends (a fixture of
+    a wider scope started its processes before, and keeps them)."""
+    before = {pid for pid, _ in marked_processes(SESSION_TOKEN)}
+    yield
+    _kill(
+        pid
+        for pid, cmdline in marked_processes(SESSION_TOKEN)
+        # multiprocessing's helpers of this very process (the resource tracker) serve
+        # the whole session, whichever test happened to start them first
+        if pid not in before and not (_ppid(pid) == os.getpid() and "multiprocessing" in cmdline)
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _kill(pid for pid, _ in marked_processes(SESSION_TOKEN))
 
 
 @dataclass
@@ -145,7 +249,7 @@ async def server() -> AsyncIterator[Server]:
         await runner.cleanup()
 
 
-async def until(predicate: Any, timeout: float = 10.0) -> None:
+async def until(predicate: Any, timeout: float = 30.0) -> None:
     """Poll ``predicate`` (no sleeping on state: a bounded wait for it to become true)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -36,6 +36,7 @@ so a test never waits for a fault to finish.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import socket
 import struct
@@ -63,11 +64,18 @@ def bomb(encoding: str = "gzip", size: int = BOMB_SIZE) -> bytes:
     return b"".join(parts)
 
 
+_HELD: list[socket.socket] = []  # bound, never listening: see closed_port
+atexit.register(lambda: [s.close() for s in _HELD])
+
+
 def closed_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on (bound then released; good enough on loopback)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on, and nobody can while this process lives: it stays bound
+    (never listening, so a connection is refused). A port bound and released at once could
+    be taken meanwhile by another program, such as a second test suite running alongside."""
+    s = socket.socket()
+    s.bind((host, 0))
+    _HELD.append(s)
+    return int(s.getsockname()[1])
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

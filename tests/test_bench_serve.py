@@ -12,12 +12,26 @@ import aiohttp
 import orjson
 from warcio.archiveiterator import ArchiveIterator
 
-from tests.conftest import until
+from tests.conftest import marked_env, marked_processes, until
 from tests.test_cli import ENV, run
 
 
+async def run_marked(*args: str, timeout: float = 45) -> tuple[int, bytes, bytes, str]:
+    """Run the CLI with a marker in its environment that its children inherit."""
+    env, token = marked_env(ENV)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crawler", *args,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out, err, token
+
+
 async def test_bench_json_reports_and_stops_its_server() -> None:
-    code, out, err = await run("bench", "--json", "-n", "2000", "-c", "20", "--compare")
+    code, out, err, token = await run_marked(
+        "bench", "--json", "-n", "2000", "-c", "20", "--compare"
+    )
     assert code == 0, err.decode()
     report = orjson.loads(out)
     assert report["ok"] == 2000 and report["errors"] == {}
@@ -25,9 +39,10 @@ async def test_bench_json_reports_and_stops_its_server() -> None:
     assert report["ratio_to_baseline"] > 0
     assert set(report["latency_ms"]) == {"p50", "p95", "p99"}
     assert report["peak_rss_mib"] > 0
-    # The embedded server was stopped: no `crawler serve` child is left behind.
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
-    assert "crawler serve --port 0" not in ps.stdout
+    # The embedded server was stopped: no process this bench started is left behind
+    # (found by the marker in their environment: other programs' processes are not ours;
+    # polled, bounded: a process that was told to stop may take a moment to be gone).
+    await until(lambda: marked_processes(token) == [], timeout=15)
 
 
 async def test_bench_against_a_target_with_errors() -> None:
@@ -37,7 +52,7 @@ async def test_bench_against_a_target_with_errors() -> None:
     )  # fmt: skip
     try:
         assert proc.stdout is not None
-        prefix = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()
+        prefix = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
         code, out, _ = await run("bench", "--json", "-n", "500", "--target", prefix)
         report = orjson.loads(out)
         assert code == 0 and report["target"] == prefix
@@ -55,7 +70,7 @@ async def test_serve_answers_and_stops_cleanly_on_signals() -> None:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
         )  # fmt: skip
         assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
         first, second = line.split(", ")
         async with aiohttp.ClientSession() as session:
             for base in (first, second):
@@ -66,7 +81,7 @@ async def test_serve_answers_and_stops_cleanly_on_signals() -> None:
             async with session.get(f"{first}/redirect/3") as resp:
                 assert resp.status == 200 and len(resp.history) == 3
         proc.send_signal(sig)
-        _, err = await asyncio.wait_for(proc.communicate(), 10)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, err.decode()
         assert b"Traceback" not in err
 
@@ -77,25 +92,26 @@ async def test_serve_bad_options_are_usage_errors() -> None:
 
 
 async def test_bench_ctrl_c_stops_its_server() -> None:
+    env, token = marked_env(ENV)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "crawler", "bench", "-n", "5000000", "--json",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
 
-    def server_children() -> list[str]:
-        ps = subprocess.run(["ps", "-eo", "ppid,args"], capture_output=True, text=True)
-        return [
-            line for line in ps.stdout.splitlines()
-            if line.split(None, 1)[0] == str(proc.pid) and "crawler serve" in line
-        ]  # fmt: skip
+    def server_started() -> bool:
+        return any(pid != proc.pid and " serve " in cmd for pid, cmd in marked_processes(token))
 
-    await until(lambda: bool(server_children()))
+    try:
+        await until(server_started)
+    except AssertionError:
+        proc.kill()
+        await proc.communicate()
+        raise
     proc.send_signal(signal.SIGINT)
-    _, err = await asyncio.wait_for(proc.communicate(), 15)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 130
     assert b"Traceback" not in err
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
-    assert "crawler serve --port 0" not in ps.stdout
+    await until(lambda: marked_processes(token) == [], timeout=15)  # its server stopped too
 
 
 async def test_bench_with_storage_and_crawl_of_the_synthetic_site(tmp_path: Path) -> None:
@@ -114,7 +130,7 @@ async def test_bench_with_storage_and_crawl_of_the_synthetic_site(tmp_path: Path
     )
     try:
         assert proc.stdout is not None
-        prefix = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()
+        prefix = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
         code, out, _ = await run("crawl", f"{prefix}/site/0?size=111", "-q")
     finally:
         proc.terminate()

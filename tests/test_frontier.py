@@ -31,7 +31,7 @@ async def test_put_waits_when_full() -> None:
     assert not blocked.done() and f.queued == 2
     got = await f.get()
     assert got is not None
-    await asyncio.wait_for(blocked, 1)
+    await asyncio.wait_for(blocked, 10)
     assert f.queued == 2
 
 
@@ -40,7 +40,7 @@ async def test_offer_adds_without_waiting_or_refuses_when_full() -> None:
     getter = asyncio.create_task(f.get())
     await asyncio.sleep(0)  # the getter waits on an empty frontier
     assert f.offer(item("http://a/1"))
-    got = await asyncio.wait_for(getter, 1)  # offer() woke it
+    got = await asyncio.wait_for(getter, 10)  # offer() woke it
     assert got is not None and got.raw == "http://a/1"
     assert f.offer(item("http://b/1")) and f.offer(item("http://c/1"))
     assert not f.offer(item("http://d/1"))  # full: nothing done, the caller must wait
@@ -62,7 +62,7 @@ async def test_busy_host_is_parked_not_waited_on() -> None:
     await asyncio.sleep(0)
     assert not waiter.done()
     f.done(first)  # frees a's slot: handed straight to the parked a/2
-    third = await asyncio.wait_for(waiter, 1)
+    third = await asyncio.wait_for(waiter, 10)
     assert third is not None and third.raw == "http://a/2"
 
 
@@ -76,7 +76,7 @@ async def test_ends_when_input_closed_and_nothing_in_flight() -> None:
     await asyncio.sleep(0)
     assert not waiter.done()  # one URL still in flight: it could still retry
     f.done(it)
-    assert await asyncio.wait_for(waiter, 1) is None
+    assert await asyncio.wait_for(waiter, 10) is None
 
 
 async def test_retry_later_frees_the_worker_and_comes_back() -> None:
@@ -90,7 +90,7 @@ async def test_retry_later_frees_the_worker_and_comes_back() -> None:
     b = await f.get()
     assert b is not None and b.raw == "http://b/1"
     f.done(b)
-    again = await asyncio.wait_for(f.get(), 1)
+    again = await asyncio.wait_for(f.get(), 10)
     assert again is a
     f.done(a)
     assert await f.get() is None
@@ -118,7 +118,7 @@ async def test_cancelled_get_leaves_no_waiter_behind() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     await f.put(item("http://a/1"))
-    assert (await asyncio.wait_for(f.get(), 1)) is not None
+    assert (await asyncio.wait_for(f.get(), 10)) is not None
 
 
 async def test_retry_after_stop_is_refused_so_the_url_is_not_lost() -> None:

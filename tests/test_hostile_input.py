@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
-from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -59,24 +58,25 @@ def expected_keys(data: bytes) -> set[str]:
         max_size=25,
     )
 )
-def test_any_lines_get_one_record_each_and_never_crash(lines: list[bytes]) -> None:
+def test_any_lines_get_one_record_each_and_never_crash(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[bytes]
+) -> None:
     data = b"\n".join(lines)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        (tmp_path / "urls.txt").write_bytes(data)
-        # Every name resolves to loopback and nothing outside 127/8 may be reached: the
-        # fuzzer's URLs never leave this machine.
-        _, records = asyncio.run(
-            run_engine(
-                tmp_path,
-                None,
-                resolve=(("*", "127.0.0.1"),),
-                allow_only=("127.0.0.0/8", "::1/128"),
-                retries=0,
-                timeout=2.0,
-                connect_timeout=1.0,
-            )
+    tmp_path = tmp_path_factory.mktemp("case")  # one per example, under pytest's temp root
+    (tmp_path / "urls.txt").write_bytes(data)
+    # Every name resolves to loopback and nothing outside 127/8 may be reached: the
+    # fuzzer's URLs never leave this machine.
+    _, records = asyncio.run(
+        run_engine(
+            tmp_path,
+            None,
+            resolve=(("*", "127.0.0.1"),),
+            allow_only=("127.0.0.0/8", "::1/128"),
+            retries=0,
+            timeout=2.0,
+            connect_timeout=1.0,
         )
+    )
     got = set()
     for r in records:
         if r["error"] and r["error"]["kind"] == "invalid_url":

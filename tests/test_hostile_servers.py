@@ -91,9 +91,11 @@ async def test_every_fault_gets_its_kind_within_the_deadline(
     kinds = {r["url"]: r["error"]["kind"] for r in records}  # type: ignore[index]
     assert kinds == {hostile.url(p): k for p, k in EXPECTED.items()}
     for r in records:
-        # The URL's deadline bounds every URL, retries and Retry-After included.
-        assert float(r["elapsed_ms"]) <= TIMEOUT * 1000 + 500, r  # type: ignore[arg-type]
-    assert took < TIMEOUT * 2 + 5
+        # The URL's deadline bounds every URL, retries and Retry-After included: ~2 s, where
+        # the 3 attempts of a deadline per attempt would take >= 6 s and a stall forever.
+        # (2 s of slack: a loaded machine delays the end of a URL, never its deadline.)
+        assert float(r["elapsed_ms"]) <= TIMEOUT * 1000 + 2000, r  # type: ignore[arg-type]
+    assert took < 40  # the run ends (a stalled fault would keep it for good)
     # A 64 MiB body and two 256 MiB bombs never made it into memory.
     assert float(stats["peak_rss_mib"]) < 150  # type: ignore[arg-type]
 
@@ -132,5 +134,5 @@ async def test_no_request_is_sent_without_time_left(hostile: FaultServer) -> Non
         with pytest.raises(errors.Timeout):
             # aiohttp would read a total timeout of 0 as "none" and wait forever here.
             await Fetcher(session, config).fetch(URL(hostile.url("/silent")), -0.5)
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 10
     assert not hostile.requests

@@ -82,7 +82,10 @@ async def test_stdin_dash(tmp_path: Path) -> None:
     assert out == ["http://a/"]
 
 
-@settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=50,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(st.binary(max_size=2000))
 def test_any_bytes_never_raise(tmp_path: Path, data: bytes) -> None:
     p = tmp_path / "fuzz.txt"

@@ -54,7 +54,7 @@ async def test_dynamic_semaphore_resize() -> None:
     await asyncio.sleep(0)
     assert not waiter.done()
     sem.resize(3)
-    await asyncio.wait_for(waiter, 1)
+    await asyncio.wait_for(waiter, 10)
     assert sem.held == 3
     sem.resize(1)  # shrinking never revokes held permits...
     sem.release()
@@ -63,7 +63,7 @@ async def test_dynamic_semaphore_resize() -> None:
     await asyncio.sleep(0)
     assert not blocked.done()  # ...but new ones wait until we are under the new limit
     sem.release()
-    await asyncio.wait_for(blocked, 1)
+    await asyncio.wait_for(blocked, 10)
     assert sem.held == 1
 
 
@@ -77,7 +77,7 @@ async def test_dynamic_semaphore_cancelled_waiter_does_not_leak() -> None:
         await waiter
     sem.release()
     assert sem.held == 0
-    await asyncio.wait_for(sem.acquire(), 1)
+    await asyncio.wait_for(sem.acquire(), 10)
 
 
 def test_aimd_halves_on_congestion_once_per_cooldown_and_recovers() -> None:
