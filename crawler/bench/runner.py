@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import statistics
 import subprocess
 import sys
@@ -83,6 +84,8 @@ def embedded_server(opts: ServeOptions) -> Iterator[str]:
     cmd = child_command(replace(opts, workers=1), 0)
     cmd[cmd.index("--workers") + 1] = str(opts.workers)
     cmd.remove("--reuse-port")
+    # If bench dies without its finally (SIGTERM, SIGKILL), the server stops by itself.
+    cmd += ["--parent-pid", str(os.getpid())]
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
