@@ -109,6 +109,7 @@ class Sink:
         self._drained.set()
         self._closing = False
         self._abandoned = False  # see abandon()
+        self._torn = False  # the output ends in a cut-short line: nothing may follow it
         self._waiting: asyncio.Future[bool] | None = None  # for a full pipe to drain
         self._file: Any = None
         self._high_water = config.batch_bytes * 8
@@ -281,11 +282,14 @@ class Sink:
         self, buf: bytearray, fps: list[int | None], links: list[Link], count: int
     ) -> None:
         try:
-            if not self.broken:
+            if not (self.broken or self._torn):
                 size = await self._write_all(buf)
                 if size < len(buf):  # abandoned part-way: whole lines count, no more
                     count = buf.count(b"\n", 0, size)
                     fps = fps[:count]
+                    # A later batch must not be glued to the cut-short line: the torn
+                    # line stays the last one (README), the rest is lost.
+                    self._torn = size > 0 and buf[size - 1] != 0x0A
                 self.written += count
                 self.bytes_written += size
                 self._offset += size
