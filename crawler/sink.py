@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Awaitable, Callable
@@ -39,15 +40,18 @@ class OutputClosed(Exception):  # noqa: N818 - a state, not a failure
 class _Pipe:
     """Standard output, a pipe or socket switched to non-blocking (restored on close)."""
 
-    def __init__(self, fd: int, restore: bool) -> None:
+    def __init__(self, fd: int, restore: bool, owned: bool = False) -> None:
         self.fd = fd
         self._restore = restore
+        self._owned = owned  # opened by us (``-o FIFO``): closed, not restored
 
     def fileno(self) -> int:
         return self.fd
 
     async def close(self) -> None:
-        if self._restore:
+        if self._owned:
+            os.close(self.fd)
+        elif self._restore:
             with contextlib.suppress(OSError):
                 os.set_blocking(self.fd, True)
 
@@ -112,6 +116,9 @@ class Sink:
         self._torn = False  # the output ends in a cut-short line: nothing may follow it
         self._waiting: asyncio.Future[bool] | None = None  # for a full pipe to drain
         self._file: Any = None
+        # The output is a stream (stdout, or -o naming a device or FIFO such as
+        # /dev/stdout): nothing to fsync at a checkpoint, nothing to cut back on resume.
+        self._stream = config.output is None
         self._high_water = config.batch_bytes * 8
         self._batch_records = config.batch_records
         self._batch_bytes = config.batch_bytes
@@ -133,9 +140,29 @@ class Sink:
                 1, "wb", buffering=0, closefd=False
             )
             return
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = 0
+        if stat.S_ISFIFO(mode):
+            # A pipe of our own (``-o /dev/stdout`` opens the pipe anew): written like a
+            # standard output pipe, so a reader that stops can be given up on at shutdown.
+            # No reader at all is an error now, not a run that blocks before it starts.
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                raise UsageError(
+                    f"cannot write output {path!r}: a FIFO that nothing reads"
+                ) from None
+            self._file = _Pipe(fd, restore=False, owned=True)
+            self._stream = True
+            return
         state = self._state
-        if state is None or not state.resumed:
+        if state is None or not state.resumed or stat.S_ISCHR(mode):
             self._file = await aiofiles.open(path, "wb", buffering=0)
+            self._stream = stat.S_ISCHR(mode)  # /dev/null, a terminal: no fsync, no seek
             return
         # Resuming into the same file: cut it back to what the state says is committed
         # (a torn last line or records written after the last checkpoint go).
@@ -311,10 +338,11 @@ class Sink:
         except BrokenPipeError:
             self.broken = True
             self._drained.set()
-            # Point fd 1 at /dev/null so nothing at exit tries the dead pipe again.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.close(devnull)
+            if self._config.output is None:
+                # Point fd 1 at /dev/null so nothing at exit tries the dead pipe again.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.close(devnull)
             raise OutputClosed from None
 
     async def _write_pipe(self, fd: int, data: bytearray) -> int:
@@ -367,7 +395,7 @@ class Sink:
         links, self._written_links = self._written_links, []
         done = [fp for fp in fps if fp is not None]
         offset = self._offset
-        sync_fd = self._file.fileno() if self._config.output is not None else None
+        sync_fd = None if self._stream else self._file.fileno()
         try:
             if self.before_commit is not None:
                 await self.before_commit()

@@ -9,13 +9,25 @@ import array
 import asyncio
 import fcntl
 import os
+import signal
 import termios
+from pathlib import Path
 
 import orjson
 
 from crawler.config import SinkConfig
 from crawler.records import Record
 from crawler.sink import Sink, _Pipe
+from tests.conftest import Server, until
+from tests.test_hardening_signals import (
+    PAD,
+    assert_no_traceback,
+    exits,
+    reap,
+    run,
+    signal_delivered,
+    spawn,
+)
 
 
 def _queued(fd: int) -> int:
@@ -75,3 +87,72 @@ async def test_nothing_is_written_after_a_line_cut_short_by_abandon() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+# -- -o naming a stream: a device or a FIFO (``-o /dev/null``, ``-o /dev/stdout``) -------------
+def _urls(server: Server, tmp_path: Path, n: int, pad: str = "") -> Path:
+    path = tmp_path / "urls.txt"
+    path.write_text("".join(server.url(f"/ok/{i}?pad={pad}") + "\n" for i in range(n)))
+    return path
+
+
+async def test_state_with_output_to_dev_null_completes_and_resumes(
+    server: Server, tmp_path: Path
+) -> None:
+    """A checkpoint fsynced the output, and fsync on /dev/null (or a pipe) is EINVAL: the run
+    fetched everything, then failed with "cannot continue: Invalid argument" (exit 2)."""
+    urls = _urls(server, tmp_path, 20)
+    state = str(tmp_path / "s.db")
+    code, _, err = await run("fetch", str(urls), "-o", "/dev/null", "--state", state)
+    assert code == 0, err
+    hits = sum(server.rec.hits.values())
+    code, _, err = await run("fetch", str(urls), "-o", "/dev/null", "--state", state)
+    assert code == 0, err  # resumed: nothing cut back (a device has no size), nothing left
+    assert sum(server.rec.hits.values()) == hits
+
+
+async def test_second_sigint_ends_a_run_blocked_on_an_output_fifo(
+    server: Server, tmp_path: Path
+) -> None:
+    """``-o /dev/stdout`` (or any FIFO) that nobody reads: the writer thread blocked in
+    write() forever, so two SIGINTs left the process running; now it is written like a
+    standard output pipe and given up on."""
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # open, never read until the end
+    try:
+        size = fcntl.fcntl(reader, fcntl.F_GETPIPE_SZ)
+        urls = _urls(server, tmp_path, 1200, PAD)
+        proc = spawn(
+            "fetch", str(urls), "-o", str(fifo), "--no-progress", "-c", "16", "--grace", "60"
+        )
+        try:
+            await until(lambda: _queued(reader) >= size, 60)  # the FIFO is full
+            assert proc.poll() is None
+            await signal_delivered(proc, signal.SIGINT)
+            await signal_delivered(proc, signal.SIGINT)
+            assert await exits(proc, 20) == 130
+        finally:
+            _, err = reap(proc)
+        assert_no_traceback(err)
+        assert b"lost" in err
+        data = _drain(reader)
+        for line in data.split(b"\n")[:-1]:
+            orjson.loads(line)
+    finally:
+        os.close(reader)
+
+
+async def test_output_fifo_without_a_reader_is_one_line(tmp_path: Path) -> None:
+    """Opening a FIFO nobody reads blocked before the run (signals not yet handled)."""
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/\n")
+    proc = spawn("fetch", str(urls), "-o", str(fifo), "--no-progress")
+    try:
+        code = await exits(proc, 30)
+    finally:
+        _, err = reap(proc)  # killed if it hangs
+    assert code == 2
+    assert err.count(b"\n") == 1 and b"out.fifo" in err and b"nothing reads" in err, err
