@@ -37,6 +37,7 @@ from crawler.config import (
 from crawler.errors import UsageError
 from crawler.inputs import LineSource, Source
 from crawler.paths import Named, check_distinct, state_files
+from crawler.paths import inputs as input_files
 
 EXIT_OK: Final = 0
 EXIT_FAILED_RECORDS: Final = 1
@@ -321,7 +322,7 @@ def fetch(
         config,
         source,
         source.identity(),
-        inputs=[Named("INPUT", input)] if input not in (None, "-") else [],
+        inputs=input_files("INPUT", [input or "-"]),
         state=state,
         stats_json=stats_json,
         progress=progress,
@@ -452,7 +453,7 @@ def crawl(
         config,
         source,
         {"mode": "crawl", **source.identity()},
-        inputs=[Named("SEEDS file", f) for f in files if f != "-"],
+        inputs=input_files("SEEDS file", files),
         state=state,
         stats_json=stats_json,
         progress=progress,

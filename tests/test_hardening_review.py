@@ -10,16 +10,20 @@ import asyncio
 import fcntl
 import os
 import signal
+import subprocess
 import termios
 from pathlib import Path
 
 import orjson
+import pytest
 
 from crawler.config import SinkConfig
 from crawler.records import Record
 from crawler.sink import Sink, _Pipe
 from tests.conftest import Server, until
 from tests.test_hardening_signals import (
+    CRAWLER,
+    ENV,
     PAD,
     assert_no_traceback,
     exits,
@@ -156,3 +160,24 @@ async def test_output_fifo_without_a_reader_is_one_line(tmp_path: Path) -> None:
         _, err = reap(proc)  # killed if it hangs
     assert code == 2
     assert err.count(b"\n") == 1 and b"out.fifo" in err and b"nothing reads" in err, err
+
+
+# -- paths.check_distinct: standard input is an input file too --------------------------------
+@pytest.mark.parametrize("command", [["fetch"], ["fetch", "-"], ["crawl"]])
+async def test_output_equal_to_a_redirected_standard_input_is_refused(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """``crawler fetch -o urls.txt < urls.txt`` truncated the input it was reading (exit 0,
+    both files empty); like ``-o urls.txt urls.txt`` it is refused before anything."""
+    urls = tmp_path / "urls.txt"
+    text = "http://127.0.0.1:9/a\n" * 3
+    urls.write_text(text)
+    with urls.open("rb") as stdin:
+        proc = await asyncio.create_subprocess_exec(
+            *CRAWLER, *command, "-o", str(urls), "--no-progress",
+            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2, err
+    assert err.count(b"\n") == 1 and b"standard input" in err, err
+    assert urls.read_text() == text
