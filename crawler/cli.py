@@ -516,7 +516,7 @@ def _run_pipeline(
     """What fetch and crawl share: state, the engine run, summary, exit status."""
     output = config.sink.output
     _check_paths(config, inputs, state=state, stats_json=stats_json)
-    console = Console(stderr=True)
+    console = _StderrConsole(stderr=True)
     show_progress = (console.is_terminal if progress is None else progress) and not quiet
 
     from crawler.engine import Engine  # imported late: keeps `crawler --help` fast
@@ -910,9 +910,31 @@ def _want_uvloop(no_uvloop: bool) -> bool:
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    sys.stderr.write(f"crawler: error: {message}\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(f"crawler: error: {message}\n")
+        sys.stderr.flush()
+    except BrokenPipeError:
+        _drop_stderr()  # the exit status still says what happened
     raise SystemExit(code)
+
+
+class _StderrConsole(Console):
+    """The progress display and summary, on stderr. When nobody reads stderr any more
+    (``2>&1 | head -1``), rich's default points fd 1 (our records!) at /dev/null and
+    exits 1 (also mid-run); this one only stops talking, and the run's status stands."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _drop_stderr()
+
+
+def _drop_stderr() -> None:
+    """The reader of standard error went away: point fd 2 at /dev/null, so no later write
+    (nor the flush at exit) fails again and the exit status is ours, not click's 1."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

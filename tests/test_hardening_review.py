@@ -181,3 +181,29 @@ async def test_output_equal_to_a_redirected_standard_input_is_refused(
     assert proc.returncode == 2, err
     assert err.count(b"\n") == 1 and b"standard input" in err, err
     assert urls.read_text() == text
+
+
+# -- nobody reads stderr (``2>&1 | head -1``): the exit status stays the contract's ---------------
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [(["-o", "out.jsonl"], 0), (["-o", "out.jsonl", "--concurrency", "0"], 2)],
+)
+async def test_exit_status_when_stderr_is_not_read(
+    server: Server, tmp_path: Path, extra: list[str], status: int
+) -> None:
+    """The summary (rich) or the one-line error hit EPIPE: rich pointed fd 1 at /dev/null
+    and exited 1, click turned the error's EPIPE into 1: a completed run or a usage error
+    both read as status 1."""
+    urls = _urls(server, tmp_path, 3)
+    r, w = os.pipe()
+    os.close(r)  # a reader that is already gone
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *CRAWLER, "fetch", str(urls), *extra,
+            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=w, env=ENV,
+        )  # fmt: skip
+    finally:
+        os.close(w)
+    assert await asyncio.wait_for(proc.wait(), 60) == status
+    if status == 0:
+        assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 3
