@@ -102,6 +102,7 @@ class StateStore:
         self._inspect()  # a file not ours is refused before even a lock file appears
         self._lock()
         try:
+            self._sweep()
             kind = self._inspect()  # again: what is there now that no other run can change it
             if kind != "ours":
                 self._create(replace_empty=kind == "empty")
@@ -217,16 +218,23 @@ class StateStore:
             shutil.copyfile(wal, copy + "-wal")
             return _meta_format("file:" + urllib.parse.quote(copy)) == FORMAT
 
+    def _sweep(self) -> None:
+        """Remove what a run killed in ``_create`` left: only the lock holder makes these
+        temporary files, so any there now is a dead run's. Also when the state file is
+        there: a run killed between linking it into place and removing the temporary
+        name leaves a second name of the live database, which no later creation sweeps."""
+        folder, base = os.path.split(os.path.abspath(self.path))
+        pattern = f".{glob.escape(base)}.{_TEMP_TAG}*.new"
+        for stale in glob.glob(os.path.join(glob.escape(folder), pattern)):
+            with contextlib.suppress(OSError):
+                os.unlink(stale)
+
     def _create(self, *, replace_empty: bool) -> None:
         """A new state file appears complete or not at all: built under a temporary
         name in the same directory, fsynced, then linked into place (a link never
         replaces a file that appeared meanwhile). A run killed half-way leaves only its
         temporary file, removed by the next run that holds the lock."""
         folder, base = os.path.split(os.path.abspath(self.path))
-        pattern = f".{glob.escape(base)}.{_TEMP_TAG}*.new"
-        for stale in glob.glob(os.path.join(glob.escape(folder), pattern)):
-            with contextlib.suppress(OSError):
-                os.unlink(stale)  # only the lock holder makes these: a dead run's
         fd, tmp = tempfile.mkstemp(prefix=f".{base}.{_TEMP_TAG}", suffix=".new", dir=folder)
         os.close(fd)
         try:

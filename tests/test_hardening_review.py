@@ -207,3 +207,22 @@ async def test_exit_status_when_stderr_is_not_read(
     assert await asyncio.wait_for(proc.wait(), 60) == status
     if status == 0:
         assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 3
+
+
+# -- state.py: what a killed creation leaves is swept whatever the state file's condition -------
+async def test_a_second_name_left_by_a_kill_after_linking_is_swept(
+    server: Server, tmp_path: Path
+) -> None:
+    """A run killed between ``os.link(tmp, PATH)`` and ``unlink(tmp)`` leaves a second name
+    of the live state file; only a run that *creates* a state swept such names, and this
+    one never creates again: the leftover stayed beside the state forever."""
+    src, state = tmp_path / "urls.txt", tmp_path / "s.db"
+    src.write_text(server.url("/ok/1") + "\n")
+    code, _, err = await run("fetch", str(src), "--state", str(state), "-q")
+    assert code == 0, err
+    leftover = tmp_path / ".s.db.crawler-creating-k1ll3d.new"
+    os.link(state, leftover)  # as the kill leaves it: the same inode
+    code, _, err = await run("fetch", str(src), "--state", str(state), "-q")
+    assert code == 0, err
+    assert not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db", "s.db.lock", "urls.txt"]
