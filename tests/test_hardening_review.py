@@ -11,6 +11,7 @@ import fcntl
 import os
 import signal
 import subprocess
+import sys
 import termios
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tests.test_hardening_signals import (
     PAD,
     assert_no_traceback,
     exits,
+    pending_signals,
     reap,
     run,
     signal_delivered,
@@ -226,3 +228,52 @@ async def test_a_second_name_left_by_a_kill_after_linking_is_swept(
     assert code == 0, err
     assert not leftover.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db", "s.db.lock", "urls.txt"]
+
+
+# -- signals.py: a signal in the last moments of the process does not replace its status -------
+_LATE = """
+import gc, os, sys, time
+gc.freeze = lambda: None  # crawler freezes what it allocated: this object must be freed
+class Late:
+    # Runs in module teardown, after Python reset the signal handlers: builtins and module
+    # globals are gone by then, so it holds the C functions it calls.
+    def __init__(self, marker, release):
+        flags = os.O_CREAT | os.O_WRONLY
+        self.args = (os.open, os.close, os.access, time.sleep, marker, release, flags, os.F_OK)
+    def __del__(self):
+        open_, close, access, sleep, marker, release, flags, ok = self.args
+        close(open_(marker, flags))
+        n = 0
+        while n < 6000 and not access(release, ok):
+            sleep(0.005)
+            n += 1
+late = Late(sys.argv[1], sys.argv[2])
+sys.argv = ["crawler", *sys.argv[3:]]
+from crawler.__main__ import main
+main()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_while_the_process_finalizes_keeps_its_exit_status(
+    server: Server, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """The run is over and everything written: a stop signal now must not end the process
+    by that signal (``-15``, a shell's 143) instead of the run's status."""
+    src, marker, release = tmp_path / "urls.txt", tmp_path / "marker", tmp_path / "release"
+    src.write_text(server.url("/ok/1") + "\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LATE, str(marker), str(release),
+         "fetch", str(src), "-o", str(tmp_path / "out.jsonl"), "-q"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV,
+    )  # fmt: skip
+    try:
+        await until(lambda: marker.exists() or proc.poll() is not None, 60)
+        assert proc.poll() is None
+        proc.send_signal(sig)
+        bit = 1 << (sig - 1)
+        await until(lambda: proc.poll() is not None or not pending_signals(proc.pid) & bit)
+        release.write_text("x")  # the signal was delivered (or killed the process)
+        assert await exits(proc, 30) == 0
+    finally:
+        reap(proc)
