@@ -277,3 +277,28 @@ async def test_a_signal_while_the_process_finalizes_keeps_its_exit_status(
         assert await exits(proc, 30) == 0
     finally:
         reap(proc)
+
+
+# -- state.py: the lock file is never written through a symlink nor over someone's file -----------
+@pytest.mark.parametrize("kind", ["symlink", "file"])
+async def test_the_lock_never_overwrites_a_file_that_is_not_ours(
+    server: Server, tmp_path: Path, kind: str
+) -> None:
+    """``PATH.lock`` was opened with O_CREAT (following symlinks) and truncated: a symlink
+    planted beside a state file in a shared directory had crawler empty its target."""
+    src, state = tmp_path / "urls.txt", tmp_path / "s.db"
+    src.write_text(server.url("/ok/1") + "\n")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    lock = tmp_path / "s.db.lock"
+    if kind == "symlink":
+        lock.symlink_to(victim)
+    else:
+        lock.write_text("precious\n")
+    code, _, err = await run("fetch", str(src), "--state", str(state), "-q")
+    assert code == 2
+    assert err.count(b"\n") == 1 and b"not a crawler lock file" in err, err
+    assert victim.read_text() == "precious\n"
+    if kind == "file":
+        assert lock.read_text() == "precious\n"
+    assert not state.exists()
