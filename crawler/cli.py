@@ -11,6 +11,7 @@ import contextlib
 import gc
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -535,7 +536,7 @@ def _run_pipeline(
         )
     engine = Engine(config, source, progress=console if show_progress else None, state=store)
     result = _run(engine.run, use_uvloop=_want_uvloop(no_uvloop), takes_signals=True)
-    if not quiet and not result.output_closed:
+    if not quiet and not result.output_closed and not _summary_would_block(config, result):
         from crawler.progress import render_summary
 
         render_summary(
@@ -557,6 +558,20 @@ def _run_pipeline(
         raise typer.Exit(EXIT_OK)
     if fail_on_error and result.snapshot.failed:
         raise typer.Exit(EXIT_FAILED_RECORDS)
+
+
+def _summary_would_block(config: RunConfig, result: Any) -> bool:
+    """Records were given up on (a pipe nobody reads) and stderr is that same pipe
+    (``2>&1``): the summary could only block there, with the run over and no signal left
+    to end it."""
+    if not result.snapshot.lost:
+        return False
+    try:
+        err = os.fstat(2)
+        out = os.fstat(1) if config.sink.output is None else os.stat(config.sink.output)
+    except OSError:
+        return False
+    return stat.S_ISFIFO(err.st_mode) and os.path.samestat(err, out)
 
 
 def _check_paths(

@@ -79,10 +79,31 @@ def _nonblocking_stdout() -> _Pipe | None:
         os.set_blocking(1, False)
         if (blocking(0), blocking(2)) != others:
             os.set_blocking(1, True)
-            return None
+            return _reopened_stdout(mode)
     except OSError:
         return None
     return _Pipe(1, restore=True)
+
+
+def _reopened_stdout(mode: int) -> _Pipe | None:
+    """A FIFO shared with stderr (``2>&1 | reader``) opened anew, as an open file of our
+    own whose flags nobody else sees (Linux opens ``/proc/self/fd/1`` so); else None.
+    Without it, a thread blocked writing to a reader that stopped held up the run's
+    end (two signals could not end it)."""
+    if not stat.S_ISFIFO(mode) or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        fd = os.open("/proc/self/fd/1", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        same = os.path.samestat(os.fstat(fd), os.fstat(1))
+        if same and os.get_blocking(1):  # the same pipe, and fd 1's open file untouched
+            return _Pipe(fd, restore=False, owned=True)
+    except OSError:
+        pass
+    os.close(fd)
+    return None
 
 
 def _resolve(future: asyncio.Future[bool], value: bool) -> None:

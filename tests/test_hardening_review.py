@@ -302,3 +302,39 @@ async def test_the_lock_never_overwrites_a_file_that_is_not_ours(
     if kind == "file":
         assert lock.read_text() == "precious\n"
     assert not state.exists()
+
+
+# -- 2>&1 into a pipe nobody reads --------------------------------------------------------------
+async def test_second_sigint_ends_a_run_whose_stdout_and_stderr_share_an_unread_pipe(
+    server: Server, tmp_path: Path
+) -> None:
+    """``crawler fetch … 2>&1 | reader`` with a reader that stopped: stdout was left blocking
+    (its open file is stderr's too), so a thread blocked in write() and two SIGINTs did
+    not end the run; nor could the summary be written to that pipe afterwards."""
+    r, w = os.pipe()
+    try:
+        size = fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
+        urls = _urls(server, tmp_path, 1200, PAD)
+        proc = subprocess.Popen(
+            [*CRAWLER, "fetch", str(urls), "--no-progress", "-c", "16", "--grace", "60"],
+            stdin=subprocess.DEVNULL, stdout=w, stderr=w, env=ENV,
+        )  # fmt: skip
+        os.close(w)
+        w = -1
+        try:
+            await until(lambda: _queued(r) >= size, 60)  # the pipe is full
+            assert proc.poll() is None
+            await signal_delivered(proc, signal.SIGINT)
+            await signal_delivered(proc, signal.SIGINT)
+            assert await exits(proc, 20) == 130
+        finally:
+            reap(proc)
+        os.set_blocking(r, False)
+        data = _drain(r)
+        assert_no_traceback(data)
+        for line in data.split(b"\n")[:-1]:
+            orjson.loads(line)  # records only: no summary squeezed in
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
