@@ -121,9 +121,10 @@ class Sink:
         # last checkpoint.
         self._fps: list[int | None] = []
         self._written_fps: list[int | None] = []
-        # Crawl mode with --state: links found by the pages in _buf / written since the
-        # last checkpoint; committed together with their pages (see state.py).
-        self._links: list[Link] = []
+        # Crawl mode with --state: links found by each page in _buf (one entry per record,
+        # so a batch cut short keeps only its written pages' links) / by the pages written
+        # since the last checkpoint; committed together with their pages (see state.py).
+        self._links: list[list[Link] | None] = []
         self._written_links: list[Link] = []
         self._offset = 0  # bytes of the output file written so far
         self._last_checkpoint = 0.0
@@ -221,8 +222,7 @@ class Sink:
         self._buf += encode(record)
         if self._state is not None:
             self._fps.append(fp)
-            if links:
-                self._links += links
+            self._links.append(links)
         self._count = count = self._count + 1
         self.records += 1
         # Wake the writer for the first record of a batch (it starts the batch's timer)
@@ -327,7 +327,11 @@ class Sink:
         await asyncio.shield(self._writing)
 
     async def _write_accounted(
-        self, buf: bytearray, fps: list[int | None], links: list[Link], count: int
+        self,
+        buf: bytearray,
+        fps: list[int | None],
+        links: list[list[Link] | None],
+        count: int,
     ) -> None:
         try:
             if not (self.broken or self._torn):
@@ -335,6 +339,7 @@ class Sink:
                 if size < len(buf):  # abandoned part-way: whole lines count, no more
                     count = buf.count(b"\n", 0, size)
                     fps = fps[:count]
+                    links = links[:count]  # a lost page's links are not committed either
                     # A later batch must not be glued to the cut-short line: the torn
                     # line stays the last one (README), the rest is lost.
                     self._torn = size > 0 and buf[size - 1] != 0x0A
@@ -342,7 +347,9 @@ class Sink:
                 self.bytes_written += size
                 self._offset += size
                 self._written_fps += fps
-                self._written_links += links
+                for found in links:
+                    if found:
+                        self._written_links += found
         finally:
             if len(self._buf) < self._high_water:
                 self._drained.set()

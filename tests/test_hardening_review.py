@@ -338,3 +338,47 @@ async def test_second_sigint_ends_a_run_whose_stdout_and_stderr_share_an_unread_
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+# -- sink: a page lost with an abandoned pipe does not commit its links --------------------------
+async def test_links_of_pages_lost_to_an_abandoned_pipe_are_not_committed(
+    tmp_path: Path,
+) -> None:
+    """Crawl mode with --state: the links of a whole batch were committed when only part of
+    it went out, so pages whose records were lost had their links committed without them
+    (state.py: a page's links are committed in the same transaction as the page)."""
+    import sqlite3
+
+    from crawler.linkqueue import Link
+    from crawler.state import StateStore
+
+    store = StateStore(str(tmp_path / "s.db"), {"mode": "crawl"})
+    await store.open()
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+        os.set_blocking(w, False)
+        sink = Sink(SinkConfig(output=None, batch_records=10_000, batch_bytes=1 << 20), store)
+        sink._file = _Pipe(w, restore=False)
+        pad = "y" * 997
+        for i in range(40):
+            url = f"http://a.test/{i}?{pad}"
+            sink.put_nowait(
+                Record(url=url), i + 1, [Link(f"http://a.test/from-{i}", 1, url, 1000 + i)]
+            )
+        flushing = asyncio.ensure_future(sink.flush())
+        await _until(lambda: _queued(r) >= 4096 and sink._waiting is not None, "a full pipe")
+        sink.abandon()
+        await flushing  # writes what fitted, then checkpoints
+        written = sink.written
+        assert 0 < written < 40
+    finally:
+        os.close(r)
+        os.close(w)
+        await store.aclose()
+    db = sqlite3.connect(tmp_path / "s.db")
+    try:
+        parents = {row[0] for row in db.execute("SELECT parent FROM pending")}
+    finally:
+        db.close()
+    assert parents == {f"http://a.test/{i}?{pad}" for i in range(written)}
