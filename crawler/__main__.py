@@ -12,7 +12,10 @@ def main() -> None:
     signals.defer()
     from crawler.cli import main as cli_main
 
-    cli_main()
+    try:
+        cli_main()
+    finally:
+        signals.ignore()  # the exit status is ours, whatever comes now (see there)
 
 
 if __name__ == "__main__":

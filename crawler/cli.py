@@ -11,6 +11,7 @@ import contextlib
 import gc
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -37,6 +38,7 @@ from crawler.config import (
 from crawler.errors import UsageError
 from crawler.inputs import LineSource, Source
 from crawler.paths import Named, check_distinct, state_files
+from crawler.paths import inputs as input_files
 
 EXIT_OK: Final = 0
 EXIT_FAILED_RECORDS: Final = 1
@@ -321,7 +323,7 @@ def fetch(
         config,
         source,
         source.identity(),
-        inputs=[Named("INPUT", input)] if input not in (None, "-") else [],
+        inputs=input_files("INPUT", [input or "-"]),
         state=state,
         stats_json=stats_json,
         progress=progress,
@@ -452,7 +454,7 @@ def crawl(
         config,
         source,
         {"mode": "crawl", **source.identity()},
-        inputs=[Named("SEEDS file", f) for f in files if f != "-"],
+        inputs=input_files("SEEDS file", files),
         state=state,
         stats_json=stats_json,
         progress=progress,
@@ -515,7 +517,7 @@ def _run_pipeline(
     """What fetch and crawl share: state, the engine run, summary, exit status."""
     output = config.sink.output
     _check_paths(config, inputs, state=state, stats_json=stats_json)
-    console = Console(stderr=True)
+    console = _StderrConsole(stderr=True)
     show_progress = (console.is_terminal if progress is None else progress) and not quiet
 
     from crawler.engine import Engine  # imported late: keeps `crawler --help` fast
@@ -534,7 +536,7 @@ def _run_pipeline(
         )
     engine = Engine(config, source, progress=console if show_progress else None, state=store)
     result = _run(engine.run, use_uvloop=_want_uvloop(no_uvloop), takes_signals=True)
-    if not quiet and not result.output_closed:
+    if not quiet and not result.output_closed and not _summary_would_block(config, result):
         from crawler.progress import render_summary
 
         render_summary(
@@ -556,6 +558,20 @@ def _run_pipeline(
         raise typer.Exit(EXIT_OK)
     if fail_on_error and result.snapshot.failed:
         raise typer.Exit(EXIT_FAILED_RECORDS)
+
+
+def _summary_would_block(config: RunConfig, result: Any) -> bool:
+    """Records were given up on (a pipe nobody reads) and stderr is that same pipe
+    (``2>&1``): the summary could only block there, with the run over and no signal left
+    to end it."""
+    if not result.snapshot.lost:
+        return False
+    try:
+        err = os.fstat(2)
+        out = os.fstat(1) if config.sink.output is None else os.stat(config.sink.output)
+    except OSError:
+        return False
+    return stat.S_ISFIFO(err.st_mode) and os.path.samestat(err, out)
 
 
 def _check_paths(
@@ -909,9 +925,31 @@ def _want_uvloop(no_uvloop: bool) -> bool:
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    sys.stderr.write(f"crawler: error: {message}\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(f"crawler: error: {message}\n")
+        sys.stderr.flush()
+    except BrokenPipeError:
+        _drop_stderr()  # the exit status still says what happened
     raise SystemExit(code)
+
+
+class _StderrConsole(Console):
+    """The progress display and summary, on stderr. When nobody reads stderr any more
+    (``2>&1 | head -1``), rich's default points fd 1 (our records!) at /dev/null and
+    exits 1 (also mid-run); this one only stops talking, and the run's status stands."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _drop_stderr()
+
+
+def _drop_stderr() -> None:
+    """The reader of standard error went away: point fd 2 at /dev/null, so no later write
+    (nor the flush at exit) fails again and the exit status is ours, not click's 1."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -91,6 +91,21 @@ def check_distinct(
                 )
 
 
+def inputs(what: str, paths: list[str]) -> list[Named]:
+    """The input files of a run, ``-`` standing for standard input: that counts when it is
+    a file (``crawler fetch -o urls.txt < urls.txt`` would truncate what it reads)."""
+    named = [Named(what, p) for p in paths if p != "-"]
+    if "-" in paths:
+        try:
+            regular = stat.S_ISREG(os.fstat(0).st_mode)
+        except OSError:
+            regular = False
+        if regular:
+            # /dev/stdin: its device and inode are the file's, and so (on Linux) its path.
+            named.append(Named("standard input", "/dev/stdin"))
+    return named
+
+
 def state_files(state: str) -> list[Named]:
     """``--state PATH`` and the files SQLite and the lock make beside it."""
     return [Named(f"--state{' (' + s + ')' if s else ''}", state + s) for s in STATE_SIBLINGS]

@@ -61,6 +61,17 @@ def restore() -> None:
         del _saved[sig]
 
 
+def ignore() -> None:
+    """For the very end (``crawler.__main__``): stop signals are ignored from now on. Late
+    in its finalization Python puts the default action back for every signal with a Python
+    handler (ours: deferred), and a signal then killed the process after it had finished
+    everything: status -SIGTERM (a shell's 143) instead of the run's 0 or 130. An ignored
+    signal is left alone there; blocking would not do, as threads of libraries (uvloop's
+    pool) would take the signal."""
+    for sig in STOP_SIGNALS:
+        _signal.signal(sig, _signal.SIG_IGN)
+
+
 def pending() -> int:
     """Stop signals received while deferred, not yet taken."""
     return len(_pending)

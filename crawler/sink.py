@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Awaitable, Callable
@@ -39,15 +40,18 @@ class OutputClosed(Exception):  # noqa: N818 - a state, not a failure
 class _Pipe:
     """Standard output, a pipe or socket switched to non-blocking (restored on close)."""
 
-    def __init__(self, fd: int, restore: bool) -> None:
+    def __init__(self, fd: int, restore: bool, owned: bool = False) -> None:
         self.fd = fd
         self._restore = restore
+        self._owned = owned  # opened by us (``-o FIFO``): closed, not restored
 
     def fileno(self) -> int:
         return self.fd
 
     async def close(self) -> None:
-        if self._restore:
+        if self._owned:
+            os.close(self.fd)
+        elif self._restore:
             with contextlib.suppress(OSError):
                 os.set_blocking(self.fd, True)
 
@@ -75,10 +79,31 @@ def _nonblocking_stdout() -> _Pipe | None:
         os.set_blocking(1, False)
         if (blocking(0), blocking(2)) != others:
             os.set_blocking(1, True)
-            return None
+            return _reopened_stdout(mode)
     except OSError:
         return None
     return _Pipe(1, restore=True)
+
+
+def _reopened_stdout(mode: int) -> _Pipe | None:
+    """A FIFO shared with stderr (``2>&1 | reader``) opened anew, as an open file of our
+    own whose flags nobody else sees (Linux opens ``/proc/self/fd/1`` so); else None.
+    Without it, a thread blocked writing to a reader that stopped held up the run's
+    end (two signals could not end it)."""
+    if not stat.S_ISFIFO(mode) or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        fd = os.open("/proc/self/fd/1", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        same = os.path.samestat(os.fstat(fd), os.fstat(1))
+        if same and os.get_blocking(1):  # the same pipe, and fd 1's open file untouched
+            return _Pipe(fd, restore=False, owned=True)
+    except OSError:
+        pass
+    os.close(fd)
+    return None
 
 
 def _resolve(future: asyncio.Future[bool], value: bool) -> None:
@@ -96,9 +121,10 @@ class Sink:
         # last checkpoint.
         self._fps: list[int | None] = []
         self._written_fps: list[int | None] = []
-        # Crawl mode with --state: links found by the pages in _buf / written since the
-        # last checkpoint; committed together with their pages (see state.py).
-        self._links: list[Link] = []
+        # Crawl mode with --state: links found by each page in _buf (one entry per record,
+        # so a batch cut short keeps only its written pages' links) / by the pages written
+        # since the last checkpoint; committed together with their pages (see state.py).
+        self._links: list[list[Link] | None] = []
         self._written_links: list[Link] = []
         self._offset = 0  # bytes of the output file written so far
         self._last_checkpoint = 0.0
@@ -109,8 +135,12 @@ class Sink:
         self._drained.set()
         self._closing = False
         self._abandoned = False  # see abandon()
+        self._torn = False  # the output ends in a cut-short line: nothing may follow it
         self._waiting: asyncio.Future[bool] | None = None  # for a full pipe to drain
         self._file: Any = None
+        # The output is a stream (stdout, or -o naming a device or FIFO such as
+        # /dev/stdout): nothing to fsync at a checkpoint, nothing to cut back on resume.
+        self._stream = config.output is None
         self._high_water = config.batch_bytes * 8
         self._batch_records = config.batch_records
         self._batch_bytes = config.batch_bytes
@@ -132,9 +162,29 @@ class Sink:
                 1, "wb", buffering=0, closefd=False
             )
             return
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = 0
+        if stat.S_ISFIFO(mode):
+            # A pipe of our own (``-o /dev/stdout`` opens the pipe anew): written like a
+            # standard output pipe, so a reader that stops can be given up on at shutdown.
+            # No reader at all is an error now, not a run that blocks before it starts.
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                raise UsageError(
+                    f"cannot write output {path!r}: a FIFO that nothing reads"
+                ) from None
+            self._file = _Pipe(fd, restore=False, owned=True)
+            self._stream = True
+            return
         state = self._state
-        if state is None or not state.resumed:
+        if state is None or not state.resumed or stat.S_ISCHR(mode):
             self._file = await aiofiles.open(path, "wb", buffering=0)
+            self._stream = stat.S_ISCHR(mode)  # /dev/null, a terminal: no fsync, no seek
             return
         # Resuming into the same file: cut it back to what the state says is committed
         # (a torn last line or records written after the last checkpoint go).
@@ -172,8 +222,7 @@ class Sink:
         self._buf += encode(record)
         if self._state is not None:
             self._fps.append(fp)
-            if links:
-                self._links += links
+            self._links.append(links)
         self._count = count = self._count + 1
         self.records += 1
         # Wake the writer for the first record of a batch (it starts the batch's timer)
@@ -278,19 +327,29 @@ class Sink:
         await asyncio.shield(self._writing)
 
     async def _write_accounted(
-        self, buf: bytearray, fps: list[int | None], links: list[Link], count: int
+        self,
+        buf: bytearray,
+        fps: list[int | None],
+        links: list[list[Link] | None],
+        count: int,
     ) -> None:
         try:
-            if not self.broken:
+            if not (self.broken or self._torn):
                 size = await self._write_all(buf)
                 if size < len(buf):  # abandoned part-way: whole lines count, no more
                     count = buf.count(b"\n", 0, size)
                     fps = fps[:count]
+                    links = links[:count]  # a lost page's links are not committed either
+                    # A later batch must not be glued to the cut-short line: the torn
+                    # line stays the last one (README), the rest is lost.
+                    self._torn = size > 0 and buf[size - 1] != 0x0A
                 self.written += count
                 self.bytes_written += size
                 self._offset += size
                 self._written_fps += fps
-                self._written_links += links
+                for found in links:
+                    if found:
+                        self._written_links += found
         finally:
             if len(self._buf) < self._high_water:
                 self._drained.set()
@@ -307,10 +366,11 @@ class Sink:
         except BrokenPipeError:
             self.broken = True
             self._drained.set()
-            # Point fd 1 at /dev/null so nothing at exit tries the dead pipe again.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.close(devnull)
+            if self._config.output is None:
+                # Point fd 1 at /dev/null so nothing at exit tries the dead pipe again.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.close(devnull)
             raise OutputClosed from None
 
     async def _write_pipe(self, fd: int, data: bytearray) -> int:
@@ -363,7 +423,7 @@ class Sink:
         links, self._written_links = self._written_links, []
         done = [fp for fp in fps if fp is not None]
         offset = self._offset
-        sync_fd = self._file.fileno() if self._config.output is not None else None
+        sync_fd = None if self._stream else self._file.fileno()
         try:
             if self.before_commit is not None:
                 await self.before_commit()

@@ -40,6 +40,7 @@ import errno
 import fcntl
 import glob
 import os
+import re
 import shutil
 import sqlite3
 import stat
@@ -62,6 +63,8 @@ APPLICATION_ID: Final = 0x43524C31
 LOCK_SUFFIX: Final = ".lock"
 _LEGACY_COPY_LIMIT: Final = 256 << 20
 _TEMP_TAG: Final = "crawler-creating-"  # .PATH.crawler-creating-XXXXXXXX.new
+# What a lock file holds (see _lock): "PID\nCOMMAND\n", written by crawler.
+_LOCK_NOTE: Final = re.compile(rb"\d+\n[ -~]*\n")
 _PENDING_TABLE: Final = (
     "CREATE TABLE pending (seq INTEGER PRIMARY KEY, fp INTEGER NOT NULL,"
     " url TEXT NOT NULL, depth INTEGER NOT NULL, parent TEXT)"
@@ -102,6 +105,7 @@ class StateStore:
         self._inspect()  # a file not ours is refused before even a lock file appears
         self._lock()
         try:
+            self._sweep()
             kind = self._inspect()  # again: what is there now that no other run can change it
             if kind != "ours":
                 self._create(replace_empty=kind == "empty")
@@ -137,14 +141,27 @@ class StateStore:
         never replaced or removed, so two runs always lock the same inode. (Children are
         spawned, never forked, so none inherits the descriptor.)"""
         lock_path = self.path + LOCK_SUFFIX
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        not_ours = UsageError(
+            f"cannot use --state {self.path!r}: {lock_path!r} is not a crawler lock file"
+        )
+        try:
+            # Never through a symlink: one planted in a shared directory would have us
+            # truncate the file it points to.
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise not_ours from None
+            raise
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise UsageError(f"cannot use --state {self.path!r}: {lock_path!r} is not a file")
+                raise not_ours
+            held = os.pread(fd, 4096, 0)
+            if held and not _LOCK_NOTE.fullmatch(held):
+                raise not_ours  # someone's file of that name: not ours to overwrite
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").split("\n")
+                holder = held.decode("utf-8", "replace").split("\n")
                 pid = holder[0].strip() or "unknown"
                 what = f" ({holder[1].strip()})" if len(holder) > 1 and holder[1].strip() else ""
                 raise UsageError(
@@ -217,16 +234,23 @@ class StateStore:
             shutil.copyfile(wal, copy + "-wal")
             return _meta_format("file:" + urllib.parse.quote(copy)) == FORMAT
 
+    def _sweep(self) -> None:
+        """Remove what a run killed in ``_create`` left: only the lock holder makes these
+        temporary files, so any there now is a dead run's. Also when the state file is
+        there: a run killed between linking it into place and removing the temporary
+        name leaves a second name of the live database, which no later creation sweeps."""
+        folder, base = os.path.split(os.path.abspath(self.path))
+        pattern = f".{glob.escape(base)}.{_TEMP_TAG}*.new"
+        for stale in glob.glob(os.path.join(glob.escape(folder), pattern)):
+            with contextlib.suppress(OSError):
+                os.unlink(stale)
+
     def _create(self, *, replace_empty: bool) -> None:
         """A new state file appears complete or not at all: built under a temporary
         name in the same directory, fsynced, then linked into place (a link never
         replaces a file that appeared meanwhile). A run killed half-way leaves only its
         temporary file, removed by the next run that holds the lock."""
         folder, base = os.path.split(os.path.abspath(self.path))
-        pattern = f".{glob.escape(base)}.{_TEMP_TAG}*.new"
-        for stale in glob.glob(os.path.join(glob.escape(folder), pattern)):
-            with contextlib.suppress(OSError):
-                os.unlink(stale)  # only the lock holder makes these: a dead run's
         fd, tmp = tempfile.mkstemp(prefix=f".{base}.{_TEMP_TAG}", suffix=".new", dir=folder)
         os.close(fd)
         try:
