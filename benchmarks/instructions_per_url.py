@@ -80,12 +80,18 @@ def main() -> None:
         stats = Path(tmp) / "stats.json"  # run_core's commands write one; unread here
         commands = {n: clients(path, args.c, stats, [args.loop]) for n, path in files.items()}
         for name in commands[args.n1]:
-            counts = {
-                n: statistics.median(instructions(cmds[name]) for _ in range(args.repeat))
+            runs = {
+                n: [instructions(cmds[name]) for _ in range(args.repeat)]
                 for n, cmds in commands.items()
             }
+            counts = {n: statistics.median(found) for n, found in runs.items()}
             per_url[name] = (counts[args.n2] - counts[args.n1]) / (args.n2 - args.n1)
-            print(f"{name:>24}: {per_url[name]:10,.0f} instructions per URL", flush=True)
+            # The whole counts too: an outlier (work that scales with wall time, such as
+            # once-a-second timers, on a badly overloaded machine) shows in them.
+            whole = "; ".join(
+                f"N={n}: " + ", ".join(f"{c:,}" for c in found) for n, found in runs.items()
+            )
+            print(f"{name:>24}: {per_url[name]:10,.0f} instructions per URL ({whole})", flush=True)
     bare, crawler = per_url.values()
     print(f"bare / crawler = {bare / crawler:.3f}  (crawler's expected speed relative to bare)")
 
