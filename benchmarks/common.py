@@ -27,9 +27,9 @@ def local_server(kind: str = "auto", workers: int = 1) -> Iterator[tuple[str, st
         yield served
 
 
-def write_urls(path: Path, prefix: str, n: int) -> None:
+def write_urls(path: Path, prefix: str, n: int, route: str = "page") -> None:
     with path.open("w") as f:
-        f.writelines(f"{prefix}/page/{i}\n" for i in range(n))
+        f.writelines(f"{prefix}/{route}/{i}\n" for i in range(n))
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:

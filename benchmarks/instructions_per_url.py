@@ -1,7 +1,7 @@
 """CPU instructions per URL, crawler against the bare aiohttp loop: a figure noise can't move.
 
     python benchmarks/instructions_per_url.py [--n1 2000 --n2 6000] [-c 100] [--repeat 1]
-        [--server auto|nginx|aiohttp] [--loop uvloop|asyncio]
+        [--server auto|nginx|aiohttp] [--loop uvloop|asyncio] [--gzip] [--body-bytes 512]
 
 Timed runs on a shared 2-core machine move 10-20% from one minute to the next, more than
 the changes they are meant to judge. Instructions executed do not depend on how busy the
@@ -18,6 +18,9 @@ and the server always has its answer ready: the regime of a benchmark run.
 
 The ratio bare / crawler estimates crawler's URLs/s relative to the bare loop when the
 client's CPU is the bottleneck. Needs valgrind (Debian: apt-get install valgrind).
+
+``--gzip`` (nginx only) asks for URLs under /gzip/, which nginx answers gzip-encoded
+(level 1, chunked): the cost of a compressed response, decoding included.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import local_server, machine, write_urls
+from common import machine, write_urls
 from run_core import clients
+from server import BODY_BYTES, running
 
 
 def instructions(cmd: list[str]) -> int:
@@ -56,26 +60,38 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs per client and N (median)")
     ap.add_argument("--server", default="auto", choices=["auto", "nginx", "aiohttp"])
     ap.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
+    ap.add_argument("--gzip", action="store_true", help="gzip-encoded responses (nginx)")
+    ap.add_argument("--body-bytes", type=int, default=BODY_BYTES, help="decoded body size")
     args = ap.parse_args()
+    if args.gzip and args.server == "aiohttp":
+        sys.exit("--gzip needs nginx (--server auto or nginx)")
     if shutil.which("valgrind") is None:
         sys.exit("valgrind not found (Debian: apt-get install valgrind)")
     if args.n2 <= args.n1:
         sys.exit("--n2 must be larger than --n1")
     per_url: dict[str, float] = {}
-    with local_server(args.server) as (prefix, server), tempfile.TemporaryDirectory() as tmp:
-        print(f"server: {server}; {machine()}", flush=True)
+    served = running(args.server, body_bytes=args.body_bytes)
+    with served as (prefix, server), tempfile.TemporaryDirectory() as tmp:
+        route = "gzip" if args.gzip else "page"
+        print(f"server: {server}, /{route}/, {args.body_bytes} B; {machine()}", flush=True)
         files = {n: Path(tmp) / f"urls-{n}.txt" for n in (args.n1, args.n2)}
         for n, path in files.items():
-            write_urls(path, prefix, n)
+            write_urls(path, prefix, n, route)
         stats = Path(tmp) / "stats.json"  # run_core's commands write one; unread here
         commands = {n: clients(path, args.c, stats, [args.loop]) for n, path in files.items()}
         for name in commands[args.n1]:
-            counts = {
-                n: statistics.median(instructions(cmds[name]) for _ in range(args.repeat))
+            runs = {
+                n: [instructions(cmds[name]) for _ in range(args.repeat)]
                 for n, cmds in commands.items()
             }
+            counts = {n: statistics.median(found) for n, found in runs.items()}
             per_url[name] = (counts[args.n2] - counts[args.n1]) / (args.n2 - args.n1)
-            print(f"{name:>24}: {per_url[name]:10,.0f} instructions per URL", flush=True)
+            # The whole counts too: an outlier (work that scales with wall time, such as
+            # once-a-second timers, on a badly overloaded machine) shows in them.
+            whole = "; ".join(
+                f"N={n}: " + ", ".join(f"{c:,}" for c in found) for n, found in runs.items()
+            )
+            print(f"{name:>24}: {per_url[name]:10,.0f} instructions per URL ({whole})", flush=True)
     bare, crawler = per_url.values()
     print(f"bare / crawler = {bare / crawler:.3f}  (crawler's expected speed relative to bare)")
 

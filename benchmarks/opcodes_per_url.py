@@ -1,6 +1,7 @@
 """Python bytecodes executed per URL: a measure of CPU per URL that noise cannot move.
 
     python benchmarks/opcodes_per_url.py --n 3000 [--target http://127.0.0.1:8080]
+        [--functions-of aiohttp]
 
 On a shared 2-core machine a timed run varies by 10-20% from one minute to the next, so
 small changes to the hot path cannot be seen in URLs/s. The number of bytecodes each URL
@@ -86,17 +87,21 @@ async def crawler_fetch(urls: Path, n: int, c: int) -> None:
     assert snap.ok == n, snap.by_error
 
 
-def report(name: str, counts: Counts, n: int, top: int) -> None:
+def report(name: str, counts: Counts, n: int, top: int, package: str = "crawler") -> None:
     total = sum(counts.values())
     by_package: collections.Counter[str] = collections.Counter()
     for (filename, _), count in counts.items():
         by_package[where(filename).split("/")[0]] += count
     print(f"\n{name}: {total / n:,.0f} opcodes per URL")
-    for package, count in by_package.most_common(8):
-        print(f"  {count / n:8.1f}  {package}")
-    own = [(count, f"{where(f)}:{fn}") for (f, fn), count in counts.items() if "crawler/" in f]
+    for pkg, count in by_package.most_common(8):
+        print(f"  {count / n:8.1f}  {pkg}")
+    own = [
+        (count, f"{where(f)}:{fn}")
+        for (f, fn), count in counts.items()
+        if where(f).startswith(f"{package}/")
+    ]
     if own:
-        print(f"  crawler's own code, top {top} functions:")
+        print(f"  {package}'s own code, top {top} functions:")
         for count, label in sorted(own, reverse=True)[:top]:
             print(f"  {count / n:8.1f}  {label}")
 
@@ -107,6 +112,7 @@ def main() -> None:
     ap.add_argument("-c", type=int, default=100)
     ap.add_argument("--target", help="URL prefix of a running server (default: embedded)")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--functions-of", default="crawler", help="package whose functions to list")
     args = ap.parse_args()
     server = (
         contextlib.nullcontext(args.target)
@@ -122,7 +128,7 @@ def main() -> None:
             "crawler": lambda: crawler_fetch(urls, args.n, args.c),
         }
         for name, run in runs.items():
-            report(name, counted(run), args.n, args.top)
+            report(name, counted(run), args.n, args.top, args.functions_of)
 
 
 if __name__ == "__main__":

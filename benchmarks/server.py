@@ -4,9 +4,10 @@
     python benchmarks/server.py --port 8080 --kind nginx --workers 1
 
 Every GET/HEAD on any path gets 200 with a fixed text/html body (``--body-bytes``, 512 by
-default). ``--kind aiohttp`` runs N worker processes that each bind the port with
-SO_REUSEPORT (the kernel spreads connections over them); the launching process only
-supervises them and serves nothing. ``--kind nginx`` writes a minimal config into a temp
+default); nginx sends it gzip-encoded under ``/gzip/`` (to a client that accepts gzip).
+``--kind aiohttp`` runs N worker processes that each bind the port with SO_REUSEPORT (the
+kernel spreads connections over them); the launching process only supervises them and
+serves nothing. ``--kind nginx`` writes a minimal config into a temp
 directory (127.0.0.1 only, ``return 200``, access_log off, N worker processes) and runs
 ``nginx -g 'daemon off;'``. ``--kind auto`` is nginx when installed, else aiohttp.
 
@@ -152,6 +153,10 @@ http {{
     server {{
         listen 127.0.0.1:{port} backlog=4096 reuseport;
         location / {{ default_type text/html; return 200 '{text}'; }}
+        location /gzip/ {{
+            gzip on; gzip_min_length 0; gzip_comp_level 1;
+            default_type text/html; return 200 '{text}';
+        }}
         location /status/503 {{ add_header Retry-After 1; return 503 'busy'; }}
     }}
 }}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohttp
-from aiohttp import ClientTimeout, client_exceptions, http_exceptions
+from aiohttp import ClientTimeout, client_exceptions, hdrs, http_exceptions
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest, ClientResponse
 from aiohttp.helpers import BaseTimerContext, TimerContext, TimerNoop
@@ -37,7 +37,19 @@ SENSITIVE: Final = frozenset(("authorization", "cookie", "proxy-authorization"))
 MAX_INFORMATIONAL: Final = 5
 # Bodies in these encodings are decoded here (see _Decoder); aiohttp decodes no body.
 DECODED: Final = frozenset(("gzip", "deflate"))  # the WARC writer may key on it too
+# Only what _Decoder decodes is asked for. aiohttp asks for just that itself unless brotli
+# or zstd is installed (it adds br/zstd then): only then is the header a session header,
+# as each one costs every request a step of aiohttp's header copy.
+_ENCODINGS: Final = "gzip, deflate"
+_ASK_ENCODINGS: Final = (
+    getattr(ClientRequest, "DEFAULT_HEADERS", {}).get(hdrs.ACCEPT_ENCODING) != _ENCODINGS
+)
 _DECODE_STEP: Final = 1 << 20  # decoded bytes per zlib call: a bomb inflates piece by piece
+# Response headers read once per URL, as istr: a plain str key is case-folded on every
+# lookup (~35 ns each).
+_CONTENT_TYPE: Final = hdrs.CONTENT_TYPE
+_RETRY_AFTER: Final = hdrs.RETRY_AFTER
+_CONTENT_ENCODING: Final = hdrs.CONTENT_ENCODING
 _NO_CEIL: Final = 1e9  # never let aiohttp round a timeout up to a whole second
 HTML_TYPES: Final = frozenset(("text/html", "application/xhtml+xml"))
 _NO_TIMER: Final = TimerNoop()
@@ -211,8 +223,9 @@ def make_session(config: FetchConfig) -> aiohttp.ClientSession:
         resolver=PolicyResolver(policy) if policy.active else None,
     )
     _bound_informational(connector)
-    # Only what _Decoder decodes is asked for (aiohttp would add br/zstd when installed).
-    headers = CIMultiDict({"User-Agent": config.user_agent, "Accept-Encoding": "gzip, deflate"})
+    headers = CIMultiDict({"User-Agent": config.user_agent})
+    if _ASK_ENCODINGS:
+        headers["Accept-Encoding"] = _ENCODINGS
     sensitive = sensitive_names(config)
     for name, value in config.headers:
         lower = name.lower()
@@ -495,14 +508,14 @@ class Fetcher:
         (kept too if asked), stopping once it passes max_bytes (decompressed bytes count;
         a too_large record says how far it got)."""
         rh = resp.headers
-        ctype = rh.get("Content-Type")
+        ctype = rh.get(_CONTENT_TYPE)
         if ctype is not None:
             ctype = ctype.partition(";")[0]
             if not ctype.isascii():
                 # Header bytes that are not UTF-8 arrive as lone surrogates: make them text.
                 ctype = safe_text(ctype)
             ctype = ctype.strip().lower()
-        retry_after = rh.get("Retry-After")
+        retry_after = rh.get(_RETRY_AFTER)
         if retry_after is not None and not retry_after.isascii():
             # "²".isdigit() holds, float("²") fails: only ASCII can be a delay or a date.
             retry_after = None
@@ -523,7 +536,7 @@ class Fetcher:
             return result
         limit = self._config.max_bytes if cap is None else cap
         declared = resp.content_length
-        encoding = rh.get("Content-Encoding")
+        encoding = rh.get(_CONTENT_ENCODING)
         decoder = None
         if encoding is not None:
             encoding = encoding.strip().lower()
