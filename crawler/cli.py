@@ -36,7 +36,7 @@ from crawler.config import (
 )
 from crawler.errors import UsageError
 from crawler.inputs import LineSource, Source
-from crawler.paths import Named, check_distinct, state_files
+from crawler.paths import Named, check_distinct, state_files, stdio
 
 EXIT_OK: Final = 0
 EXIT_FAILED_RECORDS: Final = 1
@@ -321,7 +321,7 @@ def fetch(
         config,
         source,
         source.identity(),
-        inputs=[Named("INPUT", input)] if input not in (None, "-") else [],
+        inputs=[Named("INPUT", input)] if input not in (None, "-") else stdio(0, "stdin"),
         state=state,
         stats_json=stats_json,
         progress=progress,
@@ -452,7 +452,8 @@ def crawl(
         config,
         source,
         {"mode": "crawl", **source.identity()},
-        inputs=[Named("SEEDS file", f) for f in files if f != "-"],
+        inputs=[Named("SEEDS file", f) for f in files if f != "-"]
+        + (stdio(0, "stdin") if "-" in files else []),
         state=state,
         stats_json=stats_json,
         progress=progress,
@@ -566,6 +567,8 @@ def _check_paths(
     outputs = []
     if config.sink.output is not None:
         outputs.append(Named("-o", config.sink.output))
+    else:  # records go to stdout: `>> urls.txt` would feed them back as input
+        outputs += stdio(1, "stdout")
     if stats_json is not None:
         # os.path, not Path.resolve(): that raises RuntimeError on a symlink loop.
         if not os.path.isdir(os.path.dirname(os.path.realpath(stats_json))):

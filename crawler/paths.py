@@ -91,6 +91,18 @@ def check_distinct(
                 )
 
 
+def stdio(fd: int, what: str) -> list[Named]:
+    """Standard input or output as a file of the run, when it is a regular file (the
+    shell opened it: ``< urls.txt``, ``>> urls.txt``); a pipe or terminal is nothing to
+    clash with."""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+    except OSError:  # closed
+        return []
+    return [Named(what, f"/dev/fd/{fd}")]
+
+
 def state_files(state: str) -> list[Named]:
     """``--state PATH`` and the files SQLite and the lock make beside it."""
     return [Named(f"--state{' (' + s + ')' if s else ''}", state + s) for s in STATE_SIBLINGS]

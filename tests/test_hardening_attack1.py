@@ -1,0 +1,138 @@
+"""Issue 12, attacked end to end as a hostile server operator and a careless user would:
+what got through the fixes. Real subprocesses against real loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import Server
+from tests.test_cli import ENV, assert_no_traceback
+
+CRAWLER = [sys.executable, "-m", "crawler"]
+
+
+async def _cli(
+    args: list[str], *, stdin: Path | None = None, stdout: Path | None = None
+) -> tuple[int, bytes]:
+    """The CLI with stdin and stdout opened on files, as a shell's `<` and `>>` do:
+    (exit status, stderr)."""
+    with (
+        stdin.open("rb") if stdin is not None else open("/dev/null", "rb") as fin,
+        stdout.open("ab") if stdout is not None else open("/dev/null", "wb") as fout,
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            *CRAWLER, *args, stdin=fin, stdout=fout, stderr=subprocess.PIPE, env=ENV
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode is not None
+    assert_no_traceback(err)
+    return proc.returncode, err
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def site() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
+    """Starts an aiohttp server on 127.0.0.1 for one handler; yields its port."""
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Handler) -> int:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        runners.append(runner)
+        tcp = web.TCPSite(runner, "127.0.0.1", 0)
+        await tcp.start()
+        return int(tcp._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    try:
+        yield start
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+# -- stdin and stdout are files of the run too ----------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "via_stdout"),
+    [
+        (["fetch", "-o", "{in}"], False),  # `crawler fetch -o urls.txt < urls.txt`
+        (["fetch", "-", "-o", "{in}"], False),
+        (["crawl", "-o", "{in}"], False),
+        (["fetch", "-", "--stats-json", "{in}"], False),
+        (["fetch", "-", "--warc", "{in}"], False),
+        (["fetch", "{in}"], True),  # `crawler fetch urls.txt >> urls.txt`
+        (["fetch", "{in}", "--state", "{in}.db"], True),  # `... --state s.db >> s.db`
+    ],
+)
+async def test_a_file_behind_stdin_or_stdout_is_never_overwritten(
+    server: Server, tmp_path: Path, args: list[str], via_stdout: bool
+) -> None:
+    """The shell opened the file (`< urls.txt`, `>> urls.txt`): crawler sees no name, but
+    writing records into its own input destroys it (or feeds them back as URLs)."""
+    src = tmp_path / "urls.txt"
+    text = "".join(server.url(f"/ok/{i}") + "\n" for i in range(3))
+    src.write_text(text)
+    target = src
+    if "{in}.db" in args:
+        target = tmp_path / "urls.txt.db"
+        target.write_bytes(b"")
+    argv = [a.replace("{in}", str(src)) for a in args] + ["-q", "--timeout", "5"]
+    code, err = await _cli(
+        argv, stdin=None if via_stdout else src, stdout=target if via_stdout else None
+    )
+    assert code == 2, err
+    assert err.startswith(b"crawler: error: ") and err.count(b"\n") == 1, err
+    assert src.read_text() == text
+    assert target.read_text() == ("" if target != src else text)
+    assert server.rec.hits.total() == 0
+
+
+async def test_stdin_and_stdout_on_other_files_still_work(server: Server, tmp_path: Path) -> None:
+    src, out = tmp_path / "urls.txt", tmp_path / "out.jsonl"
+    src.write_text(server.url("/ok/1") + "\n")
+    code, err = await _cli(["fetch", "-q", "--timeout", "5"], stdin=src, stdout=out)
+    assert code == 0, err
+    assert out.read_bytes().count(b"\n") == 1
+
+
+# -- a URL's user:password ------------------------------------------------------------------
+async def test_userinfo_of_a_url_stays_out_of_the_warc(
+    site: Callable[[Handler], Awaitable[int]], tmp_path: Path
+) -> None:
+    """`http://user:pass@host/` is sent as Basic auth (like curl); the WARC file, which is
+    shared and replayed, names neither the password nor the Authorization value."""
+    seen: list[str] = []
+
+    async def page(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.Response(text='<html><a href="/next">n</a></html>', content_type="text/html")
+
+    port = await site(page)
+    warc = tmp_path / "out.warc.gz"
+    seed = f"http://alice:pw0rd@127.0.0.1:{port}/"
+    code, err = await _cli(
+        ["crawl", seed, "-q", "--ignore-robots", "--warc", str(warc), "--timeout", "10"]
+    )
+    assert code == 0, err
+    token = base64.b64encode(b"alice:pw0rd")
+    assert seen == ["Basic " + token.decode()] * 2  # sent, to the seed's origin
+    data = gzip.decompress(warc.read_bytes())
+    assert b"pw0rd" not in data and token not in data
+    assert data.count(f"WARC-Target-URI: http://127.0.0.1:{port}/".encode()) == 4
