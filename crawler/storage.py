@@ -479,6 +479,10 @@ class _WarcWriter:
     ) -> bytes:
         from warcio.statusandheaders import StatusAndHeaders
 
+        parts = urlsplit(url)
+        if "@" in parts.netloc:  # a URL's user:password stays out of a shared archive
+            parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+            url = parts.geturl()
         headers = self._decoded_headers(response_headers)
         headers.append(("Content-Length", str(len(body))))
         builder = self._builder
@@ -489,7 +493,6 @@ class _WarcWriter:
             length=len(body),
             http_headers=StatusAndHeaders(f"{status} {reason}".strip(), headers, protocol=version),
         )
-        parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         request = builder.create_warc_record(
             url,
