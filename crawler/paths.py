@@ -105,7 +105,11 @@ def stdio(fd: int, what: str) -> list[Named]:
 
 def state_files(state: str) -> list[Named]:
     """``--state PATH`` and the files SQLite and the lock make beside it."""
-    return [Named(f"--state{' (' + s + ')' if s else ''}", state + s) for s in STATE_SIBLINGS]
+    real = os.path.realpath(state)  # SQLite and the lock put the siblings beside the file
+    return [
+        Named(f"--state{' (' + s + ')' if s else ''}", state + s if not s else real + s)
+        for s in STATE_SIBLINGS
+    ]
 
 
 def _clash(one: Named, other: Named) -> None:

@@ -136,7 +136,9 @@ class StateStore:
         not interfere with SQLite's own POSIX locks on the database; and the lock file is
         never replaced or removed, so two runs always lock the same inode. (Children are
         spawned, never forked, so none inherits the descriptor.)"""
-        lock_path = self.path + LOCK_SUFFIX
+        # Beside the file itself: a symlink to a state file names the same lock (and
+        # SQLite puts its -wal there too).
+        lock_path = os.path.realpath(self.path) + LOCK_SUFFIX
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -150,6 +152,17 @@ class StateStore:
                 raise UsageError(
                     f"cannot use --state {self.path!r}: in use by another run, pid {pid}{what}"
                 ) from None
+            try:
+                links = os.stat(self.path).st_nlink
+            except FileNotFoundError:
+                links = 1
+            if links > 1:
+                # Another name (a hard link) would be another lock, and SQLite would
+                # keep a second -wal for the same database beside it.
+                raise UsageError(
+                    f"cannot use --state {self.path!r}: it has {links} names (hard links);"
+                    " use one with a single name"
+                )
             # Who holds it: the pid and the command, never its arguments (they may hold
             # credentials, and the lock file is readable by others).
             note = f"{os.getpid()}\n{self._owner}\n".encode()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.conftest import Server
+from tests.conftest import Server, until
 from tests.test_cli import ENV, assert_no_traceback
+from tests.test_hardening_cli import holds_lock, run, start
 
 CRAWLER = [sys.executable, "-m", "crawler"]
 
@@ -136,3 +138,44 @@ async def test_userinfo_of_a_url_stays_out_of_the_warc(
     data = gzip.decompress(warc.read_bytes())
     assert b"pw0rd" not in data and token not in data
     assert data.count(f"WARC-Target-URI: http://127.0.0.1:{port}/".encode()) == 4
+
+
+# -- one run per state file, whatever its name ----------------------------------------------
+@pytest.mark.timeout(300)
+async def test_a_symlink_to_a_state_file_in_use_is_refused(server: Server, tmp_path: Path) -> None:
+    """`--state link` where link -> s.db: the lock was `link.lock`, so a second run on the
+    same database ran beside the first (both exit 0, one output written twice at once)."""
+    src, out, state = tmp_path / "urls.txt", tmp_path / "out.jsonl", tmp_path / "s.db"
+    link = tmp_path / "link.db"
+    link.symlink_to(state.name)
+    src.write_text("".join(server.url(f"/hang/{i}") + "\n" for i in range(3)))
+    common = ("fetch", str(src), "-o", str(out), "-q", "--timeout", "600")
+    first = await start(*common, "--state", str(state))
+    try:
+        await until(lambda: holds_lock(Path(f"{state}.lock"), first.pid), timeout=30)
+        code, stdout, err = await run(*common, "--state", str(link))
+        assert code == 2 and stdout == b"", err
+        assert b"in use by another run" in err and f"pid {first.pid}".encode() in err
+    finally:
+        server.rec.release.set()
+        _, first_err = await asyncio.wait_for(first.communicate(), 120)
+    assert first.returncode == 0, first_err
+    assert sorted(line.count(b"/hang/") for line in out.read_bytes().splitlines()) == [2] * 3
+
+
+async def test_a_state_file_with_two_names_is_refused(server: Server, tmp_path: Path) -> None:
+    """A hard link is another name: another lock, and SQLite would keep a second -wal
+    beside it for the same database."""
+    src, out, state = tmp_path / "urls.txt", tmp_path / "out.jsonl", tmp_path / "s.db"
+    src.write_text(server.url("/ok/1") + "\n")
+    common = ("fetch", str(src), "-o", str(out), "-q")
+    code, _, err = await run(*common, "--state", str(state))
+    assert code == 0, err
+    data = out.read_bytes()
+    os.link(state, tmp_path / "copy.db")
+    for name in (tmp_path / "copy.db", state):
+        code, stdout, err = await run(*common, "--state", str(name))
+        assert code == 2 and stdout == b"", err
+        assert b"hard link" in err and err.count(b"\n") == 1, err
+    assert out.read_bytes() == data
+    assert not (tmp_path / "copy.db-wal").exists()
