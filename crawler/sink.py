@@ -133,7 +133,8 @@ class Sink:
             )
             return
         state = self._state
-        if state is None or not state.resumed:
+        if state is None or not state.resumed or not _regular(path):
+            # (/dev/null, /dev/stdout, a FIFO: nothing to cut back, written as stdout is)
             self._file = await aiofiles.open(path, "wb", buffering=0)
             return
         # Resuming into the same file: cut it back to what the state says is committed
@@ -364,6 +365,8 @@ class Sink:
         done = [fp for fp in fps if fp is not None]
         offset = self._offset
         sync_fd = self._file.fileno() if self._config.output is not None else None
+        if sync_fd is not None and not stat.S_ISREG(os.fstat(sync_fd).st_mode):
+            sync_fd = None  # fsync of /dev/null or a pipe fails (EINVAL): nothing to keep
         try:
             if self.before_commit is not None:
                 await self.before_commit()
@@ -384,3 +387,11 @@ class Sink:
         finally:
             file, self._file = self._file, None
             await file.close()
+
+
+def _regular(path: str) -> bool:
+    """Whether ``path`` is a regular file, or nothing yet (a device or a pipe is not)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True

@@ -179,3 +179,22 @@ async def test_a_state_file_with_two_names_is_refused(server: Server, tmp_path: 
         assert b"hard link" in err and err.count(b"\n") == 1, err
     assert out.read_bytes() == data
     assert not (tmp_path / "copy.db-wal").exists()
+
+
+# -- --state with an output that is not a regular file -------------------------------------
+@pytest.mark.parametrize("output", ["/dev/null", "/dev/stdout"])
+async def test_state_with_a_device_or_pipe_as_output(
+    server: Server, tmp_path: Path, output: str
+) -> None:
+    """`-o /dev/null --state s.db` (or `-o /dev/stdout` into a pipe): the checkpoint's
+    fsync failed (EINVAL) after the records went out, exit 2, and every resume failed
+    cutting the output back. Written as plain stdout is: no fsync, nothing to cut."""
+    src, state = tmp_path / "urls.txt", tmp_path / "s.db"
+    src.write_text("".join(server.url(f"/ok/{i}") + "\n" for i in range(3)))
+    args = ("fetch", str(src), "-o", output, "--state", str(state), "-q")
+    code, stdout, err = await run(*args)
+    assert code == 0 and err == b"", err
+    assert stdout.count(b"\n") == (3 if output == "/dev/stdout" else 0)
+    code, stdout, err = await run(*args)  # resumed: every URL is done
+    assert code == 0 and err == b"" and stdout == b"", err
+    assert server.rec.hits.total() == 3
