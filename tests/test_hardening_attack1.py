@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import io
 import os
 import subprocess
 import sys
@@ -198,3 +199,28 @@ async def test_state_with_a_device_or_pipe_as_output(
     code, stdout, err = await run(*args)  # resumed: every URL is done
     assert code == 0 and err == b"" and stdout == b"", err
     assert server.rec.hits.total() == 3
+
+
+@pytest.mark.parametrize("state", [False, True])
+async def test_warc_to_a_device_or_pipe(server: Server, tmp_path: Path, state: bool) -> None:
+    """`--warc /dev/null` failed every run at its first sync (fsync: EINVAL), and a
+    resumed run "started a new file" beside it (/dev/null-00001)."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    src, out = tmp_path / "urls.txt", tmp_path / "out.jsonl"
+    src.write_text("".join(server.url(f"/ok/{i}") + "\n" for i in range(3)))
+    for n, warc in enumerate(("/dev/null", "/dev/stdout")):
+        args = ["fetch", str(src), "-o", str(out), "--warc", warc, "--warc-max-size", "1k", "-q"]
+        if state:
+            args += ["--state", str(tmp_path / f"s{n}.db")]
+        code, stdout, err = await run(*args)
+        assert code == 0 and err == b"", err
+        assert server.rec.hits.total() == 3 * (n + 1)
+        if warc == "/dev/stdout":
+            archive = ArchiveIterator(io.BytesIO(stdout))
+            assert sum(r.rec_type == "response" for r in archive) == 3
+        if state:  # resumed: nothing left to do
+            code, _, err = await run(*args)
+            assert code == 0 and err == b"", err
+            assert server.rec.hits.total() == 3 * (n + 1)
+    assert not Path("/dev/null-00001").exists()
