@@ -494,6 +494,8 @@ class Fetcher:
         """The attempt's Response: the head, and the body read to the end and counted
         (kept too if asked), stopping once it passes max_bytes (decompressed bytes count;
         a too_large record says how far it got)."""
+        if resp.status < 100:  # the parser takes any three digits: 000 or 099 is no status
+            raise errors.ProtocolError(f"invalid status code {resp.status:03d}")
         rh = resp.headers
         ctype = rh.get("Content-Type")
         if ctype is not None:

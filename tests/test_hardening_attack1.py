@@ -13,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import orjson
 import pytest
 from aiohttp import web
 
@@ -224,3 +225,32 @@ async def test_warc_to_a_device_or_pipe(server: Server, tmp_path: Path, state: b
             assert code == 0 and err == b"", err
             assert server.rec.hits.total() == 3 * (n + 1)
     assert not Path("/dev/null-00001").exists()
+
+
+# -- a status line the parser takes but HTTP has no such status --------------------------------
+async def test_a_status_below_100_is_a_protocol_error() -> None:
+    """llhttp takes any three digits: `HTTP/1.1 000 X` was `ok: true`, status 0."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        code = head.split(b" ")[1].strip(b"/")
+        writer.write(
+            b"HTTP/1.1 " + code + b" X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        )
+        await writer.drain()
+        writer.close()
+
+    raw = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = raw.sockets[0].getsockname()[1]
+    try:
+        codes = ("000", "001", "099", "200")
+        urls = "".join(f"http://127.0.0.1:{port}/{c}\n" for c in codes)
+        code, stdout, err = await run("fetch", "-q", "--retries", "0", stdin=urls.encode())
+    finally:
+        raw.close()
+        await raw.wait_closed()
+    assert code == 0, err
+    records = {r["url"][-3:]: r for r in map(orjson.loads, stdout.splitlines())}
+    assert records["200"]["ok"] is True
+    for c in codes[:-1]:
+        assert records[c]["ok"] is False and records[c]["error"]["kind"] == "protocol", records[c]
