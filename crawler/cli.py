@@ -37,7 +37,7 @@ from crawler.config import (
 )
 from crawler.errors import UsageError
 from crawler.inputs import LineSource, Source
-from crawler.paths import Named, check_distinct, state_files
+from crawler.paths import Named, check_distinct, state_files, stdio
 from crawler.paths import inputs as input_files
 
 EXIT_OK: Final = 0
@@ -582,6 +582,8 @@ def _check_paths(
     outputs = []
     if config.sink.output is not None:
         outputs.append(Named("-o", config.sink.output))
+    else:  # records go to stdout: `>> urls.txt` would feed them back as input
+        outputs += stdio(1, "stdout")
     if stats_json is not None:
         # os.path, not Path.resolve(): that raises RuntimeError on a symlink loop.
         if not os.path.isdir(os.path.dirname(os.path.realpath(stats_json))):

@@ -183,12 +183,11 @@ def _describe(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
-def _exchange(method: str, resp: aiohttp.ClientResponse, redact: frozenset[str] | None) -> Exchange:
+def _exchange(method: str, resp: aiohttp.ClientResponse, redact: frozenset[str]) -> Exchange:
     version = resp.version
     sent = list(resp.request_info.headers.items())
-    if redact is not None:
-        # A WARC file is shared and replayed: the user's secrets stay out of it.
-        sent = [(k, "[redacted]" if k.lower() in redact else v) for k, v in sent]
+    # A WARC file is shared and replayed: the user's secrets stay out of it.
+    sent = [(k, "[redacted]" if k.lower() in redact else v) for k, v in sent]
     return Exchange(
         method=method,
         request_headers=sent,
@@ -331,7 +330,8 @@ class Fetcher:
         sensitive = sensitive_names(config)
         credentials = [(n, v) for n, v in config.headers if n.lower() in sensitive]
         self._credentials: CIMultiDict[str] | None = CIMultiDict(credentials) or None
-        self._redact = sensitive if credentials else None  # in WARC request records
+        # In WARC request records; always: a URL's user:password is sent as Authorization.
+        self._redact = sensitive
         # The session's headers, with and without the credentials (_send only: a
         # session request merges them itself).
         self._headers: CIMultiDict[str] = CIMultiDict(session.headers)
@@ -507,6 +507,8 @@ class Fetcher:
         """The attempt's Response: the head, and the body read to the end and counted
         (kept too if asked), stopping once it passes max_bytes (decompressed bytes count;
         a too_large record says how far it got)."""
+        if resp.status < 100:  # the parser takes any three digits: 000 or 099 is no status
+            raise errors.ProtocolError(f"invalid status code {resp.status:03d}")
         rh = resp.headers
         ctype = rh.get(_CONTENT_TYPE)
         if ctype is not None:

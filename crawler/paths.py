@@ -96,19 +96,29 @@ def inputs(what: str, paths: list[str]) -> list[Named]:
     a file (``crawler fetch -o urls.txt < urls.txt`` would truncate what it reads)."""
     named = [Named(what, p) for p in paths if p != "-"]
     if "-" in paths:
-        try:
-            regular = stat.S_ISREG(os.fstat(0).st_mode)
-        except OSError:
-            regular = False
-        if regular:
-            # /dev/stdin: its device and inode are the file's, and so (on Linux) its path.
-            named.append(Named("standard input", "/dev/stdin"))
+        named += stdio(0, "standard input")
     return named
+
+
+def stdio(fd: int, what: str) -> list[Named]:
+    """Standard input or output as a file of the run, when it is a regular file (the
+    shell opened it: ``< urls.txt``, ``>> urls.txt``); a pipe or terminal is nothing to
+    clash with."""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+    except OSError:  # closed
+        return []
+    return [Named(what, f"/dev/fd/{fd}")]
 
 
 def state_files(state: str) -> list[Named]:
     """``--state PATH`` and the files SQLite and the lock make beside it."""
-    return [Named(f"--state{' (' + s + ')' if s else ''}", state + s) for s in STATE_SIBLINGS]
+    real = os.path.realpath(state)  # SQLite and the lock put the siblings beside the file
+    return [
+        Named(f"--state{' (' + s + ')' if s else ''}", state + s if not s else real + s)
+        for s in STATE_SIBLINGS
+    ]
 
 
 def _clash(one: Named, other: Named) -> None:

@@ -182,9 +182,10 @@ class Sink:
             self._stream = True
             return
         state = self._state
-        if state is None or not state.resumed or stat.S_ISCHR(mode):
+        stream = mode != 0 and not stat.S_ISREG(mode)  # /dev/null, a terminal, a device
+        if state is None or not state.resumed or stream:
             self._file = await aiofiles.open(path, "wb", buffering=0)
-            self._stream = stat.S_ISCHR(mode)  # /dev/null, a terminal: no fsync, no seek
+            self._stream = stream  # no fsync, no seek, nothing to cut back on resume
             return
         # Resuming into the same file: cut it back to what the state says is committed
         # (a torn last line or records written after the last checkpoint go).

@@ -105,7 +105,8 @@ class StateStore:
         self._inspect()  # a file not ours is refused before even a lock file appears
         self._lock()
         try:
-            self._sweep()
+            self._sweep()  # first: a killed creation's leftover is a second name of the file
+            self._single_name()
             kind = self._inspect()  # again: what is there now that no other run can change it
             if kind != "ours":
                 self._create(replace_empty=kind == "empty")
@@ -140,7 +141,9 @@ class StateStore:
         not interfere with SQLite's own POSIX locks on the database; and the lock file is
         never replaced or removed, so two runs always lock the same inode. (Children are
         spawned, never forked, so none inherits the descriptor.)"""
-        lock_path = self.path + LOCK_SUFFIX
+        # Beside the file itself: a symlink to a state file names the same lock (and
+        # SQLite puts its -wal there too).
+        lock_path = os.path.realpath(self.path) + LOCK_SUFFIX
         not_ours = UsageError(
             f"cannot use --state {self.path!r}: {lock_path!r} is not a crawler lock file"
         )
@@ -233,6 +236,19 @@ class StateStore:
             shutil.copyfile(path, copy)
             shutil.copyfile(wal, copy + "-wal")
             return _meta_format("file:" + urllib.parse.quote(copy)) == FORMAT
+
+    def _single_name(self) -> None:
+        try:
+            links = os.stat(self.path).st_nlink
+        except FileNotFoundError:
+            return
+        if links > 1:
+            # Another name (a hard link) would be another lock, and SQLite would keep a
+            # second -wal for the same database beside it.
+            raise UsageError(
+                f"cannot use --state {self.path!r}: it has {links} names (hard links);"
+                " use one with a single name"
+            )
 
     def _sweep(self) -> None:
         """Remove what a run killed in ``_create`` left: only the lock holder makes these

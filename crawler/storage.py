@@ -49,6 +49,7 @@ import mmap
 import multiprocessing
 import os
 import socket
+import stat
 import sys
 import threading
 import zlib
@@ -288,6 +289,15 @@ def _sync_filesystem(path: str) -> None:
         os.sync()
 
 
+def _regular(path: str) -> bool:
+    """A regular file, or nothing yet: not a device or a pipe (rather than a finished
+    file, a resumed run would "start a new file" beside /dev/null)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+
+
 def _fsync_dir(path: str) -> None:
     """A new file's directory entry on disk (fsync on the directory)."""
     fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
@@ -380,6 +390,7 @@ class _WarcWriter:
         self._fd = -1
         self._size = 0
         self._new_file = False  # a file created since the last sync (its directory entry)
+        self._device = False  # /dev/null, /dev/stdout, a FIFO: no fsync, no rotation
         # warcio builds each record (headers, digests) into this buffer; we gzip it as its
         # own member at level 6 (warcio's own wrapper uses 9: slower, barely smaller).
         self._raw = io.BytesIO()
@@ -388,7 +399,7 @@ class _WarcWriter:
         self.files: list[str] = []
 
     def start(self) -> None:
-        if self._append:  # a resumed run starts a new file rather than touch a finished one
+        if self._append and _regular(self._path):  # a resumed run starts a new file
             while os.path.exists(warc_name(self._path, self._index)):
                 self._index += 1
             if self._index and _repair_tail(warc_name(self._path, self._index - 1)) == 0:
@@ -401,7 +412,7 @@ class _WarcWriter:
         out = bytearray()
         for item in batch:
             out += self._pair(*item)
-            if self._size + len(out) >= self._max_size:
+            if self._size + len(out) >= self._max_size and not self._device:
                 self._write(out)
                 out.clear()
                 self._close_file()
@@ -412,7 +423,7 @@ class _WarcWriter:
 
     def sync(self) -> None:
         """What is written so far, on disk (once per checkpoint)."""
-        if self._fd >= 0:
+        if self._fd >= 0 and not self._device:
             os.fsync(self._fd)
             if self._new_file:
                 _fsync_dir(warc_name(self._path, self._index))
@@ -433,6 +444,7 @@ class _WarcWriter:
     def _open_file(self) -> None:
         name = warc_name(self._path, self._index)
         self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._device = not stat.S_ISREG(os.fstat(self._fd).st_mode)
         self._new_file = True
         self.files.append(name)
         self._size = 0
@@ -452,10 +464,11 @@ class _WarcWriter:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             try:
-                os.fsync(fd)
+                if not self._device:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
-            if self._new_file:
+            if self._new_file and not self._device:
                 _fsync_dir(warc_name(self._path, self._index))
                 self._new_file = False
 
@@ -479,6 +492,10 @@ class _WarcWriter:
     ) -> bytes:
         from warcio.statusandheaders import StatusAndHeaders
 
+        parts = urlsplit(url)
+        if "@" in parts.netloc:  # a URL's user:password stays out of a shared archive
+            parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+            url = parts.geturl()
         headers = self._decoded_headers(response_headers)
         headers.append(("Content-Length", str(len(body))))
         builder = self._builder
@@ -489,7 +506,6 @@ class _WarcWriter:
             length=len(body),
             http_headers=StatusAndHeaders(f"{status} {reason}".strip(), headers, protocol=version),
         )
-        parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         request = builder.create_warc_record(
             url,
