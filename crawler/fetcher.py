@@ -201,6 +201,23 @@ def _exchange(method: str, resp: aiohttp.ClientResponse, redact: frozenset[str])
     )
 
 
+def _over_limit(
+    result: Response,
+    chunks: list[bytes] | None,
+    data: bytes,
+    over: int,
+    limit: int,
+    cap: int | None,
+) -> None:
+    """The body passed its limit by ``over`` bytes with ``data``: too large (raises), or,
+    with a ``cap``, kept up to the cap (the caller stops reading)."""
+    if cap is None:
+        result.body = None
+        raise errors.TooLarge(f"body exceeds --max-bytes {limit}", response=result)
+    if chunks is not None:
+        chunks.append(data[: len(data) - over])
+
+
 def _ascii_bytes(raw: bytes) -> str:
     return raw.decode("ascii") if raw.isascii() else raw.decode("ascii", "backslashreplace")
 
@@ -569,13 +586,7 @@ class Fetcher:
                 if decoder is None:
                     total += len(chunk)
                     if total > limit:
-                        if cap is None:
-                            result.body = None
-                            raise errors.TooLarge(
-                                f"body exceeds --max-bytes {limit}", response=result
-                            )
-                        if chunks is not None:  # keep the first cap bytes; the rest is not read
-                            chunks.append(chunk[: len(chunk) - (total - limit)])
+                        _over_limit(result, chunks, chunk, total - limit, limit, cap)
                         total = limit
                         break
                     if chunks is not None:
@@ -584,13 +595,7 @@ class Fetcher:
                 for piece in decoder.feed(chunk, result):
                     total += len(piece)
                     if total > limit:
-                        if cap is None:
-                            result.body = None
-                            raise errors.TooLarge(
-                                f"body exceeds --max-bytes {limit}", response=result
-                            )
-                        if chunks is not None:
-                            chunks.append(piece[: len(piece) - (total - limit)])
+                        _over_limit(result, chunks, piece, total - limit, limit, cap)
                         total = limit
                         decoder = None  # cut here on purpose: the stream's end is not read
                         break
