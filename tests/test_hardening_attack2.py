@@ -1,0 +1,107 @@
+"""Attacks on crawl mode's resource bounds (issue 12, second attacker): pages small enough
+to be parsed inline that make lexbor's work explode, and the parser child's memory.
+
+Real servers on loopback, the CLI as a subprocess; bounds are generous (the bugs here are
+a blocked loop and gigabytes, not milliseconds)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import web
+
+from crawler.config import CrawlConfig
+from crawler.crawl import _PARSER_MEMORY, Crawl, _shallow
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    """``app`` on 127.0.0.1, a port of its own; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def _rebuilt(n: int) -> bytes:
+    """``n`` formatting elements left open (distinct attributes, so the parser keeps them
+    all), then ``n`` paragraphs: each one rebuilds every one of them (n*n elements)."""
+    return b"<p>" + b"".join(b"<b/%d>" % i for i in range(n)) + b"<p>x" * n
+
+
+def _alloc(n: int) -> int:
+    return len(bytearray(n))
+
+
+def test_rebuilt_formatting_elements_are_not_parsed_inline() -> None:
+    # 2,000 of each: 21 KB, well under the inline size, but 4 million elements (3 s, 1.5 GB).
+    assert not _shallow(_rebuilt(2000))
+    # Ordinary pages stay inline: many links, some formatting, moderate nesting.
+    page = b'<div class="x"><a href="/a">a</a> <b>b</b> <span>s</span></div>\n' * 400
+    page += b'<i class="icon">i</i>' * 80
+    assert _shallow(page)
+    assert _shallow(b"<ul>" + b"<li><a href=/x>x</a></li>" * 2000 + b"</ul>")
+
+
+async def test_parser_child_memory_is_bounded() -> None:
+    crawl = Crawl(CrawlConfig(parse_timeout=60.0), spill_dir=None, memory_links=10)
+    try:
+        with pytest.raises(MemoryError):
+            await crawl._pages.call(_alloc, _PARSER_MEMORY + (1 << 30))
+        # The child is still usable (or replaced) for the next page.
+        assert await crawl._pages.call(_alloc, 1 << 20) == 1 << 20
+    finally:
+        crawl.close()
+
+
+@pytest.mark.timeout(180)
+async def test_crawl_of_rebuilding_pages_keeps_the_crawler_small(tmp_path: Path) -> None:
+    n = 1200  # 1.4 million elements a page: ~500 MB in whichever process parses it
+    attack = _rebuilt(n)
+
+    async def root(request: web.Request) -> web.Response:
+        links = b"".join(b'<a href="/evil/%d">x</a>' % i for i in range(3))
+        return web.Response(body=links, content_type="text/html")
+
+    async def evil(request: web.Request) -> web.Response:
+        return web.Response(body=attack, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", root)
+    app.router.add_get("/evil/{n}", evil)
+    stats = tmp_path / "stats.json"
+    async with serve(app) as base:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "crawler",
+            "crawl",
+            base + "/",
+            "--ignore-robots",
+            "-q",
+            "-o",
+            str(tmp_path / "out.jsonl"),
+            "--stats-json",
+            str(stats),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 150)
+    assert proc.returncode == 0, err
+    summary = orjson.loads(stats.read_bytes())
+    assert summary["urls_done"] == 4
+    # Parsed inline, the crawler itself grew by ~500 MB; in the child it stays small.
+    assert summary["peak_rss_mib"] < 300, summary
