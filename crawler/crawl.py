@@ -37,7 +37,7 @@ _SITEMAP_MAX_FILES: Final = 10_000
 _SITEMAP_FETCHES: Final = 4
 # Address space of a parser child: a hostile page can make lexbor allocate ~700 MB/s
 # within its deadline; past this, the parse fails (parse_errors) instead.
-_PARSER_MEMORY: Final = 2 << 30
+_PARSER_MEMORY: Final = 1 << 30
 _SITEMAP_BATCH: Final = 2_000  # URLs per step of a sitemap: admitting them is one loop turn
 
 # A page parsed inline blocks the loop while lexbor runs; lexbor is quadratic in the

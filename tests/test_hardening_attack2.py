@@ -127,3 +127,19 @@ async def test_robots_check_of_a_long_url_against_many_wildcards_is_bounded() ->
     # Ordinary URLs are still checked against the rules.
     assert robots.allows("http://127.0.0.1:9/page", "crawler")
     assert not robots.allows("http://127.0.0.1:9/private/x", "crawler")
+
+
+@pytest.mark.timeout(120)
+async def test_page_past_the_parser_memory_is_a_parse_error() -> None:
+    # 4,000 of each: 16 million elements, ~6 GB. At the child's limit lexbor fails: that
+    # page's links are unknown (a parse error), not "none" (it was taken as a page without
+    # links, uncounted).
+    crawl = Crawl(CrawlConfig(parse_timeout=60.0), spill_dir=None, memory_links=10)
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - whatever the child reports
+            await crawl.page_links("http://127.0.0.1:9/", _rebuilt(4000) + b"<a href=/x>x</a>")
+        # The next page (in a new child, or the same one) is read.
+        found = await crawl.page_links("http://127.0.0.1:9/", b"<a href=/y>y</a>" * 5000)
+        assert found.total == 5000
+    finally:
+        crawl.close()
