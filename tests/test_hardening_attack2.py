@@ -143,3 +143,60 @@ async def test_page_past_the_parser_memory_is_a_parse_error() -> None:
         assert found.total == 5000
     finally:
         crawl.close()
+
+
+@pytest.mark.timeout(180)
+async def test_max_pages_reached_does_not_wait_for_a_slow_sitemap(tmp_path: Path) -> None:
+    # robots.txt names a sitemap that never finishes; --max-pages is reached by the seed
+    # alone. The run waited for the sitemap until --timeout (here 600 s), though no URL of
+    # it could be admitted any more.
+    release = asyncio.Event()
+
+    async def robots(request: web.Request) -> web.Response:
+        return web.Response(text=f"Sitemap: {request.url.origin()}/slow.xml\n")
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": "100000"})
+        await resp.prepare(request)
+        await resp.write(b"<urlset>")
+        await release.wait()
+        return resp
+
+    async def root(request: web.Request) -> web.Response:
+        return web.Response(text="<html>no links</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/robots.txt", robots)
+    app.router.add_get("/slow.xml", slow)
+    app.router.add_get("/", root)
+    stats = tmp_path / "stats.json"
+    async with serve(app) as base:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "crawler",
+            "crawl",
+            base + "/",
+            "--sitemaps",
+            "--max-pages",
+            "1",
+            "--timeout",
+            "600",
+            "-q",
+            "-o",
+            str(tmp_path / "out.jsonl"),
+            "--stats-json",
+            str(stats),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 90)
+        finally:
+            release.set()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, err
+    assert orjson.loads(stats.read_bytes())["urls_done"] == 1
