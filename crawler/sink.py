@@ -11,7 +11,10 @@ Standard output that is a pipe or socket of its own is written without blocking,
 event loop: a reader that stops reading then holds up the run, but can be given up on
 (``abandon()``, at shutdown), and exactly the records whose whole line went out count as
 written (with --state only those are marked done; the rest are ``lost``, redone on resume).
-A thread blocked in write() could be neither interrupted nor accounted for.
+A thread blocked in write() could be neither interrupted nor accounted for. A pipe shared
+with stderr (``2>&1``) stays blocking (stderr's writers expect it), so it is written from
+the loop too, ``select.PIPE_BUF`` bytes at a time and only when the loop sees room: such a
+write cannot block.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import stat
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,9 +43,10 @@ class OutputClosed(Exception):  # noqa: N818 - a state, not a failure
 class _Pipe:
     """Standard output, a pipe or socket switched to non-blocking (restored on close)."""
 
-    def __init__(self, fd: int, restore: bool) -> None:
+    def __init__(self, fd: int, restore: bool, chunk: int = 0) -> None:
         self.fd = fd
         self._restore = restore
+        self.chunk = chunk  # blocking: write at most this much, when there is room
 
     def fileno(self) -> int:
         return self.fd
@@ -75,6 +80,10 @@ def _nonblocking_stdout() -> _Pipe | None:
         os.set_blocking(1, False)
         if (blocking(0), blocking(2)) != others:
             os.set_blocking(1, True)
+            # Shared with stderr (2>&1): blocking it stays. Written by aiofiles, a reader
+            # that stops reading held a thread in write() for ever (no signal ended it).
+            if stat.S_ISFIFO(mode) and others[1] is not None:
+                return _Pipe(1, restore=False, chunk=select.PIPE_BUF)
             return None
     except OSError:
         return None
@@ -299,6 +308,8 @@ class Sink:
         """Write ``data``; the bytes written (fewer only once abandoned)."""
         try:
             if isinstance(self._file, _Pipe):
+                if self._file.chunk:
+                    return await self._write_blocking_pipe(self._file, data)
                 return await self._write_pipe(self._file.fd, data)
             written: int = await self._file.write(data)
             while written < len(data):  # a short write: rare, but a pipe may do it
@@ -322,6 +333,20 @@ class Sink:
                 except BlockingIOError:
                     if not await self._writable(fd):
                         break
+        return written
+
+    async def _write_blocking_pipe(self, pipe: _Pipe, data: bytearray) -> int:
+        fd, chunk = pipe.fd, pipe.chunk
+        room = select.poll()
+        room.register(fd, select.POLLOUT)
+        size, written = len(data), 0
+        with memoryview(data) as view:
+            while written < size:
+                # A pipe polls writable with at least PIPE_BUF bytes free: this write
+                # returns at once.
+                if not room.poll(0) and not await self._writable(fd):
+                    break
+                written += os.write(fd, view[written : written + chunk])
         return written
 
     async def _writable(self, fd: int) -> bool:

@@ -6,10 +6,15 @@ a blocked loop and gigabytes, not milliseconds)."""
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
+import os
+import signal
 import subprocess
 import sys
+import termios
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -200,3 +205,62 @@ async def test_max_pages_reached_does_not_wait_for_a_slow_sitemap(tmp_path: Path
                 await proc.wait()
     assert proc.returncode == 0, err
     assert orjson.loads(stats.read_bytes())["urls_done"] == 1
+
+
+def _unread(fd: int) -> int:
+    buf = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    return buf[0]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("signals", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT,)])
+async def test_stop_with_stdout_and_stderr_in_one_unread_pipe(
+    tmp_path: Path, signals: tuple[int, ...]
+) -> None:
+    # `crawler fetch urls 2>&1 | reader-that-stalls`: stdout shares its open file with stderr,
+    # so it stays blocking, and was written from a thread that blocked in write() for ever:
+    # no signal (nor --max-time) ended the run, only SIGKILL.
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="x" * 100)
+
+    app = web.Application()
+    app.router.add_get("/{n}", page)
+    async with serve(app) as base:
+        urls = tmp_path / "urls.txt"
+        urls.write_text("".join(f"{base}/{n}?{'p' * 300}\n" for n in range(3000)))
+        rfd, wfd = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "crawler",
+                "fetch",
+                str(urls),
+                "--grace",
+                "1",
+                stdin=subprocess.DEVNULL,
+                stdout=wfd,
+                stderr=wfd,
+            )
+            os.close(wfd)
+            wfd = -1
+            try:
+                deadline = asyncio.get_running_loop().time() + 60
+                while _unread(rfd) < 60_000:  # the pipe is full: the writer is stuck
+                    assert asyncio.get_running_loop().time() < deadline, "pipe never filled"
+                    assert proc.returncode is None
+                    await asyncio.sleep(0.05)
+                for sig in signals:
+                    proc.send_signal(sig)
+                    await asyncio.sleep(0.1)
+                # Grace 1 s, then at most --grace more for the final flush: generous bound.
+                assert await asyncio.wait_for(proc.wait(), 60) == 130
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        finally:
+            os.close(rfd)
+            if wfd >= 0:
+                os.close(wfd)
