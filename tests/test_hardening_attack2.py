@@ -264,3 +264,52 @@ async def test_stop_with_stdout_and_stderr_in_one_unread_pipe(
             os.close(rfd)
             if wfd >= 0:
                 os.close(wfd)
+
+
+@pytest.mark.timeout(180)
+async def test_output_fifo_unread_or_unopened_does_not_hang(tmp_path: Path) -> None:
+    # `-o FIFO`: opened by a thread, a FIFO nobody opened blocked open() for ever; one
+    # nobody reads blocked write() for ever; no signal ended either run.
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="x" * 100)
+
+    app = web.Application()
+    app.router.add_get("/{n}", page)
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    async with serve(app) as base:
+        urls = tmp_path / "urls.txt"
+        urls.write_text("".join(f"{base}/{n}?{'p' * 300}\n" for n in range(3000)))
+        args = [sys.executable, "-m", "crawler", "fetch", str(urls), "--grace", "1"]
+
+        alone = await asyncio.create_subprocess_exec(
+            *args, "-o", str(fifo), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            _, err = await asyncio.wait_for(alone.communicate(), 60)
+        finally:
+            if alone.returncode is None:
+                alone.kill()
+                await alone.wait()
+        assert alone.returncode == 2
+        assert b"no process reads it" in err
+
+        rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader that never reads
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *args, "-o", str(fifo), stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                deadline = asyncio.get_running_loop().time() + 60
+                while _unread(rfd) < 60_000:  # full: the writer is stuck
+                    assert asyncio.get_running_loop().time() < deadline, "fifo never filled"
+                    assert proc.returncode is None
+                    await asyncio.sleep(0.05)
+                proc.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(proc.wait(), 60) == 130
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        finally:
+            os.close(rfd)
