@@ -545,7 +545,7 @@ def _run_pipeline(
         payload["interrupted"] = result.interrupted
         payload["timed_out"] = result.timed_out
         try:
-            stats_json.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+            _write_now(stats_json, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
         except OSError as exc:
             raise UsageError(
                 f"cannot write --stats-json {str(stats_json)!r}: {exc.strerror}"
@@ -556,6 +556,18 @@ def _run_pipeline(
         raise typer.Exit(EXIT_OK)
     if fail_on_error and result.snapshot.failed:
         raise typer.Exit(EXIT_FAILED_RECORDS)
+
+
+def _write_now(path: Path, data: bytes) -> None:
+    """Write ``path`` without ever blocking: a FIFO nobody opens or reads (where
+    ``Path.write_bytes`` waited for ever, after the run) is an OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _check_paths(

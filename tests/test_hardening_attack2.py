@@ -313,3 +313,33 @@ async def test_output_fifo_unread_or_unopened_does_not_hang(tmp_path: Path) -> N
                     await proc.wait()
         finally:
             os.close(rfd)
+
+
+@pytest.mark.timeout(120)
+async def test_stats_json_fifo_nobody_opens_does_not_hang(tmp_path: Path) -> None:
+    # Path.write_bytes on a FIFO nobody opens waits for ever, after the run.
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/{n}", page)
+    fifo = tmp_path / "stats.fifo"
+    os.mkfifo(fifo)
+    async with serve(app) as base:
+        urls = tmp_path / "urls.txt"
+        urls.write_text(f"{base}/1\n")
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "crawler", "fetch", str(urls), "-q"),
+            *("-o", str(tmp_path / "out.jsonl"), "--stats-json", str(fifo)),
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 2
+    assert err.startswith(b"crawler: error: cannot write --stats-json") and err.count(b"\n") == 1
+    assert (tmp_path / "out.jsonl").read_bytes().count(b"\n") == 1
