@@ -913,7 +913,14 @@ def _run(
         if signals.take():
             raise KeyboardInterrupt
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main())
+        try:
+            return runner.run(main())
+        finally:
+            if takes_signals:
+                # The engine's handlers are gone with its loop, leaving the defaults: a
+                # second SIGHUP/SIGQUIT/SIGTERM while the summary is written killed the
+                # process (a SIGINT raised there). Deferred again until exit.
+                signals.defer()
 
 
 def _want_uvloop(no_uvloop: bool) -> bool:
