@@ -547,7 +547,7 @@ def _run_pipeline(
         payload["interrupted"] = result.interrupted
         payload["timed_out"] = result.timed_out
         try:
-            stats_json.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+            _write_now(stats_json, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
         except OSError as exc:
             raise UsageError(
                 f"cannot write --stats-json {str(stats_json)!r}: {exc.strerror}"
@@ -572,6 +572,18 @@ def _summary_would_block(config: RunConfig, result: Any) -> bool:
     except OSError:
         return False
     return stat.S_ISFIFO(err.st_mode) and os.path.samestat(err, out)
+
+
+def _write_now(path: Path, data: bytes) -> None:
+    """Write ``path`` without ever blocking: a FIFO nobody opens or reads (where
+    ``Path.write_bytes`` waited for ever, after the run) is an OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _check_paths(
@@ -919,7 +931,14 @@ def _run(
         if signals.take():
             raise KeyboardInterrupt
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main())
+        try:
+            return runner.run(main())
+        finally:
+            if takes_signals:
+                # The engine's handlers are gone with its loop, leaving the defaults: a
+                # second SIGHUP/SIGQUIT/SIGTERM while the summary is written killed the
+                # process (a SIGINT raised there). Deferred again until exit.
+                signals.defer()
 
 
 def _want_uvloop(no_uvloop: bool) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from collections.abc import Callable
 from typing import Final
 
@@ -34,6 +35,9 @@ _SITEMAP_MAX_NESTING: Final = 4
 _SITEMAP_MAX_FILES: Final = 10_000
 # Sitemaps fetched (their bodies held) at once; they are parsed one at a time.
 _SITEMAP_FETCHES: Final = 4
+# Address space of a parser child: a hostile page can make lexbor allocate ~700 MB/s
+# within its deadline; past this, the parse fails (parse_errors) instead.
+_PARSER_MEMORY: Final = 1 << 30
 _SITEMAP_BATCH: Final = 2_000  # URLs per step of a sitemap: admitting them is one loop turn
 
 # A page parsed inline blocks the loop while lexbor runs; lexbor is quadratic in the
@@ -41,11 +45,29 @@ _SITEMAP_BATCH: Final = 2_000  # URLs per step of a sitemap: admitting them is o
 # opening tags. A page with more than this many parses in the child, within its deadline
 # (4096 nested levels: ~25 ms).
 _INLINE_MAX_OPEN_TAGS: Final = 4096
+# The other quadratic: formatting elements left open (<b x=1><b x=2>...) are rebuilt, all
+# of them, after every tag that closed them (<p>x<p>x...): 2,000 of each in a 21 KB page
+# build 4 million elements, 3 s and 1.5 GB. Rebuilt elements are at most (open formatting
+# elements) x (opening tags); formatting elements without attributes count at most 3 of
+# each kind (the HTML parser's "Noah's Ark" clause), so only those with attributes are
+# counted. Past this product a page parses in the child.
+_INLINE_MAX_REBUILT: Final = 1 << 18  # ~0.13 s, ~100 MB at worst (was 4096^2 / 4)
+_PLAIN_FORMATTING: Final = 3 * 13
+_FORMATTING_WITH_ATTRS: Final = re.compile(
+    rb"<(?:[bisu]|em|tt|big|code|font|nobr|small|strike|strong)[\s/]", re.IGNORECASE
+)
 
 
 def _shallow(body: bytes) -> bool:
-    """Cheap (two memchr-speed scans): can this page not be nested deep enough to matter?"""
-    return body.count(b"<") - body.count(b"</") <= _INLINE_MAX_OPEN_TAGS
+    """Cheap (two memchr-speed scans, a regex scan only for pages with many tags): can this
+    page not make lexbor's work explode (deep nesting, formatting elements rebuilt)?"""
+    opened = body.count(b"<") - body.count(b"</")
+    if opened * (opened + _PLAIN_FORMATTING) <= _INLINE_MAX_REBUILT:
+        return True
+    if opened > _INLINE_MAX_OPEN_TAGS:
+        return False
+    formatting = len(_FORMATTING_WITH_ATTRS.findall(body)) + _PLAIN_FORMATTING
+    return formatting * opened <= _INLINE_MAX_REBUILT
 
 
 class Crawl:
@@ -64,8 +86,8 @@ class Crawl:
         # Pages over parse_inline_bytes and sitemaps are parsed in child processes, each
         # call within config.parse_timeout (see crawler/parser.py): lexbor and expat can
         # be made to run for minutes, and a C call cannot be cancelled, only killed.
-        self._pages = ParserProcess(config.parse_timeout)
-        self._sitemaps = ParserProcess(config.parse_timeout)
+        self._pages = ParserProcess(config.parse_timeout, _PARSER_MEMORY)
+        self._sitemaps = ParserProcess(config.parse_timeout, _PARSER_MEMORY)
         self._sitemap_turn = asyncio.Lock()  # the child reads one sitemap at a time
         self.sitemap_fetches = asyncio.Semaphore(_SITEMAP_FETCHES)
         self._sitemaps_seen: set[str] = set()

@@ -493,10 +493,12 @@ class Engine:
         while True:
             links = await queue.take(256)
             if not links:
-                if frontier.idle and crawl.jobs == 0:
+                # A sitemap still being read cannot add a URL once --max-pages is reached:
+                # not waited for (a slow one held the run up to --timeout per sitemap).
+                if frontier.idle and (crawl.jobs == 0 or crawl.full):
                     return
                 crawl.wake.clear()
-                if not len(queue) and not (frontier.idle and crawl.jobs == 0):
+                if not len(queue) and not (frontier.idle and (crawl.jobs == 0 or crawl.full)):
                     await crawl.wake.wait()
                 continue
             if state is not None:
@@ -830,6 +832,8 @@ class Engine:
             crawl.jobs -= 1
             raise
         try:
+            if crawl.full:
+                return  # nothing it names could be admitted
             try:
                 target = parse_url(url)
                 resp = await self._fetcher.fetch(

@@ -100,11 +100,9 @@ def parse_candidates(texts: list[str], scope: Scope | None) -> list[Candidate]:
 def extract(body: bytes, page_url: str, *, assets: bool = False, obey_robots: bool = True) -> Page:
     """Absolute http(s) URLs linked from ``body`` (in document order, duplicates kept)."""
     page = Page()
-    body = _cut(body)
-    try:
-        tree = LexborHTMLParser(body)
-    except Exception:  # noqa: BLE001 - an unparsable page simply has no links
-        return page
+    # lexbor parses anything; it fails only when out of memory (the parser child's limit),
+    # and that is a parse error, not a page without links: the exception is the caller's.
+    tree = LexborHTMLParser(_cut(body))
     if obey_robots:
         for meta in tree.css("meta[name][content]"):
             name = (meta.attributes.get("name") or "").strip().lower()

@@ -112,8 +112,9 @@ class ParserProcess:
     Raises ParseTimeoutError (the child was killed; the next call starts another),
     ParserError (the child died), or the exception ``fn`` raised."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, memory: int = 0) -> None:
         self.timeout = timeout
+        self.memory = memory  # bytes of address space the child may use (0: no limit)
         self._lock = asyncio.Lock()
         self._child: _Child | None = None
         self._dying: list[subprocess.Popen[bytes]] = []  # killed, not reaped yet
@@ -168,6 +169,7 @@ class ParserProcess:
                 "crawler.parser",
                 str(os.getpid()),
                 "1" if pdeathsig else "0",
+                str(self.memory),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -236,10 +238,18 @@ def _send(fd: int, payload: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _serve(parent_pid: int, pdeathsig: bool) -> None:
+def _serve(parent_pid: int, pdeathsig: bool, memory: int) -> None:
     from crawler.lifeline import die_with_parent
 
     die_with_parent(parent_pid, pdeathsig=pdeathsig)
+    if memory:
+        # Within its deadline lexbor can allocate ~700 MB/s on a hostile page: past the
+        # limit its allocations fail (the call fails, or the child dies) instead of the
+        # machine running out of memory.
+        import resource
+
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     # Ctrl-C reaches the whole process group; the parent decides when the child ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The protocol owns the real stdout: anything else that prints goes to stderr.
@@ -269,5 +279,5 @@ def _serve(parent_pid: int, pdeathsig: bool) -> None:
 
 if __name__ == "__main__":
     with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
-        _serve(int(sys.argv[1]), sys.argv[2] == "1")
+        _serve(int(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3]))
     os._exit(0)

@@ -11,7 +11,10 @@ Standard output that is a pipe or socket of its own is written without blocking,
 event loop: a reader that stops reading then holds up the run, but can be given up on
 (``abandon()``, at shutdown), and exactly the records whose whole line went out count as
 written (with --state only those are marked done; the rest are ``lost``, redone on resume).
-A thread blocked in write() could be neither interrupted nor accounted for.
+A thread blocked in write() could be neither interrupted nor accounted for. A pipe shared
+with stderr (``2>&1``) stays blocking (stderr's writers expect it), so it is written from
+the loop too, ``select.PIPE_BUF`` bytes at a time and only when the loop sees room: such a
+write cannot block.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import select
 import stat
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,10 +44,11 @@ class OutputClosed(Exception):  # noqa: N818 - a state, not a failure
 class _Pipe:
     """Standard output, a pipe or socket switched to non-blocking (restored on close)."""
 
-    def __init__(self, fd: int, restore: bool, owned: bool = False) -> None:
+    def __init__(self, fd: int, restore: bool, chunk: int = 0, owned: bool = False) -> None:
         self.fd = fd
         self._restore = restore
-        self._owned = owned  # opened by us (``-o FIFO``): closed, not restored
+        self.chunk = chunk  # blocking: write at most this much, when there is room
+        self._owned = owned  # ours to close (a FIFO given as -o)
 
     def fileno(self) -> int:
         return self.fd
@@ -79,7 +84,16 @@ def _nonblocking_stdout() -> _Pipe | None:
         os.set_blocking(1, False)
         if (blocking(0), blocking(2)) != others:
             os.set_blocking(1, True)
-            return _reopened_stdout(mode)
+            # Shared with stderr (2>&1): fd 1 stays blocking. Opened anew where Linux
+            # allows; else written from the loop a PIPE_BUF at a time when there is room.
+            # Written by aiofiles, a reader that stops reading held a thread in write()
+            # for ever (no signal ended it).
+            reopened = _reopened_stdout(mode)
+            if reopened is not None:
+                return reopened
+            if stat.S_ISFIFO(mode) and others[1] is not None:
+                return _Pipe(1, restore=False, chunk=select.PIPE_BUF)
+            return None
     except OSError:
         return None
     return _Pipe(1, restore=True)
@@ -176,7 +190,7 @@ class Sink:
                 if exc.errno != errno.ENXIO:
                     raise
                 raise UsageError(
-                    f"cannot write output {path!r}: a FIFO that nothing reads"
+                    f"cannot write output {path!r}: a FIFO that no process reads"
                 ) from None
             self._file = _Pipe(fd, restore=False, owned=True)
             self._stream = True
@@ -359,6 +373,8 @@ class Sink:
         """Write ``data``; the bytes written (fewer only once abandoned)."""
         try:
             if isinstance(self._file, _Pipe):
+                if self._file.chunk:
+                    return await self._write_blocking_pipe(self._file, data)
                 return await self._write_pipe(self._file.fd, data)
             written: int = await self._file.write(data)
             while written < len(data):  # a short write: rare, but a pipe may do it
@@ -383,6 +399,20 @@ class Sink:
                 except BlockingIOError:
                     if not await self._writable(fd):
                         break
+        return written
+
+    async def _write_blocking_pipe(self, pipe: _Pipe, data: bytearray) -> int:
+        fd, chunk = pipe.fd, pipe.chunk
+        room = select.poll()
+        room.register(fd, select.POLLOUT)
+        size, written = len(data), 0
+        with memoryview(data) as view:
+            while written < size:
+                # A pipe polls writable with at least PIPE_BUF bytes free: this write
+                # returns at once.
+                if not room.poll(0) and not await self._writable(fd):
+                    break
+                written += os.write(fd, view[written : written + chunk])
         return written
 
     async def _writable(self, fd: int) -> bool:

@@ -161,7 +161,7 @@ async def test_output_fifo_without_a_reader_is_one_line(tmp_path: Path) -> None:
     finally:
         _, err = reap(proc)  # killed if it hangs
     assert code == 2
-    assert err.count(b"\n") == 1 and b"out.fifo" in err and b"nothing reads" in err, err
+    assert err.count(b"\n") == 1 and b"out.fifo" in err and b"no process reads" in err, err
 
 
 # -- paths.check_distinct: standard input is an input file too --------------------------------
