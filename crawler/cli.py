@@ -132,6 +132,15 @@ Rps = Annotated[float, typer.Option("--rps", min=0.0, help="Global requests/seco
 PerHostRps = Annotated[
     float, typer.Option("--per-host-rps", min=0.0, help="Requests/second cap per host (0: none).")
 ]
+Burst = Annotated[
+    int,
+    typer.Option(
+        "--burst",
+        min=1,
+        help="Requests that may start at once under --rps and --per-host-rps (1: never two"
+        " closer than 1/rate s). robots.txt's Crawl-delay always allows 1.",
+    ),
+]
 Adaptive = Annotated[
     bool,
     typer.Option(
@@ -285,6 +294,7 @@ def fetch(
     per_host: PerHost = 8,
     rps: Rps = 0.0,
     per_host_rps: PerHostRps = 0.0,
+    burst: Burst = 1,
     adaptive: Adaptive = False,
     retries: Retries = 2,
     timeout: TimeoutOpt = 30.0,
@@ -390,6 +400,7 @@ def crawl(
     per_host: PerHost = 8,
     rps: Rps = 0.0,
     per_host_rps: PerHostRps = 0.0,
+    burst: Burst = 1,
     adaptive: Adaptive = False,
     retries: Retries = 2,
     timeout: TimeoutOpt = 30.0,
@@ -469,6 +480,7 @@ _SHARED: Final = (
     "per_host",
     "rps",
     "per_host_rps",
+    "burst",
     "adaptive",
     "retries",
     "timeout",
@@ -843,6 +855,7 @@ def build_config(
     block_private: bool = False,
     resolve: list[str] | None = None,
     secret_header: list[str] | None = None,
+    burst: int = 1,
     store: StoreConfig | None = None,
     crawl: CrawlConfig | None = None,
 ) -> RunConfig:
@@ -868,6 +881,7 @@ def build_config(
                 per_host=per_host,
                 rps=rps,
                 per_host_rps=per_host_rps,
+                burst=burst,
                 adaptive=adaptive,
                 queue_size=queue_size,
             ),

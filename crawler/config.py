@@ -54,7 +54,9 @@ class LimitConfig:
     per_host: int = 8  # 0 means no per-host limit beyond the global one
     rps: float = 0.0  # 0 means no cap
     per_host_rps: float = 0.0
-    burst: int = 5
+    # Requests that may start at once under --rps / --per-host-rps (1: never two closer
+    # than 1/rate s). robots.txt's Crawl-delay always paces with burst 1.
+    burst: int = 1
     adaptive: bool = False
     queue_size: int = 1000
 

@@ -1,7 +1,8 @@
 """The pipeline, under one TaskGroup: reader -> frontier -> workers -> sink.
 
     LineSource --lines--> reader: parse, validate, dedup --Item--> Frontier (bounded)
-        --> worker x C: DynamicSemaphore permit, host slot, pacer, breaker,
+        --> worker x C: DynamicSemaphore permit, host slot (and pacers: the frontier
+                        hands out a URL only when its request may start), breaker,
                         Fetcher attempt, retry (back-off via the frontier)
         --> Record --> Sink (the only writer of the output)
 
@@ -14,8 +15,9 @@ the sink happen outside the group, in ``finally`` blocks, shielded from cancella
 
 Shutdown (SIGINT, SIGTERM, SIGHUP, SIGQUIT). The first signal stops intake: the reader is
 cancelled and the frontier stops handing out URLs; URLs queued but not started get
-``cancelled`` records, and so do URLs whose worker waits for its host's pacer or its
-robots.txt (not sent yet: the wait is cut short). Requests in flight get ``grace``
+``cancelled`` records (those waiting for their host's pacer among them: they wait in the
+frontier, not in a worker), and so do URLs whose worker waits for their robots.txt (not
+sent yet: the wait is cut short). Requests in flight get ``grace``
 seconds to finish; then (or at a second signal) their workers are cancelled and write
 ``cancelled`` records for them. With ``--state`` no ``cancelled`` record is written:
 those URLs are left for the resumed run. ``--max-time`` stops the same way, but URLs
@@ -57,7 +59,7 @@ from crawler.fetcher import (
 )
 from crawler.frontier import Frontier, Item
 from crawler.inputs import Source
-from crawler.limiter import AIMD, DynamicSemaphore, HostTable
+from crawler.limiter import AIMD, DynamicSemaphore, HostState, HostTable
 from crawler.progress import show_progress
 from crawler.records import Record, UTCStamp
 from crawler.retry import RETRY_STATUSES, Deadline, backoff_delay, parse_retry_after
@@ -84,11 +86,6 @@ _CONGESTION_STATUSES: Final = frozenset((429, 503))
 _SWEEP_INTERVAL: Final = 1.0
 _MAX_CRAWL_DELAY: Final = 60.0
 _MIN_FLUSH_BOUND: Final = 1.0  # seconds the final flush gets after the grace period, at least
-
-
-def _resolve(future: asyncio.Future[bool], value: bool) -> None:
-    if not future.done():
-        future.set_result(value)
 
 
 @dataclass(slots=True)
@@ -163,7 +160,6 @@ class Engine:
         self._grace_timer: asyncio.TimerHandle | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
         self._record_unstarted = True  # a signal, not --max-time: unsent URLs get records
-        self._pacing: set[asyncio.Future[bool]] = set()  # workers waiting for a pacer
         self._robots_waits: set[asyncio.Task[None]] = set()  # workers waiting for robots.txt
         self._cut_early: set[asyncio.Task[None]] = set()  # ...cancelled when intake stopped
         self._workers_left = 0
@@ -376,6 +372,7 @@ class Engine:
             fetch, ttl=crawl.config.robots_ttl, clock=self._clock, on_new=self._on_robots
         )
         self._robots_rules = crawl.robots.rules
+        self._frontier.checks_first = True  # see _process: robots.txt, then the pacer
 
     def _on_robots(self, origin: str, rules: Rules) -> None:
         """A robots.txt was read: its Crawl-delay paces the host, its sitemaps are seeds."""
@@ -567,7 +564,7 @@ class Engine:
         stats = self.stats
         clock = self._clock
         robots = self._robots_rules
-        if robots is not None and item.attempts == 0:
+        if robots is not None and item.attempts == 0 and not item.checked:
             # Not started yet while it waits for robots.txt: a stop cancels the wait.
             task = asyncio.current_task()
             assert task is not None  # noqa: S101
@@ -580,7 +577,15 @@ class Engine:
                 reason = rules.disallow_all or "disallowed by robots.txt"
                 self._final(item, None, errors.RobotsDisallowed(reason))
                 return
-        paced = self._hosts.paced
+            item.checked = True
+            if self._paced_host(host):
+                # The frontier handed it out for this check without its pacer (a URL
+                # robots.txt refuses must not use up a Crawl-delay turn, and the
+                # Crawl-delay may have only now been read): back to the frontier, which
+                # hands it out again when its request may start.
+                if not self._frontier.requeue(item):
+                    self._given_back_unsent(item)
+                return
         # Credentials go to an input URL's (a seed's) own origin, and in crawl mode to a
         # discovered URL only on a seed's origin: decided once per URL, here.
         origins = self._seed_origins
@@ -588,14 +593,6 @@ class Engine:
             origins is not None and f"{item.url.scheme}://{item.host_key}" in origins
         )
         while True:
-            delay = self._hosts.delay(host) if paced else 0.0
-            if delay > 0:
-                if item.deadline is not None and not item.deadline.allows_wait(delay):
-                    self._final(item, None, errors.Timeout("deadline exceeded while paced"))
-                    break
-                if not await self._paced(delay):
-                    self._unsent(item)  # the run is stopping: this attempt never starts
-                    return
             breaker = host.breaker
             if breaker is not None and not breaker.allow():
                 self._final(item, None, errors.CircuitOpen(f"circuit open for {host.key}"))
@@ -608,8 +605,8 @@ class Engine:
                 started = clock()
                 budget = deadline.expires - started
                 if budget <= 0:
-                    # A retry that waited (parked behind its host, for a worker or for the
-                    # pacer) past the URL's deadline.
+                    # A retry that waited in the frontier (parked behind its host or its
+                    # pacer, or for a worker) past the URL's deadline.
                     if breaker is not None:
                         breaker.release_probe()  # allow() may have made it the probe
                     self._final(item, None, errors.Timeout("deadline exceeded"))
@@ -651,7 +648,7 @@ class Engine:
                     wait = max(wait, hint)
                 if deadline.allows_wait(wait):
                     stats.retries += 1
-                    if wait < 0.001:
+                    if wait < 0.001 and not self._paced_host(host):
                         continue
                     if not self._frontier.retry_later(item, wait):
                         self._cancel(item)  # the run is stopping: no more attempts
@@ -664,20 +661,9 @@ class Engine:
         if self._sink.behind:
             await self._sink.backpressure()
 
-    async def _paced(self, delay: float) -> bool:
-        """Wait ``delay`` seconds for the host's pacer: True, or False as soon as the run
-        stops (a URL waiting for its turn has not started; see _stop_intake)."""
-        if self._stopping:
-            return False
-        loop = asyncio.get_running_loop()
-        turn: asyncio.Future[bool] = loop.create_future()
-        timer = loop.call_later(delay, _resolve, turn, True)
-        self._pacing.add(turn)
-        try:
-            return await turn
-        finally:
-            timer.cancel()
-            self._pacing.discard(turn)
+    def _paced_host(self, host: HostState) -> bool:
+        """Whether a request to ``host`` waits for a pacer (the frontier's to decide)."""
+        return host.pacer is not None or self._hosts.global_pacer is not None
 
     def _unsent(self, item: Item) -> None:
         """The run stopped before ``item``'s next attempt was sent: like a URL still
@@ -688,6 +674,13 @@ class Engine:
             self._cancel(item)
         item.finished = True
         self._frontier.done(item)
+
+    def _given_back_unsent(self, item: Item) -> None:
+        """Like ``_unsent``, for a URL the stopped frontier would not take back (its slot
+        and its place among the requests in flight are already given up)."""
+        if self._record_unstarted:
+            self._cancel(item)
+        item.finished = True
 
     @staticmethod
     def _observe_aimd(
@@ -896,8 +889,6 @@ class Engine:
             return
         self._stopping = True
         self._record_unstarted = record_unstarted
-        for turn in self._pacing:  # not started yet: see _paced()
-            _resolve(turn, False)
         for task in self._robots_waits:  # neither: see _process() and _worker()
             self._cut_early.add(task)
             task.cancel()

@@ -6,14 +6,25 @@ reader waits when workers are busy and memory stays O(concurrency + queue size))
     reader --put--> fresh --get--> worker (holds a host slot) --done--> gone
                       |   ^                         |
                       v   |                         +--retry_later--> delayed (heap)
-             parked (host full)                                          |
-                      |                           due <---timer----------+
-                      +--host slot frees--> ready (slot already reserved)
+             parked (host full, or                                       |
+             its pacer not ready)                 due <---timer----------+
+                      |
+                      +--slot frees / pacer ready--> ready (slot already reserved)
 
 A worker never waits for a busy host while other hosts have work: a URL whose host is
 full is parked on that host and handed over, together with the slot, by the request that
-frees it. A parked URL always has a request of its host in flight, so it cannot be stranded.
-Back-off waits do not hold a worker either: the URL sits in ``delayed`` until it is due.
+frees it. Back-off waits do not hold a worker either: the URL sits in ``delayed`` until
+it is due.
+
+Pacing (--rps, --per-host-rps, Crawl-delay) is decided here too, at hand-out: a URL goes
+to a worker only when its host's pacer and the global one allow a request now, and both
+are committed at that moment (start = now, never earlier: a URL that waited in ``ready``
+for a worker must not have reserved an earlier start). A URL whose host's pacer is not
+ready is parked on the host, and the host is put in a wake-up heap at the pacer's ready
+time; when the global pacer is not ready nothing is handed out until it is. So a parked
+URL always has a request of its host in flight, a URL of its host in ``ready``, or its
+host in the wake-up heap: it cannot be stranded, and no worker ever sleeps for a pacer.
+Without any pacer (``HostTable.paced`` false) none of this runs.
 
 All of this is synchronous state change between awaits; the only awaits are the waits of
 ``get`` (nothing runnable) and ``put`` (queue full), implemented with plain futures.
@@ -38,6 +49,7 @@ class Item:
 
     __slots__ = (
         "attempts",
+        "checked",
         "deadline",
         "depth",
         "finished",
@@ -68,6 +80,7 @@ class Item:
         self.attempts = 0
         self.deadline: Deadline | None = None  # starts with the first attempt
         self.finished = False  # its record is in the sink
+        self.checked = False  # crawl mode: robots.txt allows it (see Frontier.checks_first)
 
 
 class Frontier:
@@ -89,6 +102,17 @@ class Frontier:
         self._input_closed = False
         self._stopped = False
         self._timer: asyncio.TimerHandle | None = None
+        # Pacing: hosts to look at again when their pacer allows a request, by the time
+        # on the pacers' clock (HostTable.now); one timer for the earliest of them and of
+        # the global pacer's next start, when a hand-out waits for it.
+        self._wakes: list[tuple[float, int, HostState]] = []
+        self._pace_timer: asyncio.TimerHandle | None = None
+        self._pace_at = 0.0
+        self._global_wait = False
+        # Crawl mode with robots.txt: a URL's first hand-out is for its robots check, not
+        # a request, so it is not paced; the engine gives it back (``requeue``) once
+        # robots.txt allows it, and its request is paced like any other.
+        self.checks_first = False
         # Crawl mode: called when the last request in flight ends (links may be waiting).
         self.on_idle: Callable[[], None] | None = None
 
@@ -189,7 +213,11 @@ class Frontier:
 
     def _take(self) -> Item | None:
         item: Item | None
-        if self._ready:
+        if self._hosts.paced:
+            item = self._take_paced()
+            if item is None:
+                return None
+        elif self._ready:
             item = self._ready.popleft()
         else:
             item = self._take_queued()
@@ -216,6 +244,148 @@ class Frontier:
                 self._parked += 1
         return None
 
+    # -- pacing -------------------------------------------------------------------------
+    def _gated(self, item: Item) -> bool:
+        """Whether handing out ``item`` starts a request (that the pacers must allow)."""
+        return not self.checks_first or item.attempts > 0 or item.checked
+
+    def _take_paced(self) -> Item | None:
+        """``_take`` when some pacer exists: only a URL whose request may start now."""
+        hosts = self._hosts
+        now = hosts.now()
+        glob = hosts.global_pacer
+        if glob is not None and glob.allowance(now) == 0:
+            self._global_wait = True
+            self._arm_pacing(glob.earliest(now), now)
+            return None
+        ready = self._ready
+        while ready:
+            item = ready.popleft()
+            host = item.host
+            assert host is not None  # noqa: S101 - a ready URL holds its host's slot
+            pacer = host.pacer
+            if pacer is None or not self._gated(item):
+                self._start(item, host, now)
+                return item
+            if host.ready > 0:
+                host.ready -= 1
+            if pacer.allowance(now) > 0:
+                self._start(item, host, now)
+                return item
+            # Its pacer was taken meanwhile (a new Crawl-delay): back to the front of its
+            # host's queue, slot given back, until the pacer is ready.
+            host.active -= 1
+            item.host = None
+            host.parked.appendleft(item)
+            self._parked += 1
+            self._schedule(host, now)
+        for source in (self._due, self._fresh):
+            while source:
+                item = source.popleft()
+                host = hosts.get(item.host_key)
+                if host.has_room():
+                    pacer = host.pacer
+                    if pacer is None or not self._gated(item):
+                        host.active += 1
+                        item.host = host
+                        self._start(item, host, now)
+                        return item
+                    if pacer.allowance(now) > host.ready:
+                        if host.parked:  # its host's older URLs go first
+                            host.parked.append(item)
+                            item = host.parked.popleft()
+                        host.active += 1
+                        item.host = host
+                        self._start(item, host, now)
+                        return item
+                    host.parked.append(item)
+                    self._parked += 1
+                    if host.ready == 0:  # else: the ready one's start looks again
+                        self._schedule(host, now)
+                    continue
+                host.parked.append(item)  # host full: a request of it frees a slot
+                self._parked += 1
+        return None
+
+    def _start(self, item: Item, host: HostState, now: float) -> None:
+        """``item`` goes to a worker: its request starts now in both pacers."""
+        if not self._gated(item):
+            return
+        glob = self._hosts.global_pacer
+        if glob is not None:
+            glob.commit(now)
+        pacer = host.pacer
+        if pacer is not None:
+            pacer.commit(now)
+            if host.parked:
+                self._kick(host, now)
+
+    def _kick(self, host: HostState, now: float) -> None:
+        """Move URLs parked on ``host`` to ``ready``, as many as its free slots and its
+        pacer allow now; if the pacer holds the rest back, look again when it is ready."""
+        pacer = host.pacer
+        parked = host.parked
+        allowed = pacer.allowance(now) - host.ready if pacer is not None else 0
+        while parked and host.has_room():
+            item = parked[0]
+            if pacer is not None and self._gated(item):
+                if allowed <= 0:
+                    if host.ready == 0:  # else: the ready one's start looks again
+                        self._schedule(host, now)
+                    return
+                allowed -= 1
+                host.ready += 1
+            parked.popleft()
+            self._parked -= 1
+            host.active += 1
+            item.host = host
+            self._ready.append(item)
+            self._wake_getter()
+
+    def _schedule(self, host: HostState, now: float) -> None:
+        """Look at ``host`` again when its pacer allows the next request (at most one
+        pending wake-up per host: an earlier one replaces a later one)."""
+        pacer = host.pacer
+        assert pacer is not None  # noqa: S101 - only paced hosts wait for their pacer
+        at = pacer.earliest(now)
+        if host.wake_at is not None and host.wake_at <= at:
+            return
+        host.wake_at = at
+        heapq.heappush(self._wakes, (at, next(self._seq), host))
+        self._arm_pacing(at, now)
+
+    def _arm_pacing(self, at: float, now: float) -> None:
+        if self._pace_timer is not None:
+            if self._pace_at <= at:
+                return
+            self._pace_timer.cancel()
+        self._pace_at = at
+        loop = asyncio.get_running_loop()
+        self._pace_timer = loop.call_later(max(0.0, at - now), self._on_pacing_timer)
+
+    def _on_pacing_timer(self) -> None:
+        self._pace_timer = None
+        now = self._hosts.now()
+        wakes = self._wakes
+        while wakes and wakes[0][0] <= now:
+            at, _, host = heapq.heappop(wakes)
+            if host.wake_at != at:
+                continue  # replaced by an earlier wake-up (or the host was forgotten)
+            host.wake_at = None
+            if host.parked:
+                self._kick(host, now)
+        glob = self._hosts.global_pacer
+        if self._global_wait and glob is not None:
+            if glob.allowance(now) > 0:
+                self._global_wait = False
+                if self._runnable():
+                    self._wake_getter()
+            else:
+                self._arm_pacing(glob.earliest(now), now)
+        if wakes:
+            self._arm_pacing(wakes[0][0], now)
+
+    # -- the end of a hand-out ------------------------------------------------------------
     def done(self, item: Item) -> None:
         """The worker is finished with ``item`` (its record is written)."""
         self.in_flight -= 1
@@ -242,20 +412,38 @@ class Frontier:
             self._arm_timer(due)
         return True
 
+    def requeue(self, item: Item) -> bool:
+        """Give back an unstarted URL (crawl mode: handed out for its robots.txt check,
+        which allows it); it is handed out again when its host and pacers allow.
+
+        Returns False, keeping nothing, once the frontier is stopped (as ``retry_later``).
+        """
+        self.in_flight -= 1
+        self._release_slot(item)
+        if self._stopped:
+            return False
+        self._due.append(item)
+        self._wake_getter()
+        return True
+
     def _release_slot(self, item: Item) -> None:
         host = item.host
         if host is None:
             return
         item.host = None
         host.active -= 1
-        # Hand freed slots straight to URLs parked on this host.
-        while host.parked and host.has_room():
-            nxt = host.parked.popleft()
-            self._parked -= 1
-            host.active += 1
-            nxt.host = host
-            self._ready.append(nxt)
-            self._wake_getter()
+        if host.parked:
+            if self._hosts.paced:
+                self._kick(host, self._hosts.now())
+            else:
+                # Hand freed slots straight to URLs parked on this host.
+                while host.parked and host.has_room():
+                    nxt = host.parked.popleft()
+                    self._parked -= 1
+                    host.active += 1
+                    nxt.host = host
+                    self._ready.append(nxt)
+                    self._wake_getter()
         if host.active == 0:
             self._hosts.release(host)
 
@@ -278,14 +466,19 @@ class Frontier:
     def stop(self) -> list[Item]:
         """Stop handing out URLs; return every URL that was queued and not started."""
         self._stopped = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._pace_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._pace_timer = None
+        for _, _, host in self._wakes:
+            host.wake_at = None
+        self._wakes.clear()
         left = list(self._ready) + list(self._due) + list(self._fresh)
         left.extend(item for _, _, item in self._delayed)
         for host in list(self._hosts):
             left.extend(host.parked)
             host.parked.clear()
+            host.ready = 0
         self._ready.clear()
         self._due.clear()
         self._fresh.clear()

@@ -8,9 +8,12 @@ Concurrency model (read this before changing the frontier or the engine):
 - Per host, ``HostState.active`` counts requests in flight and ``HostState.limit`` caps
   it (``--per-host``, lowered and raised by the AIMD controller with ``--adaptive``).
   These are plain integers changed without awaiting in between, so no lock is needed.
-- Pacing uses GCRA (a token bucket expressed as a "theoretical arrival time"): a request
-  reserves the next free start time of the global bucket and of its host's bucket at once
-  and sleeps until then. Reservations are O(1) and never hold anything while sleeping.
+- Pacing uses GCRA (a token bucket expressed as a "theoretical arrival time"). Nothing
+  sleeps in a pacer: the frontier asks whether a host's pacer (and the global one) allows
+  a request now (``Pacer.allowance``), hands a URL to a worker only then, and commits
+  both pacers at that moment (``Pacer.commit``, start = now). A URL whose pacer is not
+  ready stays in the frontier, parked on its host, until ``Pacer.earliest``.
+  The default burst is 1: "N requests/s" means requests at least 1/N s apart.
 
 Per-host state is dropped when the host is idle and has nothing worth remembering (see
 ``HostTable.sweep``), so a list of a million hosts does not grow memory without bound.
@@ -93,37 +96,42 @@ class DynamicSemaphore:
 
 
 class Pacer:
-    """GCRA rate limiter: at most ``rate``/s on average, bursts of up to ``burst``."""
+    """GCRA rate limiter: at most ``rate``/s on average, bursts of up to ``burst``.
 
-    __slots__ = ("interval", "tat", "tolerance")
+    With burst 1, two committed starts are never less than ``1/rate`` apart.
+    """
+
+    __slots__ = ("burst", "interval", "tat", "tolerance")
 
     def __init__(self, rate: float, burst: int) -> None:
+        self.burst = burst
         self.interval = 1.0 / rate
         self.tolerance = (burst - 1) * self.interval
         self.tat = 0.0  # theoretical arrival time of the next conforming request
 
     def earliest(self, now: float) -> float:
+        """When the next request may start (``now`` if it may start now)."""
         return max(now, self.tat - self.tolerance)
 
+    def allowance(self, now: float) -> int:
+        """How many requests may start at ``now``, one after another (0: wait until
+        ``earliest(now)``)."""
+        # The same comparison as earliest(): a wake-up set for earliest() finds the
+        # pacer ready, whatever the rounding.
+        first = self.tat - self.tolerance
+        if first > now:
+            return 0
+        if self.tat <= now:
+            return self.burst
+        # The epsilon keeps a whole number of intervals from rounding down.
+        return min(self.burst, 1 + int((now - first) / self.interval + 1e-9))
+
     def commit(self, start: float) -> None:
+        """A request starts at ``start`` (never earlier than ``earliest``)."""
         self.tat = max(self.tat, start) + self.interval
 
     def idle(self, now: float) -> bool:
         return self.tat <= now
-
-
-def reserve(now: float, first: Pacer | None, second: Pacer | None) -> float:
-    """Reserve one request in both pacers; return the delay until it may start."""
-    start = now
-    if first is not None:
-        start = first.earliest(start)
-    if second is not None:
-        start = max(start, second.earliest(start))
-    if first is not None:
-        first.commit(start)
-    if second is not None:
-        second.commit(start)
-    return start - now
 
 
 class AIMD:
@@ -186,7 +194,17 @@ class AIMD:
 class HostState:
     """Everything kept per host: slots in use, parked URLs, pacer, breaker, AIMD."""
 
-    __slots__ = ("active", "aimd", "breaker", "key", "limit", "pacer", "parked")
+    __slots__ = (
+        "active",
+        "aimd",
+        "breaker",
+        "key",
+        "limit",
+        "pacer",
+        "parked",
+        "ready",
+        "wake_at",
+    )
 
     def __init__(
         self,
@@ -203,6 +221,11 @@ class HostState:
         self.breaker = breaker
         self.aimd = aimd
         self.parked: deque[Item] = deque()
+        # Paced hosts (kept by the frontier): URLs of this host in its ready queue that
+        # hold a slot and have yet to commit the pacer, and when the frontier's pacing
+        # timer looks at this host again (None: not scheduled).
+        self.ready = 0
+        self.wake_at: float | None = None
 
     def has_room(self) -> bool:
         if self.aimd is not None:
@@ -230,6 +253,7 @@ class HostTable:
         self._limits = limits
         self._breaker = breaker
         self._clock = clock
+        self.now = clock  # the pacers' clock (the engine's): the frontier reads it too
         self._hosts: dict[str, HostState] = {}
         self._crawl_delays: dict[str, float] = {}  # robots.txt Crawl-delay, by host key
         self.global_pacer = Pacer(limits.rps, limits.burst) if limits.rps > 0 else None
@@ -264,7 +288,8 @@ class HostTable:
             rate = 1.0 / delay
             if limits.per_host_rps > 0:
                 rate = min(rate, limits.per_host_rps)
-            return Pacer(rate, 1)  # Crawl-delay: one request per interval, no burst
+            # Crawl-delay: the site's own wish, one request per interval whatever --burst.
+            return Pacer(rate, 1)
         return Pacer(limits.per_host_rps, limits.burst) if limits.per_host_rps > 0 else None
 
     def set_crawl_delay(self, key: str, delay: float) -> None:
@@ -273,7 +298,9 @@ class HostTable:
         self.paced = True
         host = self._hosts.get(key)
         if host is not None:
-            host.pacer = self._host_pacer(key)
+            old, host.pacer = host.pacer, self._host_pacer(key)
+            if old is not None and host.pacer is not None:
+                host.pacer.tat = old.tat  # requests already started still count
 
     def release(self, host: HostState) -> None:
         """Called when a request of ``host`` ends; forgets the host at once if it can."""
@@ -287,9 +314,3 @@ class HostTable:
         for key in dead:
             del self._hosts[key]
         return len(dead)
-
-    def delay(self, host: HostState) -> float:
-        """Reserve a start time in the global and the host's pacer; the wait until then."""
-        if self.global_pacer is None and host.pacer is None:
-            return 0.0
-        return reserve(self._clock(), self.global_pacer, host.pacer)

@@ -316,11 +316,11 @@ async def test_adaptive_runs_obey_the_global_permits(
 async def test_a_retry_taken_past_its_deadline_gives_back_the_breakers_probe(
     server: Server, tmp_path: Path
 ) -> None:
-    # The URL's 503 opens its host's breaker (threshold 1); its retry then waits for the
-    # host's pacer (1 request/s). While it waits the injected clock jumps past both the
-    # URL's deadline and the breaker's cooldown: allow() makes the retry the half-open
-    # probe, then the deadline check ends it. The probe must be given back, or the
-    # breaker refuses its host for good.
+    # The URL's 503 opens its host's breaker (threshold 1); its retry then waits in the
+    # frontier for the host's pacer (1 request/s). While it waits the injected clock jumps
+    # past both the URL's deadline and the breaker's cooldown: allow() makes the retry the
+    # half-open probe, then the deadline check ends it. The probe must be given back, or
+    # the breaker refuses its host for good.
     now = [0.0]
     src = tmp_path / "urls.txt"
     src.write_text(server.url("/status/503?retry_after=0") + "\n")
@@ -337,12 +337,13 @@ async def test_a_retry_taken_past_its_deadline_gives_back_the_breakers_probe(
         config, LineSource(str(src)), install_signal_handlers=False, clock=lambda: now[0]
     )
     task = asyncio.create_task(engine.run())
-    # The retry has been taken (it is in flight again) and sleeps in the pacer.
+    # The retry is due and waits in the frontier (not in a worker) for the pacer.
     await until(
         lambda: (
             hasattr(engine, "stats")
             and engine.stats.retries == 1
-            and engine._frontier.in_flight == 1
+            and engine._frontier.in_flight == 0
+            and engine._frontier.queued == 1
         )
     )
     now[0] = 20.0  # past the deadline (10 s) and the cooldown (5 s)

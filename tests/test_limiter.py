@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from crawler.config import BreakerConfig, LimitConfig
-from crawler.limiter import AIMD, DynamicSemaphore, HostTable, Pacer, reserve
+from crawler.limiter import AIMD, DynamicSemaphore, HostTable, Pacer
 
 
 class FakeClock:
@@ -20,7 +20,13 @@ class FakeClock:
 
 
 def schedule(pacer: Pacer, n: int, now: float = 0.0) -> list[float]:
-    return [now + reserve(now, pacer, None) for _ in range(n)]
+    """Start ``n`` requests as early as the pacer allows, from ``now``."""
+    starts = []
+    for _ in range(n):
+        start = pacer.earliest(now)
+        pacer.commit(start)
+        starts.append(start)
+    return starts
 
 
 def test_pacer_spaces_requests_after_the_burst() -> None:
@@ -40,10 +46,21 @@ def test_pacer_idle_time_refills_only_up_to_the_burst() -> None:
     assert starts == pytest.approx([100.0, 100.0, 100.1, 100.2])
 
 
-def test_joint_reservation_respects_both_pacers() -> None:
-    fast, slow = Pacer(rate=100, burst=1), Pacer(rate=2, burst=1)
-    starts = [reserve(0.0, fast, slow) for _ in range(3)]
-    assert starts == pytest.approx([0.0, 0.5, 1.0])
+def test_pacer_allowance_counts_the_requests_that_may_start_now() -> None:
+    # The frontier hands out only as many URLs of a host as its pacer allows now.
+    pacer = Pacer(rate=10, burst=3)
+    assert pacer.allowance(0.0) == 3
+    pacer.commit(0.0)
+    assert pacer.allowance(0.0) == 2
+    pacer.commit(0.0)
+    pacer.commit(0.0)
+    assert pacer.allowance(0.0) == 0 and pacer.earliest(0.0) == pytest.approx(0.1)
+    assert pacer.allowance(pacer.earliest(0.0)) == 1  # one interval later, one more
+    assert pacer.allowance(10.0) == 3  # idle time refills only up to the burst
+    one = Pacer(rate=2, burst=1)
+    assert one.allowance(5.0) == 1
+    one.commit(5.0)
+    assert one.allowance(5.49) == 0 and one.allowance(5.5) == 1
 
 
 async def test_dynamic_semaphore_resize() -> None:
@@ -132,7 +149,8 @@ def test_host_table_keeps_state_worth_remembering_until_stale() -> None:
     host = table.get("dead:80")
     assert host.breaker is not None
     host.breaker.record(failure=True)  # breaker now open
-    assert table.delay(host) == 0.0  # reserves a pacer slot: the pacer is ahead of now
+    assert host.pacer is not None
+    host.pacer.commit(clock())  # a request started: the pacer is ahead of now
     table.release(host)
     assert len(table) == 1
     clock.now += 5.0  # cooldown over, pacer caught up
