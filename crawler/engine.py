@@ -146,7 +146,8 @@ class Engine:
         self._progress = progress
         self._install_signals = install_signal_handlers
         # Deadlines, breakers, pacers and stats use this clock (uvloop's loop.time() has
-        # only millisecond resolution); only the frontier's back-off timers use the loop's.
+        # only millisecond resolution); only the frontier's back-off timers use the loop's
+        # (its pacing timer waits on the loop for a delay measured on this clock).
         self._clock = clock
         self._stamp = UTCStamp()
         self._rand = random.random

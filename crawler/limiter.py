@@ -299,8 +299,10 @@ class HostTable:
         host = self._hosts.get(key)
         if host is not None:
             old, host.pacer = host.pacer, self._host_pacer(key)
-            if old is not None and host.pacer is not None:
-                host.pacer.tat = old.tat  # requests already started still count
+            if old is not None and old.tat > 0 and host.pacer is not None:
+                # Requests already started still count: the last one started at
+                # old.tat - old.interval at the latest, the next waits the new interval.
+                host.pacer.tat = old.tat - old.interval + host.pacer.interval
 
     def release(self, host: HostState) -> None:
         """Called when a request of ``host`` ends; forgets the host at once if it can."""

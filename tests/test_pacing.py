@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -118,6 +119,27 @@ async def test_the_pacer_is_committed_at_hand_out_not_when_the_url_became_ready(
     assert take(f) == "http://a/3"
 
 
+async def test_a_ready_url_whose_pacer_slowed_down_goes_back_to_wait() -> None:
+    # a/2 got a/1's slot (and its pacer was ready) when robots.txt's Crawl-delay: 5
+    # arrived: it is not handed out 0.1 s after a/1, but parked again until 5 s after it.
+    clock = Clock()
+    f = paced(clock, per_host=1, per_host_rps=10)
+    f.offer(item("http://a/1"))
+    f.offer(item("http://a/2"))
+    first = f.get_nowait()
+    assert first is not None and take(f) is None
+    clock.now += 0.1
+    f.done(first)  # a/2 now ready, its slot reserved
+    f._hosts.set_crawl_delay(first.host_key, 5.0)
+    assert take(f) is None and f.queued == 1
+    clock.now += 4.8
+    timer_fires(f)
+    assert take(f) is None
+    clock.now += 0.2
+    timer_fires(f)
+    assert take(f) == "http://a/2"
+
+
 async def test_global_rps_gates_every_host() -> None:
     clock = Clock()
     f = paced(clock, rps=1)
@@ -208,6 +230,72 @@ async def test_a_retry_due_at_once_still_waits_for_its_pacer() -> None:
     clock.now += 1
     timer_fires(f)
     assert take(f) == "http://a/1"
+
+
+async def test_random_schedules_keep_every_pacer_and_strand_no_url() -> None:
+    # Random offers, hand-outs, completions, robots checks given back and clock steps, on
+    # three hosts: every hand-out that starts a request conforms to its host's pacer and
+    # the global one (GCRA: the j-th start after the i-th is at least (j - i - burst + 1)
+    # intervals later), and in the end every URL has been handed out exactly once more
+    # than it was given back: none is stranded in a parked queue.
+    for seed in range(40):
+        rnd = random.Random(seed)
+        clock = Clock()
+        burst = rnd.choice((1, 2, 3))
+        f = paced(clock, per_host=2, per_host_rps=1, rps=2.5, burst=burst)
+        f.checks_first = rnd.random() < 0.5
+        starts: dict[str, list[float]] = {"*": []}
+        out: list[Item] = []
+        offered = taken = 0
+        for _ in range(300):
+            op = rnd.random()
+            if op < 0.3:
+                if f.offer(item(f"http://h{rnd.randrange(3)}/{offered}")):
+                    offered += 1  # (refused when full)
+            elif op < 0.6:
+                got = f.get_nowait()
+                if got is not None:
+                    if f._gated(got):
+                        starts.setdefault(got.host_key, []).append(clock.now)
+                        starts["*"].append(clock.now)
+                    out.append(got)
+            elif op < 0.8 and out:
+                done = out.pop(rnd.randrange(len(out)))
+                if f._gated(done):
+                    f.done(done)
+                    taken += 1
+                else:
+                    done.checked = True
+                    assert f.requeue(done)
+            else:
+                clock.now += rnd.choice((0.0, 0.1, 0.25, 0.5, 1.0))
+                if rnd.random() < 0.7:  # else a hand-out comes before the timer
+                    timer_fires(f)
+        f.close_input()
+        for _ in range(10 * offered + 10):  # drain: let time pass, finish everything
+            for it in out:
+                if f._gated(it):
+                    f.done(it)
+                    taken += 1
+                else:
+                    it.checked = True
+                    f.requeue(it)
+            out = []
+            while (got := f.get_nowait()) is not None:
+                if f._gated(got):
+                    starts.setdefault(got.host_key, []).append(clock.now)
+                    starts["*"].append(clock.now)
+                out.append(got)
+            if f.finished and not out:
+                break
+            clock.now += 0.5
+            timer_fires(f)
+        assert taken == offered and f.finished, (seed, taken, offered, f.queued)
+        for key, times in starts.items():
+            interval = 0.4 if key == "*" else 1.0
+            for i, j in itertools.combinations(range(len(times)), 2):
+                bound = (j - i - burst + 1) * interval
+                assert times[j] - times[i] >= bound - 1e-9, (seed, key, i, j)
 
 
 # -- against real servers ----------------------------------------------------------------------
