@@ -17,11 +17,10 @@ Shutdown (SIGINT, SIGTERM, SIGHUP, SIGQUIT). The first signal stops intake: the 
 cancelled and the frontier stops handing out URLs; URLs queued but not started get
 ``cancelled`` records (those waiting for their host's pacer among them: they wait in the
 frontier, not in a worker), and so do URLs whose worker waits for their robots.txt (not
-sent yet: the wait is cut short). Requests in flight get ``grace``
-seconds to finish; then (or at a second signal) their workers are cancelled and write
-``cancelled`` records for them. With ``--state`` no ``cancelled`` record is written:
-those URLs are left for the resumed run. ``--max-time`` stops the same way, but URLs
-never sent get no record at all.
+sent yet: the wait is cut short). Requests in flight get ``grace`` seconds to finish;
+then (or at a second signal) their workers are cancelled and write ``cancelled`` records
+for them. With ``--state`` no ``cancelled`` record is written: those URLs are left for
+the resumed run. ``--max-time`` stops the same way, but URLs never sent get no record.
 
 Nothing waits without a bound once the run is told to stop: the final flush of the output
 gets ``max(grace, 1)`` seconds after the grace period (none after a second signal); then
