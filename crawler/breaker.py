@@ -7,6 +7,10 @@
 - half-open: exactly one probe is in flight; other requests are refused. The probe's
   success closes the breaker, its failure opens it for another cooldown.
 
+A breaker remembers why it opened: the kind and message of the last failure, and
+whether the consecutive failures were all of that kind (``reason()``, which the
+``circuit_open`` record's message quotes).
+
 The breaker never awaits: ``allow()`` and ``record()`` are plain state changes, so no lock
 is needed and none is ever held across a request.
 """
@@ -29,6 +33,9 @@ class Breaker:
         "cooldown",
         "failures",
         "last_failure",
+        "last_kind",
+        "last_message",
+        "mixed",
         "opened_at",
         "probing",
         "state",
@@ -43,6 +50,9 @@ class Breaker:
         self.failures = 0
         self.opened_at = 0.0
         self.last_failure = 0.0
+        self.last_kind = ""  # error kind and message of the last failure
+        self.last_message = ""
+        self.mixed = False  # the consecutive failures were not all of last_kind
         self.probing = False
 
     def allow(self) -> bool:
@@ -62,9 +72,13 @@ class Breaker:
         self.probing = True
         return True
 
-    def record(self, failure: bool) -> None:
-        """Report the outcome of a request that ``allow()`` let through."""
+    def record(self, failure: bool, kind: str = "", message: str = "") -> None:
+        """Report the outcome of a request that ``allow()`` let through; a failure's
+        error ``kind`` and ``message`` are kept for ``reason()``."""
         if failure:
+            if self.failures and kind != self.last_kind:
+                self.mixed = True
+            self.last_kind, self.last_message = kind, message
             self.failures += 1
             self.last_failure = self._clock()
             if self.state is State.HALF_OPEN or (
@@ -75,8 +89,19 @@ class Breaker:
             self.probing = False
         else:
             self.failures = 0
+            self.mixed = False
             self.state = State.CLOSED
             self.probing = False
+
+    def reason(self) -> str:
+        """Why requests are refused: "after 5 consecutive connect errors: Connection
+        refused" (the message is the last failure's)."""
+        n = self.failures
+        if self.mixed:
+            what = f"{n} consecutive failures, the last a {self.last_kind} error"
+        else:
+            what = f"{n} consecutive {self.last_kind} error{'s' if n != 1 else ''}"
+        return f"after {what}: {self.last_message}" if self.last_message else f"after {what}"
 
     def release_probe(self) -> None:
         """The probe ended with no verdict (e.g. cancelled): let another request probe."""

@@ -45,6 +45,7 @@ EXIT_FAILED_RECORDS: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
 NO_UVLOOP_ENV: Final = "CRAWLER_NO_UVLOOP"
+PROGRESS_INTERVAL_ENV: Final = "CRAWLER_PROGRESS_INTERVAL"  # seconds between status lines
 # The embedded server: each worker is a process, each body is held in memory.
 MAX_SERVER_WORKERS: Final = 256
 MAX_BODY_BYTES: Final = 1 << 30
@@ -530,7 +531,7 @@ def _run_pipeline(
     output = config.sink.output
     _check_paths(config, inputs, state=state, stats_json=stats_json)
     console = _StderrConsole(stderr=True)
-    show_progress = (console.is_terminal if progress is None else progress) and not quiet
+    show_progress = _progress_wanted(config, console, progress, quiet)
 
     from crawler.engine import Engine  # imported late: keeps `crawler --help` fast
 
@@ -546,13 +547,23 @@ def _run_pipeline(
         store = StateStore(
             str(state), identity, owner=f"crawler {'fetch' if config.crawl is None else 'crawl'}"
         )
-    engine = Engine(config, source, progress=console if show_progress else None, state=store)
+    engine = Engine(
+        config,
+        source,
+        progress=console if show_progress else None,
+        progress_interval=_progress_interval(),
+        state=store,
+    )
     result = _run(engine.run, use_uvloop=_want_uvloop(no_uvloop), takes_signals=True)
     if not quiet and not result.output_closed and not _summary_would_block(config, result):
         from crawler.progress import render_summary
 
         render_summary(
-            result.snapshot, console, interrupted=result.interrupted, timed_out=result.timed_out
+            result.snapshot,
+            console,
+            interrupted=result.interrupted,
+            timed_out=result.timed_out,
+            state=store is not None,
         )
     if stats_json is not None:
         payload = result.snapshot.to_dict()
@@ -570,6 +581,46 @@ def _run_pipeline(
         raise typer.Exit(EXIT_OK)
     if fail_on_error and result.snapshot.failed:
         raise typer.Exit(EXIT_FAILED_RECORDS)
+
+
+def _progress_wanted(
+    config: RunConfig, console: Console, progress: bool | None, quiet: bool
+) -> bool:
+    """Progress on stderr: by default when it is a terminal (a live line), with
+    --progress also when it is not (a status line every few seconds). Never while the
+    records go to that same terminal: a line redrawn in place, or one written between
+    two partial writes of a record, would splice into the records."""
+    if quiet or not (console.is_terminal if progress is None else progress):
+        return False
+    if _same_terminal(config.sink.output):
+        if progress:
+            console.print(
+                "crawler: no progress while records are written to this terminal"
+                " (use -o PATH or a pipe)",
+                soft_wrap=True,
+                highlight=False,
+            )
+        return False
+    return True
+
+
+def _same_terminal(output: str | None) -> bool:
+    """Do the records go to the terminal that stderr is?"""
+    try:
+        err = os.fstat(2)
+        out = os.fstat(1) if output is None else os.stat(output)
+    except OSError:
+        return False
+    return stat.S_ISCHR(err.st_mode) and os.isatty(2) and os.path.samestat(err, out)
+
+
+def _progress_interval() -> float:
+    """Seconds between status lines when stderr is not a terminal (default 5)."""
+    try:
+        value = float(os.environ.get(PROGRESS_INTERVAL_ENV, "5"))
+    except ValueError:
+        return 5.0
+    return value if 0.05 <= value < float("inf") else 5.0
 
 
 def _summary_would_block(config: RunConfig, result: Any) -> bool:

@@ -37,7 +37,7 @@ import random
 import signal
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -63,7 +63,7 @@ from crawler.progress import show_progress
 from crawler.records import Record, UTCStamp
 from crawler.retry import RETRY_STATUSES, Deadline, backoff_delay, parse_retry_after
 from crawler.sink import OutputClosed, Sink
-from crawler.state import StateStore
+from crawler.state import DONE_BEFORE, FRESH, StateStore
 from crawler.stats import Snapshot, Stats
 from crawler.urls import host_key, parse_target, parse_url
 
@@ -85,6 +85,7 @@ _CONGESTION_STATUSES: Final = frozenset((429, 503))
 _SWEEP_INTERVAL: Final = 1.0
 _MAX_CRAWL_DELAY: Final = 60.0
 _MIN_FLUSH_BOUND: Final = 1.0  # seconds the final flush gets after the grace period, at least
+_COUNT_WAIT: Final = 2.0  # seconds a stopped run waits, at most, to count the input left unread
 
 
 @dataclass(slots=True)
@@ -135,6 +136,7 @@ class Engine:
         source: Source,
         *,
         progress: Console | None = None,
+        progress_interval: float = 5.0,
         install_signal_handlers: bool = True,
         clock: Callable[[], float] = time.monotonic,
         state: StateStore | None = None,
@@ -143,6 +145,7 @@ class Engine:
         self._source = source
         self._state = state
         self._progress = progress
+        self._progress_interval = progress_interval  # status lines when not a terminal
         self._install_signals = install_signal_handlers
         # Deadlines, breakers, pacers and stats use this clock (uvloop's loop.time() has
         # only millisecond resolution); only the frontier's back-off timers use the loop's
@@ -163,6 +166,7 @@ class Engine:
         self._robots_waits: set[asyncio.Task[None]] = set()  # workers waiting for robots.txt
         self._cut_early: set[asyncio.Task[None]] = set()  # ...cancelled when intake stopped
         self._workers_left = 0
+        self._taken = 0  # input lines the reader has dealt with (record, queued or skipped)
         self._background: list[asyncio.Task[None]] = []
         self._jobs: set[asyncio.Task[None]] = set()  # sitemap reads
         self._tg: asyncio.TaskGroup | None = None
@@ -196,7 +200,8 @@ class Engine:
         self._permits = DynamicSemaphore(config.limits.concurrency)
         stats.in_flight = lambda: frontier.in_flight
         stats.queued = lambda: frontier.queued + frontier.delayed
-        stats.input_fraction = self._input_fraction
+        source = self._source
+        stats.input_lines = lambda: source.lines_total
         state = self._state
         if state is not None:
             await state.open()
@@ -215,7 +220,7 @@ class Engine:
                 await state.aclose()
             raise
         if state is not None:
-            stats.duplicates_before = state.done_before
+            stats.done_before = state.done_before
         output_closed = False
         self._setup_crawl()
         previous: dict[int, Any] = {}  # handlers replaced by ours, put back at the end
@@ -231,6 +236,12 @@ class Engine:
                 self._setup_robots()
                 try:
                     await self._run_tasks()
+                    if self._stopping and not source.eof and self._signals < 2:
+                        # How much input the stop left unread (counted since the stop;
+                        # not waited for after a second signal).
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(_COUNT_WAIT):
+                                await source.counted()
                 except* OutputClosed:
                     output_closed = True
                 except* errors.UsageError as group:
@@ -241,6 +252,7 @@ class Engine:
                     first = group.exceptions[0]
                     raise errors.UsageError(f"cannot continue: {_io_message(first)}") from None
         finally:
+            source.stop_count()
             for timer in self._timers:
                 timer.cancel()
             if self._crawl is not None:
@@ -269,9 +281,21 @@ class Engine:
                     self._give_back_signals(loop, previous)
             if failure is not None:
                 raise errors.UsageError(f"cannot continue: {_io_message(failure)}") from None
+        self._count_unread()
         return RunResult(
             stats.snapshot(), self.interrupted, output_closed or sink.broken, self.timed_out
         )
+
+    def _count_unread(self) -> None:
+        """A stopped run: the input lines it never read got no record (nor any count)."""
+        source, stats = self._source, self.stats
+        if not self._stopping or source.eof:
+            return
+        if source.lines_total is not None:
+            stats.not_read = max(0, source.lines_total - self._taken)
+        else:  # standard input or a pipe: what is left cannot be known without reading it
+            stats.not_read = None
+            stats.rest_unread = True
 
     def _take_signals(self, loop: asyncio.AbstractEventLoop, previous: dict[int, Any]) -> None:
         """Handle the stop signals (those not ignored) in the loop; act on the ones that
@@ -403,7 +427,10 @@ class Engine:
                 tg.create_task(self._maintain()),
             ]
             if self._progress is not None:
-                task = tg.create_task(show_progress(self.stats, self._progress))
+                self._source.start_count()  # for the progress line's input % and ETA
+                task = tg.create_task(
+                    show_progress(self.stats, self._progress, self._progress_interval)
+                )
                 self._background.append(task)
             tg.create_task(self._sink.run())
             if self._stopping:
@@ -423,10 +450,6 @@ class Engine:
             self._sink.close()
             for task in [*self._background, *self._jobs]:
                 task.cancel()
-
-    def _input_fraction(self) -> float | None:
-        total = self._source.total_bytes
-        return self._source.bytes_read / total if total else None
 
     # -- reader ----------------------------------------------------------------------------
     async def _read(self) -> None:
@@ -452,6 +475,7 @@ class Engine:
                             crawl.scope.add_seed(url)  # done seeds too: they define the scope
                             if self._seed_origins is not None:
                                 self._seed_origins.add(f"{url.scheme}://{host}")
+                fresh: Sequence[int]  # FRESH (or True), REPEAT (or False), DONE_BEFORE
                 if state is not None:
                     # One round trip to the state thread per batch, never per URL.
                     fresh = await state.claim([entry[3] for entry in parsed])
@@ -459,15 +483,24 @@ class Engine:
                     fresh = seen.add_many([entry[3] for entry in parsed])
                 else:
                     fresh = [True] * len(parsed)
+                # Each line counts as taken once it has its record, is queued or is
+                # skipped: a line cut off by the stop is in none of them (_count_unread).
                 for (raw, target, host, fp), new in zip(parsed, fresh, strict=True):
-                    if not new:
-                        stats.duplicates += 1
+                    if not new:  # False, or REPEAT
+                        stats.skipped_duplicates += 1
+                    elif new == DONE_BEFORE:
+                        stats.skipped_done_before += 1
                     elif isinstance(target, errors.InvalidURL):
-                        await sink.put(self._invalid_record(raw, target), fp)
+                        sink.put_nowait(self._invalid_record(raw, target), fp)
+                        self._taken += 1
+                        if sink.behind:
+                            await sink.backpressure()
+                        continue
                     elif crawl is None or crawl.add_seed(fp):
                         item = Item(raw, target, host, fp)
                         if not frontier.offer(item):
                             await frontier.put(item)
+                    self._taken += 1
             if crawl is not None:
                 await self._feed_links(crawl)
         finally:
@@ -498,14 +531,18 @@ class Engine:
                 if not len(queue) and not (frontier.idle and (crawl.jobs == 0 or crawl.full)):
                     await crawl.wake.wait()
                 continue
+            fresh: Sequence[int]
             if state is not None:
                 fresh = await state.claim([link.fp for link in links])
             else:
-                fresh = [True] * len(links)
+                fresh = [FRESH] * len(links)
             for link, new in zip(links, fresh, strict=True):
-                if not new:  # done in an earlier run of this crawl
+                if new != FRESH:  # done in an earlier run of this crawl
                     crawl.admitted -= 1
-                    self.stats.duplicates += 1
+                    if new == DONE_BEFORE:
+                        self.stats.skipped_done_before += 1
+                    else:
+                        self.stats.skipped_duplicates += 1
                     continue
                 target = URL(link.url)
                 item = Item(link.url, target, host_key(target), link.fp, link.depth, link.parent)
@@ -595,7 +632,8 @@ class Engine:
         while True:
             breaker = host.breaker
             if breaker is not None and not breaker.allow():
-                self._final(item, None, errors.CircuitOpen(f"circuit open for {host.key}"))
+                why = f"circuit open for {host.key} {breaker.reason()}"
+                self._final(item, None, errors.CircuitOpen(why))
                 break
             deadline = item.deadline
             if deadline is None:  # the first attempt starts the URL's deadline
@@ -634,7 +672,12 @@ class Engine:
             # The outcome feeds the host's breaker and, with --adaptive, its AIMD limit.
             status = resp.status if resp is not None else 0
             if breaker is not None:
-                breaker.record(status >= 500 or isinstance(error, _HOST_FAILURES))
+                if isinstance(error, _HOST_FAILURES):
+                    breaker.record(True, error.kind, error.message)
+                elif status >= 500:
+                    breaker.record(True, "http", f"HTTP {status}")
+                else:
+                    breaker.record(False)
             if host.aimd is not None:
                 self._observe_aimd(host.aimd, status, error, latency)
 
@@ -672,6 +715,8 @@ class Engine:
         next run), one already tried gets ``cancelled`` (attempts as sent)."""
         if self._record_unstarted or item.attempts:
             self._cancel(item)
+        else:
+            self._not_sent()
         item.finished = True
         self._frontier.done(item)
 
@@ -794,11 +839,22 @@ class Engine:
 
     def _cancel(self, item: Item) -> None:
         """The run was interrupted before ``item`` finished. Without --state it gets a
-        ``cancelled`` record; with --state it gets none and is fetched on resume."""
-        error = errors.Cancelled("the run was interrupted before this URL finished")
-        self.stats.record(False, None, error.kind, 0)
+        ``cancelled`` record; with --state it gets none and is fetched on resume (so it
+        is not counted as a record, a failure or a finished URL: see Stats.cancel)."""
         if self._state is None:
+            error = errors.Cancelled("the run was interrupted before this URL finished")
+            self.stats.cancel(recorded=True)
             self._sink.put_nowait(self._unanswered(item, error))
+        else:
+            self.stats.cancel(recorded=False)
+
+    def _not_sent(self) -> None:
+        """--max-time: a URL never sent gets no record: with --state it is left for the
+        next run, without it is dropped (counted, so the summary can say so)."""
+        if self._state is not None:
+            self.stats.cancel(recorded=False)
+        else:
+            self.stats.dropped += 1
 
     def _seed_origin(self, url: URL) -> bool:
         """Whether ``url`` (robots.txt, a sitemap) is on a seed's origin (credentials)."""
@@ -873,6 +929,7 @@ class Engine:
         self._signals += 1
         self.interrupted = True
         if self._signals > 1:
+            self.stats.stopping = "cut"
             self._cut_grace()
             self._sink.abandon()
             return
@@ -889,7 +946,12 @@ class Engine:
             return
         self._stopping = True
         self._record_unstarted = record_unstarted
-        for task in self._robots_waits:  # neither: see _process() and _worker()
+        grace = self._config.grace
+        # For the progress line: "stopping: waiting up to N s for K requests".
+        self.stats.stopping = "signal" if record_unstarted else "max_time"
+        self.stats.stop_deadline = self._clock() + grace
+        self._source.start_count()  # how much input is left unread: for the summary
+        for task in self._robots_waits:  # not started yet: see _process() and _worker()
             self._cut_early.add(task)
             task.cancel()
         if self._reader is not None:
@@ -899,12 +961,14 @@ class Engine:
         for item in self._frontier.stop():
             if record_unstarted or item.attempts:  # a retry waiting to be due has started
                 self._cancel(item)
-        grace = self._config.grace
+            else:
+                self._not_sent()
         loop = asyncio.get_running_loop()
         self._grace_timer = loop.call_later(grace, self._cut_grace)
 
     def _cut_grace(self) -> None:
         self._cutting = True
+        self.stats.stopping = "cut"
         if self._grace_timer is not None:
             self._grace_timer.cancel()
             self._grace_timer = None

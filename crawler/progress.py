@@ -1,8 +1,19 @@
-"""Progress display and end-of-run summary, both on standard error (rich)."""
+"""Progress display and end-of-run summary, both on standard error (rich).
+
+On a terminal the progress is one live line, redrawn in place; anywhere else (nohup, CI
+logs) it is a plain status line every few seconds, and at once when the run starts to
+stop. When records go to the same terminal, there is no progress at all during the run
+(see cli.py): a line redrawn in place cannot share a terminal with lines written by
+another writer without splicing into them.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
+import select
+import stat
 
 from rich.console import Console
 from rich.live import Live
@@ -11,33 +22,62 @@ from rich.text import Text
 
 from crawler.stats import Snapshot, Stats
 
+_LIVE_INTERVAL = 0.25
 
-def _line(snap: Snapshot) -> Text:
+
+def _duration(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def _stopping(snap: Snapshot) -> str | None:
+    """What the run is waiting for, once it was told to stop."""
+    if snap.stopping == "cut":
+        return "stopping: writing the last records"
+    if snap.stopping is None or snap.grace_left_s is None:
+        return None
+    wait = (
+        f"waiting up to {math.ceil(snap.grace_left_s)} s for {snap.in_flight:,} "
+        f"request{'s' if snap.in_flight != 1 else ''}"
+    )
+    if snap.stopping == "max_time":
+        return f"--max-time reached: {wait}"
+    return f"stopping: {wait}; Ctrl-C again to abort"
+
+
+def status_line(snap: Snapshot) -> str:
+    """The one-line progress: counts of records, rate of finished URLs, input and ETA."""
     parts = [
         f"{snap.urls_done:,} done",
         f"{snap.urls_per_s:,.0f}/s",
-        f"{snap.in_flight} in flight",
+        f"{snap.in_flight:,} in flight",
         f"{snap.queued:,} queued",
         f"{snap.failed:,} failed",
     ]
-    frac = snap.input_fraction
-    eta = None
-    if frac is not None and frac >= 1.0 and snap.urls_per_s > 0:
-        # The whole input is read: what is left is what is queued or in flight.
-        eta = (snap.queued + snap.in_flight) / snap.urls_per_s
-    elif frac is not None and 0 < frac < 1 and snap.urls_done:
-        eta = snap.elapsed_s * (1 - frac) / frac
-    if frac is not None:
-        parts.append(f"input {min(frac, 1.0):.0%}")
-    if eta is not None:
-        parts.append(f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
-    return Text(" · ".join(parts))
+    skipped = snap.skipped_duplicates + snap.skipped_done_before
+    if skipped:
+        parts.append(f"{skipped:,} skipped")
+    stopping = _stopping(snap)
+    if stopping is not None:
+        return " · ".join([stopping, *parts])
+    if snap.input_fraction is not None:
+        parts.append(f"input {snap.input_fraction:.0%}")
+    if snap.eta_s is not None:
+        parts.append(f"ETA {_duration(snap.eta_s)}")
+    return " · ".join(parts)
 
 
-async def show_progress(stats: Stats, console: Console, interval: float = 0.25) -> None:
-    """Refresh a one-line live view until cancelled. stdout is never touched."""
+async def show_progress(stats: Stats, console: Console, interval: float = 5.0) -> None:
+    """Until cancelled: a live line on a terminal, else a status line every ``interval``
+    seconds (and one as soon as the run starts to stop). stdout is never touched."""
+    if console.is_terminal:
+        await _live(stats, console)
+    else:
+        await _status_lines(stats, console, interval)
+
+
+async def _live(stats: Stats, console: Console) -> None:
     with Live(
-        _line(stats.snapshot()),
+        Text(status_line(stats.snapshot())),
         console=console,
         redirect_stdout=False,
         redirect_stderr=False,
@@ -45,13 +85,51 @@ async def show_progress(stats: Stats, console: Console, interval: float = 0.25) 
         auto_refresh=False,
     ) as live:
         while True:
-            await asyncio.sleep(interval)
-            live.update(_line(stats.snapshot()), refresh=True)
+            await asyncio.sleep(_LIVE_INTERVAL)
+            live.update(Text(status_line(stats.snapshot())), refresh=True)
+
+
+async def _status_lines(stats: Stats, console: Console, interval: float) -> None:
+    loop = asyncio.get_running_loop()
+    due = loop.time() + interval
+    stopping = stats.stopping
+    while True:
+        # Looked at often, written rarely: a stop is reported at once.
+        await asyncio.sleep(min(_LIVE_INTERVAL, interval))
+        if loop.time() < due and stats.stopping == stopping:
+            continue
+        due = loop.time() + interval
+        stopping = stats.stopping
+        snap = stats.snapshot()
+        if _writable(console):
+            line = f"crawler: {_duration(snap.elapsed_s)} · {status_line(snap)}"
+            console.print(Text(line), soft_wrap=True, highlight=False)
+
+
+def _writable(console: Console) -> bool:
+    """Would a status line go out without blocking the event loop? A pipe or FIFO nobody
+    reads (``2>&1 | less`` left open) fills up: the line is skipped, not waited for.
+    A short line into a pipe with room for it is written whole (PIPE_BUF)."""
+    try:
+        fd = console.file.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return True
+        return bool(select.select([], [fd], [], 0)[1])
+    except (OSError, ValueError, AttributeError):  # no descriptor: a test's capture
+        return True
 
 
 def render_summary(
-    snap: Snapshot, console: Console, *, interrupted: bool = False, timed_out: bool = False
+    snap: Snapshot,
+    console: Console,
+    *,
+    interrupted: bool = False,
+    timed_out: bool = False,
+    state: bool = False,
 ) -> None:
+    """The end-of-run table. Its counts are the records written: ``URLs (records)`` is
+    ``ok`` + ``failed``; URLs that got no record (left for the next run, not read, not
+    sent) are rows of their own. ``state``: the run had --state."""
     title = "crawler: done"
     if interrupted:
         title = "crawler: interrupted"
@@ -60,17 +138,24 @@ def render_summary(
     table = Table(title=title, box=None)
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
-    table.add_row("URLs", f"{snap.urls_done:,}")
+    table.add_row("URLs (records)", f"{snap.urls_done:,}")
     if snap.lost:
         table.add_row("lost: records not written", f"{snap.lost:,}", style="bold red")
     table.add_row("ok / failed", f"{snap.ok:,} / {snap.failed:,}")
+    if snap.left_for_next_run:
+        table.add_row("left for next run (--state)", f"{snap.left_for_next_run:,}")
+    if snap.not_sent:
+        table.add_row("not sent at --max-time (no record)", f"{snap.not_sent:,}")
+    unread = _unread(snap, state)
+    if unread is not None:
+        table.add_row(*unread, style="bold yellow" if not state else None)
+    if snap.skipped_duplicates:
+        table.add_row("skipped: duplicates", f"{snap.skipped_duplicates:,}")
+    if snap.skipped_done_before:
+        table.add_row("skipped: done before (--state)", f"{snap.skipped_done_before:,}")
     table.add_row("requests (retries)", f"{snap.requests:,} ({snap.retries:,})")
-    if snap.duplicates:
-        table.add_row("skipped (duplicate or done before)", f"{snap.duplicates:,}")
-    if snap.done_before:
-        table.add_row("done by earlier runs (--state)", f"{snap.done_before:,}")
     table.add_row("elapsed", f"{snap.elapsed_s:.2f} s")
-    table.add_row("throughput", f"{snap.urls_per_s:,.1f} URLs/s")
+    table.add_row("throughput (finished)", f"{snap.urls_per_s:,.1f} URLs/s")
     lat = snap.latency_ms
     table.add_row(
         "latency p50/p95/p99", f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} ms"
@@ -88,3 +173,21 @@ def render_summary(
     if snap.by_error:
         table.add_row("errors", ", ".join(f"{k}: {v:,}" for k, v in snap.by_error.items()))
     console.print(table)
+    if unread is not None and not state:
+        console.print(
+            "crawler: URLs in the input after the stop got no record; run with --state PATH"
+            " to resume them by running the same command again",
+            soft_wrap=True,
+            highlight=False,
+        )
+
+
+def _unread(snap: Snapshot, state: bool) -> tuple[str, str] | None:
+    """The row for input the stop left unread: those URLs got no record."""
+    label = "input not read (next run)" if state else "input not read (no record)"
+    if snap.input_rest_unread:
+        return label, "the rest of the input"
+    if not snap.input_not_read:
+        return None
+    n = snap.input_not_read
+    return label, f"{n:,} URL line{'s' if n != 1 else ''}"

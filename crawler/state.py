@@ -2,8 +2,10 @@
 
 Tables:
     meta(key, value)        format version, the input's identity, options that shape output
-    urls(fp, done)          64-bit fingerprint of each URL's dedup key; done=1 once its
-                            record is committed
+    urls(fp, done)          64-bit fingerprint of each URL's dedup key; done=0 while
+                            claimed, then the number of the run that committed its record
+                            (1 for the first run, one more for each resume: so a URL done
+                            by an earlier run is told from a repeat within this one)
     output(id=1, offset)    bytes of the ``-o`` file that are committed
     pending(seq, fp, url, depth, parent)
                             crawl mode: links discovered by committed pages, in order of
@@ -70,6 +72,10 @@ _PENDING_TABLE: Final = (
     " url TEXT NOT NULL, depth INTEGER NOT NULL, parent TEXT)"
 )
 T = TypeVar("T")
+# What claim() says of each fingerprint:
+FRESH: Final = 1
+REPEAT: Final = 0  # seen earlier in this run
+DONE_BEFORE: Final = 2  # committed by an earlier run
 
 
 class StateStore:
@@ -83,6 +89,7 @@ class StateStore:
         self.resumed = False
         self.committed_offset = 0
         self.done_before = 0  # URLs already done when this run started
+        self._run = 1  # this run's number: what its commits write into urls.done
         self.pending_max = 0
 
     # -- everything below with a leading underscore runs in the state thread ---------------
@@ -125,7 +132,10 @@ class StateStore:
             (self.committed_offset,) = db.execute(
                 "SELECT offset FROM output WHERE id = 1"
             ).fetchone()
-            (self.done_before,) = db.execute("SELECT count(*) FROM urls").fetchone()
+            self.done_before, last_run = db.execute(
+                "SELECT count(*), coalesce(max(done), 0) FROM urls"
+            ).fetchone()
+            self._run = last_run + 1
             # Links committed by earlier runs; the ones this run adds come after these.
             (self.pending_max,) = db.execute("SELECT coalesce(max(seq), 0) FROM pending").fetchone()
         except BaseException:
@@ -345,31 +355,33 @@ class StateStore:
                     f"{saved.get(key)!r}, now {value!r} (use a new state file)"
                 )
 
-    async def claim(self, fps: list[int]) -> list[bool]:
-        """For one input batch: True for each fingerprint not seen before (now claimed)."""
+    async def claim(self, fps: list[int]) -> list[int]:
+        """For one input batch, per fingerprint: ``FRESH`` (not seen before, now claimed),
+        ``DONE_BEFORE`` (committed by an earlier run) or ``REPEAT`` (seen in this run)."""
         return await self._call(self._claim, fps)
 
-    def _claim(self, fps: list[int]) -> list[bool]:
+    def _claim(self, fps: list[int]) -> list[int]:
         db = self._db
         assert db is not None  # noqa: S101
         signed = [to_sql(fp) for fp in fps]
-        seen: set[int] = set()
+        seen: dict[int, int] = {}  # fp -> its done value
         for start in range(0, len(signed), 500):  # stay under SQLite's variable limit
             part = signed[start : start + 500]
             marks = ",".join("?" * len(part))
             seen.update(
-                row[0]
-                for row in db.execute(f"SELECT fp FROM urls WHERE fp IN ({marks})", part)  # noqa: S608
+                db.execute(f"SELECT fp, done FROM urls WHERE fp IN ({marks})", part)  # noqa: S608
             )
+        run = self._run
         fresh = []
         new_rows = []
         for fp in signed:
-            if fp in seen:
-                fresh.append(False)
-            else:
-                seen.add(fp)
-                fresh.append(True)
+            done = seen.get(fp)
+            if done is None:
+                seen[fp] = 0
+                fresh.append(FRESH)
                 new_rows.append((fp,))
+            else:
+                fresh.append(DONE_BEFORE if 0 < done < run else REPEAT)
         db.execute("BEGIN")
         db.executemany("INSERT INTO urls VALUES (?, 0)", new_rows)
         db.execute("COMMIT")
@@ -414,7 +426,8 @@ class StateStore:
         db.executemany(
             "INSERT INTO pending (fp, url, depth, parent) VALUES (?, ?, ?, ?)", link_rows
         )
-        db.executemany("UPDATE urls SET done = 1 WHERE fp = ?", rows)
+        run = self._run
+        db.executemany("UPDATE urls SET done = ? WHERE fp = ?", [(run, fp) for (fp,) in rows])
         db.execute("UPDATE output SET offset = ? WHERE id = 1", (offset,))
         db.execute("COMMIT")
         self.committed_offset = offset
@@ -430,7 +443,7 @@ class StateStore:
         rows = db.execute(
             "SELECT p.seq, p.fp, p.url, p.depth, p.parent FROM pending p"
             " WHERE p.seq > ? AND p.seq <= ? AND NOT EXISTS"
-            " (SELECT 1 FROM urls u WHERE u.fp = p.fp AND u.done = 1)"
+            " (SELECT 1 FROM urls u WHERE u.fp = p.fp AND u.done > 0)"
             " ORDER BY p.seq LIMIT ?",
             (after, self.pending_max, limit),
         ).fetchall()

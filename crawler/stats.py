@@ -70,15 +70,29 @@ class Snapshot:
     loop_lag_ms: dict[str, float]
     in_flight: int
     queued: int
-    duplicates: int
-    done_before: int
+    duplicates: int  # skipped_duplicates + skipped_done_before (the field's old meaning)
+    done_before: int  # URLs the --state file held as done when the run started
     peak_rss_mib: float
     input_fraction: float | None
     crawl: dict[str, int] | None = None  # crawl mode and storage counters
     lost: int = 0  # records made but never written (an output given up at shutdown)
+    finished: int = 0  # records that are not `cancelled`: what throughput counts
+    skipped_duplicates: int = 0  # input lines (crawl: links) repeating one of this run
+    skipped_done_before: int = 0  # ...done by an earlier run (--state)
+    left_for_next_run: int = 0  # with --state: cut off by the stop, no record, fetched on resume
+    not_sent: int = 0  # --max-time without --state: queued, never sent, no record
+    input_lines: int | None = None  # URL lines in the whole input, when known
+    input_not_read: int | None = 0  # URL lines the stop left unread (None: not known)
+    input_rest_unread: bool = False  # stopped before the end of a stdin/pipe: rest not read
+    eta_s: float | None = None
+    # The live display only (not in to_dict()): the run is stopping, and why.
+    stopping: str | None = None  # "signal", "max_time" or "cut" (grace over, flushing)
+    grace_left_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["stopping"], data["grace_left_s"]
+        return data
 
 
 def peak_rss_mib() -> float:
@@ -107,8 +121,16 @@ class Stats:
         self.requests = 0
         self.retries = 0
         self.bytes = 0
-        self.duplicates = 0  # skipped: seen earlier in this run (or done, with --state)
-        self.duplicates_before = 0  # with --state: URLs done by earlier runs
+        self.skipped_duplicates = 0  # skipped: seen earlier in this run
+        self.skipped_done_before = 0  # skipped: done by an earlier run (--state)
+        self.done_before = 0  # with --state: URLs done by earlier runs, all told
+        self.cancelled = 0  # `cancelled` records (counted in done too)
+        self.left_for_next_run = 0  # with --state: cancelled, no record (not in done)
+        self.dropped = 0  # --max-time without --state: queued, never sent, no record
+        self.not_read: int | None = 0  # set at the end of a stopped run
+        self.rest_unread = False
+        self.stopping: str | None = None
+        self.stop_deadline = 0.0  # clock time the grace period ends
         self.by_status: Counter[int] = Counter()
         self.by_error: Counter[str] = Counter()
         self.latency = Histogram()
@@ -116,7 +138,7 @@ class Stats:
         self.recent_lag = 0.0  # EWMA of loop-lag samples, seconds
         self.in_flight: Callable[[], int] = lambda: 0
         self.queued: Callable[[], int] = lambda: 0
-        self.input_fraction: Callable[[], float | None] = lambda: None
+        self.input_lines: Callable[[], int | None] = lambda: None
         self.crawl: Callable[[], dict[str, int] | None] = lambda: None
         self.lost: Callable[[], int] = lambda: 0
 
@@ -140,9 +162,43 @@ class Stats:
             self.loop_lag.add(lag)
             self.recent_lag += 0.3 * (lag - self.recent_lag)
 
+    def cancel(self, recorded: bool) -> None:
+        """A URL cut off by the stop: a `cancelled` record, or (``recorded`` False, with
+        --state) none, left for the next run and counted apart from the records."""
+        if recorded:
+            self.record(False, None, "cancelled", 0)
+            self.cancelled += 1
+        else:
+            self.left_for_next_run += 1
+
+    def _progress(self, elapsed: float) -> tuple[int | None, float | None, float | None]:
+        """Input lines, the fraction of them dealt with, and the time left.
+
+        Dealt with: a record, or skipped (a duplicate, or done before). The time left is
+        the lines still to fetch over the rate of finished URLs: lines done by an earlier
+        run and not reached yet will be skipped at once, so they are not counted as work.
+        """
+        total = self.input_lines()
+        if not total:
+            return total, None, None
+        skipped = self.skipped_duplicates + self.skipped_done_before
+        handled = self.done + skipped
+        fraction = min(1.0, handled / total)
+        finished = self.done - self.cancelled
+        if not finished or self.stopping is not None:
+            return total, fraction, None
+        ahead = max(0, self.done_before - self.skipped_done_before)
+        left = max(0, total - handled - ahead)
+        return total, fraction, left * elapsed / finished
+
     def snapshot(self) -> Snapshot:
         elapsed = max(1e-9, self._clock() - self.started)
         lat, lag = self.latency, self.loop_lag
+        total, fraction, eta = self._progress(elapsed)
+        finished = self.done - self.cancelled
+        grace_left = None
+        if self.stopping in ("signal", "max_time"):
+            grace_left = max(0.0, self.stop_deadline - self._clock())
         return Snapshot(
             elapsed_s=round(elapsed, 3),
             urls_done=self.done,
@@ -153,7 +209,7 @@ class Stats:
             requests=self.requests,
             retries=self.retries,
             bytes=self.bytes,
-            urls_per_s=round(self.done / elapsed, 1),
+            urls_per_s=round(finished / elapsed, 1),
             latency_ms={
                 "p50": round(lat.quantile(0.50) * 1000, 2),
                 "p95": round(lat.quantile(0.95) * 1000, 2),
@@ -167,10 +223,21 @@ class Stats:
             },
             in_flight=self.in_flight(),
             queued=self.queued(),
-            duplicates=self.duplicates,
-            done_before=self.duplicates_before,
+            duplicates=self.skipped_duplicates + self.skipped_done_before,
+            done_before=self.done_before,
             peak_rss_mib=round(peak_rss_mib(), 1),
-            input_fraction=self.input_fraction(),
+            input_fraction=None if fraction is None else round(fraction, 4),
             crawl=self.crawl(),
             lost=self.lost(),
+            finished=finished,
+            skipped_duplicates=self.skipped_duplicates,
+            skipped_done_before=self.skipped_done_before,
+            left_for_next_run=self.left_for_next_run,
+            not_sent=self.dropped,
+            input_lines=total,
+            input_not_read=self.not_read,
+            input_rest_unread=self.rest_unread,
+            eta_s=None if eta is None else round(eta, 1),
+            stopping=self.stopping,
+            grace_left_s=grace_left,
         )

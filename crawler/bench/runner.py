@@ -34,16 +34,27 @@ class GeneratedSource:
         self._prefix = f"{prefix.rstrip('/')}/{path}"
         self._n = n
         self._batch = batch
-        self.total_bytes: int | None = n
-        self.bytes_read = 0
+        self.lines_total: int | None = n
+        self.lines_read = 0
+        self.eof = False
 
     async def batches(self) -> AsyncIterator[list[str]]:
         prefix = self._prefix
         for start in range(0, self._n, self._batch):
             stop = min(self._n, start + self._batch)
+            self.lines_read = stop
             yield [f"{prefix}/{i}" for i in range(start, stop)]
-            self.bytes_read = stop
             await asyncio.sleep(0)
+        self.eof = True
+
+    def start_count(self) -> None:
+        pass
+
+    async def counted(self) -> None:
+        pass
+
+    def stop_count(self) -> None:
+        pass
 
 
 async def bare_aiohttp(prefix: str, n: int, concurrency: int) -> float:
