@@ -37,7 +37,7 @@ from crawler.config import (
 )
 from crawler.errors import UsageError
 from crawler.inputs import LineSource, Source
-from crawler.paths import Named, check_distinct, state_files, stdio
+from crawler.paths import Named, check_distinct, os_reason, state_files, stdio, writable_problem
 from crawler.paths import inputs as input_files
 
 EXIT_OK: Final = 0
@@ -653,19 +653,19 @@ def _check_paths(
     config: RunConfig, inputs: list[Named], *, state: Path | None, stats_json: Path | None
 ) -> None:
     """Before anything is opened for writing: every file written is a new name, distinct
-    from the inputs and from each other, and can be written where it is."""
+    from the inputs and from each other, and can be written where it is (found now, not
+    after the run; said as the OS says it, naming the path)."""
     outputs = []
+    # (how a message names it, path, a directory?) of everything the run will write
+    places: list[tuple[str, str, bool]] = []
     if config.sink.output is not None:
         outputs.append(Named("-o", config.sink.output))
+        places.append(("write output", config.sink.output, False))
     else:  # records go to stdout: `>> urls.txt` would feed them back as input
         outputs += stdio(1, "stdout")
     if stats_json is not None:
-        # os.path, not Path.resolve(): that raises RuntimeError on a symlink loop.
-        if not os.path.isdir(os.path.dirname(os.path.realpath(stats_json))):
-            raise UsageError(f"cannot write --stats-json {str(stats_json)!r}: no such directory")
-        if stats_json.is_dir():
-            raise UsageError(f"cannot write --stats-json {str(stats_json)!r}: is a directory")
         try:
+            # os.stat, not Path.resolve(): that raises RuntimeError on a symlink loop.
             os.stat(stats_json)
         except FileNotFoundError:
             pass
@@ -674,13 +674,27 @@ def _check_paths(
                 f"cannot write --stats-json {str(stats_json)!r}: {exc.strerror}"
             ) from None
         outputs.append(Named("--stats-json", str(stats_json)))
+        places.append(("write --stats-json", str(stats_json), False))
+    if config.store.warc is not None:
+        places.append(("write --warc", config.store.warc, False))
+    if config.store.save_dir is not None:
+        places.append(("use --save-dir", config.store.save_dir, True))
     if state is not None:
         if state.is_dir():
             raise UsageError(f"cannot use --state {str(state)!r}: is a directory")
         if not os.path.isdir(os.path.dirname(os.path.realpath(state))):
             raise UsageError(f"cannot use --state {str(state)!r}: no such directory")
         outputs += state_files(str(state))
+        # SQLite makes its -wal and -shm beside the file (a new one is made there too).
+        places.append(("use --state", os.path.dirname(os.path.realpath(state)), True))
+        if state.exists():
+            places.append(("use --state", str(state), False))
     check_distinct(inputs, outputs, warc=config.store.warc, save_dir=config.store.save_dir)
+    for verb, path, directory in places:
+        problem = writable_problem(path, directory=directory)
+        if problem is not None:
+            shown = str(state) if verb == "use --state" else path
+            raise UsageError(f"cannot {verb} {shown!r}: {os_reason(problem, shown)}")
 
 
 @app.command()
@@ -790,7 +804,7 @@ def bench(
     """Measure throughput through the fetch pipeline against a local server.
 
     With --save-dir or --warc the embedded server gives every URL its own body."""
-    from crawler.bench.runner import embedded_server, run_rounds, summarize
+    from crawler.bench.runner import embedded_server, run_rounds, summarize, unexpected_errors
     from crawler.bench.server import ServeOptions
 
     if target is not None:
@@ -837,11 +851,24 @@ def bench(
         )
     report = summarize(results, n=n, config=config, loop=_loop_name(use_uvloop))
     report["target"] = target or "embedded"
-    if json_out:
-        sys.stdout.buffer.write(orjson.dumps(report) + b"\n")
-        sys.stdout.flush()
-    else:
-        _render_bench(report, Console())
+    # Errors nobody asked for make the figures those of failures: exit 1, and when no
+    # URL was fetched at all, no figures.
+    unexpected = unexpected_errors(report, injected=error_rate > 0 and not target)
+    if report["ok"] or not unexpected:
+        if json_out:
+            sys.stdout.buffer.write(orjson.dumps(report) + b"\n")
+            sys.stdout.flush()
+        else:
+            _render_bench(report, Console())
+    if unexpected:
+        failed = sum(unexpected.values())
+        kinds = ", ".join(f"{kind}: {count}" for kind, count in unexpected.items())
+        where = report["target"] if target else "the embedded server"
+        verdict = "no URL was fetched" if not report["ok"] else "the figures include them"
+        _fail(
+            f"bench: {failed} of {n * rounds} URLs failed against {where} ({kinds}); {verdict}",
+            EXIT_FAILED_RECORDS,
+        )
 
 
 def _check_target(target: str) -> None:

@@ -746,7 +746,7 @@ class Engine:
         kept = Kept()
         crawl = self._crawl
         noindex = False
-        if crawl is not None and item.parent is None and resp.redirects:
+        if crawl is not None and item.parent is None and resp.final_url != str(item.url):
             # A seed that redirects (http -> https, example.com -> www.…) lands where the
             # site really is: that is in scope too.
             crawl.scope.add_seed(URL(resp.final_url))

@@ -16,11 +16,15 @@
         ├── CircuitOpen       circuit_open
         ├── Blocked           blocked       (--block-private refused the address)
         ├── RobotsDisallowed  robots        (robots.txt disallows it; crawl mode)
-        └── Cancelled         cancelled     (the run was interrupted)
+        ├── Cancelled         cancelled     (the run was interrupted)
+        └── InternalError     internal      (a bug in crawler, not the server's doing)
 
 Foreign exceptions (aiohttp, OSError, ssl) are translated in exactly one place,
 ``crawler.fetcher.map_exception``; the record's kind comes from the class, never
-from matching message strings.
+from matching message strings. Only the network and HTTP errors known there get a
+network kind: any other exception (``TypeError``, ``AttributeError``, ...) is a bug of
+ours and becomes ``internal``, never ``protocol`` (which would blame the server and
+count against its breaker).
 """
 
 from __future__ import annotations
@@ -119,6 +123,13 @@ class Cancelled(FetchError):  # noqa: N818
     kind = "cancelled"
 
 
+class InternalError(FetchError):
+    """An exception crawler did not expect while fetching a URL: a bug. The URL gets an
+    ``internal`` record and the run goes on; the fetcher prints the traceback once."""
+
+    kind = "internal"
+
+
 ERROR_KINDS: tuple[str, ...] = (
     "invalid_url",
     "dns",
@@ -133,4 +144,5 @@ ERROR_KINDS: tuple[str, ...] = (
     "robots",
     "cancelled",
     "blocked",
+    "internal",
 )

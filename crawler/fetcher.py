@@ -7,13 +7,16 @@ them, and the OS and TLS errors under them, into the contract's error kinds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import ssl
+import sys
+import traceback
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import aiohttp
 from aiohttp import ClientTimeout, client_exceptions, hdrs, http_exceptions
@@ -54,6 +57,7 @@ _NO_CEIL: Final = 1e9  # never let aiohttp round a timeout up to a whole second
 HTML_TYPES: Final = frozenset(("text/html", "application/xhtml+xml"))
 _NO_TIMER: Final = TimerNoop()
 _NO_TRACES: Final[list[Any]] = []  # aiohttp only iterates over the traces it is given
+_MAX_BUGS: Final = 10  # distinct internal errors a run prints the traceback of (Fetcher._bug)
 
 # What Fetcher.fetch keeps of a body (it always counts it).
 KEEP_NONE: Final = 0
@@ -155,10 +159,12 @@ def map_exception(exc: BaseException, *, deadline_left: float) -> errors.FetchEr
     if isinstance(exc, client_exceptions.ClientError):
         return errors.ProtocolError(_describe(exc))
     if isinstance(exc, UnicodeError | ValueError):
+        # What a server sent that does not parse (a header value, a URL), met below
+        # aiohttp's own checks.
         return errors.ProtocolError(_describe(exc))
-    # Anything else is a surprise from the HTTP stack on a response we could not
-    # handle. It ends this URL, never the run.
-    return errors.ProtocolError(f"unexpected {_describe(exc)}")
+    # Anything else (TypeError, AttributeError, KeyError, RuntimeError, ...) is a bug of
+    # ours, not the server's doing: it ends this URL, never the run (see Fetcher._bug).
+    return errors.InternalError(f"internal error (a bug in crawler): {_describe(exc)}")
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -324,6 +330,10 @@ def address_policy(config: FetchConfig) -> AddressPolicy:
 class Fetcher:
     """Makes one attempt at a URL, following redirects, counting the body."""
 
+    # Internal errors (bugs) met by any fetcher of this process: the test suite fails a
+    # test whose run met one it did not ask for (tests/conftest.py).
+    bugs_met: ClassVar[int] = 0
+
     def __init__(
         self, session: aiohttp.ClientSession, config: FetchConfig, *, direct: bool | None = None
     ) -> None:
@@ -354,6 +364,8 @@ class Fetcher:
         self._headers: CIMultiDict[str] = CIMultiDict(session.headers)
         self._headers_with_credentials = CIMultiDict(session.headers)
         self._headers_with_credentials.extend(credentials)
+        # Bugs already reported on stderr (see _bug): (type, file, line) of each.
+        self._bugs: set[tuple[str, str, int]] = set()
 
     @property
     def has_credentials(self) -> bool:
@@ -390,7 +402,8 @@ class Fetcher:
         if loop is None:  # looked up once: each lookup costs a getpid() on 3.11
             loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
-        redirects: list[str] = []
+        redirects: list[str] = []  # the record's: URLs between the first and the final one
+        hops = 0  # redirects followed
         credentials = credentials and self._credentials is not None
         origin = url.origin() if credentials else None
         check = self._check
@@ -447,21 +460,47 @@ class Fetcher:
                 finally:
                     if handle is not None:
                         handle.cancel()
-                if len(redirects) >= config.max_redirects:
+                if hops >= config.max_redirects:
                     # The record shows how far it got: the chain followed, and the URL
                     # whose redirect was one too many (with its status).
                     raise errors.TooManyRedirects(
                         f"more than {config.max_redirects} redirects",
                         response=Response(status, str(url), None, 0, redirects),
                     )
-                redirects.append(str(url))
+                if hops:  # the input URL is the record's url, not one of its redirects
+                    redirects.append(str(url))
+                hops += 1
                 url = nxt if nxt is not None else self._redirect_target(url, location)
                 if credentials and url.origin() != origin:
                     credentials = False
         except errors.FetchError:
             raise
         except Exception as exc:  # every failure of one URL becomes its record, not a crash
-            raise map_exception(exc, deadline_left=deadline - loop.time()) from exc
+            mapped = map_exception(exc, deadline_left=deadline - loop.time())
+            if isinstance(mapped, errors.InternalError):
+                Fetcher.bugs_met += 1
+                self._bug(exc)
+            raise mapped from exc
+
+    def _bug(self, exc: BaseException) -> None:
+        """Print the traceback of an unexpected exception on stderr, once per distinct
+        bug (its type and the line that raised it) and run, at most _MAX_BUGS of them: a
+        bug met by every URL must not flood the terminal. Even with -q: it is a bug
+        report, and the record alone would not say where it is. The URL is not printed
+        (it may hold credentials); its record has it."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        last = frames[-1] if frames else None
+        key = (type(exc).__qualname__, last.filename if last else "", (last and last.lineno) or 0)
+        if key in self._bugs or len(self._bugs) >= _MAX_BUGS:
+            return
+        self._bugs.add(key)
+        text = "".join(traceback.format_exception(exc))
+        with contextlib.suppress(OSError, ValueError):  # stderr closed: the record stays
+            sys.stderr.write(
+                "crawler: internal error (a bug in crawler; please report it with this "
+                f"traceback). The URL's record has error kind 'internal'.\n{text}"
+            )
+            sys.stderr.flush()
 
     async def _send(self, method: str, url: URL, credentials: bool) -> ClientResponse:
         """Send one request and read its response head, through aiohttp's connector
@@ -586,8 +625,9 @@ class Fetcher:
                 if decoder is None:
                     total += len(chunk)
                     if total > limit:
-                        _over_limit(result, chunks, chunk, total - limit, limit, cap)
-                        total = limit
+                        # The record counts what was taken: at most the limit.
+                        over, total = total - limit, limit
+                        _over_limit(result, chunks, chunk, over, limit, cap)
                         break
                     if chunks is not None:
                         chunks.append(chunk)
@@ -595,8 +635,8 @@ class Fetcher:
                 for piece in decoder.feed(chunk, result):
                     total += len(piece)
                     if total > limit:
-                        _over_limit(result, chunks, piece, total - limit, limit, cap)
-                        total = limit
+                        over, total = total - limit, limit
+                        _over_limit(result, chunks, piece, over, limit, cap)
                         decoder = None  # cut here on purpose: the stream's end is not read
                         break
                     if chunks is not None:

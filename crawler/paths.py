@@ -1,12 +1,18 @@
-"""Files a run reads and writes must be distinct: checked before any of them is touched.
+"""Files a run reads and writes must be distinct, and writable where they are: checked
+before any of them is touched.
 
 Two names are the same file when they resolve to the same path (symlinks followed), or,
 for files that exist, share device and inode (hard links too). Character devices
 (``/dev/null``) are exempt: writing twice to them destroys nothing.
+
+A file a run will write must be writable, or creatable in its directory: found wrong
+before the run (not after it, when ``--stats-json`` is written), and said as the OS says
+it (``Permission denied``, ``Not a directory``), naming the path it is about.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -125,3 +131,58 @@ def _clash(one: Named, other: Named) -> None:
     if one.path == other.path:
         raise UsageError(f"{one.what} and {other.what} are the same file: {one.path!r}")
     raise UsageError(f"{one.what} {one.path!r} and {other.what} {other.path!r} are the same file")
+
+
+def writable_problem(path: str, *, directory: bool = False) -> OSError | None:
+    """The OSError that writing the file ``path`` (``directory``: making files in the
+    directory ``path``, created with its parents if missing) would meet, or None. Nothing
+    is created or changed; a device or FIFO that exists is only checked for access."""
+    try:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if not directory:
+                check_creatable(path)
+                return None
+            # os.makedirs makes the missing parents: the nearest one that exists counts.
+            missing = os.path.abspath(path)
+            while not os.path.lexists(missing) and os.path.dirname(missing) != missing:
+                missing = os.path.dirname(missing)
+            check_creatable(os.path.join(missing, "x"))
+            return None
+        if directory and not stat.S_ISDIR(st.st_mode):
+            return NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        if not directory and stat.S_ISDIR(st.st_mode):
+            return IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        _check_access(path, (os.W_OK | os.X_OK) if directory else os.W_OK)
+    except OSError as exc:
+        return exc
+    return None
+
+
+def check_creatable(path: str) -> None:
+    """Raise the OSError that creating the file ``path`` would meet (its directory
+    missing, not a directory, not writable, on a read-only filesystem); create nothing."""
+    folder = os.path.dirname(os.path.abspath(path))
+    st = os.stat(folder)  # FileNotFoundError, NotADirectoryError: naming the folder
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder)
+    _check_access(folder, os.W_OK | os.X_OK)
+
+
+def _check_access(path: str, mode: int) -> None:
+    """access(2) as the run will write (effective ids); EROFS on a read-only mount."""
+    effective = os.access in os.supports_effective_ids
+    if not os.access(path, mode, effective_ids=effective):
+        code = errno.EROFS if os.statvfs(path).f_flag & os.ST_RDONLY else errno.EACCES
+        raise PermissionError(code, os.strerror(code), path)
+
+
+def os_reason(exc: OSError, path: str) -> str:
+    """An OSError as a message says it: the OS's reason, and the file it is about when
+    that is not ``path`` itself (its directory, say)."""
+    text = exc.strerror or str(exc)
+    name = exc.filename
+    if not isinstance(name, str) or os.path.abspath(name) == os.path.abspath(path):
+        return text
+    return f"{text}: {name!r}"

@@ -389,6 +389,14 @@ class Sink:
                 os.dup2(devnull, 1)
                 os.close(devnull)
             raise OutputClosed from None
+        except OSError as exc:  # disk full, I/O error: the message names the output
+            raise self._named(exc) from None
+
+    def _named(self, exc: OSError) -> OSError:
+        """``exc`` naming the output it is about (a write's error names no file)."""
+        if exc.filename is not None or exc.errno is None:
+            return exc
+        return type(exc)(exc.errno, exc.strerror, self._config.output or "<stdout>")
 
     async def _write_pipe(self, fd: int, data: bytearray) -> int:
         size, written = len(data), 0
@@ -458,7 +466,10 @@ class Sink:
         try:
             if self.before_commit is not None:
                 await self.before_commit()
-            await self._state.commit(done, offset, sync_fd, links)
+            try:
+                await self._state.commit(done, offset, sync_fd, links)
+            except OSError as exc:  # fsync of the output (the state's are sqlite3 errors)
+                raise self._named(exc) from None
         except BaseException:
             self._written_fps[:0] = fps  # not committed: keep them for the next try
             self._written_links[:0] = links

@@ -57,6 +57,7 @@ import orjson
 from crawler.dedup import from_sql, to_sql
 from crawler.errors import UsageError
 from crawler.linkqueue import Link
+from crawler.paths import check_creatable
 
 FORMAT: Final = "crawler-state/1"
 # SQLite's header field for "which program's file is this" (bytes 68-71): "CRL1". Read
@@ -101,9 +102,14 @@ class StateStore:
         try:
             await self._call(self._open)
         except sqlite3.DatabaseError as exc:
-            raise UsageError(f"cannot use --state {self.path!r}: {exc}") from None
+            # SQLite says "unable to open database file" or "attempt to write a readonly
+            # database" without naming the file or the reason: find them.
+            why = await self._call(self._os_reason) or str(exc)
+            raise UsageError(f"cannot use --state {self.path!r}: {why}") from None
         except OSError as exc:
-            raise UsageError(f"cannot use --state {self.path!r}: {exc.strerror or exc}") from None
+            raise UsageError(
+                f"cannot use --state {self.path!r}: {_os_message(exc, self.path)}"
+            ) from None
 
     def _open(self) -> None:
         # Order matters: the lock first (nothing is read or written before this run holds
@@ -141,6 +147,25 @@ class StateStore:
         except BaseException:
             self._close()
             raise
+
+    def _os_reason(self) -> str | None:
+        """Why SQLite could not open the state file or the files it makes beside it (the
+        -wal and -shm in its directory), as the OS says it, naming the file; None if
+        nothing is wrong that the OS can tell."""
+        real = os.path.realpath(self.path)
+        probes = [(real, os.O_RDWR)]
+        for suffix in ("-wal", "-shm"):
+            side = real + suffix
+            probes.append((side, os.O_RDWR if os.path.lexists(side) else 0))
+        for path, flags in probes:
+            try:
+                if flags:
+                    os.close(os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK))
+                else:  # to be created: can it be, in that directory?
+                    check_creatable(path)
+            except OSError as exc:
+                return _os_message(exc, self.path)
+        return None
 
     # -- one run per state file ------------------------------------------------------------
     def _lock(self) -> None:
@@ -352,7 +377,8 @@ class StateStore:
             if saved.get(key) != value:
                 raise UsageError(
                     f"--state {self.path!r} belongs to a different run: {key} was "
-                    f"{saved.get(key)!r}, now {value!r} (use a new state file)"
+                    f"{_shown(key, saved.get(key))}, now {_shown(key, value)} "
+                    "(use a new state file)"
                 )
 
     async def claim(self, fps: list[int]) -> list[int]:
@@ -463,6 +489,25 @@ class StateStore:
         if self._lock_fd is not None:
             fd, self._lock_fd = self._lock_fd, None
             os.close(fd)
+
+
+def _shown(key: str, value: Any) -> str:
+    """An identity value as a message shows it: no output path is standard output."""
+    if key == "output" and value is None:
+        return "stdout"
+    return repr(value)
+
+
+def _os_message(exc: OSError, path: str) -> str:
+    """The OS's reason, and the file it is about when that is not the state file
+    ``path`` itself (its directory, its -wal, its lock)."""
+    text = exc.strerror or str(exc)
+    name = exc.filename
+    if isinstance(name, str) and _TEMP_TAG in name:
+        name = os.path.dirname(name)  # a new state file is made there (see _create)
+    if not name or name in (path, os.path.realpath(path)):
+        return text
+    return f"{text}: {name!r}"
 
 
 def _ro_uri(path: str) -> str:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import hashlib
 import io
 import itertools
@@ -231,6 +232,9 @@ class _BodyWriter:
         self.written = 0
 
     def start(self) -> None:
+        if os.path.exists(self._root) and not os.path.isdir(self._root):
+            # makedirs would say "File exists", which is true but not the problem.
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", self._root)
         os.makedirs(self._root, exist_ok=True)
         probe = os.path.join(self._root, f".crawler-probe-{os.getpid()}")
         with open(probe, "wb"):
@@ -257,6 +261,8 @@ class _BodyWriter:
                 view = memoryview(body)
                 while view:
                     view = view[os.write(fd, view) :]
+            except OSError as exc:  # disk full: say which file (a write names none)
+                raise _named(exc, tmp) from None
             finally:
                 os.close(fd)
             os.replace(tmp, path)
@@ -287,6 +293,13 @@ def _sync_filesystem(path: str) -> None:
             os.close(fd)
     else:
         os.sync()
+
+
+def _named(exc: OSError, path: str) -> OSError:
+    """``exc`` naming the file it is about (the parent reports it as one line)."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror, path)
 
 
 def _regular(path: str) -> bool:
@@ -424,7 +437,10 @@ class _WarcWriter:
     def sync(self) -> None:
         """What is written so far, on disk (once per checkpoint)."""
         if self._fd >= 0 and not self._device:
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise _named(exc, warc_name(self._path, self._index)) from None
             if self._new_file:
                 _fsync_dir(warc_name(self._path, self._index))
                 self._new_file = False
@@ -437,8 +453,11 @@ class _WarcWriter:
         """Straight to the OS (no buffer in this process): once written, a batch survives
         the death of either process; only a power cut needs the fsync of sync()."""
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:  # disk full: say which file (a write names none)
+            raise _named(exc, warc_name(self._path, self._index)) from None
         self._size += len(data)
 
     def _open_file(self) -> None:

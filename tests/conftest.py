@@ -129,6 +129,25 @@ def _reap_leftover_processes() -> Iterator[None]:
     )
 
 
+@pytest.fixture(autouse=True)
+def _no_internal_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """An ``internal`` record is a bug in crawler: a test whose in-process run met one
+    fails, unless it asked for it (the ``expect_internal`` fixture). Runs of the CLI in a
+    subprocess are not seen here."""
+    from crawler.fetcher import Fetcher
+
+    before = Fetcher.bugs_met
+    yield
+    met = Fetcher.bugs_met - before
+    if met and "expect_internal" not in request.fixturenames:
+        pytest.fail(f"{met} URL(s) got an 'internal' error record (a bug): see stderr")
+
+
+@pytest.fixture
+def expect_internal() -> None:
+    """This test provokes ``internal`` records on purpose (see _no_internal_errors)."""
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     _kill(pid for pid, _ in marked_processes(SESSION_TOKEN))
 

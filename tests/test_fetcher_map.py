@@ -33,7 +33,7 @@ def response_error_caused_by(cause: BaseException) -> client_exceptions.ClientRe
         (client_exceptions.ClientPayloadError("short"), "protocol"),
         (response_error_caused_by(http_exceptions.BadStatusLine("garbage")), "protocol"),
         (http_exceptions.LineTooLong("header", "8190"), "protocol"),
-        (RuntimeError("surprise"), "protocol"),
+        (RuntimeError("surprise"), "internal"),  # a bug of ours, not the server's
     ],
 )  # fmt: skip
 def test_kinds(exc: BaseException, kind: str) -> None:

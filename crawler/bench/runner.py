@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 
@@ -162,6 +162,22 @@ def summarize(rounds: list[BenchRound], *, n: int, config: RunConfig, loop: str)
         report["baseline_urls_per_s_runs"] = [round(b, 1) for b in bases]
         report["ratio_to_baseline"] = round(report["urls_per_s"] / report["baseline_urls_per_s"], 3)
     return report
+
+
+# What ``--error-rate`` makes the embedded server do: 503s, which end as ``http`` records
+# after their retries and may open the host's breaker (``circuit_open``).
+INJECTED_KINDS: Final = frozenset(("http", "circuit_open"))
+
+
+def unexpected_errors(report: dict[str, Any], *, injected: bool) -> dict[str, int]:
+    """The errors of a bench run that nobody asked for (all of them against a
+    ``--target``, or without ``--error-rate``): a run that has them measured something
+    else than the pipeline fetching pages (a wrong port, a server that fell over)."""
+    return {
+        kind: count
+        for kind, count in report["errors"].items()
+        if not (injected and kind in INJECTED_KINDS)
+    }
 
 
 def _merge(dicts: Any) -> dict[str, int]:
