@@ -11,6 +11,7 @@ import contextlib
 import gc
 import os
 import re
+import select
 import stat
 import sys
 from collections.abc import Callable, Coroutine
@@ -36,7 +37,8 @@ from crawler.config import (
     StoreConfig,
 )
 from crawler.errors import UsageError
-from crawler.inputs import LineSource, Source
+from crawler.helptext import ManCommand, ManGroup
+from crawler.inputs import LineSource, SeedSource, Source, split_arguments
 from crawler.paths import Named, check_distinct, os_reason, state_files, stdio, writable_problem
 from crawler.paths import inputs as input_files
 
@@ -64,7 +66,7 @@ T = TypeVar("T")
 app = typer.Typer(
     name="crawler",
     help="Fetch and crawl the web at high concurrency, safely; one JSON record per URL.",
-    add_completion=False,
+    cls=ManGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -124,20 +126,34 @@ def parse_size(text: str | int) -> int:
 
 
 Concurrency = Annotated[
-    int, typer.Option("-c", "--concurrency", min=1, help="Max requests in flight.")
+    int, typer.Option("-c", "--concurrency", min=1, metavar="N", help="Max requests in flight.")
 ]
 PerHost = Annotated[
-    int, typer.Option("--per-host", min=0, help="Max in flight per host (0: no per-host limit).")
+    int,
+    typer.Option(
+        "--per-host",
+        min=0,
+        metavar="N",
+        help="Max in flight per host (0: only the -c limit); with few hosts this, not -c, "
+        "bounds the requests in flight.",
+    ),
 ]
-Rps = Annotated[float, typer.Option("--rps", min=0.0, help="Global requests/second cap (0: none).")]
+Rps = Annotated[
+    float,
+    typer.Option("--rps", min=0.0, metavar="R", help="Global requests/second cap (0: none)."),
+]
 PerHostRps = Annotated[
-    float, typer.Option("--per-host-rps", min=0.0, help="Requests/second cap per host (0: none).")
+    float,
+    typer.Option(
+        "--per-host-rps", min=0.0, metavar="R", help="Requests/second cap per host (0: none)."
+    ),
 ]
 Burst = Annotated[
     int,
     typer.Option(
         "--burst",
         min=1,
+        metavar="N",
         help="Requests that may start at once under --rps and --per-host-rps (1: never two"
         " closer than 1/rate s). robots.txt's Crawl-delay always allows 1.",
     ),
@@ -149,28 +165,39 @@ Adaptive = Annotated[
         help="Tune per-host concurrency from latency and errors (AIMD).",
     ),
 ]
-Retries = Annotated[int, typer.Option("--retries", min=0, help="Retries per URL.")]
+Retries = Annotated[int, typer.Option("--retries", min=0, metavar="N", help="Retries per URL.")]
 TimeoutOpt = Annotated[
     float,
     typer.Option(
-        "--timeout", min=0.001, help="Seconds per URL: one deadline for all attempts and waits."
+        "--timeout",
+        min=0.001,
+        metavar="S",
+        help="Seconds per URL: one deadline for all attempts and waits.",
     ),
 ]
 ConnectTimeout = Annotated[
-    float, typer.Option("--connect-timeout", min=0.001, help="Seconds to connect, per attempt.")
+    float,
+    typer.Option(
+        "--connect-timeout", min=0.001, metavar="S", help="Seconds to connect, per attempt."
+    ),
 ]
-MaxRedirects = Annotated[int, typer.Option("--max-redirects", min=0, help="Redirects to follow.")]
+MaxRedirects = Annotated[
+    int, typer.Option("--max-redirects", min=0, metavar="N", help="Redirects to follow.")
+]
 MaxBytes = Annotated[
     int,
     typer.Option(
         "--max-bytes",
         parser=parse_size,
         metavar="SIZE",
-        help="Max body size, decompressed (e.g. 10M).",
+        help="Max body size, decompressed (bytes, or 512k, 10M, 1G).",
     ),
 ]
 QueueSize = Annotated[
-    int, typer.Option("--queue-size", min=1, help="Frontier bound: URLs read ahead of workers.")
+    int,
+    typer.Option(
+        "--queue-size", min=1, metavar="N", help="Frontier bound: URLs read ahead of workers."
+    ),
 ]
 Headers = Annotated[
     list[str] | None,
@@ -182,10 +209,15 @@ SecretHeaders = Annotated[
         "--secret-header",
         metavar="NAME",
         help="A header (from -H) sent only to the origin of the URL or seed it was given "
-        "for, like Authorization, Cookie and Proxy-Authorization (repeatable).",
+        "for, like Authorization, Cookie and Proxy-Authorization.",
     ),
 ]
-UserAgent = Annotated[str | None, typer.Option("--user-agent", help="User-Agent header.")]
+UserAgent = Annotated[
+    str | None,
+    typer.Option(
+        "--user-agent", metavar="UA", show_default="crawler/VERSION", help="User-Agent header."
+    ),
+]
 
 
 def parse_method(text: str) -> str:
@@ -203,18 +235,27 @@ BreakerThreshold = Annotated[
     typer.Option(
         "--breaker-threshold",
         min=0,
+        metavar="N",
         help="Consecutive failures that open a host's breaker (0: no breaker).",
     ),
 ]
 BreakerCooldown = Annotated[
     float,
     typer.Option(
-        "--breaker-cooldown", min=0.001, help="Seconds before an open breaker lets a probe through."
+        "--breaker-cooldown",
+        min=0.001,
+        metavar="S",
+        help="Seconds before an open breaker lets a probe through.",
     ),
 ]
 Insecure = Annotated[bool, typer.Option("--insecure", help="Skip TLS certificate verification.")]
 StatsJson = Annotated[
-    Path | None, typer.Option("--stats-json", metavar="PATH", help="Write the summary as JSON.")
+    str | None,
+    typer.Option(
+        "--stats-json",
+        metavar="PATH",
+        help="Write the summary as JSON; '-': standard output (needs -o PATH for the records).",
+    ),
 ]
 State = Annotated[
     Path | None,
@@ -222,13 +263,21 @@ State = Annotated[
 ]
 NoDedup = Annotated[bool, typer.Option("--no-dedup", help="Fetch duplicate URLs again.")]
 Output = Annotated[
-    Path | None,
-    typer.Option("-o", "--output", metavar="PATH", help="Write records here, not to stdout."),
+    str | None,
+    typer.Option(
+        "-o",
+        "--output",
+        metavar="PATH",
+        show_default="stdout",
+        help="Write records here ('-': standard output).",
+    ),
 ]
 Progress = Annotated[
     bool | None,
     typer.Option(
-        "--progress/--no-progress", help="Progress on stderr (default: when it is a terminal)."
+        "--progress/--no-progress",
+        show_default="when stderr is a terminal",
+        help="Progress line on stderr.",
     ),
 ]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="Only errors that stop the run.")]
@@ -238,7 +287,10 @@ FailOnError = Annotated[
 Grace = Annotated[
     float,
     typer.Option(
-        "--grace", min=0.0, help="Seconds in-flight requests get to finish after SIGINT/SIGTERM."
+        "--grace",
+        min=0.0,
+        metavar="S",
+        help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.",
     ),
 ]
 BlockPrivate = Annotated[
@@ -253,7 +305,7 @@ Resolve = Annotated[
     typer.Option(
         "--resolve",
         metavar="NAME:ADDRESS",
-        help="Resolve NAME (or * for every name) to ADDRESS; repeatable.",
+        help="Resolve NAME (or * for every name) to ADDRESS.",
     ),
 ]
 NoUvloop = Annotated[
@@ -285,11 +337,20 @@ WarcMaxSize = Annotated[
 ]
 
 
-@app.command()
+InputArgs = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="URL|FILE",
+        show_default="standard input",
+        help="URLs (with their scheme: https://...), or files of URLs, one a line "
+        "('-': standard input).",
+    ),
+]
+
+
+@app.command(cls=ManCommand, short_help="Fetch URLs once each; one JSON record per URL.")
 def fetch(
-    input: Annotated[  # noqa: A002 - the contract's name for it
-        str | None, typer.Argument(metavar="[INPUT]", help="URL list; '-' or absent: stdin.")
-    ] = None,
+    input: InputArgs = None,  # noqa: A002 - the contract's name for it
     output: Output = None,
     concurrency: Concurrency = 64,
     per_host: PerHost = 8,
@@ -324,19 +385,31 @@ def fetch(
     warc_max_size: WarcMaxSize = 1 << 30,
     no_uvloop: NoUvloop = False,
 ) -> None:
-    """Fetch every URL of INPUT once; write one JSON record per URL (JSONL)."""
+    """Fetch every URL given, and every URL of the files given, once; write one JSON record
+    per URL (JSONL) to standard output. With no URL or file, URLs are read from standard
+    input."""
     if state is not None and no_dedup:
         raise UsageError("--state cannot be combined with --no-dedup: resume is keyed by URL")
+    output, stats_path = _stdout_dashes(output, stats_json)
     config = build_config(**_shared_options(locals()), method=method, dedup=not no_dedup)
-    source = LineSource(input, max_line_bytes=config.input.max_line_bytes)
+    urls, files = split_arguments(input or ())
+    if not urls and not files:
+        files = ["-"]
+    max_line = config.input.max_line_bytes
+    source: LineSource | SeedSource
+    if not urls and len(files) == 1:  # the identity --state files have always had
+        source = LineSource(files[0], max_line_bytes=max_line)
+    else:
+        source = SeedSource(urls, [LineSource(f, max_line_bytes=max_line) for f in files])
     source.open()
+    _note_terminal_stdin(files, quiet)
     _run_pipeline(
         config,
         source,
         source.identity(),
-        inputs=input_files("INPUT", [input or "-"]),
+        inputs=input_files("INPUT", files),
         state=state,
-        stats_json=stats_json,
+        stats_json=stats_path,
         progress=progress,
         quiet=quiet,
         fail_on_error=fail_on_error,
@@ -354,33 +427,46 @@ Scope = Annotated[
 ]
 
 
-@app.command()
+@app.command(cls=ManCommand, short_help="Crawl from seed URLs, following links in scope.")
 def crawl(
     seeds: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="[SEEDS]...",
-            help="Seed URLs, or files of seed URLs ('-' or none: stdin).",
+            metavar="SEED|FILE",
+            show_default="standard input",
+            help="Seed URLs (with their scheme), or files of seed URLs ('-': standard input).",
         ),
     ] = None,
     scope: Scope = "host",
     include: Annotated[
         list[str] | None,
-        typer.Option("--include", metavar="REGEX", help="Follow only links matching; repeatable."),
+        typer.Option("--include", metavar="REGEX", help="Follow only links matching one."),
     ] = None,
     exclude: Annotated[
         list[str] | None,
-        typer.Option("--exclude", metavar="REGEX", help="Never follow links matching; repeatable."),
+        typer.Option("--exclude", metavar="REGEX", help="Never follow links matching."),
     ] = None,
     depth: Annotated[
-        int | None, typer.Option("--depth", min=0, help="Max link depth (seeds: 0; default none).")
+        int | None,
+        typer.Option(
+            "--depth", min=0, metavar="N", show_default="none", help="Max link depth (seeds: 0)."
+        ),
     ] = None,
     max_pages: Annotated[
-        int | None, typer.Option("--max-pages", min=1, help="Stop after N pages (records).")
+        int | None,
+        typer.Option(
+            "--max-pages", min=1, metavar="N", show_default="none", help="Stop after N pages."
+        ),
     ] = None,
     max_time: Annotated[
         float | None,
-        typer.Option("--max-time", min=0.001, help="Stop after S seconds (exit 0; resumable)."),
+        typer.Option(
+            "--max-time",
+            min=0.001,
+            metavar="S",
+            show_default="none",
+            help="Stop after S seconds (exit 0; resumable).",
+        ),
     ] = None,
     assets: Annotated[
         bool, typer.Option("--assets", help="Also fetch images, scripts, stylesheets, media.")
@@ -394,7 +480,7 @@ def crawl(
     ] = False,
     sitemap: Annotated[
         list[str] | None,
-        typer.Option("--sitemap", metavar="URL", help="Seed from this sitemap; repeatable."),
+        typer.Option("--sitemap", metavar="URL", help="Seed from this sitemap."),
     ] = None,
     output: Output = None,
     concurrency: Concurrency = 64,
@@ -428,8 +514,9 @@ def crawl(
     warc_max_size: WarcMaxSize = 1 << 30,
     no_uvloop: NoUvloop = False,
 ) -> None:
-    """Crawl from SEEDS: follow links within a scope, politely; one record per page."""
-    from crawler.config import CrawlConfig
+    """Crawl from the seeds: follow links within a scope, politely; one JSON record per page.
+    With no seed, seed URLs are read from standard input."""
+    output, stats_path = _stdout_dashes(output, stats_json)
 
     for pattern in [*(include or ()), *(exclude or ())]:
         try:
@@ -453,22 +540,20 @@ def crawl(
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     config = build_config(**_shared_options(locals()), method="GET", dedup=True, crawl=crawl_config)
-    from crawler.inputs import SeedSource
-
-    urls = [s for s in seeds or () if "://" in s]
-    files = [s for s in seeds or () if "://" not in s]
+    urls, files = split_arguments(seeds or ())
     if not urls and not files and not sitemap_urls:
         files = ["-"]
     max_line = config.input.max_line_bytes
     source = SeedSource(urls, [LineSource(f, max_line_bytes=max_line) for f in files])
     source.open()
+    _note_terminal_stdin(files, quiet)
     _run_pipeline(
         config,
         source,
         {"mode": "crawl", **source.identity()},
         inputs=input_files("SEEDS file", files),
         state=state,
-        stats_json=stats_json,
+        stats_json=stats_path,
         progress=progress,
         quiet=quiet,
         fail_on_error=fail_on_error,
@@ -514,6 +599,85 @@ def _shared_options(values: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+# ``--stats-json -``: the summary goes to standard output (compared by identity: ``./-``
+# names a file called ``-``).
+STATS_TO_STDOUT: Final = Path("-")
+
+
+def _stdout_dashes(output: str | None, stats_json: str | None) -> tuple[str | None, Path | None]:
+    """``-o -`` and ``--stats-json -`` mean standard output, as ``-`` does for curl's ``-o``.
+
+    Standard output carries nothing but records: the summary may go there only when the
+    records go to a file (it is written after the run, so it would end the JSONL stream
+    with an object of another shape)."""
+    if output == "-":
+        output = None
+    if stats_json is None:
+        return output, None
+    if stats_json != "-":
+        return output, Path(stats_json)
+    if output is None:
+        raise UsageError(
+            "--stats-json - needs -o PATH: standard output carries the records "
+            "(or give --stats-json a file)"
+        )
+    return output, STATS_TO_STDOUT
+
+
+def _write_stdout(data: bytes) -> None:
+    """The ``--stats-json -`` summary, on standard output; a reader that went away
+    (``| head -c 10``) ends it quietly, as it does for records."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(1, view) :]
+    except BrokenPipeError:
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot write --stats-json to standard output: {exc.strerror}") from None
+
+
+def _note_terminal_stdin(files: list[str], quiet: bool) -> None:
+    """Waiting on a terminal for URLs says so, or it looks like a hang."""
+    if quiet or "-" not in files:
+        return
+    with contextlib.suppress(OSError):
+        if os.isatty(0):
+            sys.stderr.write(
+                "crawler: reading URLs from standard input, one a line "
+                "(end with Ctrl-D; crawler --help for more)\n"
+            )
+            sys.stderr.flush()
+
+
+def _per_host_notice(config: RunConfig, console: Console, quiet: bool) -> Callable[[], None] | None:
+    """A one-line note, once a run, when workers wait while URLs wait for a busy host:
+    ``-c 200`` on a one-host list shows 8 in flight, and the user should know why."""
+    limits = config.limits
+    if quiet or not (limits.adaptive or 0 < limits.per_host < limits.concurrency):
+        return None
+    bound = f"--per-host {limits.per_host}" if limits.per_host else "no --per-host"
+    if limits.adaptive:
+        bound += ", lowered by --adaptive"
+    text = (
+        f"crawler: note: workers are idle while URLs wait for a busy host: the per-host limit "
+        f"({bound}), not -c {limits.concurrency}, bounds the requests in flight"
+    )
+
+    def notice() -> None:
+        if console.is_terminal:  # the progress line may be live: print above it
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+            return
+        # Written from the event loop: never block it on a stderr nobody reads (a pipe
+        # polls writable with at least PIPE_BUF bytes free, more than this line).
+        data = (text + "\n").encode()
+        with contextlib.suppress(OSError, ValueError):
+            if select.select([], [2], [], 0)[1]:
+                os.write(2, data[: select.PIPE_BUF])
+
+    return notice
+
+
 def _run_pipeline(
     config: RunConfig,
     source: Source,
@@ -553,6 +717,7 @@ def _run_pipeline(
         progress=console if show_progress else None,
         progress_interval=_progress_interval(),
         state=store,
+        notice=_per_host_notice(config, console, quiet),
     )
     result = _run(engine.run, use_uvloop=_want_uvloop(no_uvloop), takes_signals=True)
     if not quiet and not result.output_closed and not _summary_would_block(config, result):
@@ -570,7 +735,11 @@ def _run_pipeline(
         payload["interrupted"] = result.interrupted
         payload["timed_out"] = result.timed_out
         try:
-            _write_now(stats_json, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+            data = orjson.dumps(payload, option=orjson.OPT_INDENT_2)
+            if stats_json is STATS_TO_STDOUT:
+                _write_stdout(data + b"\n")
+            else:
+                _write_now(stats_json, data)
         except OSError as exc:
             raise UsageError(
                 f"cannot write --stats-json {str(stats_json)!r}: {exc.strerror}"
@@ -663,7 +832,7 @@ def _check_paths(
         places.append(("write output", config.sink.output, False))
     else:  # records go to stdout: `>> urls.txt` would feed them back as input
         outputs += stdio(1, "stdout")
-    if stats_json is not None:
+    if stats_json is not None and stats_json is not STATS_TO_STDOUT:
         try:
             # os.stat, not Path.resolve(): that raises RuntimeError on a symlink loop.
             os.stat(stats_json)
@@ -697,25 +866,45 @@ def _check_paths(
             raise UsageError(f"cannot {verb} {shown!r}: {os_reason(problem, shown)}")
 
 
-@app.command()
+@app.command(cls=ManCommand, short_help="Run the embedded test server (no network needed).")
 def serve(
     host: Annotated[
         list[str] | None,
-        typer.Option("--host", help="Address to listen on; repeat for several hosts."),
+        typer.Option(
+            "--host",
+            metavar="ADDR",
+            show_default="127.0.0.1",
+            help="Address to listen on (127.0.0.2, ... for more hosts).",
+        ),
     ] = None,
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0: any free port.")] = 8080,
+    port: Annotated[
+        int,
+        typer.Option("--port", min=0, max=65535, metavar="N", help="Port (0: any free port)."),
+    ] = 8080,
     workers: Annotated[
-        int, typer.Option("--workers", min=1, max=MAX_SERVER_WORKERS, help="Server processes.")
+        int,
+        typer.Option(
+            "--workers", min=1, max=MAX_SERVER_WORKERS, metavar="N", help="Server processes."
+        ),
     ] = 1,
     latency_ms: Annotated[
         float,
-        typer.Option("--latency-ms", min=0.0, max=MAX_LATENCY_MS, help="Mean latency of /page."),
+        typer.Option(
+            "--latency-ms",
+            min=0.0,
+            max=MAX_LATENCY_MS,
+            metavar="MS",
+            help="Mean latency of /page/..., milliseconds.",
+        ),
     ] = 0.0,
     latency_dist: Annotated[
         str, typer.Option("--latency-dist", metavar="exp|fixed", help="Latency distribution.")
     ] = "exp",
     error_rate: Annotated[
-        float, typer.Option("--error-rate", min=0.0, max=1.0, help="Share of /page that fail.")
+        float,
+        typer.Option(
+            "--error-rate", min=0.0, max=1.0, metavar="R", help="Share of /page/... that fail."
+        ),
     ] = 0.0,
     error_kind: Annotated[
         str, typer.Option("--error-kind", metavar="503|429|reset", help="How /page fails.")
@@ -723,17 +912,33 @@ def serve(
     retry_after: Annotated[
         float,
         typer.Option(
-            "--retry-after", min=0.0, max=MAX_RETRY_AFTER, help="Retry-After on 503/429, seconds."
+            "--retry-after",
+            min=0.0,
+            max=MAX_RETRY_AFTER,
+            metavar="S",
+            help="Retry-After on 503/429, seconds.",
         ),
     ] = 1.0,
     body_bytes: Annotated[
-        int, typer.Option("--body-bytes", min=0, max=MAX_BODY_BYTES, help="Body size of /page.")
+        int,
+        typer.Option(
+            "--body-bytes",
+            min=0,
+            max=MAX_BODY_BYTES,
+            metavar="N",
+            help="Body size of /page/..., bytes.",
+        ),
     ] = 512,
+    access_log: Annotated[
+        bool,
+        typer.Option("--access-log", help="Log every request on stderr (Common Log Format)."),
+    ] = False,
     reuse_port: Annotated[bool, typer.Option("--reuse-port", hidden=True)] = False,
     parent_pid: Annotated[int | None, typer.Option("--parent-pid", hidden=True)] = None,
     no_uvloop: NoUvloop = False,
 ) -> None:
-    """Run the embedded test server in the foreground (no network needed)."""
+    """Run the embedded test server in the foreground (no network needed); GET / lists its
+    routes."""
     from crawler.bench.server import ServeOptions, serve_forever
 
     try:
@@ -747,6 +952,7 @@ def serve(
             error_kind=error_kind,
             retry_after=retry_after,
             body_bytes=body_bytes,
+            access_log=access_log,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -759,14 +965,21 @@ def serve(
         raise UsageError(f"cannot listen: {exc.strerror or exc}") from None
 
 
-@app.command()
+@app.command(cls=ManCommand, short_help="Measure throughput against a local server.")
 def bench(
-    n: Annotated[int, typer.Option("-n", min=1, help="URLs per round.")] = 50_000,
+    n: Annotated[int, typer.Option("-n", min=1, metavar="N", help="URLs per round.")] = 50_000,
     target: Annotated[
         str | None,
-        typer.Option("--target", metavar="URL-PREFIX", help="Use this server: PREFIX/page/<i>."),
+        typer.Option(
+            "--target",
+            metavar="URL-PREFIX",
+            show_default="the embedded server",
+            help="Use this server: PREFIX/page/<i>.",
+        ),
     ] = None,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Rounds (medians).")] = 1,
+    rounds: Annotated[
+        int, typer.Option("--rounds", min=1, metavar="N", help="Rounds (medians).")
+    ] = 1,
     compare: Annotated[
         bool, typer.Option("--compare", help="Also run a bare aiohttp loop, interleaved.")
     ] = False,
@@ -781,21 +994,38 @@ def bench(
     server_workers: Annotated[
         int,
         typer.Option(
-            "--server-workers", min=1, max=MAX_SERVER_WORKERS, help="Embedded server processes."
+            "--server-workers",
+            min=1,
+            max=MAX_SERVER_WORKERS,
+            metavar="N",
+            help="Embedded server processes.",
         ),
     ] = 1,
     latency_ms: Annotated[
         float,
         typer.Option(
-            "--latency-ms", min=0.0, max=MAX_LATENCY_MS, help="Embedded server: mean latency."
+            "--latency-ms",
+            min=0.0,
+            max=MAX_LATENCY_MS,
+            metavar="MS",
+            help="Embedded server: mean latency.",
         ),
     ] = 0.0,
     error_rate: Annotated[
-        float, typer.Option("--error-rate", min=0.0, max=1.0, help="Embedded server: 503 rate.")
+        float,
+        typer.Option(
+            "--error-rate", min=0.0, max=1.0, metavar="R", help="Embedded server: 503 rate."
+        ),
     ] = 0.0,
     body_bytes: Annotated[
         int,
-        typer.Option("--body-bytes", min=0, max=MAX_BODY_BYTES, help="Embedded server: body size."),
+        typer.Option(
+            "--body-bytes",
+            min=0,
+            max=MAX_BODY_BYTES,
+            metavar="N",
+            help="Embedded server: body size, bytes.",
+        ),
     ] = 512,
     save_dir: SaveDir = None,
     warc: Warc = None,

@@ -140,8 +140,10 @@ class Engine:
         install_signal_handlers: bool = True,
         clock: Callable[[], float] = time.monotonic,
         state: StateStore | None = None,
+        notice: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
+        self._notice = notice  # the per-host limit binds (see Frontier.on_host_bound)
         self._source = source
         self._state = state
         self._progress = progress
@@ -197,6 +199,7 @@ class Engine:
         self.stats = stats = Stats(clock)
         self._hosts = HostTable(config.limits, config.breaker, clock)
         self._frontier = frontier = Frontier(config.limits.queue_size, self._hosts)
+        frontier.on_host_bound = self._notice
         self._permits = DynamicSemaphore(config.limits.concurrency)
         stats.in_flight = lambda: frontier.in_flight
         stats.queued = lambda: frontier.queued + frontier.delayed

@@ -115,6 +115,9 @@ class Frontier:
         self.checks_first = False
         # Crawl mode: called when the last request in flight ends (links may be waiting).
         self.on_idle: Callable[[], None] | None = None
+        # Called once, the first time a worker has to wait while URLs are parked: the
+        # per-host limit, not the number of workers, is what bounds the run then.
+        self.on_host_bound: Callable[[], None] | None = None
 
     # -- sizes, for stats and tests -------------------------------------------------
     @property
@@ -200,6 +203,9 @@ class Frontier:
             if self.finished:
                 self._wake_all()
                 return None
+            if self._parked and self.on_host_bound is not None:
+                hook, self.on_host_bound = self.on_host_bound, None
+                hook()
             fut = asyncio.get_running_loop().create_future()
             self._getters.append(fut)
             try:

@@ -15,15 +15,38 @@ import os
 import re
 import stat
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Final, Protocol
 
 from crawler.errors import UsageError
+from crawler.urls import suggest_url
 
 CHUNK: Final = 256 * 1024
 _AHEAD: Final = 4  # chunks the reader thread may read ahead of the pipeline
 _BOM: Final = b"\xef\xbb\xbf"
 _HASH: Final = ord("#")  # a line starting with it is a comment
+
+
+def split_arguments(args: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The command line's URLs and input files (``fetch`` and ``crawl`` alike).
+
+    An argument with ``://`` is a URL (an invalid one gets its ``invalid_url`` record);
+    ``-`` is standard input; an existing path is a file. A path that does not exist but
+    reads as a URL without its scheme (``example.org``) is a usage error with the URL it
+    probably meant; any other is a file, which then cannot be read (a usage error too).
+    """
+    urls: list[str] = []
+    files: list[str] = []
+    for arg in args:
+        if "://" in arg:
+            urls.append(arg)
+            continue
+        if arg != "-" and not os.path.lexists(arg):
+            hint = suggest_url(arg)
+            if hint is not None:
+                raise UsageError(f"{arg!r} is neither a file nor a URL: did you mean {hint}?")
+        files.append(arg)
+    return urls, files
 
 
 class Source(Protocol):

@@ -47,6 +47,20 @@ _DEFAULT_PORT_TEXT: Final = {"http": "80", "https": "443"}
 # most URLs pay one set lookup here. Bounded: cleared when it grows past the limit.
 _HOSTS_OK: set[str] = set()
 _HOSTS_OK_MAX: Final = 4096
+# A URL typed without its scheme: a dotted host name ending in a letters-only label (or
+# localhost, or an IPv4 address), maybe a port, then a path or query.
+_SCHEMELESS: Final = re.compile(
+    r"(?://)?(?P<host>localhost|\d{1,3}(?:\.\d{1,3}){3}|"
+    r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+(?P<tld>[a-z]{2,63}))\.?"
+    r"(?::\d{1,5})?(?:[/?#].*)?",
+    re.ASCII | re.IGNORECASE,
+)
+# ...unless that last label is what file names end with: ``urls.txt`` is a file name.
+_FILE_SUFFIXES: Final = frozenset(
+    ("txt", "csv", "tsv", "json", "jsonl", "ndjson", "gz", "bz2", "xz", "zst", "zip", "tar",
+     "lst", "list", "log", "xml", "md", "htm", "html", "warc", "state", "db", "sqlite", "out",
+     "dat", "tmp", "py", "sh", "urls")
+)  # fmt: skip
 
 
 def parse_url(text: str) -> URL:
@@ -103,8 +117,36 @@ def _parse_plain(text: str) -> tuple[URL, str, str] | None:
     return url, key, host_port
 
 
+def suggest_url(text: str) -> str | None:
+    """``https://example.org`` for ``example.org``: what ``text`` probably meant when it
+    looks like a URL written without its scheme (``http://`` for localhost and IPv4
+    addresses, as the embedded server and most local servers speak it); else None."""
+    if "://" in text:
+        return None
+    match = _SCHEMELESS.fullmatch(text)
+    if match is None:
+        return None
+    tld = match["tld"]
+    if tld is not None and tld.lower() in _FILE_SUFFIXES:
+        return None
+    rest = text.removeprefix("//")
+    local = tld is None  # localhost or an IPv4 address
+    return f"{'http' if local else 'https'}://{rest}"
+
+
 def _parse_any(text: str) -> URL:
-    """yarl's full parse, then the checks (any http(s) URL, or InvalidURL)."""
+    """yarl's full parse, then the checks (any http(s) URL, or InvalidURL), with a hint
+    for a URL written without its scheme."""
+    try:
+        return _parse_checked(text)
+    except InvalidURL as exc:  # what the checks said is moot: the scheme is missing
+        hint = suggest_url(text)
+        if hint is None:
+            raise
+        raise InvalidURL(f"not an absolute URL: did you mean {hint}?") from exc
+
+
+def _parse_checked(text: str) -> URL:
     if not text or len(text) > 65_536:
         raise InvalidURL("empty URL" if not text else "URL longer than 65536 characters")
     if _BAD_CHARS.search(text):

@@ -316,7 +316,9 @@ async def test_second_sigint_ends_a_run_whose_stdout_and_stderr_share_an_unread_
         size = fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
         urls = _urls(server, tmp_path, 1200, PAD)
         proc = subprocess.Popen(
-            [*CRAWLER, "fetch", str(urls), "--no-progress", "-c", "16", "--grace", "60"],
+            # --per-host 16: -c binds, so no per-host note shares the pipe with the records
+            [*CRAWLER, "fetch", str(urls), "--no-progress", "-c", "16", "--per-host", "16",
+             "--grace", "60"],
             stdin=subprocess.DEVNULL, stdout=w, stderr=w, env=ENV,
         )  # fmt: skip
         os.close(w)

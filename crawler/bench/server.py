@@ -1,6 +1,6 @@
 """An embedded HTTP server to try and benchmark crawler with no network.
 
-Routes (any host it listens on):
+Routes (any host it listens on; ``/`` lists them):
     /page/<anything>   200, ``body_bytes`` of HTML; latency and errors injected here
     /status/<code>     that status (``?retry_after=S`` adds Retry-After)
     /redirect/<n>      302 chain of n hops ending at /page/end
@@ -18,14 +18,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import logging
 import os
 import random
 import signal
 import socket
 import sys
 from dataclasses import dataclass, field
+from typing import Final
 
 from aiohttp import web
+
+from crawler import __version__
+
+# What ``GET /`` answers: the routes, for a user who points a browser or curl at it.
+ROUTES: Final = (
+    ("/page/<any>", "200 with --body-bytes of HTML; --latency-ms and --error-rate apply here"),
+    ("/unique/<any>", "like /page, a different body per URL (storage benchmarks)"),
+    ("/status/<code>", "that status; ?retry_after=S adds Retry-After"),
+    ("/redirect/<n>", "a chain of n 302 redirects ending at /page/end"),
+    ("/drip/<n>", "n bytes, one every ?interval=S seconds (default 1)"),
+    ("/gzip/<n>", "n bytes of HTML, gzip-encoded"),
+    ("/site/<n>", "a synthetic site to crawl: /site/n links to /site/10n+1 ... /site/10n+10 "
+     "below ?size= (default 100000), plus a home and an up link; start at /site/0"),
+)  # fmt: skip
+# Common Log Format, as web servers write it (aiohttp's own default adds referer and agent).
+ACCESS_LOG_FORMAT: Final = '%a - - %t "%r" %s %b'
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +58,7 @@ class ServeOptions:
     retry_after: float = 1.0
     body_bytes: int = 512
     seed: int | None = None
+    access_log: bool = False  # every request on stderr, one line each
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -138,7 +157,17 @@ def build_app(opts: ServeOptions) -> web.Application:
             headers={"Content-Encoding": "gzip", "Content-Type": "text/html"},
         )
 
+    async def index(request: web.Request) -> web.Response:
+        base = f"{request.scheme}://{request.host}"
+        lines = [f"crawler {__version__} embedded test server", "", "Routes:"]
+        width = max(len(path) for path, _ in ROUTES)
+        lines += [f"  {path:<{width}}  {what}" for path, what in ROUTES]
+        lines += ["", "Try:", f"  crawler fetch {base}/page/1 {base}/status/503"]
+        lines.append(f"  crawler crawl '{base}/site/0?size=1111'")
+        return web.Response(text="\n".join(lines) + "\n")
+
     app = web.Application()
+    app.router.add_get("/", index)
     app.router.add_route("*", "/page/{tail:.*}", page)
     app.router.add_route("*", "/status/{code}", status)
     app.router.add_get(r"/redirect/{n:\d+}", redirect)
@@ -151,7 +180,22 @@ def build_app(opts: ServeOptions) -> web.Application:
 
 async def start(opts: ServeOptions, *, reuse_port: bool = False) -> tuple[web.AppRunner, int]:
     """Start listening on every host; return the runner and the (shared) port."""
-    runner = web.AppRunner(build_app(opts), access_log=None, handle_signals=False)
+    if opts.access_log:
+        log = logging.getLogger("crawler.serve.access")
+        if not log.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+            log.propagate = False
+        runner = web.AppRunner(
+            build_app(opts),
+            access_log=log,
+            access_log_format=ACCESS_LOG_FORMAT,
+            handle_signals=False,
+        )
+    else:
+        runner = web.AppRunner(build_app(opts), access_log=None, handle_signals=False)
     await runner.setup()
     port = opts.port
     for host in opts.hosts:
@@ -174,6 +218,8 @@ def child_command(opts: ServeOptions, port: int) -> list[str]:
         "--retry-after", str(opts.retry_after), "--body-bytes", str(opts.body_bytes),
         "--reuse-port",
     ]  # fmt: skip
+    if opts.access_log:
+        cmd.append("--access-log")
     return cmd
 
 
