@@ -203,7 +203,8 @@ class Frontier:
             if self.finished:
                 self._wake_all()
                 return None
-            if self._parked and self.on_host_bound is not None:
+            # (With pacing, URLs are parked for their pacer too: the note would mislead.)
+            if self._parked and self.on_host_bound is not None and not self._hosts.paced:
                 hook, self.on_host_bound = self.on_host_bound, None
                 hook()
             fut = asyncio.get_running_loop().create_future()
