@@ -728,6 +728,8 @@ class Engine:
         and its place among the requests in flight are already given up)."""
         if self._record_unstarted:
             self._cancel(item)
+        else:
+            self._not_sent()
         item.finished = True
 
     @staticmethod

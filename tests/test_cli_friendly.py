@@ -253,6 +253,11 @@ async def test_a_note_says_once_when_per_host_not_c_binds(server: Server) -> Non
     assert code == 0 and err == b""
     code, _, err = await run("fetch", "-c", "4", "--no-progress", stdin=urls)  # -c binds
     assert code == 0 and b"note:" not in err
+    # Paced: URLs wait for their pacer, not for a slot; the note would mislead.
+    code, _, err = await run(
+        "fetch", "-c", "50", "--per-host-rps", "200", "--no-progress", stdin=urls
+    )
+    assert code == 0 and b"note:" not in err
 
 
 async def test_waiting_on_a_terminal_says_it_reads_stdin() -> None:
