@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import os
 import ssl
 import sys
 import traceback
@@ -182,6 +183,10 @@ def _describe(exc: BaseException | None) -> str:
             text = f"status {code}"
     else:
         text = str(exc).strip()
+        if isinstance(exc, OSError) and exc.errno:
+            # The OS's own words ("Connection refused"), not asyncio's "Connect call
+            # failed ('127.0.0.1', 1)", which hides the reason behind the address.
+            return safe_text(os.strerror(exc.errno))
         if isinstance(exc, OSError) and exc.strerror:
             text = exc.strerror
         text = text.splitlines()[0] if text else ""

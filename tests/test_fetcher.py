@@ -473,6 +473,7 @@ async def test_spent_budget_sends_nothing(fault: FaultServer, budget: float) -> 
 async def test_connection_refused_is_connect() -> None:
     err, took = await failure(f"http://127.0.0.1:{closed_port()}/", budget=LONG)
     assert isinstance(err, errors.ConnectError) and err.retryable
+    assert err.message == "Connection refused"  # the OS's words, not asyncio's
     assert took < QUICK
 
 
