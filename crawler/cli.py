@@ -615,6 +615,8 @@ def _stdout_dashes(output: str | None, stats_json: str | None) -> tuple[str | No
     if stats_json is None:
         return output, None
     if stats_json != "-":
+        if stats_json.endswith(os.sep):  # Path() would drop the slash: a file "dir" made
+            raise UsageError(f"cannot write --stats-json {stats_json!r}: names a directory")
         return output, Path(stats_json)
     if output is None:
         raise UsageError(

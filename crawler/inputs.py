@@ -244,7 +244,8 @@ class LineSource:
                 item = await queue.get()
                 room.release()
                 if isinstance(item, OSError):
-                    raise UsageError(f"error reading input: {item.strerror}")
+                    name = "standard input" if self._path is None else repr(self._path)
+                    raise UsageError(f"error reading input {name}: {item.strerror}")
                 if not item:
                     return
                 yield item

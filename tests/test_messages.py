@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server
+from tests.faultserver import closed_port
 from tests.test_cli import ENV, assert_no_traceback, run
 
 NOBODY = 65534
@@ -27,12 +27,6 @@ def one_line(err: bytes) -> str:
     assert err.count(b"\n") == 1 and err.startswith(b"crawler: error: "), err
     assert_no_traceback(err)
     return err.decode()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- crawler bench ------------------------------------------------------------------------------
@@ -266,3 +260,17 @@ async def test_unreadable_input_names_it() -> None:
     assert code == 2 and out == b""
     message = one_line(err)
     assert "Permission denied" in message and repr(str(urls)) in message
+
+
+# -- the rest of the class: paths in messages ---------------------------------------------------
+async def test_stats_json_ending_in_a_slash_names_a_directory(
+    server: Server, tmp_path: Path
+) -> None:
+    """Path("new/") is Path("new"): the run would have made a file named "new"."""
+    code, out, err = await run(
+        "fetch", server.url("/ok/1"), "-o", str(tmp_path / "out"),
+        "--stats-json", str(tmp_path / "new") + "/",
+    )  # fmt: skip
+    assert code == 2 and out == b""
+    assert "names a directory" in one_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
