@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,12 +16,12 @@ from crawler.errors import UsageError
 from crawler.linkqueue import Link
 from crawler.state import DONE_BEFORE, FRESH, REPEAT, StateStore
 
-IDENTITY = {"input": "urls.txt", "output": None}
+IDENTITY: dict[str, Any] = {"input": "urls.txt", "output": None}
 A, B, C, D = (fingerprint(f"http://a.test/{n}") for n in "abcd")
 
 
 @asynccontextmanager
-async def opened(path: Path, identity: dict[str, object] = IDENTITY) -> AsyncIterator[StateStore]:
+async def opened(path: Path, identity: dict[str, Any] = IDENTITY) -> AsyncIterator[StateStore]:
     store = StateStore(str(path), identity)
     await store.open()
     try:
