@@ -89,7 +89,7 @@ async def test_resume_cuts_a_torn_and_uncommitted_tail(tmp_path: Path) -> None:
     committed = out.read_bytes()
     # A run killed after writing more records than it committed, the last one torn.
     with out.open("ab") as f:
-        f.write(b'{"url":"http://a.test/5","ok":true}\n{"url":"http://a.te')
+        f.write(b'{"url":"http://a.test/99","ok":true}\n' * 100 + b'{"url":"http://a.te')
     state = StateStore(str(path), IDENTITY)
     await state.open()
     sink = Sink(SinkConfig(output=str(out)), state)
