@@ -61,10 +61,6 @@ class FingerprintSet:
         """Memory held by the tables themselves."""
         return sum(len(t) * t.itemsize for t in self._tables)
 
-    def add_key(self, key: str) -> bool:
-        """Add ``key``'s fingerprint; return True if it was not there before."""
-        return self.add(fingerprint(key))
-
     def add(self, fp: int) -> bool:
         """Add a fingerprint; return True if it was not there before."""
         shard = fp >> 56

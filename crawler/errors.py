@@ -128,21 +128,3 @@ class InternalError(FetchError):
     ``internal`` record and the run goes on; the fetcher prints the traceback once."""
 
     kind = "internal"
-
-
-ERROR_KINDS: tuple[str, ...] = (
-    "invalid_url",
-    "dns",
-    "connect",
-    "tls",
-    "timeout",
-    "too_large",
-    "too_many_redirects",
-    "protocol",
-    "http",
-    "circuit_open",
-    "robots",
-    "cancelled",
-    "blocked",
-    "internal",
-)

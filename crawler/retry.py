@@ -5,27 +5,12 @@ Everything here is pure (clock and random source injected) so tests need no slee
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Final
 
 RETRY_STATUSES: Final = frozenset((408, 425, 429, 500, 502, 503, 504))
-
-
-def backoff_delays(
-    base: float, cap: float, *, rand: Callable[[], float] = random.random
-) -> Iterator[float]:
-    """Exponential back-off with full jitter: attempt n waits uniform(0, min(cap, base*2^n)).
-
-    Full jitter (AWS architecture blog, "Exponential Backoff And Jitter") spreads retries
-    of many URLs that failed together, so a recovering host is not hit by a synchronized wave.
-    """
-    n = 0
-    while True:
-        yield rand() * min(cap, base * 2.0**n)
-        n += 1
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rand: float) -> float:

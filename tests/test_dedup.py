@@ -10,9 +10,9 @@ from crawler.dedup import FingerprintSet, fingerprint
 
 def test_add_reports_new_and_seen() -> None:
     s = FingerprintSet()
-    assert s.add_key("http://a/") is True
-    assert s.add_key("http://a/") is False
-    assert s.add_key("http://b/") is True
+    assert s.add(fingerprint("http://a/")) is True
+    assert s.add(fingerprint("http://a/")) is False
+    assert s.add(fingerprint("http://b/")) is True
     assert len(s) == 2
     assert fingerprint("http://a/") in s
 
@@ -20,8 +20,8 @@ def test_add_reports_new_and_seen() -> None:
 def test_grows_and_keeps_everything() -> None:
     s = FingerprintSet()
     keys = [f"http://h/{i}" for i in range(50_000)]
-    assert all(s.add_key(k) for k in keys)
-    assert not any(s.add_key(k) for k in keys)
+    assert all(s.add(fingerprint(k)) for k in keys)
+    assert not any(s.add(fingerprint(k)) for k in keys)
     assert len(s) == 50_000
 
 
@@ -29,7 +29,7 @@ def test_memory_is_about_16_bytes_per_url() -> None:
     s = FingerprintSet()
     per_url = []
     for i in range(1, 400_001):
-        s.add_key(f"http://h/{i}")
+        s.add(fingerprint(f"http://h/{i}"))
         if i % 50_000 == 0:
             per_url.append(s.nbytes / i)
     # 8-byte slots, at most 3/4 full before a shard doubles: 10.7 to 21.3 bytes/URL,
@@ -48,7 +48,7 @@ def test_behaves_like_a_set(keys: list[str]) -> None:
     s = FingerprintSet()
     seen: set[str] = set()
     for k in keys:
-        assert s.add_key(k) == (k not in seen)
+        assert s.add(fingerprint(k)) == (k not in seen)
         seen.add(k)
     assert len(s) == len(seen)
 

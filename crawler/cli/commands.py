@@ -1,0 +1,210 @@
+"""``crawler fetch`` and ``crawler crawl``: their own arguments and options; the options
+they share are in ``crawler.cli.options``, the run they share in ``crawler.cli.run``."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import typer
+
+from crawler.cli.app import app
+from crawler.cli.options import CRAWL_DEFAULTS, RunOptions, run_options
+from crawler.cli.run import note_terminal_stdin, run_pipeline, stdout_dashes
+from crawler.config import ConfigError, CrawlConfig
+from crawler.errors import UsageError
+from crawler.helptext import ManCommand
+from crawler.inputs import LineSource, SeedSource, split_arguments
+from crawler.paths import inputs as input_files
+
+# The order of the options in `--help`, after each command's own.
+_BEFORE_METHOD = (
+    "output",
+    "concurrency",
+    "per_host",
+    "rps",
+    "per_host_rps",
+    "burst",
+    "adaptive",
+    "retries",
+    "timeout",
+    "connect_timeout",
+    "max_redirects",
+    "max_bytes",
+    "queue_size",
+    "header",
+    "secret_header",
+    "user_agent",
+)
+_BEFORE_DEDUP = ("breaker_threshold", "breaker_cooldown", "insecure", "stats_json", "state")
+_AFTER_DEDUP = (
+    "progress",
+    "quiet",
+    "fail_on_error",
+    "grace",
+    "block_private",
+    "resolve",
+    "save_dir",
+    "warc",
+    "warc_max_size",
+    "no_uvloop",
+)
+FETCH_OPTIONS = (*_BEFORE_METHOD, "method", *_BEFORE_DEDUP, "no_dedup", *_AFTER_DEDUP)
+CRAWL_OPTIONS = (*_BEFORE_METHOD, *_BEFORE_DEDUP, *_AFTER_DEDUP)
+
+InputArgs = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="URL|FILE",
+        show_default="standard input",
+        help="URLs (with their scheme: https://...), or files of URLs, one a line "
+        "('-': standard input).",
+    ),
+]
+
+
+@app.command(cls=ManCommand, short_help="Fetch URLs once each; one JSON record per URL.")
+@run_options(*FETCH_OPTIONS)
+def fetch(
+    input: InputArgs = None,  # noqa: A002 - the contract's name for it
+    *,
+    opts: RunOptions,
+) -> None:
+    """Fetch every URL given, and every URL of the files given, once; write one JSON record
+    per URL (JSONL) to standard output. With no URL or file, URLs are read from standard
+    input."""
+    if opts.state is not None and opts.no_dedup:
+        raise UsageError("--state cannot be combined with --no-dedup: resume is keyed by URL")
+    opts, stats_path = stdout_dashes(opts)
+    config = opts.config()
+    urls, files = split_arguments(input or ())
+    if not urls and not files:
+        files = ["-"]
+    max_line = config.input.max_line_bytes
+    source: LineSource | SeedSource
+    if not urls and len(files) == 1:  # the identity --state files have always had
+        source = LineSource(files[0], max_line_bytes=max_line)
+    else:
+        source = SeedSource(urls, [LineSource(f, max_line_bytes=max_line) for f in files])
+    source.open()
+    note_terminal_stdin(files, opts.quiet)
+    run_pipeline(
+        config,
+        source,
+        source.identity(),
+        opts=opts,
+        inputs=input_files("INPUT", files),
+        stats_json=stats_path,
+    )
+
+
+Scope = Annotated[
+    str,
+    typer.Option(
+        "--scope",
+        metavar="host|domain|prefix",
+        help="Follow links on the seeds' hosts, their domains, or under their URL prefix.",
+    ),
+]
+
+
+@app.command(cls=ManCommand, short_help="Crawl from seed URLs, following links in scope.")
+@run_options(*CRAWL_OPTIONS)
+def crawl(
+    seeds: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="SEED|FILE",
+            show_default="standard input",
+            help="Seed URLs (with their scheme), or files of seed URLs ('-': standard input).",
+        ),
+    ] = None,
+    scope: Scope = CRAWL_DEFAULTS["scope"],
+    include: Annotated[
+        list[str] | None,
+        typer.Option("--include", metavar="REGEX", help="Follow only links matching one."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", metavar="REGEX", help="Never follow links matching."),
+    ] = None,
+    depth: Annotated[
+        int | None,
+        typer.Option(
+            "--depth", min=0, metavar="N", show_default="none", help="Max link depth (seeds: 0)."
+        ),
+    ] = CRAWL_DEFAULTS["max_depth"],
+    max_pages: Annotated[
+        int | None,
+        typer.Option(
+            "--max-pages", min=1, metavar="N", show_default="none", help="Stop after N pages."
+        ),
+    ] = CRAWL_DEFAULTS["max_pages"],
+    max_time: Annotated[
+        float | None,
+        typer.Option(
+            "--max-time",
+            min=0.001,
+            metavar="S",
+            show_default="none",
+            help="Stop after S seconds (exit 0; resumable).",
+        ),
+    ] = CRAWL_DEFAULTS["max_time"],
+    assets: Annotated[
+        bool, typer.Option("--assets", help="Also fetch images, scripts, stylesheets, media.")
+    ] = CRAWL_DEFAULTS["assets"],
+    ignore_robots: Annotated[
+        bool,
+        typer.Option("--ignore-robots", help="Ignore robots.txt, meta robots and rel=nofollow."),
+    ] = not CRAWL_DEFAULTS["obey_robots"],
+    sitemaps: Annotated[
+        bool, typer.Option("--sitemaps", help="Seed from the Sitemap: lines of robots.txt.")
+    ] = CRAWL_DEFAULTS["sitemaps"],
+    sitemap: Annotated[
+        list[str] | None,
+        typer.Option("--sitemap", metavar="URL", help="Seed from this sitemap."),
+    ] = None,
+    *,
+    opts: RunOptions,
+) -> None:
+    """Crawl from the seeds: follow links within a scope, politely; one JSON record per page.
+    With no seed, seed URLs are read from standard input."""
+    opts, stats_path = stdout_dashes(opts)
+
+    for pattern in [*(include or ()), *(exclude or ())]:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UsageError(f"invalid regex {pattern!r}: {exc}") from None
+    sitemap_urls = tuple(sitemap or ())
+    try:
+        crawl_config = CrawlConfig(
+            scope=scope,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
+            max_depth=depth,
+            max_pages=max_pages,
+            max_time=max_time,
+            assets=assets,
+            obey_robots=not ignore_robots,
+            sitemaps=sitemaps or bool(sitemap_urls),
+            sitemap_urls=sitemap_urls,
+        )
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    config = opts.config(crawl=crawl_config)
+    urls, files = split_arguments(seeds or ())
+    if not urls and not files and not sitemap_urls:
+        files = ["-"]
+    max_line = config.input.max_line_bytes
+    source = SeedSource(urls, [LineSource(f, max_line_bytes=max_line) for f in files])
+    source.open()
+    note_terminal_stdin(files, opts.quiet)
+    run_pipeline(
+        config,
+        source,
+        {"mode": "crawl", **source.identity()},
+        opts=opts,
+        inputs=input_files("SEEDS file", files),
+        stats_json=stats_path,
+    )

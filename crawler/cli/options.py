@@ -1,0 +1,444 @@
+"""The options of the commands that run the pipeline (``fetch``, ``crawl``, ``bench``),
+declared once: each option's typer declaration here, its default from the config
+dataclass it ends up in (``crawler.config``), and ``run_options`` to give a command the
+ones it takes.
+
+typer reads a command's options from its signature, so ``run_options`` writes them into
+the signature of the command it decorates, and hands the command one ``RunOptions``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+import typer
+
+from crawler.cli.values import (
+    HEADER_NAME,
+    check_field_value,
+    parse_header,
+    parse_method,
+    parse_size,
+)
+from crawler.config import (
+    DEFAULT_USER_AGENT,
+    BreakerConfig,
+    ConfigError,
+    CrawlConfig,
+    FetchConfig,
+    InputConfig,
+    LimitConfig,
+    RetryConfig,
+    RunConfig,
+    SinkConfig,
+    StoreConfig,
+)
+from crawler.errors import UsageError
+
+NO_UVLOOP_ENV: Final = "CRAWLER_NO_UVLOOP"
+
+Concurrency = Annotated[
+    int, typer.Option("-c", "--concurrency", min=1, metavar="N", help="Max requests in flight.")
+]
+PerHost = Annotated[
+    int,
+    typer.Option(
+        "--per-host",
+        min=0,
+        metavar="N",
+        help="Max in flight per host (0: only the -c limit); with few hosts this, not -c, "
+        "bounds the requests in flight.",
+    ),
+]
+Rps = Annotated[
+    float,
+    typer.Option("--rps", min=0.0, metavar="R", help="Global requests/second cap (0: none)."),
+]
+PerHostRps = Annotated[
+    float,
+    typer.Option(
+        "--per-host-rps", min=0.0, metavar="R", help="Requests/second cap per host (0: none)."
+    ),
+]
+Burst = Annotated[
+    int,
+    typer.Option(
+        "--burst",
+        min=1,
+        metavar="N",
+        help="Requests that may start at once under --rps and --per-host-rps (1: never two"
+        " closer than 1/rate s). robots.txt's Crawl-delay always allows 1.",
+    ),
+]
+Adaptive = Annotated[
+    bool,
+    typer.Option(
+        "--adaptive/--no-adaptive",
+        help="Tune per-host concurrency from latency and errors (AIMD).",
+    ),
+]
+Retries = Annotated[int, typer.Option("--retries", min=0, metavar="N", help="Retries per URL.")]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        min=0.001,
+        metavar="S",
+        help="Seconds per URL: one deadline for all attempts and waits.",
+    ),
+]
+ConnectTimeout = Annotated[
+    float,
+    typer.Option(
+        "--connect-timeout", min=0.001, metavar="S", help="Seconds to connect, per attempt."
+    ),
+]
+MaxRedirects = Annotated[
+    int, typer.Option("--max-redirects", min=0, metavar="N", help="Redirects to follow.")
+]
+MaxBytes = Annotated[
+    int,
+    typer.Option(
+        "--max-bytes",
+        parser=parse_size,
+        metavar="SIZE",
+        help="Max body size, decompressed (bytes, or 512k, 10M, 1G).",
+    ),
+]
+QueueSize = Annotated[
+    int,
+    typer.Option(
+        "--queue-size", min=1, metavar="N", help="Frontier bound: URLs read ahead of workers."
+    ),
+]
+Headers = Annotated[
+    list[str] | None,
+    typer.Option("-H", "--header", metavar="'NAME: VALUE'", help="Extra request header."),
+]
+SecretHeaders = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--secret-header",
+        metavar="NAME",
+        help="A header (from -H) sent only to the origin of the URL or seed it was given "
+        "for, like Authorization, Cookie and Proxy-Authorization.",
+    ),
+]
+UserAgent = Annotated[
+    str | None,
+    typer.Option(
+        "--user-agent", metavar="UA", show_default="crawler/VERSION", help="User-Agent header."
+    ),
+]
+
+Method = Annotated[
+    str, typer.Option("--method", parser=parse_method, metavar="GET|HEAD", help="HTTP method.")
+]
+BreakerThreshold = Annotated[
+    int,
+    typer.Option(
+        "--breaker-threshold",
+        min=0,
+        metavar="N",
+        help="Consecutive failures that open a host's breaker (0: no breaker).",
+    ),
+]
+BreakerCooldown = Annotated[
+    float,
+    typer.Option(
+        "--breaker-cooldown",
+        min=0.001,
+        metavar="S",
+        help="Seconds before an open breaker lets a probe through.",
+    ),
+]
+Insecure = Annotated[bool, typer.Option("--insecure", help="Skip TLS certificate verification.")]
+StatsJson = Annotated[
+    str | None,
+    typer.Option(
+        "--stats-json",
+        metavar="PATH",
+        help="Write the summary as JSON; '-': standard output (needs -o PATH for the records).",
+    ),
+]
+State = Annotated[
+    Path | None,
+    typer.Option("--state", metavar="PATH", help="Resume file: run again to resume."),
+]
+NoDedup = Annotated[bool, typer.Option("--no-dedup", help="Fetch duplicate URLs again.")]
+Output = Annotated[
+    str | None,
+    typer.Option(
+        "-o",
+        "--output",
+        metavar="PATH",
+        show_default="stdout",
+        help="Write records here ('-': standard output).",
+    ),
+]
+Progress = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress",
+        show_default="when stderr is a terminal",
+        help="Progress line on stderr.",
+    ),
+]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="Only errors that stop the run.")]
+FailOnError = Annotated[
+    bool, typer.Option("--fail-on-error", help="Exit 1 if any record has ok: false.")
+]
+Grace = Annotated[
+    float,
+    typer.Option(
+        "--grace",
+        min=0.0,
+        metavar="S",
+        help="Seconds in-flight requests get to finish after SIGINT/SIGTERM.",
+    ),
+]
+BlockPrivate = Annotated[
+    bool,
+    typer.Option(
+        "--block-private",
+        help="Refuse loopback/private/link-local/multicast addresses, checked after DNS.",
+    ),
+]
+Resolve = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--resolve",
+        metavar="NAME:ADDRESS",
+        help="Resolve NAME (or * for every name) to ADDRESS.",
+    ),
+]
+NoUvloop = Annotated[
+    bool,
+    typer.Option("--no-uvloop", help=f"Use asyncio's default loop (or set {NO_UVLOOP_ENV}=1)."),
+]
+SaveDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--save-dir",
+        metavar="DIR",
+        help="Store bodies as DIR/ab/<sha256>; records get body_path and sha256.",
+    ),
+]
+Warc = Annotated[
+    Path | None,
+    typer.Option(
+        "--warc", metavar="PATH", help="Write WARC 1.1 request/response records (gzip) here."
+    ),
+]
+WarcMaxSize = Annotated[
+    int,
+    typer.Option(
+        "--warc-max-size",
+        parser=parse_size,
+        metavar="SIZE",
+        help="Start a new WARC file past this size (e.g. 1G).",
+    ),
+]
+
+
+def _defaults(cls: type[Any]) -> dict[str, Any]:
+    """A config dataclass's field defaults: the one place a default is written."""
+    fields = dataclasses.fields(cls)
+    return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+
+
+_LIMIT = _defaults(LimitConfig)
+_RETRY = _defaults(RetryConfig)
+_BREAKER = _defaults(BreakerConfig)
+_FETCH = _defaults(FetchConfig)
+_STORE = _defaults(StoreConfig)
+CRAWL_DEFAULTS: Final = _defaults(CrawlConfig)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    """Every option of ``fetch``, ``crawl`` and ``bench`` that shapes the run, as given.
+
+    A command given fewer of them runs with these defaults for the rest; each is the
+    default of the config field the option becomes."""
+
+    output: str | None = _defaults(SinkConfig)["output"]
+    concurrency: int = _LIMIT["concurrency"]
+    per_host: int = _LIMIT["per_host"]
+    rps: float = _LIMIT["rps"]
+    per_host_rps: float = _LIMIT["per_host_rps"]
+    burst: int = _LIMIT["burst"]
+    adaptive: bool = _LIMIT["adaptive"]
+    retries: int = _RETRY["retries"]
+    timeout: float = _RETRY["timeout"]
+    connect_timeout: float = _FETCH["connect_timeout"]
+    max_redirects: int = _FETCH["max_redirects"]
+    max_bytes: int = _FETCH["max_bytes"]
+    queue_size: int = _LIMIT["queue_size"]
+    header: list[str] | None = None
+    secret_header: list[str] | None = None
+    user_agent: str | None = None  # FetchConfig's DEFAULT_USER_AGENT
+    method: str = _FETCH["method"]
+    breaker_threshold: int = _BREAKER["threshold"]
+    breaker_cooldown: float = _BREAKER["cooldown"]
+    insecure: bool = not _FETCH["verify_tls"]
+    stats_json: str | None = None
+    state: Path | None = None
+    no_dedup: bool = not _defaults(InputConfig)["dedup"]
+    progress: bool | None = None
+    quiet: bool = False
+    fail_on_error: bool = False
+    grace: float = _defaults(RunConfig)["grace"]
+    block_private: bool = _FETCH["block_private"]
+    resolve: list[str] | None = None
+    save_dir: Path | None = _STORE["save_dir"]
+    warc: Path | None = _STORE["warc"]
+    warc_max_size: int = _STORE["warc_max_size"]
+    no_uvloop: bool = False
+
+    def config(self, crawl: CrawlConfig | None = None) -> RunConfig:
+        """The frozen config slices each component receives; a bad value is a UsageError."""
+        from crawler.netpolicy import parse_resolve
+
+        headers = tuple(parse_header(h) for h in self.header or ())
+        secrets = tuple(n.strip() for n in self.secret_header or ())
+        for name in secrets:
+            if not HEADER_NAME.fullmatch(name):
+                raise UsageError(f"invalid --secret-header {name!r}: expected a header name")
+        if self.user_agent is not None:
+            check_field_value(self.user_agent, f"--user-agent {self.user_agent!r}")
+        try:
+            resolved = tuple(parse_resolve(r) for r in self.resolve or ())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        try:
+            return RunConfig(
+                input=InputConfig(dedup=not self.no_dedup),
+                limits=LimitConfig(
+                    concurrency=self.concurrency,
+                    per_host=self.per_host,
+                    rps=self.rps,
+                    per_host_rps=self.per_host_rps,
+                    burst=self.burst,
+                    adaptive=self.adaptive,
+                    queue_size=self.queue_size,
+                ),
+                retry=RetryConfig(retries=self.retries, timeout=self.timeout),
+                breaker=BreakerConfig(
+                    threshold=self.breaker_threshold, cooldown=self.breaker_cooldown
+                ),
+                fetch=FetchConfig(
+                    method=self.method,
+                    connect_timeout=self.connect_timeout,
+                    max_redirects=self.max_redirects,
+                    max_bytes=self.max_bytes,
+                    headers=headers,
+                    secret_headers=secrets,
+                    verify_tls=not self.insecure,
+                    user_agent=self.user_agent or DEFAULT_USER_AGENT,
+                    block_private=self.block_private,
+                    resolve=resolved,
+                ),
+                sink=SinkConfig(output=self.output),
+                store=StoreConfig(
+                    save_dir=str(self.save_dir) if self.save_dir is not None else None,
+                    warc=str(self.warc) if self.warc is not None else None,
+                    warc_max_size=self.warc_max_size,
+                ),
+                crawl=crawl,
+                grace=self.grace,
+            )
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+
+
+# Each RunOptions field's option: typer's declaration of it.
+OPTIONS: Final[dict[str, Any]] = {
+    "output": Output,
+    "concurrency": Concurrency,
+    "per_host": PerHost,
+    "rps": Rps,
+    "per_host_rps": PerHostRps,
+    "burst": Burst,
+    "adaptive": Adaptive,
+    "retries": Retries,
+    "timeout": TimeoutOpt,
+    "connect_timeout": ConnectTimeout,
+    "max_redirects": MaxRedirects,
+    "max_bytes": MaxBytes,
+    "queue_size": QueueSize,
+    "header": Headers,
+    "secret_header": SecretHeaders,
+    "user_agent": UserAgent,
+    "method": Method,
+    "breaker_threshold": BreakerThreshold,
+    "breaker_cooldown": BreakerCooldown,
+    "insecure": Insecure,
+    "stats_json": StatsJson,
+    "state": State,
+    "no_dedup": NoDedup,
+    "progress": Progress,
+    "quiet": Quiet,
+    "fail_on_error": FailOnError,
+    "grace": Grace,
+    "block_private": BlockPrivate,
+    "resolve": Resolve,
+    "save_dir": SaveDir,
+    "warc": Warc,
+    "warc_max_size": WarcMaxSize,
+    "no_uvloop": NoUvloop,
+}
+_DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(RunOptions)}
+
+Command = Callable[..., None]
+
+
+def run_options(*names: str, **defaults: Any) -> Callable[[Command], Command]:
+    """Give a command the run options ``names``, in that order, after its own parameters,
+    in place of its ``opts: RunOptions`` parameter, which receives them all.
+
+    A name among ``names`` that is one of the command's own parameters places that one
+    there. ``defaults`` are the command's own defaults, for options it shows as well as
+    for ones it does not take (``bench`` waits no grace)."""
+
+    def decorate(command: Command) -> Command:
+        own = {
+            p.name: p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in inspect.signature(command, eval_str=True).parameters.values()
+            if p.name != "opts"
+        }
+        unknown = [n for n in names if n not in OPTIONS and n not in own]
+        unknown += [n for n in defaults if n not in OPTIONS]
+        if unknown:
+            raise TypeError(f"{command.__name__}: no such option: {', '.join(unknown)}")
+        shared = [n for n in names if n in OPTIONS]
+        params = [p for n, p in own.items() if n not in names]
+        for name in names:
+            if name in own:
+                params.append(own[name])
+                continue
+            params.append(
+                inspect.Parameter(
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=defaults.get(name, _DEFAULTS[name]),
+                    annotation=OPTIONS[name],
+                )
+            )
+        hidden = {n: v for n, v in defaults.items() if n not in names}
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> None:
+            opts = RunOptions(**hidden, **{n: kwargs.pop(n) for n in shared})
+            command(**kwargs, opts=opts)
+
+        wrapper.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate

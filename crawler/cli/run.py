@@ -1,0 +1,352 @@
+"""A run of ``fetch`` or ``crawl`` from its config: the paths checked first, the engine on
+its event loop, then the summary and the exit status. Also the event loop ``serve`` and
+``bench`` run on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import os
+import select
+import stat
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+
+from crawler import signals
+from crawler.cli.app import EXIT_FAILED_RECORDS, EXIT_INTERRUPTED, EXIT_OK, drop_stderr
+from crawler.cli.options import NO_UVLOOP_ENV, RunOptions
+from crawler.config import RunConfig
+from crawler.errors import UsageError
+from crawler.inputs import Source
+from crawler.paths import Named, check_distinct, os_reason, state_files, stdio, writable_problem
+
+PROGRESS_INTERVAL_ENV: Final = "CRAWLER_PROGRESS_INTERVAL"  # seconds between status lines
+
+T = TypeVar("T")
+
+# ``--stats-json -``: the summary goes to standard output (compared by identity: ``./-``
+# names a file called ``-``).
+STATS_TO_STDOUT: Final = Path("-")
+
+
+def stdout_dashes(opts: RunOptions) -> tuple[RunOptions, Path | None]:
+    """``-o -`` and ``--stats-json -`` mean standard output, as ``-`` does for curl's ``-o``:
+    the options with ``-o -`` as no ``-o``, and where the summary goes.
+
+    Standard output carries nothing but records: the summary may go there only when the
+    records go to a file (it is written after the run, so it would end the JSONL stream
+    with an object of another shape)."""
+    output, stats_json = opts.output, opts.stats_json
+    if output == "-":
+        opts = dataclasses.replace(opts, output=None)
+        output = None
+    if stats_json is None:
+        return opts, None
+    if stats_json != "-":
+        if stats_json.endswith(os.sep):  # Path() would drop the slash: a file "dir" made
+            raise UsageError(f"cannot write --stats-json {stats_json!r}: names a directory")
+        return opts, Path(stats_json)
+    if output is None:
+        raise UsageError(
+            "--stats-json - needs -o PATH: standard output carries the records "
+            "(or give --stats-json a file)"
+        )
+    return opts, STATS_TO_STDOUT
+
+
+def _write_stdout(data: bytes) -> None:
+    """The ``--stats-json -`` summary, on standard output; a reader that went away
+    (``| head -c 10``) ends it quietly, as it does for records."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(1, view) :]
+    except BrokenPipeError:
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot write --stats-json to standard output: {exc.strerror}") from None
+
+
+def note_terminal_stdin(files: list[str], quiet: bool) -> None:
+    """Waiting on a terminal for URLs says so, or it looks like a hang."""
+    if quiet or "-" not in files:
+        return
+    with contextlib.suppress(OSError):
+        if os.isatty(0):
+            sys.stderr.write(
+                "crawler: reading URLs from standard input, one a line "
+                "(end with Ctrl-D; crawler --help for more)\n"
+            )
+            sys.stderr.flush()
+
+
+def _per_host_notice(config: RunConfig, console: Console, quiet: bool) -> Callable[[], None] | None:
+    """A one-line note, once a run, when workers wait while URLs wait for a busy host:
+    ``-c 200`` on a one-host list shows 8 in flight, and the user should know why."""
+    limits = config.limits
+    if quiet or not (limits.adaptive or 0 < limits.per_host < limits.concurrency):
+        return None
+    bound = f"--per-host {limits.per_host}" if limits.per_host else "no --per-host"
+    if limits.adaptive:
+        bound += ", lowered by --adaptive"
+    text = (
+        f"crawler: note: workers are idle while URLs wait for a busy host: the per-host limit "
+        f"({bound}), not -c {limits.concurrency}, bounds the requests in flight"
+    )
+
+    def notice() -> None:
+        if console.is_terminal:  # the progress line may be live: print above it
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+            return
+        # Written from the event loop: never block it on a stderr nobody reads (a pipe
+        # polls writable with at least PIPE_BUF bytes free, more than this line).
+        data = (text + "\n").encode()
+        with contextlib.suppress(OSError, ValueError):
+            if select.select([], [2], [], 0)[1]:
+                os.write(2, data[: select.PIPE_BUF])
+
+    return notice
+
+
+def run_pipeline(
+    config: RunConfig,
+    source: Source,
+    identity: dict[str, Any],
+    *,
+    opts: RunOptions,
+    inputs: list[Named],
+    stats_json: Path | None,
+) -> None:
+    """What fetch and crawl share: state, the engine run, summary, exit status."""
+    state, quiet = opts.state, opts.quiet
+    output = config.sink.output
+    _check_paths(config, inputs, state=state, stats_json=stats_json)
+    console = _StderrConsole(stderr=True)
+    show_progress = _progress_wanted(config, console, opts.progress, quiet)
+
+    from crawler.engine import Engine  # imported late: keeps `crawler --help` fast
+
+    store = None
+    if state is not None:
+        from crawler.state import StateStore
+
+        identity = {
+            **identity,
+            "output": os.path.abspath(output) if output is not None else None,
+            "method": config.fetch.method,
+        }
+        store = StateStore(
+            str(state), identity, owner=f"crawler {'fetch' if config.crawl is None else 'crawl'}"
+        )
+    engine = Engine(
+        config,
+        source,
+        progress=console if show_progress else None,
+        progress_interval=_progress_interval(),
+        state=store,
+        notice=_per_host_notice(config, console, quiet),
+    )
+    result = run_loop(engine.run, use_uvloop=want_uvloop(opts.no_uvloop), takes_signals=True)
+    if not quiet and not result.output_closed and not _summary_would_block(config, result):
+        from crawler.progress import render_summary
+
+        render_summary(
+            result.snapshot,
+            console,
+            interrupted=result.interrupted,
+            timed_out=result.timed_out,
+            state=store is not None,
+        )
+    if stats_json is not None:
+        payload = result.snapshot.to_dict()
+        payload["interrupted"] = result.interrupted
+        payload["timed_out"] = result.timed_out
+        try:
+            data = orjson.dumps(payload, option=orjson.OPT_INDENT_2)
+            if stats_json is STATS_TO_STDOUT:
+                _write_stdout(data + b"\n")
+            else:
+                _write_now(stats_json, data)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write --stats-json {str(stats_json)!r}: {exc.strerror}"
+            ) from None
+    if result.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if result.output_closed:
+        raise typer.Exit(EXIT_OK)
+    if opts.fail_on_error and result.snapshot.failed:
+        raise typer.Exit(EXIT_FAILED_RECORDS)
+
+
+def _progress_wanted(
+    config: RunConfig, console: Console, progress: bool | None, quiet: bool
+) -> bool:
+    """Progress on stderr: by default when it is a terminal (a live line), with
+    --progress also when it is not (a status line every few seconds). Never while the
+    records go to that same terminal: a line redrawn in place, or one written between
+    two partial writes of a record, would splice into the records."""
+    if quiet or not (console.is_terminal if progress is None else progress):
+        return False
+    if _same_terminal(config.sink.output):
+        if progress:
+            console.print(
+                "crawler: no progress while records are written to this terminal"
+                " (use -o PATH or a pipe)",
+                soft_wrap=True,
+                highlight=False,
+            )
+        return False
+    return True
+
+
+def _same_terminal(output: str | None) -> bool:
+    """Do the records go to the terminal that stderr is?"""
+    try:
+        err = os.fstat(2)
+        out = os.fstat(1) if output is None else os.stat(output)
+    except OSError:
+        return False
+    return stat.S_ISCHR(err.st_mode) and os.isatty(2) and os.path.samestat(err, out)
+
+
+def _progress_interval() -> float:
+    """Seconds between status lines when stderr is not a terminal (default 5)."""
+    try:
+        value = float(os.environ.get(PROGRESS_INTERVAL_ENV, "5"))
+    except ValueError:
+        return 5.0
+    return value if 0.05 <= value < float("inf") else 5.0
+
+
+def _summary_would_block(config: RunConfig, result: Any) -> bool:
+    """Records were given up on (a pipe nobody reads) and stderr is that same pipe
+    (``2>&1``): the summary could only block there, with the run over and no signal left
+    to end it."""
+    if not result.snapshot.lost:
+        return False
+    try:
+        err = os.fstat(2)
+        out = os.fstat(1) if config.sink.output is None else os.stat(config.sink.output)
+    except OSError:
+        return False
+    return stat.S_ISFIFO(err.st_mode) and os.path.samestat(err, out)
+
+
+def _write_now(path: Path, data: bytes) -> None:
+    """Write ``path`` without ever blocking: a FIFO nobody opens or reads (where
+    ``Path.write_bytes`` waited for ever, after the run) is an OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def _check_paths(
+    config: RunConfig, inputs: list[Named], *, state: Path | None, stats_json: Path | None
+) -> None:
+    """Before anything is opened for writing: every file written is a new name, distinct
+    from the inputs and from each other, and can be written where it is (found now, not
+    after the run; said as the OS says it, naming the path)."""
+    outputs = []
+    # (how a message names it, path, a directory?) of everything the run will write
+    places: list[tuple[str, str, bool]] = []
+    if config.sink.output is not None:
+        outputs.append(Named("-o", config.sink.output))
+        places.append(("write output", config.sink.output, False))
+    else:  # records go to stdout: `>> urls.txt` would feed them back as input
+        outputs += stdio(1, "stdout")
+    if stats_json is not None and stats_json is not STATS_TO_STDOUT:
+        try:
+            # os.stat, not Path.resolve(): that raises RuntimeError on a symlink loop.
+            os.stat(stats_json)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # e.g. a symlink loop: found now, not after the run
+            raise UsageError(
+                f"cannot write --stats-json {str(stats_json)!r}: {exc.strerror}"
+            ) from None
+        outputs.append(Named("--stats-json", str(stats_json)))
+        places.append(("write --stats-json", str(stats_json), False))
+    if config.store.warc is not None:
+        places.append(("write --warc", config.store.warc, False))
+    if config.store.save_dir is not None:
+        places.append(("use --save-dir", config.store.save_dir, True))
+    if state is not None:
+        if state.is_dir():
+            raise UsageError(f"cannot use --state {str(state)!r}: is a directory")
+        if not os.path.isdir(os.path.dirname(os.path.realpath(state))):
+            raise UsageError(f"cannot use --state {str(state)!r}: no such directory")
+        outputs += state_files(str(state))
+        # SQLite makes its -wal and -shm beside the file (a new one is made there too).
+        places.append(("use --state", os.path.dirname(os.path.realpath(state)), True))
+        if state.exists():
+            places.append(("use --state", str(state), False))
+    check_distinct(inputs, outputs, warc=config.store.warc, save_dir=config.store.save_dir)
+    for verb, path, directory in places:
+        problem = writable_problem(path, directory=directory)
+        if problem is not None:
+            shown = str(state) if verb == "use --state" else path
+            raise UsageError(f"cannot {verb} {shown!r}: {os_reason(problem, shown)}")
+
+
+def run_loop(
+    main: Callable[[], Coroutine[Any, Any, T]], *, use_uvloop: bool, takes_signals: bool = False
+) -> T:
+    """Run ``main`` on uvloop when it is installed and wanted, else on asyncio's loop.
+
+    Stop signals are still deferred here (see ``crawler.signals``). ``takes_signals``: the
+    coroutine installs its own handlers and takes the pending signals (the engine), so the
+    signals stay deferred until it does. Otherwise the usual handlers come back first (Ctrl-C
+    raises KeyboardInterrupt), and a signal that came while deferred ends the program now.
+    """
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            factory = uvloop.new_event_loop
+    # Everything allocated so far (imports, option parsing) lives for the whole run:
+    # freezing it keeps the garbage collector from rescanning it over and over.
+    gc.collect()
+    gc.freeze()
+    if not takes_signals:
+        signals.restore()
+        if signals.take():
+            raise KeyboardInterrupt
+    with asyncio.Runner(loop_factory=factory) as runner:
+        try:
+            return runner.run(main())
+        finally:
+            if takes_signals:
+                # The engine's handlers are gone with its loop, leaving the defaults: a
+                # second SIGHUP/SIGQUIT/SIGTERM while the summary is written killed the
+                # process (a SIGINT raised there). Deferred again until exit.
+                signals.defer()
+
+
+def want_uvloop(no_uvloop: bool) -> bool:
+    return not (no_uvloop or os.environ.get(NO_UVLOOP_ENV))
+
+
+class _StderrConsole(Console):
+    """The progress display and summary, on stderr. When nobody reads stderr any more
+    (``2>&1 | head -1``), rich's default points fd 1 (our records!) at /dev/null and
+    exits 1 (also mid-run); this one only stops talking, and the run's status stands."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        drop_stderr()
