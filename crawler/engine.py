@@ -45,6 +45,7 @@ from rich.console import Console
 from yarl import URL
 
 from crawler import errors, signals
+from crawler.attempts import Attempts
 from crawler.config import RunConfig
 from crawler.dedup import FingerprintSet, fingerprint
 from crawler.fetcher import (
@@ -58,10 +59,10 @@ from crawler.fetcher import (
 )
 from crawler.frontier import Frontier, Item
 from crawler.inputs import Source
-from crawler.limiter import AIMD, DynamicSemaphore, HostState, HostTable
+from crawler.limiter import DynamicSemaphore, HostTable
 from crawler.progress import show_progress
 from crawler.records import Record, UTCStamp
-from crawler.retry import RETRY_STATUSES, Deadline, backoff_delay, parse_retry_after
+from crawler.retry import Deadline
 from crawler.sink import OutputClosed, Sink
 from crawler.state import DONE_BEFORE, FRESH, StateStore
 from crawler.stats import Snapshot, Stats
@@ -73,15 +74,6 @@ if TYPE_CHECKING:
     from crawler.robots import Rules
     from crawler.storage import BodyStore, WarcArchive
 
-# Outcomes that count against a host's breaker: the host itself looks unwell. 4xx do not.
-_HOST_FAILURES: Final = (
-    errors.ConnectError,
-    errors.DNSError,
-    errors.Timeout,
-    errors.TLSError,
-    errors.ProtocolError,
-)
-_CONGESTION_STATUSES: Final = frozenset((429, 503))
 _SWEEP_INTERVAL: Final = 1.0
 _MAX_CRAWL_DELAY: Final = 60.0
 _MIN_FLUSH_BOUND: Final = 1.0  # seconds the final flush gets after the grace period, at least
@@ -189,6 +181,7 @@ class Engine:
         self._frontier: Frontier
         self._sink: Sink
         self._fetcher: Fetcher
+        self._attempts: Attempts
         self._permits: DynamicSemaphore
 
     # -- the run ---------------------------------------------------------------------
@@ -234,6 +227,16 @@ class Engine:
             self._open_stores()
             async with make_session(config.fetch) as session:
                 self._fetcher = Fetcher(session, config.fetch)
+                self._attempts = Attempts(
+                    self._fetcher,
+                    config.retry,
+                    self._hosts,
+                    stats,
+                    clock=clock,
+                    rand=self._rand,
+                    keep=self._keep,
+                    follow=self._follow,
+                )
                 if self._crawl is not None and self._fetcher.has_credentials:
                     self._seed_origins = set()
                 self._setup_robots()
@@ -601,8 +604,6 @@ class Engine:
         host = item.host
         assert host is not None  # noqa: S101 - the frontier hands out items with a slot
         config = self._config
-        stats = self.stats
-        clock = self._clock
         robots = self._robots_rules
         if robots is not None and item.attempts == 0 and not item.checked:
             # Not started yet while it waits for robots.txt: a stop cancels the wait.
@@ -618,7 +619,7 @@ class Engine:
                 self._final(item, None, errors.RobotsDisallowed(reason))
                 return
             item.checked = True
-            if self._paced_host(host):
+            if self._hosts.waits_for_pacer(host):
                 # The frontier handed it out for this check without its pacer (a URL
                 # robots.txt refuses must not use up a Crawl-delay turn, and the
                 # Crawl-delay may have only now been read): back to the frontier, which
@@ -632,84 +633,17 @@ class Engine:
         credentials = item.parent is None or (
             origins is not None and f"{item.url.scheme}://{item.host_key}" in origins
         )
-        while True:
-            breaker = host.breaker
-            if breaker is not None and not breaker.allow():
-                why = f"circuit open for {host.key} {breaker.reason()}"
-                self._final(item, None, errors.CircuitOpen(why))
-                break
-            deadline = item.deadline
-            if deadline is None:  # the first attempt starts the URL's deadline
-                deadline = item.deadline = Deadline(config.retry.timeout, clock)
-                started, budget = deadline.started, config.retry.timeout
-            else:
-                started = clock()
-                budget = deadline.expires - started
-                if budget <= 0:
-                    # A retry that waited in the frontier (parked behind its host or its
-                    # pacer, or for a worker) past the URL's deadline.
-                    if breaker is not None:
-                        breaker.release_probe()  # allow() may have made it the probe
-                    self._final(item, None, errors.Timeout("deadline exceeded"))
-                    break
-            item.attempts += 1
-            stats.requests += 1
-            resp: Response | None = None
-            error: errors.FetchError | None = None
-            try:
-                resp = await self._fetcher.fetch(
-                    item.url,
-                    budget,
-                    self._keep,
-                    self._follow if item.parent is not None else None,  # seeds: see below
-                    credentials,
-                )
-            except errors.FetchError as exc:
-                error = exc
-            except asyncio.CancelledError:
-                if breaker is not None:
-                    breaker.release_probe()
-                raise
-            latency = clock() - started
-            stats.latency.add(latency)
-            # The outcome feeds the host's breaker and, with --adaptive, its AIMD limit.
-            status = resp.status if resp is not None else 0
-            if breaker is not None:
-                if isinstance(error, _HOST_FAILURES):
-                    breaker.record(True, error.kind, error.message)
-                elif status >= 500:
-                    breaker.record(True, "http", f"HTTP {status}")
-                else:
-                    breaker.record(False)
-            if host.aimd is not None:
-                self._observe_aimd(host.aimd, status, error, latency)
-
-            retryable = error.retryable if error is not None else status in RETRY_STATUSES
-            if retryable and item.attempts <= config.retry.retries:
-                wait = backoff_delay(
-                    item.attempts, config.retry.backoff_base, config.retry.backoff_cap, self._rand()
-                )
-                hint = parse_retry_after(resp.retry_after) if resp is not None else None
-                if hint is not None:
-                    wait = max(wait, hint)
-                if deadline.allows_wait(wait):
-                    stats.retries += 1
-                    if wait < 0.001 and not self._paced_host(host):
-                        continue
-                    if not self._frontier.retry_later(item, wait):
-                        self._cancel(item)  # the run is stopping: no more attempts
-                    return
-            kept = None
-            if resp is not None and resp.body is not None and error is None:
-                kept = await self._keep_body(item, resp, resp.body)
-            self._final(item, resp, error, kept)
-            break
+        resp, error, wait = await self._attempts.run(item, credentials)
+        if wait is not None:
+            if not self._frontier.retry_later(item, wait):
+                self._cancel(item)  # the run is stopping: no more attempts
+            return
+        kept = None
+        if resp is not None and resp.body is not None and error is None:
+            kept = await self._keep_body(item, resp, resp.body)
+        self._final(item, resp, error, kept)
         if self._sink.behind:
             await self._sink.backpressure()
-
-    def _paced_host(self, host: HostState) -> bool:
-        """Whether a request to ``host`` waits for a pacer (the frontier's to decide)."""
-        return host.pacer is not None or self._hosts.global_pacer is not None
 
     def _unsent(self, item: Item) -> None:
         """The run stopped before ``item``'s next attempt was sent: like a URL still
@@ -731,19 +665,6 @@ class Engine:
         else:
             self._not_sent()
         item.finished = True
-
-    @staticmethod
-    def _observe_aimd(
-        aimd: AIMD, status: int, error: errors.FetchError | None, latency: float
-    ) -> None:
-        """--adaptive: congestion (429/503, timeouts, failed connects) halves the host's
-        limit; a success raises it, unless latency is climbing (see AIMD)."""
-        if status in _CONGESTION_STATUSES or isinstance(
-            error, errors.Timeout | errors.ConnectError
-        ):
-            aimd.on_congestion()
-        elif error is None and status < 400:
-            aimd.on_success(latency)
 
     async def _keep_body(self, item: Item, resp: Response, body: bytes) -> Kept:
         """Crawl mode: the page's links. --save-dir / --warc: store the body (unless the
