@@ -61,8 +61,7 @@ from crawler.frontier import Frontier, Item
 from crawler.inputs import Source
 from crawler.limiter import DynamicSemaphore, HostTable
 from crawler.progress import show_progress
-from crawler.records import Record, UTCStamp
-from crawler.retry import Deadline
+from crawler.records import Record, Records
 from crawler.sink import OutputClosed, Sink
 from crawler.state import DONE_BEFORE, FRESH, StateStore
 from crawler.stats import Snapshot, Stats
@@ -95,16 +94,6 @@ def _start_writer(writer: BodyStore | WarcArchive, what: str) -> None:
         writer.start()
     except OSError as exc:
         raise errors.UsageError(f"{what}: {_io_message(exc)}") from None
-
-
-def _described(error: errors.FetchError | None) -> dict[str, str] | None:
-    """A record's ``error`` field."""
-    return {"kind": error.kind, "message": error.message} if error is not None else None
-
-
-def _elapsed_ms(deadline: Deadline | None) -> float:
-    """A record's ``elapsed_ms``: from the URL's first attempt (its deadline's start)."""
-    return int(deadline.elapsed() * 1_000_000) / 1000 if deadline is not None else 0.0
 
 
 def _io_message(exc: BaseException) -> str:
@@ -145,7 +134,7 @@ class Engine:
         # only millisecond resolution); only the frontier's back-off timers use the loop's
         # (its pacing timer waits on the loop for a delay measured on this clock).
         self._clock = clock
-        self._stamp = UTCStamp()
+        self._records = Records()
         self._rand = random.random
         self.interrupted = False
         self.timed_out = False
@@ -717,23 +706,9 @@ class Engine:
         if resp is not None and error is None and resp.status >= 400:
             error = errors.HTTPStatusError(f"HTTP {resp.status}")
         if resp is None:
-            record = self._unanswered(item, error)
-        else:  # one positional constructor call (keywords cost a third more): once per URL
-            record = Record(
-                item.raw,  # url
-                resp.final_url,
-                resp.status,
-                error is None,  # ok
-                _described(error),  # error
-                item.attempts,
-                _elapsed_ms(item.deadline),
-                resp.nbytes,  # bytes
-                resp.content_type,
-                resp.redirects,
-                self._stamp(),  # fetched_at
-                item.depth,
-                item.parent,
-            )
+            record = self._records.unanswered(item, error)
+        else:
+            record = self._records.answered(item, resp, error)
         links = None
         if kept is not None:
             record.body_path = kept.body_path
@@ -746,22 +721,10 @@ class Engine:
         self._sink.put_nowait(record, item.fp, links)
         self._frontier.done(item)
 
-    def _unanswered(self, item: Item, error: errors.FetchError | None) -> Record:
-        """The record of a URL that got no response (failed, refused or cancelled)."""
-        return Record(
-            url=item.raw,
-            error=_described(error),
-            attempts=item.attempts,
-            elapsed_ms=_elapsed_ms(item.deadline),
-            fetched_at=self._stamp(),
-            depth=item.depth,
-            parent=item.parent,
-        )
-
     def _invalid_record(self, raw: str, error: errors.InvalidURL) -> Record:
         """An input line that is not a URL we can fetch: counted and stamped here."""
         self.stats.record(False, None, error.kind, 0)
-        return Record(url=raw, error=_described(error), fetched_at=self._stamp())
+        return self._records.invalid(raw, error)
 
     def _cancel(self, item: Item) -> None:
         """The run was interrupted before ``item`` finished. Without --state it gets a
@@ -770,7 +733,7 @@ class Engine:
         if self._state is None:
             error = errors.Cancelled("the run was interrupted before this URL finished")
             self.stats.cancel(recorded=True)
-            self._sink.put_nowait(self._unanswered(item, error))
+            self._sink.put_nowait(self._records.unanswered(item, error))
         else:
             self.stats.cancel(recorded=False)
 
