@@ -50,14 +50,13 @@ from crawler.crawling import Crawling, Kept, io_message
 from crawler.dedup import FingerprintSet, fingerprint
 from crawler.fetcher import (
     Fetcher,
-    Response,
     make_session,
 )
 from crawler.frontier import Frontier, Item
 from crawler.inputs import Source
 from crawler.limiter import DynamicSemaphore, HostTable
 from crawler.progress import show_progress
-from crawler.records import Record, Records
+from crawler.records import Answer, Record, Records
 from crawler.sink import OutputClosed, Sink
 from crawler.state import DONE_BEFORE, StateStore
 from crawler.stats import Snapshot, Stats
@@ -468,7 +467,7 @@ class Engine:
     def _final(
         self,
         item: Item,
-        resp: Response | None,
+        resp: Answer | None,
         error: errors.FetchError | None,
         kept: Kept | None = None,
     ) -> None:
