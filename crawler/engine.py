@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import signal
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -45,80 +44,31 @@ from rich.console import Console
 from yarl import URL
 
 from crawler import errors, signals
+from crawler.attempts import Attempts
 from crawler.config import RunConfig
+from crawler.crawling import Crawling, Kept, io_message
 from crawler.dedup import FingerprintSet, fingerprint
 from crawler.fetcher import (
-    HTML_TYPES,
-    KEEP_ALL,
-    KEEP_HTML,
-    KEEP_NONE,
     Fetcher,
-    Response,
     make_session,
 )
 from crawler.frontier import Frontier, Item
 from crawler.inputs import Source
-from crawler.limiter import AIMD, DynamicSemaphore, HostState, HostTable
+from crawler.limiter import DynamicSemaphore, HostTable
 from crawler.progress import show_progress
-from crawler.records import Record, UTCStamp
-from crawler.retry import RETRY_STATUSES, Deadline, backoff_delay, parse_retry_after
+from crawler.records import Answer, Record, Records
 from crawler.sink import OutputClosed, Sink
-from crawler.state import DONE_BEFORE, FRESH, StateStore
+from crawler.state import DONE_BEFORE, StateStore
 from crawler.stats import Snapshot, Stats
-from crawler.urls import host_key, parse_target, parse_url
+from crawler.urls import parse_target
 
 if TYPE_CHECKING:
-    from crawler.crawl import Crawl
-    from crawler.links import Candidate
-    from crawler.robots import Rules
-    from crawler.storage import BodyStore, WarcArchive
+    pass
 
-# Outcomes that count against a host's breaker: the host itself looks unwell. 4xx do not.
-_HOST_FAILURES: Final = (
-    errors.ConnectError,
-    errors.DNSError,
-    errors.Timeout,
-    errors.TLSError,
-    errors.ProtocolError,
-)
-_CONGESTION_STATUSES: Final = frozenset((429, 503))
 _SWEEP_INTERVAL: Final = 1.0
 _MAX_CRAWL_DELAY: Final = 60.0
 _MIN_FLUSH_BOUND: Final = 1.0  # seconds the final flush gets after the grace period, at least
 _COUNT_WAIT: Final = 2.0  # seconds a stopped run waits, at most, to count the input left unread
-
-
-@dataclass(slots=True)
-class Kept:
-    """What became of a kept body: links found on it, where it is stored."""
-
-    found: list[Candidate] | None = None
-    body_path: str | None = None
-    sha256: str | None = None
-
-
-def _start_writer(writer: BodyStore | WarcArchive, what: str) -> None:
-    """Start a storage writer; a failure is one clear line before the run starts."""
-    try:
-        writer.start()
-    except OSError as exc:
-        raise errors.UsageError(f"{what}: {_io_message(exc)}") from None
-
-
-def _described(error: errors.FetchError | None) -> dict[str, str] | None:
-    """A record's ``error`` field."""
-    return {"kind": error.kind, "message": error.message} if error is not None else None
-
-
-def _elapsed_ms(deadline: Deadline | None) -> float:
-    """A record's ``elapsed_ms``: from the URL's first attempt (its deadline's start)."""
-    return int(deadline.elapsed() * 1_000_000) / 1000 if deadline is not None else 0.0
-
-
-def _io_message(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}" + (f": {exc.filename!r}" if exc.filename else "")
-    return str(exc) or type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +103,7 @@ class Engine:
         # only millisecond resolution); only the frontier's back-off timers use the loop's
         # (its pacing timer waits on the loop for a delay measured on this clock).
         self._clock = clock
-        self._stamp = UTCStamp()
+        self._records = Records()
         self._rand = random.random
         self.interrupted = False
         self.timed_out = False
@@ -170,25 +120,15 @@ class Engine:
         self._workers_left = 0
         self._taken = 0  # input lines the reader has dealt with (record, queued or skipped)
         self._background: list[asyncio.Task[None]] = []
-        self._jobs: set[asyncio.Task[None]] = set()  # sitemap reads
-        self._tg: asyncio.TaskGroup | None = None
         self._timers: list[asyncio.TimerHandle] = []
-        # Crawl mode and storage (set up in run()).
-        self._crawl: Crawl | None = None
-        self._robots_rules: Callable[[URL], Awaitable[Rules]] | None = None
-        self._bodies: BodyStore | None = None
-        self._warc: WarcArchive | None = None
-        self._keep = KEEP_NONE
-        self._follow: Callable[[URL], bool] | None = None
-        # Crawl mode with credentials (-H Authorization, --secret-header): the origins of
-        # the seeds, the only ones a discovered URL may send them to ("scheme://host:port").
-        self._seed_origins: set[str] | None = None
         # Set up in run(), inside the event loop.
         self.stats: Stats
         self._hosts: HostTable
         self._frontier: Frontier
         self._sink: Sink
         self._fetcher: Fetcher
+        self._pages: Crawling  # crawl mode and storage
+        self._attempts: Attempts
         self._permits: DynamicSemaphore
 
     # -- the run ---------------------------------------------------------------------
@@ -225,18 +165,26 @@ class Engine:
         if state is not None:
             stats.done_before = state.done_before
         output_closed = False
-        self._setup_crawl()
+        self._pages = pages = Crawling(config, state, stats, self._hosts, frontier, clock)
         previous: dict[int, Any] = {}  # handlers replaced by ours, put back at the end
         try:
             self._take_signals(loop, previous)
             if config.store.active or config.crawl is not None:
                 signals.start_resource_tracker()  # before any process pool: see there
-            self._open_stores()
+            pages.open_stores(sink)
             async with make_session(config.fetch) as session:
                 self._fetcher = Fetcher(session, config.fetch)
-                if self._crawl is not None and self._fetcher.has_credentials:
-                    self._seed_origins = set()
-                self._setup_robots()
+                self._attempts = Attempts(
+                    self._fetcher,
+                    config.retry,
+                    self._hosts,
+                    stats,
+                    clock=clock,
+                    rand=self._rand,
+                    keep=pages.keep,
+                    follow=pages.follow,
+                )
+                pages.start(self._fetcher)
                 try:
                     await self._run_tasks()
                     if self._stopping and not source.eof and self._signals < 2:
@@ -253,17 +201,16 @@ class Engine:
                 except* (OSError, sqlite3.Error) as group:
                     # The output or the state file failed (disk full, I/O error, locked).
                     first = group.exceptions[0]
-                    raise errors.UsageError(f"cannot continue: {_io_message(first)}") from None
+                    raise errors.UsageError(f"cannot continue: {io_message(first)}") from None
         finally:
             source.stop_count()
             for timer in self._timers:
                 timer.cancel()
-            if self._crawl is not None:
-                self._crawl.close()
+            pages.close()
             # The sink first (it waits for the body files its records name), then the
             # writers; one failing does not keep the others from closing.
             closers = [sink.aclose]
-            closers += [w.aclose for w in (self._bodies, self._warc) if w is not None]
+            closers += [w.aclose for w in pages.writers]
             failure: BaseException | None = None
             try:
                 for close in closers:
@@ -283,7 +230,7 @@ class Engine:
                             handle.cancel()
                     self._give_back_signals(loop, previous)
             if failure is not None:
-                raise errors.UsageError(f"cannot continue: {_io_message(failure)}") from None
+                raise errors.UsageError(f"cannot continue: {io_message(failure)}") from None
         self._count_unread()
         return RunResult(
             stats.snapshot(), self.interrupted, output_closed or sink.broken, self.timed_out
@@ -320,111 +267,14 @@ class Engine:
             if handler is not None:
                 signal.signal(sig, handler)
 
-    def _setup_crawl(self) -> None:
-        config = self._config
-        if config.crawl is not None:
-            from crawler.crawl import Crawl
-
-            state = self._state
-            crawl = self._crawl = Crawl(
-                config.crawl,
-                spill_dir=os.path.dirname(os.path.abspath(state.path)) if state else None,
-                memory_links=config.limits.queue_size,  # at least 512: see LinkQueue
-            )
-            if state is not None:
-                crawl.admitted = state.done_before  # --max-pages counts resumed runs too
-            self._frontier.on_idle = crawl.wake.set
-            self._keep = KEEP_HTML
-            scope = crawl.scope
-            self._follow = lambda url: scope.allows(url, str(url))
-        if config.store.active:
-            self._keep = KEEP_ALL
-        if config.crawl is not None or config.store.active:
-            self.stats.crawl = self._crawl_counts
-
-    def _crawl_counts(self) -> dict[str, int]:
-        crawl, warc = self._crawl, self._warc
-        counts: dict[str, int] = {}
-        if crawl is not None:
-            counts["links_found"] = crawl.found
-            counts["admitted"] = crawl.admitted
-            counts["links_waiting"] = len(crawl.queue)
-            counts["links_spilled"] = crawl.queue.spilled
-            counts["robots_fetched"] = crawl.robots.fetched if crawl.robots else 0
-            counts["sitemap_errors"] = crawl.sitemap_errors
-            counts["parse_errors"] = crawl.parse_errors
-        if warc is not None:
-            counts["warc_records"] = warc.records
-        return counts
-
-    def _open_stores(self) -> None:
-        """--save-dir and --warc: fail with one clear line before the run starts."""
-        store = self._config.store
-        if store.save_dir is not None:
-            from crawler.storage import BodyStore
-
-            self._bodies = BodyStore(store.save_dir)
-            self._sink.before_write = self._bodies.flush  # bodies land before their records
-            _start_writer(self._bodies, f"cannot use --save-dir {store.save_dir!r}")
-        if store.warc is not None:
-            from crawler.storage import WarcArchive
-
-            resumed = self._state is not None and self._state.resumed
-            self._warc = WarcArchive(store.warc, store.warc_max_size, append=resumed)
-            _start_writer(self._warc, f"cannot write --warc {store.warc!r}")
-        if self._bodies is not None or self._warc is not None:
-            self._sink.before_commit = self._sync_stores
-
-    async def _sync_stores(self) -> None:
-        """Before a checkpoint commits URLs: their body files and WARC records on disk
-        (a writer that failed raises here, and nothing is committed)."""
-        for writer in (self._bodies, self._warc):
-            if writer is not None:
-                await writer.sync()
-
-    def _setup_robots(self) -> None:
-        crawl = self._crawl
-        if crawl is None or not crawl.config.obey_robots:
-            return
-        from crawler.robots import ROBOTS_MAX_BYTES, RobotsCache
-
-        fetcher, timeout = self._fetcher, self._config.retry.timeout
-
-        def fetch(url: URL) -> Awaitable[Response]:
-            return fetcher.fetch(
-                url, timeout, KEEP_ALL, None, self._seed_origin(url), cap=ROBOTS_MAX_BYTES
-            )
-
-        crawl.robots = RobotsCache(
-            fetch, ttl=crawl.config.robots_ttl, clock=self._clock, on_new=self._on_robots
-        )
-        self._robots_rules = crawl.robots.rules
-        self._frontier.checks_first = True  # see _process: robots.txt, then the pacer
-
-    def _on_robots(self, origin: str, rules: Rules) -> None:
-        """A robots.txt was read: its Crawl-delay paces the host, its sitemaps are seeds."""
-        crawl = self._crawl
-        assert crawl is not None  # noqa: S101
-        delay = rules.crawl_delay(self._config.fetch.user_agent)
-        if delay is not None and delay > 0:
-            self._hosts.set_crawl_delay(host_key(URL(origin)), min(delay, _MAX_CRAWL_DELAY))
-        if crawl.config.sitemaps:
-            for url in crawl.new_sitemaps(rules.sitemaps):
-                self._spawn_sitemap(url, 0)
-
     async def _run_tasks(self) -> None:
         concurrency = self._config.limits.concurrency
-        crawl = self._crawl
+        crawl = self._config.crawl
         async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            if crawl is not None:
-                if crawl.config.max_time is not None:
-                    loop = asyncio.get_running_loop()
-                    self._timers.append(loop.call_later(crawl.config.max_time, self._time_up))
-                for url in crawl.new_sitemaps(list(crawl.config.sitemap_urls)):
-                    with contextlib.suppress(errors.InvalidURL):
-                        crawl.scope.add_seed(parse_url(url))  # its site is in scope
-                    self._spawn_sitemap(url, 0)
+            if crawl is not None and crawl.max_time is not None:
+                loop = asyncio.get_running_loop()
+                self._timers.append(loop.call_later(crawl.max_time, self._time_up))
+            self._pages.begin(tg)
             self._background = [
                 tg.create_task(self.stats.watch_loop_lag()),
                 tg.create_task(self._maintain()),
@@ -451,7 +301,7 @@ class Engine:
         self._workers_left -= 1
         if self._workers_left == 0:
             self._sink.close()
-            for task in [*self._background, *self._jobs]:
+            for task in [*self._background, *self._pages.jobs]:
                 task.cancel()
 
     # -- reader ----------------------------------------------------------------------------
@@ -459,7 +309,7 @@ class Engine:
         """Parse, validate and deduplicate the input, one batch at a time."""
         frontier, sink, stats, state = self._frontier, self._sink, self.stats, self._state
         dedup = self._config.input.dedup
-        crawl = self._crawl
+        crawl = self._pages.crawl
         seen = None  # with --state, the state file is the dedup store
         if dedup and state is None:
             seen = crawl.seen if crawl is not None else FingerprintSet()
@@ -474,10 +324,7 @@ class Engine:
                         parsed.append((raw, exc, "", fp))
                     else:
                         parsed.append((raw, url, host, fingerprint(key) if dedup else 0))
-                        if crawl is not None:
-                            crawl.scope.add_seed(url)  # done seeds too: they define the scope
-                            if self._seed_origins is not None:
-                                self._seed_origins.add(f"{url.scheme}://{host}")
+                        self._pages.seed(url, host)  # done seeds too: they define the scope
                 fresh: Sequence[int]  # FRESH (or True), REPEAT (or False), DONE_BEFORE
                 if state is not None:
                     # One round trip to the state thread per batch, never per URL.
@@ -505,51 +352,9 @@ class Engine:
                             await frontier.put(item)
                     self._taken += 1
             if crawl is not None:
-                await self._feed_links(crawl)
+                await self._pages.feed_links(crawl)
         finally:
             frontier.close_input()
-
-    async def _feed_links(self, crawl: Crawl) -> None:
-        """Crawl mode: move discovered links into the frontier until nothing can find more.
-
-        This task, not a worker, waits for room in the frontier: a worker that waited there
-        could wait on itself."""
-        from crawler.linkqueue import Link
-
-        frontier, state, queue = self._frontier, self._state, crawl.queue
-        if state is not None and state.resumed:
-            after = 0
-            while rows := await state.pending(after, 4096):
-                after = rows[-1][0]
-                for _, fp, url, depth, parent in rows:
-                    crawl.requeue(Link(url, depth, parent, fp))
-        while True:
-            links = await queue.take(256)
-            if not links:
-                # A sitemap still being read cannot add a URL once --max-pages is reached:
-                # not waited for (a slow one held the run up to --timeout per sitemap).
-                if frontier.idle and (crawl.jobs == 0 or crawl.full):
-                    return
-                crawl.wake.clear()
-                if not len(queue) and not (frontier.idle and (crawl.jobs == 0 or crawl.full)):
-                    await crawl.wake.wait()
-                continue
-            fresh: Sequence[int]
-            if state is not None:
-                fresh = await state.claim([link.fp for link in links])
-            else:
-                fresh = [FRESH] * len(links)
-            for link, new in zip(links, fresh, strict=True):
-                if new != FRESH:  # done in an earlier run of this crawl
-                    crawl.admitted -= 1
-                    if new == DONE_BEFORE:
-                        self.stats.skipped_done_before += 1
-                    else:
-                        self.stats.skipped_duplicates += 1
-                    continue
-                target = URL(link.url)
-                item = Item(link.url, target, host_key(target), link.fp, link.depth, link.parent)
-                await frontier.put(item)
 
     # -- workers ---------------------------------------------------------------------------
     async def _worker(self) -> None:
@@ -601,9 +406,7 @@ class Engine:
         host = item.host
         assert host is not None  # noqa: S101 - the frontier hands out items with a slot
         config = self._config
-        stats = self.stats
-        clock = self._clock
-        robots = self._robots_rules
+        robots = self._pages.robots_rules
         if robots is not None and item.attempts == 0 and not item.checked:
             # Not started yet while it waits for robots.txt: a stop cancels the wait.
             task = asyncio.current_task()
@@ -618,7 +421,7 @@ class Engine:
                 self._final(item, None, errors.RobotsDisallowed(reason))
                 return
             item.checked = True
-            if self._paced_host(host):
+            if self._hosts.waits_for_pacer(host):
                 # The frontier handed it out for this check without its pacer (a URL
                 # robots.txt refuses must not use up a Crawl-delay turn, and the
                 # Crawl-delay may have only now been read): back to the frontier, which
@@ -626,90 +429,18 @@ class Engine:
                 if not self._frontier.requeue(item):
                     self._given_back_unsent(item)
                 return
-        # Credentials go to an input URL's (a seed's) own origin, and in crawl mode to a
-        # discovered URL only on a seed's origin: decided once per URL, here.
-        origins = self._seed_origins
-        credentials = item.parent is None or (
-            origins is not None and f"{item.url.scheme}://{item.host_key}" in origins
-        )
-        while True:
-            breaker = host.breaker
-            if breaker is not None and not breaker.allow():
-                why = f"circuit open for {host.key} {breaker.reason()}"
-                self._final(item, None, errors.CircuitOpen(why))
-                break
-            deadline = item.deadline
-            if deadline is None:  # the first attempt starts the URL's deadline
-                deadline = item.deadline = Deadline(config.retry.timeout, clock)
-                started, budget = deadline.started, config.retry.timeout
-            else:
-                started = clock()
-                budget = deadline.expires - started
-                if budget <= 0:
-                    # A retry that waited in the frontier (parked behind its host or its
-                    # pacer, or for a worker) past the URL's deadline.
-                    if breaker is not None:
-                        breaker.release_probe()  # allow() may have made it the probe
-                    self._final(item, None, errors.Timeout("deadline exceeded"))
-                    break
-            item.attempts += 1
-            stats.requests += 1
-            resp: Response | None = None
-            error: errors.FetchError | None = None
-            try:
-                resp = await self._fetcher.fetch(
-                    item.url,
-                    budget,
-                    self._keep,
-                    self._follow if item.parent is not None else None,  # seeds: see below
-                    credentials,
-                )
-            except errors.FetchError as exc:
-                error = exc
-            except asyncio.CancelledError:
-                if breaker is not None:
-                    breaker.release_probe()
-                raise
-            latency = clock() - started
-            stats.latency.add(latency)
-            # The outcome feeds the host's breaker and, with --adaptive, its AIMD limit.
-            status = resp.status if resp is not None else 0
-            if breaker is not None:
-                if isinstance(error, _HOST_FAILURES):
-                    breaker.record(True, error.kind, error.message)
-                elif status >= 500:
-                    breaker.record(True, "http", f"HTTP {status}")
-                else:
-                    breaker.record(False)
-            if host.aimd is not None:
-                self._observe_aimd(host.aimd, status, error, latency)
-
-            retryable = error.retryable if error is not None else status in RETRY_STATUSES
-            if retryable and item.attempts <= config.retry.retries:
-                wait = backoff_delay(
-                    item.attempts, config.retry.backoff_base, config.retry.backoff_cap, self._rand()
-                )
-                hint = parse_retry_after(resp.retry_after) if resp is not None else None
-                if hint is not None:
-                    wait = max(wait, hint)
-                if deadline.allows_wait(wait):
-                    stats.retries += 1
-                    if wait < 0.001 and not self._paced_host(host):
-                        continue
-                    if not self._frontier.retry_later(item, wait):
-                        self._cancel(item)  # the run is stopping: no more attempts
-                    return
-            kept = None
-            if resp is not None and resp.body is not None and error is None:
-                kept = await self._keep_body(item, resp, resp.body)
-            self._final(item, resp, error, kept)
-            break
+        # Whether its requests may carry credentials: decided once per URL, here.
+        resp, error, wait = await self._attempts.run(item, self._pages.credentials(item))
+        if wait is not None:
+            if not self._frontier.retry_later(item, wait):
+                self._cancel(item)  # the run is stopping: no more attempts
+            return
+        kept = None
+        if resp is not None and resp.body is not None and error is None:
+            kept = await self._pages.keep_body(item, resp, resp.body)
+        self._final(item, resp, error, kept)
         if self._sink.behind:
             await self._sink.backpressure()
-
-    def _paced_host(self, host: HostState) -> bool:
-        """Whether a request to ``host`` waits for a pacer (the frontier's to decide)."""
-        return host.pacer is not None or self._hosts.global_pacer is not None
 
     def _unsent(self, item: Item) -> None:
         """The run stopped before ``item``'s next attempt was sent: like a URL still
@@ -732,60 +463,11 @@ class Engine:
             self._not_sent()
         item.finished = True
 
-    @staticmethod
-    def _observe_aimd(
-        aimd: AIMD, status: int, error: errors.FetchError | None, latency: float
-    ) -> None:
-        """--adaptive: congestion (429/503, timeouts, failed connects) halves the host's
-        limit; a success raises it, unless latency is climbing (see AIMD)."""
-        if status in _CONGESTION_STATUSES or isinstance(
-            error, errors.Timeout | errors.ConnectError
-        ):
-            aimd.on_congestion()
-        elif error is None and status < 400:
-            aimd.on_success(latency)
-
-    async def _keep_body(self, item: Item, resp: Response, body: bytes) -> Kept:
-        """Crawl mode: the page's links. --save-dir / --warc: store the body (unless the
-        page says noindex)."""
-        kept = Kept()
-        crawl = self._crawl
-        noindex = False
-        if crawl is not None and item.parent is None and resp.final_url != str(item.url):
-            # A seed that redirects (http -> https, example.com -> www.…) lands where the
-            # site really is: that is in scope too.
-            crawl.scope.add_seed(URL(resp.final_url))
-        if (
-            crawl is not None
-            and 200 <= resp.status < 300
-            and resp.content_type in HTML_TYPES
-            and crawl.scope.depth_ok(item.depth + 1)
-        ):
-            try:
-                found = await crawl.page_links(resp.final_url, body)
-            except Exception:  # noqa: BLE001 - a page we cannot read has no links, that is all
-                crawl.parse_errors += 1
-            else:
-                kept.found, noindex = found.candidates, found.noindex
-        if noindex:
-            return kept
-        bodies = self._bodies
-        if bodies is not None:
-            kept.body_path, kept.sha256 = await bodies.put(body)
-            if bodies.behind:
-                await bodies.backpressure()
-        warc = self._warc
-        if warc is not None and resp.exchange is not None:
-            warc.add(resp.final_url, resp.exchange, body)
-            if warc.behind:
-                await warc.backpressure()
-        return kept
-
     # -- records ---------------------------------------------------------------------------
     def _final(
         self,
         item: Item,
-        resp: Response | None,
+        resp: Answer | None,
         error: errors.FetchError | None,
         kept: Kept | None = None,
     ) -> None:
@@ -796,51 +478,23 @@ class Engine:
         if resp is not None and error is None and resp.status >= 400:
             error = errors.HTTPStatusError(f"HTTP {resp.status}")
         if resp is None:
-            record = self._unanswered(item, error)
-        else:  # one positional constructor call (keywords cost a third more): once per URL
-            record = Record(
-                item.raw,  # url
-                resp.final_url,
-                resp.status,
-                error is None,  # ok
-                _described(error),  # error
-                item.attempts,
-                _elapsed_ms(item.deadline),
-                resp.nbytes,  # bytes
-                resp.content_type,
-                resp.redirects,
-                self._stamp(),  # fetched_at
-                item.depth,
-                item.parent,
-            )
+            record = self._records.unanswered(item, error)
+        else:
+            record = self._records.answered(item, resp, error)
         links = None
         if kept is not None:
             record.body_path = kept.body_path
             record.sha256 = kept.sha256
-            if kept.found and self._crawl is not None:
-                # Queued before done(): the crawl cannot look finished in between.
-                links = self._crawl.admit(kept.found, item.depth + 1, item.raw)
+            links = self._pages.admit(kept, item)
         self.stats.record(record.ok, record.status, error.kind if error else None, record.bytes)
         item.finished = True
         self._sink.put_nowait(record, item.fp, links)
         self._frontier.done(item)
 
-    def _unanswered(self, item: Item, error: errors.FetchError | None) -> Record:
-        """The record of a URL that got no response (failed, refused or cancelled)."""
-        return Record(
-            url=item.raw,
-            error=_described(error),
-            attempts=item.attempts,
-            elapsed_ms=_elapsed_ms(item.deadline),
-            fetched_at=self._stamp(),
-            depth=item.depth,
-            parent=item.parent,
-        )
-
     def _invalid_record(self, raw: str, error: errors.InvalidURL) -> Record:
         """An input line that is not a URL we can fetch: counted and stamped here."""
         self.stats.record(False, None, error.kind, 0)
-        return Record(url=raw, error=_described(error), fetched_at=self._stamp())
+        return self._records.invalid(raw, error)
 
     def _cancel(self, item: Item) -> None:
         """The run was interrupted before ``item`` finished. Without --state it gets a
@@ -849,7 +503,7 @@ class Engine:
         if self._state is None:
             error = errors.Cancelled("the run was interrupted before this URL finished")
             self.stats.cancel(recorded=True)
-            self._sink.put_nowait(self._unanswered(item, error))
+            self._sink.put_nowait(self._records.unanswered(item, error))
         else:
             self.stats.cancel(recorded=False)
 
@@ -860,52 +514,6 @@ class Engine:
             self.stats.cancel(recorded=False)
         else:
             self.stats.dropped += 1
-
-    def _seed_origin(self, url: URL) -> bool:
-        """Whether ``url`` (robots.txt, a sitemap) is on a seed's origin (credentials)."""
-        origins = self._seed_origins
-        return origins is not None and f"{url.scheme}://{host_key(url)}" in origins
-
-    # -- sitemaps ----------------------------------------------------------------------------
-    def _spawn_sitemap(self, url: str, nesting: int) -> None:
-        crawl, tg = self._crawl, self._tg
-        if crawl is None or tg is None or self._stopping:
-            return
-        crawl.jobs += 1
-        task = tg.create_task(self._read_sitemap(crawl, url, nesting))
-        self._jobs.add(task)
-        task.add_done_callback(self._jobs.discard)
-
-    async def _read_sitemap(self, crawl: Crawl, url: str, nesting: int) -> None:
-        """One sitemap (or index): fetched outside the pacer, its URLs become seeds."""
-        # A few sitemaps at a time: an index naming 10,000 of them must not hold 10,000
-        # bodies at once.
-        try:
-            await crawl.sitemap_fetches.acquire()
-        except BaseException:
-            crawl.jobs -= 1
-            raise
-        try:
-            if crawl.full:
-                return  # nothing it names could be admitted
-            try:
-                target = parse_url(url)
-                resp = await self._fetcher.fetch(
-                    target, self._config.retry.timeout, KEEP_ALL, None, self._seed_origin(target)
-                )
-            except errors.TooLarge:
-                crawl.sitemap_errors += 1  # a sitemap that was there but could not be read
-                return
-            except errors.FetchError:
-                return
-            if resp.status < 400 and resp.body:
-                await crawl.read_sitemap(url, resp.body, nesting, self._spawn_sitemap)
-        except Exception:  # noqa: BLE001 - a broken sitemap ends itself, never the crawl
-            crawl.sitemap_errors += 1
-        finally:
-            crawl.sitemap_fetches.release()
-            crawl.jobs -= 1
-            crawl.wake.set()
 
     # -- background --------------------------------------------------------------------------
     async def _maintain(self) -> None:
@@ -961,8 +569,7 @@ class Engine:
             task.cancel()
         if self._reader is not None:
             self._reader.cancel()
-        for job in self._jobs:
-            job.cancel()
+        self._pages.stop()
         for item in self._frontier.stop():
             if record_unstarted or item.attempts:  # a retry waiting to be due has started
                 self._cancel(item)

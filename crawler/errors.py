@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING, ClassVar
 from crawler.records import safe_text
 
 if TYPE_CHECKING:
-    from crawler.fetcher import Response
+    # What a crawler.fetcher.Response offers a record (not the class itself: the
+    # fetcher imports this module).
+    from crawler.records import Answer
 
 
 class CrawlerError(Exception):
@@ -51,7 +53,7 @@ class FetchError(CrawlerError):
     kind: ClassVar[str] = "error"
     retryable: ClassVar[bool] = False
 
-    def __init__(self, message: str, *, response: Response | None = None) -> None:
+    def __init__(self, message: str, *, response: Answer | None = None) -> None:
         # Messages quote what servers sent (header values, reasons): make them valid UTF-8
         # here, once, so every record can be encoded.
         message = safe_text(message)

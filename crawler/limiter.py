@@ -24,13 +24,23 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final
 
+from crawler import errors
 from crawler.breaker import Breaker
 from crawler.config import BreakerConfig, LimitConfig
 
-if TYPE_CHECKING:
-    from crawler.frontier import Item
+# Outcomes that count against a host's breaker: the host itself looks unwell. 4xx do not.
+_HOST_FAILURES: Final = (
+    errors.ConnectError,
+    errors.DNSError,
+    errors.Timeout,
+    errors.TLSError,
+    errors.ProtocolError,
+)
+# Outcomes that halve a host's AIMD limit (--adaptive).
+_CONGESTION_STATUSES: Final = frozenset((429, 503))
+_CONGESTION_ERRORS: Final = (errors.Timeout, errors.ConnectError)
 
 
 class DynamicSemaphore:
@@ -192,7 +202,10 @@ class AIMD:
 
 
 class HostState:
-    """Everything kept per host: slots in use, parked URLs, pacer, breaker, AIMD."""
+    """Everything kept per host: slots in use, parked URLs, pacer, breaker, AIMD.
+
+    The per-host policy is asked and told through ``allow``/``refusal``, ``observe`` and
+    ``abandon``: nothing outside reaches into the breaker or the AIMD controller."""
 
     __slots__ = (
         "active",
@@ -220,7 +233,9 @@ class HostState:
         self.pacer = pacer
         self.breaker = breaker
         self.aimd = aimd
-        self.parked: deque[Item] = deque()
+        # The frontier's Items (typed loosely: the frontier imports this module, not the
+        # other way round).
+        self.parked: deque[Any] = deque()
         # Paced hosts (kept by the frontier): URLs of this host in its ready queue that
         # hold a slot and have yet to commit the pacer, and when the frontier's pacing
         # timer looks at this host again (None: not scheduled).
@@ -231,6 +246,42 @@ class HostState:
         if self.aimd is not None:
             return self.active < self.aimd.permits
         return self.active < self.limit
+
+    def allow(self) -> bool:
+        """May a request go to this host now (its breaker)? True may make this attempt
+        the breaker's probe: it must then be ``observe``d or ``abandon``ed."""
+        breaker = self.breaker
+        return breaker is None or breaker.allow()
+
+    def refusal(self) -> str:
+        """Why ``allow()`` said no: "circuit open for HOST after 5 consecutive ..."."""
+        breaker = self.breaker
+        return f"circuit open for {self.key} {breaker.reason() if breaker else ''}"
+
+    def abandon(self) -> None:
+        """An attempt ``allow()`` let through ended with no verdict (cancelled, or its
+        URL's deadline ran out before it was sent): another request may probe."""
+        if self.breaker is not None:
+            self.breaker.release_probe()
+
+    def observe(self, status: int, error: errors.FetchError | None, latency: float) -> None:
+        """An attempt's outcome (``status`` 0: no response) feeds the breaker and, with
+        --adaptive, the AIMD limit: congestion (429/503, timeouts, failed connects)
+        halves it; a success raises it, unless latency is climbing (see AIMD)."""
+        breaker = self.breaker
+        if breaker is not None:
+            if isinstance(error, _HOST_FAILURES):
+                breaker.record(True, error.kind, error.message)
+            elif status >= 500:
+                breaker.record(True, "http", f"HTTP {status}")
+            else:
+                breaker.record(False)
+        aimd = self.aimd
+        if aimd is not None:
+            if status in _CONGESTION_STATUSES or isinstance(error, _CONGESTION_ERRORS):
+                aimd.on_congestion()
+            elif error is None and status < 400:
+                aimd.on_success(latency)
 
     def forgettable(self, now: float) -> bool:
         """Idle with nothing worth remembering: no request in flight or parked, a breaker
@@ -303,6 +354,10 @@ class HostTable:
                 # Requests already started still count: the last one started at
                 # old.tat - old.interval at the latest, the next waits the new interval.
                 host.pacer.tat = old.tat - old.interval + host.pacer.interval
+
+    def waits_for_pacer(self, host: HostState) -> bool:
+        """Whether a request to ``host`` waits for a pacer (the frontier's to decide)."""
+        return host.pacer is not None or self.global_pacer is not None
 
     def release(self, host: HostState) -> None:
         """Called when a request of ``host`` ends; forgets the host at once if it can."""

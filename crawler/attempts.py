@@ -1,0 +1,130 @@
+"""One URL's attempts: its host's breaker, its deadline, the fetch, the retry decision.
+
+    worker --item--> Attempts.run: breaker allows? -> deadline left? -> fetch one attempt
+        -> outcome to the host's policy (breaker, AIMD) -> retry now / later / never
+
+Pacing is not decided here: the frontier hands a worker a URL only when its request may
+start (crawler/frontier.py), and a retry that must wait goes back to the frontier
+(``run`` returns the wait). A retry due at once (back-off under a millisecond, no pacer
+involved) is attempted in the same call, without a trip through the frontier.
+
+``run`` writes no record: it returns the outcome, and the engine writes the record. A
+cancellation during an attempt gives the breaker's probe back and propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from yarl import URL
+
+from crawler import errors
+from crawler.config import RetryConfig
+from crawler.fetcher import KEEP_NONE, Response
+from crawler.frontier import Item
+from crawler.limiter import HostTable
+from crawler.retry import RETRY_STATUSES, Deadline, backoff_delay, parse_retry_after
+from crawler.stats import Stats
+
+# A URL's outcome: the response (if any), the error (if any), and the seconds to wait
+# before the next attempt (None: no more attempts, the URL gets its record now).
+Outcome = tuple[Response | None, errors.FetchError | None, float | None]
+
+
+class Fetches(Protocol):
+    """What the attempt loop needs of crawler.fetcher.Fetcher: one attempt of one URL,
+    redirects included, within ``budget`` seconds; raises errors.FetchError."""
+
+    def fetch(
+        self,
+        url: URL,
+        budget: float,
+        keep: int,
+        follow: Callable[[URL], bool] | None,
+        credentials: bool,
+    ) -> Awaitable[Response]: ...
+
+
+class Attempts:
+    """The attempt loop, shared by every worker (it keeps no per-URL state of its own:
+    that lives on the Item, so a retry can wait in the frontier)."""
+
+    __slots__ = ("_clock", "_fetcher", "_follow", "_hosts", "_keep", "_rand", "_retry", "_stats")
+
+    def __init__(
+        self,
+        fetcher: Fetches,
+        retry: RetryConfig,
+        hosts: HostTable,
+        stats: Stats,
+        *,
+        clock: Callable[[], float],
+        rand: Callable[[], float] = random.random,
+        keep: int = KEEP_NONE,
+        follow: Callable[[URL], bool] | None = None,
+    ) -> None:
+        self._fetcher = fetcher
+        self._retry = retry
+        self._hosts = hosts
+        self._stats = stats
+        self._clock = clock
+        self._rand = rand
+        self._keep = keep  # which bodies the fetcher keeps (see KEEP_*)
+        self._follow = follow  # crawl mode: which redirects a discovered URL may follow
+
+    async def run(self, item: Item, credentials: bool) -> Outcome:
+        """Attempts for ``item`` (holding a slot of its host) until it has an outcome or
+        must wait for a retry. ``credentials``: whether its requests may carry them."""
+        host = item.host
+        assert host is not None  # noqa: S101 - the frontier hands out items with a slot
+        retry, stats, clock = self._retry, self._stats, self._clock
+        # Seeds follow any redirect; a discovered URL only those its crawl's scope allows.
+        follow = self._follow if item.parent is not None else None
+        while True:
+            if not host.allow():
+                return None, errors.CircuitOpen(host.refusal()), None
+            deadline = item.deadline
+            if deadline is None:  # the first attempt starts the URL's deadline
+                deadline = item.deadline = Deadline(retry.timeout, clock)
+                started, budget = deadline.started, retry.timeout
+            else:
+                started = clock()
+                budget = deadline.expires - started
+                if budget <= 0:
+                    # A retry that waited in the frontier (parked behind its host or its
+                    # pacer, or for a worker) past the URL's deadline.
+                    host.abandon()  # allow() may have made it the probe
+                    return None, errors.Timeout("deadline exceeded"), None
+            item.attempts += 1
+            stats.requests += 1
+            resp: Response | None = None
+            error: errors.FetchError | None = None
+            try:
+                resp = await self._fetcher.fetch(item.url, budget, self._keep, follow, credentials)
+            except errors.FetchError as exc:
+                error = exc
+            except asyncio.CancelledError:
+                host.abandon()
+                raise
+            latency = clock() - started
+            stats.latency.add(latency)
+            status = resp.status if resp is not None else 0
+            host.observe(status, error, latency)
+
+            retryable = error.retryable if error is not None else status in RETRY_STATUSES
+            if retryable and item.attempts <= retry.retries:
+                wait = backoff_delay(
+                    item.attempts, retry.backoff_base, retry.backoff_cap, self._rand()
+                )
+                hint = parse_retry_after(resp.retry_after) if resp is not None else None
+                if hint is not None:
+                    wait = max(wait, hint)
+                if deadline.allows_wait(wait):
+                    stats.retries += 1
+                    if wait < 0.001 and not self._hosts.waits_for_pacer(host):
+                        continue
+                    return resp, error, wait
+            return resp, error, None
