@@ -60,7 +60,8 @@ from crawler.frontier import Frontier, Item
 from crawler.inputs import Source
 from crawler.limiter import AIMD, DynamicSemaphore, HostState, HostTable
 from crawler.progress import show_progress
-from crawler.records import Record, UTCStamp
+from crawler.records import Error, ErrorKind, Record, UTCStamp
+from crawler.recordsink import RecordSink, SinkFactory
 from crawler.retry import RETRY_STATUSES, Deadline, backoff_delay, parse_retry_after
 from crawler.sink import OutputClosed, Sink
 from crawler.state import DONE_BEFORE, FRESH, StateStore
@@ -105,9 +106,9 @@ def _start_writer(writer: BodyStore | WarcArchive, what: str) -> None:
         raise errors.UsageError(f"{what}: {_io_message(exc)}") from None
 
 
-def _described(error: errors.FetchError | None) -> dict[str, str] | None:
+def _described(error: errors.FetchError | None) -> Error | None:
     """A record's ``error`` field."""
-    return {"kind": error.kind, "message": error.message} if error is not None else None
+    return Error(ErrorKind(error.kind), error.message) if error is not None else None
 
 
 def _elapsed_ms(deadline: Deadline | None) -> float:
@@ -141,8 +142,10 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         state: StateStore | None = None,
         notice: Callable[[], None] | None = None,
+        sink: SinkFactory = Sink,
     ) -> None:
         self._config = config
+        self._sink_factory = sink  # where records go: the output's bytes, or the API's channel
         self._notice = notice  # the per-host limit binds (see Frontier.on_host_bound)
         self._source = source
         self._state = state
@@ -187,7 +190,7 @@ class Engine:
         self.stats: Stats
         self._hosts: HostTable
         self._frontier: Frontier
-        self._sink: Sink
+        self._sink: RecordSink
         self._fetcher: Fetcher
         self._permits: DynamicSemaphore
 
@@ -208,7 +211,7 @@ class Engine:
         state = self._state
         if state is not None:
             await state.open()
-        self._sink = sink = Sink(config.sink, state)
+        self._sink = sink = self._sink_factory(config.sink, state)
         stats.lost = lambda: sink.lost
         try:
             await sink.open()
