@@ -214,6 +214,15 @@ def run_config(options: Mapping[str, object], *, crawl: bool) -> RunConfig:
     )
 
 
+class InputFailed(Exception):  # noqa: N818 - a carrier, raised again as what it carries
+    """The caller's iterable of URLs raised: carried through the engine (which would take
+    an OSError for its output's) and raised to the caller as itself."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 class IterSource:
     """The engine's ``Source`` for a Python iterable or async iterable of URL strings.
 
@@ -239,7 +248,7 @@ class IterSource:
         lines = []
         for item in items:
             if not isinstance(item, str):
-                raise TypeError(f"urls must be strings, got {item!r}")
+                raise InputFailed(TypeError(f"urls must be strings, got {item!r}"))
             line = item.strip()
             if line and not line.startswith(_COMMENT):
                 lines.append(line)
@@ -250,7 +259,13 @@ class IterSource:
         if isinstance(urls, AsyncIterable):
             iterator = aiter(urls)
             try:
-                async for item in iterator:
+                while True:
+                    try:
+                        item = await anext(iterator)
+                    except StopAsyncIteration:
+                        break
+                    except Exception as exc:
+                        raise InputFailed(exc) from exc
                     lines = self._lines((item,))
                     if lines:
                         self.lines_read += 1
@@ -263,7 +278,13 @@ class IterSource:
                     await aclose()
         else:
             lines_of = iter(urls)
-            while chunk := list(itertools.islice(lines_of, _BATCH)):
+            while True:
+                try:
+                    chunk = list(itertools.islice(lines_of, _BATCH))
+                except Exception as exc:
+                    raise InputFailed(exc) from exc
+                if not chunk:
+                    break
                 lines = self._lines(chunk)
                 if lines:
                     self.lines_read += len(lines)
@@ -372,6 +393,8 @@ class Run:
             return
         while isinstance(failure, BaseExceptionGroup) and len(failure.exceptions) == 1:
             failure = failure.exceptions[0]  # one failure, raised as itself
+        if isinstance(failure, InputFailed):
+            raise failure.error
         raise failure
 
 
