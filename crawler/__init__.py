@@ -6,19 +6,23 @@ From Python (see README "Use from Python")::
         async for rec in records:
             print(rec.url, rec.status, rec.ok, rec.error and rec.error.kind)
 
-Importing the package stays light (the command line's ``--help`` imports it): the
-engine and aiohttp are imported when a run starts.
+Importing the package imports nothing else: the command line defers stop signals
+(``crawler.__main__``) before any heavy import, so the public names are loaded on
+first use.
 """
 
+import importlib
 import sys
 import types
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from crawler.api import crawl, fetch, fetch_all  # after __version__: crawler.config reads it
-from crawler.config import ConfigError
-from crawler.errors import CrawlerError
-from crawler.records import Error, ErrorKind, Record
+if TYPE_CHECKING:
+    from crawler.api import crawl, fetch, fetch_all
+    from crawler.config import ConfigError
+    from crawler.errors import CrawlerError
+    from crawler.records import Error, ErrorKind, Record
 
 __all__ = [
     "ConfigError",
@@ -32,15 +36,39 @@ __all__ = [
     "fetch_all",
 ]
 
+_HOMES = {
+    "ConfigError": "crawler.config",
+    "CrawlerError": "crawler.errors",
+    "Error": "crawler.records",
+    "ErrorKind": "crawler.records",
+    "Record": "crawler.records",
+    "crawl": "crawler.api",
+    "fetch": "crawler.api",
+    "fetch_all": "crawler.api",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'crawler' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 class _Package(types.ModuleType):
     """``crawler.crawl`` is the API's function, though a submodule has the same name:
-    importing the submodule (the engine does, for a crawl) would otherwise rebind the
+    importing the submodule (the engine does, for a crawl) would otherwise bind the
     package's attribute to it. The submodule stays importable (``from crawler.crawl
     import Crawl``); only the attribute keeps naming the function."""
 
     def __setattr__(self, name: str, value: object) -> None:
-        if name in __all__ and isinstance(value, types.ModuleType):
+        if name in _HOMES and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 

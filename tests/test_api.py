@@ -8,6 +8,7 @@ import gc
 import importlib.resources
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -94,10 +95,9 @@ def test_py_typed_ships() -> None:
 
 
 def test_import_crawler_stays_light() -> None:
-    """The CLI's --help imports the package: the engine and aiohttp come with a run."""
-    code = (
-        "import sys, crawler; print([m for m in ('aiohttp', 'crawler.engine') if m in sys.modules])"
-    )
+    """Nothing heavy comes with the package: the CLI defers stop signals first (__main__)."""
+    heavy = "('orjson', 'aiohttp', 'crawler.engine', 'crawler.api')"
+    code = f"import sys, crawler; print([m for m in {heavy} if m in sys.modules])"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
@@ -242,6 +242,16 @@ async def test_a_sync_generator_is_read_lazily(server: Server) -> None:
         async for _ in records:
             break
     assert pulled < 5000
+
+
+async def test_no_signal_handler_is_installed(server: Server) -> None:
+    from crawler.signals import STOP_SIGNALS
+
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    async with crawler.fetch([server.url("/ok/1"), server.url("/ok/2")]) as records:
+        async for _ in records:
+            assert {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} == before
+    assert {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} == before
 
 
 # -- leaving early ---------------------------------------------------------------------------
