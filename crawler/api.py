@@ -40,10 +40,7 @@ if TYPE_CHECKING:
     from crawler.engine import Engine
     from crawler.recordsink import ChannelSink
 
-__all__ = ["CrawlOptions", "FetchOptions", "Records", "Run", "crawl", "fetch", "fetch_all"]
-
 _BATCH: Final = 256  # URLs of a plain iterable handed to the engine's reader at a time
-_COMMENT: Final = "#"
 
 
 class _SharedOptions(TypedDict, total=False):
@@ -250,7 +247,7 @@ class IterSource:
             if not isinstance(item, str):
                 raise InputFailed(TypeError(f"urls must be strings, got {item!r}"))
             line = item.strip()
-            if line and not line.startswith(_COMMENT):
+            if line and not line.startswith("#"):
                 lines.append(line)
         return lines
 
