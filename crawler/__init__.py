@@ -1,5 +1,76 @@
-"""crawler: fetch and crawl the web at high concurrency, safely; one JSON record per URL."""
+"""crawler: fetch and crawl the web at high concurrency, safely; one JSON record per URL.
+
+From Python (see README "Use from Python")::
+
+    async with crawler.fetch(urls, concurrency=200, per_host=4) as records:
+        async for rec in records:
+            print(rec.url, rec.status, rec.ok, rec.error and rec.error.kind)
+
+Importing the package imports nothing else: the command line defers stop signals
+(``crawler.__main__``) before any heavy import, so the public names are loaded on
+first use.
+"""
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from crawler.api import crawl, fetch, fetch_all
+    from crawler.config import ConfigError
+    from crawler.errors import CrawlerError
+    from crawler.records import Error, ErrorKind, Record
+
+__all__ = [
+    "ConfigError",
+    "CrawlerError",
+    "Error",
+    "ErrorKind",
+    "Record",
+    "__version__",
+    "crawl",
+    "fetch",
+    "fetch_all",
+]
+
+_HOMES = {
+    "ConfigError": "crawler.config",
+    "CrawlerError": "crawler.errors",
+    "Error": "crawler.records",
+    "ErrorKind": "crawler.records",
+    "Record": "crawler.records",
+    "crawl": "crawler.api",
+    "fetch": "crawler.api",
+    "fetch_all": "crawler.api",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'crawler' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """``crawler.crawl`` is the API's function, though a submodule has the same name:
+    importing the submodule (the engine does, for a crawl) would otherwise bind the
+    package's attribute to it. The submodule stays importable (``from crawler.crawl
+    import Crawl``); only the attribute keeps naming the function."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _HOMES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

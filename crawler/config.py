@@ -7,16 +7,25 @@ the CLI reads the environment.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from crawler import __version__
+from crawler.errors import CrawlerError
 
 DEFAULT_USER_AGENT = f"crawler/{__version__} (+https://github.com/crawler-dev/crawler)"
 
 
-class ConfigError(ValueError):
+class ConfigError(CrawlerError, ValueError):
     """A configuration value is out of range; the CLI turns it into exit status 2."""
 
+
+# RFC 9110: a header name is a token; a value has no control characters but tab (each of
+# them makes every request fail; CR/LF would inject headers).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# A GET has no body: a framing header of our own would desynchronise the connection.
+_FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "upgrade"))
 
 # Each unit of concurrency is a worker task; past this, more would only exhaust memory
 # and file descriptors (a typo of a few digits must not take the machine down).
@@ -135,6 +144,18 @@ class FetchConfig:
         _non_negative("max_redirects", self.max_redirects)
         _positive("max_bytes", self.max_bytes)
         _non_negative("pool_size", self.pool_size)
+        for name, value in self.headers:
+            if not _HEADER_NAME.fullmatch(name):
+                raise ConfigError(f"invalid header name {name!r}")
+            if name.lower() in _FRAMING_HEADERS:
+                raise ConfigError(f"invalid header {name!r}: it is set by crawler itself")
+            if _CONTROL.search(value):
+                raise ConfigError(f"invalid header {name!r}: control characters in value")
+        for name in self.secret_headers:
+            if not _HEADER_NAME.fullmatch(name):
+                raise ConfigError(f"invalid secret header {name!r}: expected a header name")
+        if _CONTROL.search(self.user_agent):
+            raise ConfigError("invalid user agent: control characters in value")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,6 +195,11 @@ class CrawlConfig:
     def __post_init__(self) -> None:
         if self.scope not in ("host", "domain", "prefix"):
             raise ConfigError(f"scope must be host, domain or prefix, got {self.scope!r}")
+        for pattern in (*self.include, *self.exclude):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"invalid regex {pattern!r}: {exc}") from None
         if self.max_depth is not None:
             _non_negative("depth", self.max_depth)
         if self.max_pages is not None:

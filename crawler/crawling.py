@@ -24,7 +24,7 @@ from crawler.config import RunConfig
 from crawler.fetcher import HTML_TYPES, KEEP_ALL, KEEP_HTML, KEEP_NONE, Fetcher, Response
 from crawler.frontier import Frontier, Item
 from crawler.limiter import HostTable
-from crawler.sink import Sink
+from crawler.recordsink import RecordSink
 from crawler.state import DONE_BEFORE, FRESH, StateStore
 from crawler.stats import Stats
 from crawler.urls import host_key, parse_url
@@ -192,7 +192,7 @@ class Crawling:
             counts["warc_records"] = warc.records
         return counts
 
-    def open_stores(self, sink: Sink) -> None:
+    def open_stores(self, sink: RecordSink) -> None:
         """--save-dir and --warc: fail with one clear line before the run starts."""
         store = self._config.store
         if store.save_dir is not None:

@@ -57,6 +57,7 @@ from crawler.inputs import Source
 from crawler.limiter import DynamicSemaphore, HostTable
 from crawler.progress import show_progress
 from crawler.records import Answer, Record, Records
+from crawler.recordsink import RecordSink, SinkFactory
 from crawler.sink import OutputClosed, Sink
 from crawler.state import DONE_BEFORE, StateStore
 from crawler.stats import Snapshot, Stats
@@ -91,8 +92,10 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         state: StateStore | None = None,
         notice: Callable[[], None] | None = None,
+        sink: SinkFactory = Sink,
     ) -> None:
         self._config = config
+        self._sink_factory = sink  # where records go: the output's bytes, or the API's channel
         self._notice = notice  # the per-host limit binds (see Frontier.on_host_bound)
         self._source = source
         self._state = state
@@ -125,7 +128,7 @@ class Engine:
         self.stats: Stats
         self._hosts: HostTable
         self._frontier: Frontier
-        self._sink: Sink
+        self._sink: RecordSink
         self._fetcher: Fetcher
         self._pages: Crawling  # crawl mode and storage
         self._attempts: Attempts
@@ -148,7 +151,7 @@ class Engine:
         state = self._state
         if state is not None:
             await state.open()
-        self._sink = sink = Sink(config.sink, state)
+        self._sink = sink = self._sink_factory(config.sink, state)
         stats.lost = lambda: sink.lost
         try:
             await sink.open()

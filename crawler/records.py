@@ -5,12 +5,41 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Protocol
 
 import orjson
 
 _ENCODE_OPTS = orjson.OPT_APPEND_NEWLINE
 _new = object.__new__
+
+
+class ErrorKind(StrEnum):
+    """A record's ``error.kind``: the contract's error kinds (see README "Error kinds")."""
+
+    INVALID_URL = "invalid_url"
+    DNS = "dns"
+    CONNECT = "connect"
+    TLS = "tls"
+    TIMEOUT = "timeout"
+    TOO_LARGE = "too_large"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    PROTOCOL = "protocol"
+    HTTP = "http"
+    CIRCUIT_OPEN = "circuit_open"
+    ROBOTS = "robots"
+    CANCELLED = "cancelled"
+    BLOCKED = "blocked"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A record's ``error`` field: ``{"kind": ..., "message": ...}`` in JSON (orjson
+    encodes the dataclass in field order, the enum as its value)."""
+
+    kind: ErrorKind
+    message: str
 
 
 @dataclass(slots=True)
@@ -21,7 +50,7 @@ class Record:
     final_url: str | None = None
     status: int | None = None
     ok: bool = False
-    error: dict[str, str] | None = None
+    error: Error | None = None
     attempts: int = 0
     elapsed_ms: float = 0.0
     bytes: int = 0
@@ -32,6 +61,10 @@ class Record:
     parent: str | None = None  # crawl mode: the page (or sitemap) the URL was found on
     body_path: str | None = None  # --save-dir: where the body is stored
     sha256: str | None = None  # --save-dir: the body's SHA-256 (hex)
+
+    def to_json(self) -> str:
+        """The record's JSON line as the CLI writes it, without the final newline."""
+        return encode(self)[:-1].decode()
 
 
 class _Timed(Protocol):
@@ -77,9 +110,9 @@ class Failure(Protocol):
     def message(self) -> str: ...
 
 
-def _described(error: Failure | None) -> dict[str, str] | None:
+def _described(error: Failure | None) -> Error | None:
     """A record's ``error`` field."""
-    return {"kind": error.kind, "message": error.message} if error is not None else None
+    return Error(ErrorKind(error.kind), error.message) if error is not None else None
 
 
 def _elapsed_ms(task: Task) -> float:
@@ -163,6 +196,8 @@ def _safe(value: Any) -> Any:
         return {safe_text(k): _safe(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_safe(v) for v in value]
+    if isinstance(value, Error):
+        return {"kind": value.kind, "message": safe_text(value.message)}
     return value
 
 

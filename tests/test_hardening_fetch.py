@@ -24,7 +24,7 @@ from crawler import errors
 from crawler.config import FetchConfig
 from crawler.fetcher import MAX_INFORMATIONAL, Fetcher, Response, make_session
 from crawler.netpolicy import AddressPolicy, unroutable
-from crawler.records import Record, encode
+from crawler.records import Error, ErrorKind, Record, encode
 from crawler.urls import parse_target, parse_url
 from tests.test_cli import ENV, assert_no_traceback
 
@@ -115,7 +115,7 @@ def test_record_encoder_survives_any_header_bytes(
         url=loc,
         final_url=loc,
         content_type=text,
-        error={"kind": error.kind, "message": why},
+        error=Error(ErrorKind(error.kind), why),
         redirects=[loc, text],
         parent=why,
     )
@@ -142,7 +142,7 @@ async def _record_for(status: bytes, ctype: bytes, location: bytes) -> bytes:
         try:
             resp = await fetch(srv.url("/x"), max_redirects=0)
         except errors.FetchError as exc:
-            record.error = {"kind": exc.kind, "message": exc.message}
+            record.error = Error(ErrorKind(exc.kind), exc.message)
             resp = exc.response  # type: ignore[assignment]
         if resp is not None:
             record.final_url, record.status = resp.final_url, resp.status

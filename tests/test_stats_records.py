@@ -8,7 +8,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crawler.records import Record, UTCStamp, encode
+from crawler.records import Error, ErrorKind, Record, UTCStamp, encode
 from crawler.stats import Histogram, Stats
 
 
@@ -62,7 +62,7 @@ def test_record_encodes_every_contract_field_in_order() -> None:
         final_url=st.none() | st.text(),
         status=st.none() | st.integers(100, 599),
         ok=st.booleans(),
-        error=st.none() | st.dictionaries(st.sampled_from(["kind", "message"]), st.text()),
+        error=st.none() | st.builds(Error, st.sampled_from(ErrorKind), st.text()),
         attempts=st.integers(0, 10),
         elapsed_ms=st.floats(0, 1e6),
         bytes=st.integers(0, 1 << 40),

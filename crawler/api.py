@@ -1,0 +1,449 @@
+"""The Python API: ``crawler.fetch``, ``crawler.crawl`` and ``crawler.fetch_all``.
+
+The same engine as the command line, fed from a Python (async) iterable and handing
+``Record`` objects to the caller through a bounded channel (``ChannelSink``) instead of
+writing JSON lines. Options have the command line's names (``--per-host-rps`` is
+``per_host_rps``) and are validated by the same config dataclasses: a bad value raises
+``ConfigError`` when the call is made, before anything runs.
+
+Lifetime. ``async with crawler.fetch(...)`` starts the run in a task of its own; leaving
+the block stops it the way a second Ctrl-C stops the CLI (intake stops, requests in
+flight are cancelled, nothing waits on the consumer any more) and waits for it to end,
+so no task, connection or child process outlives the block. No signal handler is
+installed: the program's own Ctrl-C handling is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
+
+from crawler.config import (
+    BreakerConfig,
+    ConfigError,
+    CrawlConfig,
+    FetchConfig,
+    InputConfig,
+    LimitConfig,
+    RetryConfig,
+    RunConfig,
+    StoreConfig,
+)
+from crawler.records import Record
+
+if TYPE_CHECKING:
+    from crawler.engine import Engine
+    from crawler.recordsink import ChannelSink
+
+_BATCH: Final = 256  # URLs of a plain iterable handed to the engine's reader at a time
+
+
+class _SharedOptions(TypedDict, total=False):
+    concurrency: int
+    per_host: int
+    rps: float
+    per_host_rps: float
+    burst: int
+    adaptive: bool
+    retries: int
+    timeout: float
+    connect_timeout: float
+    max_redirects: int
+    max_bytes: int
+    queue_size: int
+    header: Mapping[str, str] | Iterable[str]  # {"Name": "value"} or ["Name: value"]
+    secret_header: Iterable[str]
+    user_agent: str
+    breaker_threshold: int
+    breaker_cooldown: float
+    insecure: bool
+    grace: float
+    block_private: bool
+    resolve: Iterable[str]
+    save_dir: str | os.PathLike[str]
+    warc: str | os.PathLike[str]
+    warc_max_size: int
+
+
+class FetchOptions(_SharedOptions, total=False):
+    """``crawler fetch``'s options, by their Python names."""
+
+    method: str
+    no_dedup: bool
+
+
+class CrawlOptions(_SharedOptions, total=False):
+    """``crawler crawl``'s options, by their Python names."""
+
+    scope: str
+    include: Iterable[str]
+    exclude: Iterable[str]
+    depth: int
+    max_pages: int
+    max_time: float
+    assets: bool
+    ignore_robots: bool
+    sitemaps: bool
+    sitemap: Iterable[str]
+
+
+# option -> (config slice, field, expected type, negated); each slice's __post_init__
+# validates the value, and its defaults are the ones every interface shares.
+_FIELDS: Final[dict[str, tuple[str, str, type, bool]]] = {
+    "concurrency": ("limits", "concurrency", int, False),
+    "per_host": ("limits", "per_host", int, False),
+    "rps": ("limits", "rps", float, False),
+    "per_host_rps": ("limits", "per_host_rps", float, False),
+    "burst": ("limits", "burst", int, False),
+    "adaptive": ("limits", "adaptive", bool, False),
+    "queue_size": ("limits", "queue_size", int, False),
+    "retries": ("retry", "retries", int, False),
+    "timeout": ("retry", "timeout", float, False),
+    "breaker_threshold": ("breaker", "threshold", int, False),
+    "breaker_cooldown": ("breaker", "cooldown", float, False),
+    "method": ("fetch", "method", str, False),
+    "connect_timeout": ("fetch", "connect_timeout", float, False),
+    "max_redirects": ("fetch", "max_redirects", int, False),
+    "max_bytes": ("fetch", "max_bytes", int, False),
+    "user_agent": ("fetch", "user_agent", str, False),
+    "insecure": ("fetch", "verify_tls", bool, True),
+    "block_private": ("fetch", "block_private", bool, False),
+    "no_dedup": ("input", "dedup", bool, True),
+    "warc_max_size": ("store", "warc_max_size", int, False),
+    "scope": ("crawl", "scope", str, False),
+    "depth": ("crawl", "max_depth", int, False),
+    "max_pages": ("crawl", "max_pages", int, False),
+    "max_time": ("crawl", "max_time", float, False),
+    "assets": ("crawl", "assets", bool, False),
+    "ignore_robots": ("crawl", "obey_robots", bool, True),
+    "sitemaps": ("crawl", "sitemaps", bool, False),
+}
+
+
+def _typed(name: str, value: object, kind: type) -> Any:
+    """``value`` if it has the option's type (an int does for a float; a bool is not a
+    number here), else a ConfigError."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{name} must be {kind.__name__}, got {value!r}")
+
+
+def _strings(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+    items = tuple(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"{name} must be a list of strings, got {item!r}")
+    return items
+
+
+def _headers(value: object) -> tuple[tuple[str, str], ...]:
+    """``{"Name": "value"}`` or ``["Name: value", ...]`` (the CLI's ``-H``)."""
+    if isinstance(value, Mapping):
+        pairs = [(_typed("header", k, str), _typed("header", v, str)) for k, v in value.items()]
+    else:
+        pairs = []
+        for line in _strings("header", value):
+            name, sep, text = line.partition(":")
+            if not sep:
+                raise ConfigError(f"invalid header {line!r}: expected 'Name: value'")
+            pairs.append((name, text))
+    return tuple((name.strip(" \t"), text.strip(" \t")) for name, text in pairs)
+
+
+def run_config(options: Mapping[str, object], *, crawl: bool) -> RunConfig:
+    """The RunConfig for the API's keyword ``options`` (the CLI's option names)."""
+    from crawler.netpolicy import parse_resolve
+
+    allowed = (CrawlOptions if crawl else FetchOptions).__optional_keys__
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise TypeError(f"unexpected option {unknown[0]!r}")
+    slices: dict[str, dict[str, Any]] = {
+        name: {} for name in ("input", "limits", "retry", "breaker", "fetch", "store", "crawl")
+    }
+    run: dict[str, Any] = {}
+    for name, value in options.items():
+        if name in _FIELDS:
+            where, field_name, kind, negated = _FIELDS[name]
+            checked = _typed(name, value, kind)
+            slices[where][field_name] = not checked if negated else checked
+        elif name == "grace":
+            run["grace"] = _typed(name, value, float)
+        elif name == "header":
+            slices["fetch"]["headers"] = _headers(value)
+        elif name == "secret_header":
+            slices["fetch"]["secret_headers"] = tuple(n.strip() for n in _strings(name, value))
+        elif name == "resolve":
+            try:
+                resolved = tuple(parse_resolve(r) for r in _strings(name, value))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            slices["fetch"]["resolve"] = resolved
+        elif name in ("save_dir", "warc"):
+            if not isinstance(value, str | os.PathLike):
+                raise ConfigError(f"{name} must be a path, got {value!r}")
+            slices["store"][name] = os.fspath(value)
+        elif name in ("include", "exclude"):
+            slices["crawl"][name] = _strings(name, value)
+        elif name == "sitemap":
+            urls = _strings(name, value)
+            slices["crawl"]["sitemap_urls"] = urls
+            if urls:
+                slices["crawl"]["sitemaps"] = True
+    return RunConfig(
+        input=InputConfig(**slices["input"]),
+        limits=LimitConfig(**slices["limits"]),
+        retry=RetryConfig(**slices["retry"]),
+        breaker=BreakerConfig(**slices["breaker"]),
+        fetch=FetchConfig(**slices["fetch"]),
+        store=StoreConfig(**slices["store"]),
+        crawl=CrawlConfig(**slices["crawl"]) if crawl else None,
+        **run,
+    )
+
+
+class InputFailed(Exception):  # noqa: N818 - a carrier, raised again as what it carries
+    """The caller's iterable of URLs raised: carried through the engine (which would take
+    an OSError for its output's) and raised to the caller as itself."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class IterSource:
+    """The engine's ``Source`` for a Python iterable or async iterable of URL strings.
+
+    Each string is one input line, read by the CLI's rules: surrounding whitespace is
+    stripped, blank strings and ``#`` comments are skipped (so the lines of an open
+    file can be given as they are). Read lazily, as the engine's reader asks: a
+    generator of ten million URLs is never held in memory. An async iterable is handed
+    on one URL at a time (when it would wait for its next one cannot be known).
+    """
+
+    def __init__(self, urls: Iterable[str] | AsyncIterable[str]) -> None:
+        if isinstance(urls, str | bytes):
+            raise TypeError("urls must be an iterable of URL strings, not a single string")
+        if not isinstance(urls, Iterable | AsyncIterable):
+            raise TypeError(f"urls must be an iterable of URL strings, got {type(urls).__name__}")
+        self._urls = urls
+        self.lines_total: int | None = None
+        self.lines_read = 0
+        self.eof = False
+
+    @staticmethod
+    def _lines(items: Iterable[object]) -> list[str]:
+        lines = []
+        for item in items:
+            if not isinstance(item, str):
+                raise InputFailed(TypeError(f"urls must be strings, got {item!r}"))
+            line = item.strip()
+            if line and not line.startswith("#"):
+                lines.append(line)
+        return lines
+
+    async def batches(self) -> AsyncIterator[list[str]]:
+        urls = self._urls
+        if isinstance(urls, AsyncIterable):
+            iterator = aiter(urls)
+            try:
+                while True:
+                    try:
+                        item = await anext(iterator)
+                    except StopAsyncIteration:
+                        break
+                    except Exception as exc:
+                        raise InputFailed(exc) from exc
+                    lines = self._lines((item,))
+                    if lines:
+                        self.lines_read += 1
+                        yield lines
+            finally:
+                # An async generator left unfinished would be closed later by the event
+                # loop, in a task of its own: closed here, by the run that used it.
+                aclose = getattr(iterator, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        else:
+            lines_of = iter(urls)
+            while True:
+                try:
+                    chunk = list(itertools.islice(lines_of, _BATCH))
+                except Exception as exc:
+                    raise InputFailed(exc) from exc
+                if not chunk:
+                    break
+                lines = self._lines(chunk)
+                if lines:
+                    self.lines_read += len(lines)
+                    yield lines
+        self.lines_total = self.lines_read
+        self.eof = True
+
+    def start_count(self) -> None:
+        pass  # how many URLs an iterable holds is known only once it is read
+
+    async def counted(self) -> None:
+        pass
+
+    def stop_count(self) -> None:
+        pass
+
+
+class Records:
+    """The records of a run, in the order they finish: ``async for rec in records``."""
+
+    def __init__(self, channel: ChannelSink, run: Run) -> None:
+        self._channel = channel
+        self._run = run
+
+    def __aiter__(self) -> Records:
+        return self
+
+    async def __anext__(self) -> Record:
+        record = await self._channel.get()
+        if record is None:
+            await self._run.wait()  # the run's own failure, if any, is raised here
+            raise StopAsyncIteration
+        return record
+
+
+class Run:
+    """``async with`` a run of the engine; see ``fetch()`` and ``crawl()``."""
+
+    def __init__(self, config: RunConfig, urls: Iterable[str] | AsyncIterable[str]) -> None:
+        self._config = config
+        self._source = IterSource(urls)
+        self._engine: Engine | None = None
+        self._channel: ChannelSink | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._opened = False
+
+    async def __aenter__(self) -> Records:
+        if self._task is not None:
+            raise RuntimeError("a crawler run can be entered only once")
+        from crawler.engine import Engine  # imported late: `import crawler` stays light
+        from crawler.recordsink import ChannelSink
+
+        channel = self._channel = ChannelSink()
+
+        def sink(*_: object) -> ChannelSink:
+            self._opened = True  # the engine is set up far enough to be told to stop
+            return channel
+
+        engine = self._engine = Engine(
+            self._config, self._source, install_signal_handlers=False, sink=sink
+        )
+        task = self._task = asyncio.create_task(engine.run(), name="crawler-run")
+        task.add_done_callback(lambda _: channel.end())
+        return Records(channel, self)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+        if exc is None:
+            await self.wait()
+
+    async def aclose(self) -> None:
+        """Stop the run (if it still runs) and wait for it to end: intake stops, requests
+        in flight are cancelled and nothing waits for the consumer any more."""
+        task, engine = self._task, self._engine
+        if task is None or engine is None or task.done():
+            return
+        if self._opened:
+            engine.request_stop()  # stop taking URLs...
+            engine.request_stop()  # ...and cancel the requests in flight now
+        else:
+            task.cancel()  # not started yet: nothing to clean up
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            # Cancelled while waiting for the run to end: end it at once (it still gets to
+            # close its session and files), then let the cancellation go on.
+            task.cancel()
+            await asyncio.wait([task])
+            raise
+
+    async def wait(self) -> None:
+        """Wait for the run to end; raise what ended it, if it failed."""
+        task = self._task
+        if task is None:
+            return
+        await asyncio.wait([task])
+        if task.cancelled():
+            return
+        failure = task.exception()
+        if failure is None:
+            return
+        while isinstance(failure, BaseExceptionGroup) and len(failure.exceptions) == 1:
+            failure = failure.exceptions[0]  # one failure, raised as itself
+        if isinstance(failure, InputFailed):
+            raise failure.error
+        raise failure
+
+
+def fetch(urls: Iterable[str] | AsyncIterable[str], **options: Unpack[FetchOptions]) -> Run:
+    """Fetch every URL once; ``async with`` it for the records as they finish::
+
+        async with crawler.fetch(urls, concurrency=200, per_host=4, timeout=10) as records:
+            async for rec in records:
+                ...
+
+    ``urls``: any iterable or async iterable of URL strings, read lazily. ``options``: the
+    ``crawler fetch`` options by their Python names; a bad value raises ``ConfigError``
+    here. Duplicates are fetched once (unless ``no_dedup=True``); every URL, valid or not,
+    gets exactly one record unless the run is left early.
+    """
+    return Run(run_config(options, crawl=False), urls)
+
+
+def crawl(seeds: Iterable[str] | AsyncIterable[str], **options: Unpack[CrawlOptions]) -> Run:
+    """Crawl from ``seeds``, following links in scope; like ``fetch()``, one record per
+    page. ``options``: the ``crawler crawl`` options by their Python names (``depth=2``,
+    ``max_pages=100``, ``scope="domain"``, ``ignore_robots=True``, ...)."""
+    return Run(run_config(options, crawl=True), seeds)
+
+
+def fetch_all(urls: Iterable[str], **options: Unpack[FetchOptions]) -> list[Record]:
+    """``fetch()`` for scripts and notebooks: run to the end, return every record.
+
+    Runs its own event loop; where one already runs in this thread (a notebook), in a
+    thread of its own."""
+    run = Run(run_config(options, crawl=False), urls)
+
+    async def collect() -> list[Record]:
+        async with run as records:
+            return [record async for record in records]
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(collect())
+    result: list[list[Record]] = []
+    failure: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            result.append(asyncio.run(collect()))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=main, name="crawler-fetch-all")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
