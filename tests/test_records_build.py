@@ -10,7 +10,7 @@ from yarl import URL
 from crawler import errors
 from crawler.fetcher import Response
 from crawler.frontier import Item
-from crawler.records import Record, Records, encode
+from crawler.records import Error, ErrorKind, Record, Records, encode
 from crawler.retry import Deadline
 
 
@@ -80,8 +80,8 @@ def test_unanswered_and_invalid_records() -> None:
     records = Records()
     gone = records.unanswered(item(), errors.ConnectError("Connection refused"))
     assert (gone.status, gone.ok, gone.attempts, gone.elapsed_ms) == (None, False, 3, 250.0)
-    assert gone.error == {"kind": "connect", "message": "Connection refused"}
+    assert gone.error == Error(ErrorKind.CONNECT, "Connection refused")
     assert (gone.depth, gone.parent) == (2, "http://a.test/")
     bad = records.invalid("nope", errors.InvalidURL("no scheme"))
     assert (bad.url, bad.attempts, bad.elapsed_ms) == ("nope", 0, 0.0)
-    assert bad.error == {"kind": "invalid_url", "message": "no scheme"}
+    assert bad.error == Error(ErrorKind.INVALID_URL, "no scheme")
