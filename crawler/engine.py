@@ -2,9 +2,12 @@
 
     LineSource --lines--> reader: parse, validate, dedup --Item--> Frontier (bounded)
         --> worker x C: DynamicSemaphore permit, host slot (and pacers: the frontier
-                        hands out a URL only when its request may start), breaker,
-                        Fetcher attempt, retry (back-off via the frontier)
-        --> Record --> Sink (the only writer of the output)
+                        hands out a URL only when its request may start), then
+                        Attempts (attempts.py: breaker, deadline, Fetcher, retry
+                        decision; a back-off waits in the frontier)
+        --> Record (records.py) --> RecordSink: Sink, the only writer of the output, or
+                        the Python API's channel (recordsink.py)
+    Crawl mode and --save-dir/--warc are wired in by crawling.py.
 
 Lifetimes. Every task (reader, workers, sink writer, loop-lag probe, host sweeper,
 progress) belongs to one TaskGroup. The run ends when the input is exhausted, the
@@ -38,7 +41,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from rich.console import Console
 from yarl import URL
@@ -62,9 +65,6 @@ from crawler.sink import OutputClosed, Sink
 from crawler.state import DONE_BEFORE, StateStore
 from crawler.stats import Snapshot, Stats
 from crawler.urls import parse_target
-
-if TYPE_CHECKING:
-    pass
 
 _SWEEP_INTERVAL: Final = 1.0
 _MAX_CRAWL_DELAY: Final = 60.0
