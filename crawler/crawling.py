@@ -231,7 +231,11 @@ class Crawling:
             )
 
         crawl.robots = RobotsCache(
-            fetch, ttl=crawl.config.robots_ttl, clock=self._clock, on_new=self._on_robots
+            fetch,
+            ttl=crawl.config.robots_ttl,
+            clock=self._clock,
+            on_new=self._on_robots,
+            on_evict=self._on_robots_gone,
         )
         self.robots_rules = crawl.robots.rules
         self._frontier.checks_first = True  # see _process: robots.txt, then the pacer
@@ -246,6 +250,12 @@ class Crawling:
         if crawl.config.sitemaps:
             for url in crawl.new_sitemaps(rules.sitemaps):
                 self._spawn_sitemap(url, 0)
+
+    def _on_robots_gone(self, origin: str, rules: Rules) -> None:
+        """A robots.txt left the cache (bounded): the Crawl-delay it set is released."""
+        delay = rules.crawl_delay(self._config.fetch.user_agent)
+        if delay is not None and delay > 0:
+            self._hosts.forget_crawl_delay(host_key(URL(origin)))
 
     async def keep_body(self, item: Item, resp: Response, body: bytes) -> Kept:
         """Crawl mode: the page's links. --save-dir / --warc: store the body (unless the

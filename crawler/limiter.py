@@ -306,7 +306,13 @@ class HostTable:
         self._clock = clock
         self.now = clock  # the pacers' clock (the engine's): the frontier reads it too
         self._hosts: dict[str, HostState] = {}
-        self._crawl_delays: dict[str, float] = {}  # robots.txt Crawl-delay, by host key
+        # robots.txt Crawl-delay, by host key. An entry lives as long as a cached robots.txt
+        # asks for it (counted in _delay_refs: several origins can share a host key), and
+        # after that as long as the host itself: a host forgotten and met again has its
+        # robots.txt read again, which sets the delay again. So the map is bounded by the
+        # robots cache and the host table, and a delay never lapses while it applies.
+        self._crawl_delays: dict[str, float] = {}
+        self._delay_refs: dict[str, int] = {}
         self.global_pacer = Pacer(limits.rps, limits.burst) if limits.rps > 0 else None
         self.paced = limits.rps > 0 or limits.per_host_rps > 0
 
@@ -344,8 +350,10 @@ class HostTable:
         return Pacer(limits.per_host_rps, limits.burst) if limits.per_host_rps > 0 else None
 
     def set_crawl_delay(self, key: str, delay: float) -> None:
-        """robots.txt asked for ``delay`` seconds between requests to this host."""
+        """robots.txt asked for ``delay`` seconds between requests to this host (one call
+        per cached robots.txt that asks it; see forget_crawl_delay)."""
         self._crawl_delays[key] = delay
+        self._delay_refs[key] = self._delay_refs.get(key, 0) + 1
         self.paced = True
         host = self._hosts.get(key)
         if host is not None:
@@ -355,19 +363,33 @@ class HostTable:
                 # old.tat - old.interval at the latest, the next waits the new interval.
                 host.pacer.tat = old.tat - old.interval + host.pacer.interval
 
+    def forget_crawl_delay(self, key: str) -> None:
+        """A robots.txt that asked for a Crawl-delay left the cache: the delay goes once no
+        cached robots.txt asks it and the host is forgotten (a live host keeps its pace)."""
+        refs = self._delay_refs.pop(key, 0) - 1
+        if refs > 0:
+            self._delay_refs[key] = refs
+        elif key not in self._hosts:
+            self._crawl_delays.pop(key, None)
+
+    def _drop(self, key: str) -> None:
+        del self._hosts[key]
+        if key not in self._delay_refs:
+            self._crawl_delays.pop(key, None)  # no robots.txt cached asks it any more
+
     def waits_for_pacer(self, host: HostState) -> bool:
         """Whether a request to ``host`` waits for a pacer (the frontier's to decide)."""
         return host.pacer is not None or self.global_pacer is not None
 
     def release(self, host: HostState) -> None:
         """Called when a request of ``host`` ends; forgets the host at once if it can."""
-        if host.active == 0 and host.forgettable(self._clock()):
-            self._hosts.pop(host.key, None)
+        if host.active == 0 and host.forgettable(self._clock()) and host.key in self._hosts:
+            self._drop(host.key)
 
     def sweep(self) -> int:
         """Drop every forgettable host (breakers that cooled down, pacers that caught up)."""
         now = self._clock()
         dead = [key for key, host in self._hosts.items() if host.forgettable(now)]
         for key in dead:
-            del self._hosts[key]
+            self._drop(key)
         return len(dead)

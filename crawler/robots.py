@@ -16,6 +16,7 @@ its last, possibly cut, line.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -30,6 +31,9 @@ ROBOTS_MAX_BYTES: Final = 512 * 1024  # Google reads the first 500 KiB
 _ERROR_TTL: Final = 300.0
 _INLINE_PARSE_CHARS: Final = 32 * 1024
 _MAX_HELD_BYTES: Final = 64 * 1024 * 1024  # of robots.txt text behind the cached rules
+# Origins whose rules are cached: 404s and errors hold no text but still an entry each,
+# and a crawl of millions of hosts (--scope domain) must not keep them all.
+MAX_ENTRIES: Final = 100_000
 # protego matches a URL against each wildcard rule with a scan of the URL per '*': 512 KiB
 # of '/*1*z$' rules and a 60 KB link cost seconds per URL, on the loop. Past this many
 # characters scanned (~25 ms) the URL is not checked: it is refused, as disallowed.
@@ -66,7 +70,13 @@ Fetch = Callable[[URL], Awaitable[Response]]
 
 class RobotsCache:
     """``await rules(url)``: the robots rules of the URL's origin, fetched at most once
-    at a time per origin; concurrent callers share the one request."""
+    at a time per origin; concurrent callers share the one request.
+
+    At most ``max_entries`` origins and ``max_bytes`` of robots.txt text are cached, the
+    least recently used forgotten first (fetched again if needed). ``on_new(origin,
+    rules)`` is called for each entry cached, ``on_evict(origin, rules)`` for each one
+    dropped (evicted, or replaced once expired), always in that order for an entry: what
+    the caller derives from an entry (a Crawl-delay) can live exactly as long as it."""
 
     def __init__(
         self,
@@ -75,12 +85,18 @@ class RobotsCache:
         ttl: float,
         clock: Callable[[], float],
         on_new: Callable[[str, Rules], None] | None = None,
+        on_evict: Callable[[str, Rules], None] | None = None,
+        max_entries: int = MAX_ENTRIES,
+        max_bytes: int = _MAX_HELD_BYTES,
     ) -> None:
         self._fetch = fetch
         self._ttl = ttl
         self._clock = clock
         self._on_new = on_new  # called once per fetched robots.txt (crawl-delay, sitemaps)
-        self._rules: dict[str, Rules] = {}
+        self._on_evict = on_evict
+        self._max_entries = max(1, max_entries)
+        self._max_bytes = max_bytes
+        self._rules: OrderedDict[str, Rules] = OrderedDict()  # least recently used first
         self._held = 0  # sum of their sizes
         self._inflight: dict[str, asyncio.Future[Rules | None]] = {}
         self.fetched = 0
@@ -90,6 +106,7 @@ class RobotsCache:
         while True:
             rules = self._rules.get(origin)
             if rules is not None and rules.expires > self._clock():
+                self._rules.move_to_end(origin)
                 return rules
             pending = self._inflight.get(origin)
             if pending is None:
@@ -109,23 +126,34 @@ class RobotsCache:
             del self._inflight[origin]
         old = self._rules.pop(origin, None)  # expired: its place moves to the newest end
         if old is not None:
-            self._held -= old.size
+            self._dropped(origin, old)
         self._rules[origin] = rules
         self._held += rules.size
-        if self._held > _MAX_HELD_BYTES:
-            self._evict()
         fut.set_result(rules)
         if self._on_new is not None:
             self._on_new(origin, rules)
+        self._evict()
         return rules
 
+    def __len__(self) -> int:
+        return len(self._rules)
+
     def _evict(self) -> None:
-        """Forget the oldest origins' rules until the cache is within its bound (they are
-        fetched again if needed): a crawl of many hosts (--scope domain, each subdomain
-        its own origin, each robots.txt up to 512 KiB) must not keep them all."""
+        """Forget the least recently used origins' rules while the cache is past a bound
+        (they are fetched again if needed): a crawl of many hosts (--scope domain, each
+        subdomain its own origin, each robots.txt up to 512 KiB) must not keep them all.
+        Past the byte bound it sheds down to half, not to reparse at every new origin."""
         rules = self._rules
-        while self._held > _MAX_HELD_BYTES // 2 and rules:
-            self._held -= rules.pop(next(iter(rules))).size
+        if self._held > self._max_bytes:
+            while self._held > self._max_bytes // 2 and rules:
+                self._dropped(*rules.popitem(last=False))
+        while len(rules) > self._max_entries:
+            self._dropped(*rules.popitem(last=False))
+
+    def _dropped(self, origin: str, rules: Rules) -> None:
+        self._held -= rules.size
+        if self._on_evict is not None:
+            self._on_evict(origin, rules)
 
     async def _load(self, origin: str) -> Rules:
         self.fetched += 1
