@@ -130,10 +130,12 @@ class LinkQueue:
         return [Link(u, d, p, from_sql(fp)) for _, u, d, p, fp in rows]
 
     def close(self) -> None:
-        """Drop the spill file (idempotent; pending writes finish first)."""
+        """Drop the spill file (idempotent): the spill thread does it after its pending
+        writes, and is not waited for (close() runs on the loop; a slow disk must not
+        block it). The file was unlinked when created: nothing is left behind."""
         if self._executor is not None:
-            self._executor.submit(self._close).result()
-            self._executor.shutdown(wait=True)
+            self._executor.submit(self._close)
+            self._executor.shutdown(wait=False)
             self._executor = None
 
     def _close(self) -> None:
