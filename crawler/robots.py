@@ -87,7 +87,7 @@ class RobotsCache:
         on_new: Callable[[str, Rules], None] | None = None,
         on_evict: Callable[[str, Rules], None] | None = None,
         max_entries: int = MAX_ENTRIES,
-        max_bytes: int = _MAX_HELD_BYTES,
+        max_bytes: int | None = None,
     ) -> None:
         self._fetch = fetch
         self._ttl = ttl
@@ -95,7 +95,7 @@ class RobotsCache:
         self._on_new = on_new  # called once per fetched robots.txt (crawl-delay, sitemaps)
         self._on_evict = on_evict
         self._max_entries = max(1, max_entries)
-        self._max_bytes = max_bytes
+        self._max_bytes = _MAX_HELD_BYTES if max_bytes is None else max_bytes
         self._rules: OrderedDict[str, Rules] = OrderedDict()  # least recently used first
         self._held = 0  # sum of their sizes
         self._inflight: dict[str, asyncio.Future[Rules | None]] = {}
