@@ -1,7 +1,8 @@
 """Frozen configuration slices, one per component, validated on creation.
 
-Built once in ``cli.py``; every component receives only its own slice. Nothing below
-the CLI reads the environment.
+Built once per run, by ``crawler.options.run_config`` (for the command line and the Python
+API alike); every component receives only its own slice. Nothing below the CLI reads the
+environment.
 """
 
 from __future__ import annotations
