@@ -3,8 +3,9 @@
 The same engine as the command line, fed from a Python (async) iterable and handing
 ``Record`` objects to the caller through a bounded channel (``ChannelSink``) instead of
 writing JSON lines. Options have the command line's names (``--per-host-rps`` is
-``per_host_rps``) and are validated by the same config dataclasses: a bad value raises
-``ConfigError`` when the call is made, before anything runs.
+``per_host_rps``) and become a RunConfig through the same function as the command line's
+(``crawler.options.run_config``): a bad value raises ``ConfigError`` when the call is
+made, before anything runs.
 
 Lifetime. ``async with crawler.fetch(...)`` starts the run in a task of its own; leaving
 the block stops it the way a second Ctrl-C stops the CLI (intake stops, requests in
@@ -17,23 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Final, Unpack
 
-from crawler.config import (
-    BreakerConfig,
-    ConfigError,
-    CrawlConfig,
-    FetchConfig,
-    InputConfig,
-    LimitConfig,
-    RetryConfig,
-    RunConfig,
-    StoreConfig,
-)
+from crawler.config import RunConfig
+from crawler.options import CrawlOptions, FetchOptions, run_config
 from crawler.records import Record
 
 if TYPE_CHECKING:
@@ -41,174 +32,6 @@ if TYPE_CHECKING:
     from crawler.recordsink import ChannelSink
 
 _BATCH: Final = 256  # URLs of a plain iterable handed to the engine's reader at a time
-
-
-class _SharedOptions(TypedDict, total=False):
-    concurrency: int
-    per_host: int
-    rps: float
-    per_host_rps: float
-    burst: int
-    adaptive: bool
-    retries: int
-    timeout: float
-    connect_timeout: float
-    max_redirects: int
-    max_bytes: int
-    queue_size: int
-    header: Mapping[str, str] | Iterable[str]  # {"Name": "value"} or ["Name: value"]
-    secret_header: Iterable[str]
-    user_agent: str
-    breaker_threshold: int
-    breaker_cooldown: float
-    insecure: bool
-    grace: float
-    block_private: bool
-    resolve: Iterable[str]
-    save_dir: str | os.PathLike[str]
-    warc: str | os.PathLike[str]
-    warc_max_size: int
-
-
-class FetchOptions(_SharedOptions, total=False):
-    """``crawler fetch``'s options, by their Python names."""
-
-    method: str
-    no_dedup: bool
-
-
-class CrawlOptions(_SharedOptions, total=False):
-    """``crawler crawl``'s options, by their Python names."""
-
-    scope: str
-    include: Iterable[str]
-    exclude: Iterable[str]
-    depth: int
-    max_pages: int
-    max_time: float
-    assets: bool
-    ignore_robots: bool
-    sitemaps: bool
-    sitemap: Iterable[str]
-
-
-# option -> (config slice, field, expected type, negated); each slice's __post_init__
-# validates the value, and its defaults are the ones every interface shares.
-_FIELDS: Final[dict[str, tuple[str, str, type, bool]]] = {
-    "concurrency": ("limits", "concurrency", int, False),
-    "per_host": ("limits", "per_host", int, False),
-    "rps": ("limits", "rps", float, False),
-    "per_host_rps": ("limits", "per_host_rps", float, False),
-    "burst": ("limits", "burst", int, False),
-    "adaptive": ("limits", "adaptive", bool, False),
-    "queue_size": ("limits", "queue_size", int, False),
-    "retries": ("retry", "retries", int, False),
-    "timeout": ("retry", "timeout", float, False),
-    "breaker_threshold": ("breaker", "threshold", int, False),
-    "breaker_cooldown": ("breaker", "cooldown", float, False),
-    "method": ("fetch", "method", str, False),
-    "connect_timeout": ("fetch", "connect_timeout", float, False),
-    "max_redirects": ("fetch", "max_redirects", int, False),
-    "max_bytes": ("fetch", "max_bytes", int, False),
-    "user_agent": ("fetch", "user_agent", str, False),
-    "insecure": ("fetch", "verify_tls", bool, True),
-    "block_private": ("fetch", "block_private", bool, False),
-    "no_dedup": ("input", "dedup", bool, True),
-    "warc_max_size": ("store", "warc_max_size", int, False),
-    "scope": ("crawl", "scope", str, False),
-    "depth": ("crawl", "max_depth", int, False),
-    "max_pages": ("crawl", "max_pages", int, False),
-    "max_time": ("crawl", "max_time", float, False),
-    "assets": ("crawl", "assets", bool, False),
-    "ignore_robots": ("crawl", "obey_robots", bool, True),
-    "sitemaps": ("crawl", "sitemaps", bool, False),
-}
-
-
-def _typed(name: str, value: object, kind: type) -> Any:
-    """``value`` if it has the option's type (an int does for a float; a bool is not a
-    number here), else a ConfigError."""
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{name} must be {kind.__name__}, got {value!r}")
-
-
-def _strings(name: str, value: object) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        raise ConfigError(f"{name} must be a list of strings, got {value!r}")
-    items = tuple(value)
-    for item in items:
-        if not isinstance(item, str):
-            raise ConfigError(f"{name} must be a list of strings, got {item!r}")
-    return items
-
-
-def _headers(value: object) -> tuple[tuple[str, str], ...]:
-    """``{"Name": "value"}`` or ``["Name: value", ...]`` (the CLI's ``-H``)."""
-    if isinstance(value, Mapping):
-        pairs = [(_typed("header", k, str), _typed("header", v, str)) for k, v in value.items()]
-    else:
-        pairs = []
-        for line in _strings("header", value):
-            name, sep, text = line.partition(":")
-            if not sep:
-                raise ConfigError(f"invalid header {line!r}: expected 'Name: value'")
-            pairs.append((name, text))
-    return tuple((name.strip(" \t"), text.strip(" \t")) for name, text in pairs)
-
-
-def run_config(options: Mapping[str, object], *, crawl: bool) -> RunConfig:
-    """The RunConfig for the API's keyword ``options`` (the CLI's option names)."""
-    from crawler.netpolicy import parse_resolve
-
-    allowed = (CrawlOptions if crawl else FetchOptions).__optional_keys__
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise TypeError(f"unexpected option {unknown[0]!r}")
-    slices: dict[str, dict[str, Any]] = {
-        name: {} for name in ("input", "limits", "retry", "breaker", "fetch", "store", "crawl")
-    }
-    run: dict[str, Any] = {}
-    for name, value in options.items():
-        if name in _FIELDS:
-            where, field_name, kind, negated = _FIELDS[name]
-            checked = _typed(name, value, kind)
-            slices[where][field_name] = not checked if negated else checked
-        elif name == "grace":
-            run["grace"] = _typed(name, value, float)
-        elif name == "header":
-            slices["fetch"]["headers"] = _headers(value)
-        elif name == "secret_header":
-            slices["fetch"]["secret_headers"] = tuple(n.strip() for n in _strings(name, value))
-        elif name == "resolve":
-            try:
-                resolved = tuple(parse_resolve(r) for r in _strings(name, value))
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-            slices["fetch"]["resolve"] = resolved
-        elif name in ("save_dir", "warc"):
-            if not isinstance(value, str | os.PathLike):
-                raise ConfigError(f"{name} must be a path, got {value!r}")
-            slices["store"][name] = os.fspath(value)
-        elif name in ("include", "exclude"):
-            slices["crawl"][name] = _strings(name, value)
-        elif name == "sitemap":
-            urls = _strings(name, value)
-            slices["crawl"]["sitemap_urls"] = urls
-            if urls:
-                slices["crawl"]["sitemaps"] = True
-    return RunConfig(
-        input=InputConfig(**slices["input"]),
-        limits=LimitConfig(**slices["limits"]),
-        retry=RetryConfig(**slices["retry"]),
-        breaker=BreakerConfig(**slices["breaker"]),
-        fetch=FetchConfig(**slices["fetch"]),
-        store=StoreConfig(**slices["store"]),
-        crawl=CrawlConfig(**slices["crawl"]) if crawl else None,
-        **run,
-    )
 
 
 class InputFailed(Exception):  # noqa: N818 - a carrier, raised again as what it carries

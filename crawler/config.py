@@ -1,7 +1,8 @@
 """Frozen configuration slices, one per component, validated on creation.
 
-Built once in ``cli.py``; every component receives only its own slice. Nothing below
-the CLI reads the environment.
+Built once per run, by ``crawler.options.run_config`` (for the command line and the Python
+API alike); every component receives only its own slice. Nothing below the CLI reads the
+environment.
 """
 
 from __future__ import annotations
@@ -17,7 +18,21 @@ DEFAULT_USER_AGENT = f"crawler/{__version__} (+https://github.com/crawler-dev/cr
 
 
 class ConfigError(CrawlerError, ValueError):
-    """A configuration value is out of range; the CLI turns it into exit status 2."""
+    """A configuration value is out of range; the CLI turns it into exit status 2.
+
+    ``option``, when set, is the option the value came in as, by its Python name, and the
+    first place the message names it: ``naming()`` gives the message with it spelled the
+    way the user typed it (``--secret-header`` on the command line)."""
+
+    def __init__(self, message: str, *, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+    def naming(self, spelling: str) -> str:
+        """The message, its option named ``spelling``."""
+        if self.option is None:
+            return str(self)
+        return str(self).replace(self.option, spelling, 1)
 
 
 # RFC 9110: a header name is a token; a value has no control characters but tab (each of
@@ -26,6 +41,17 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # A GET has no body: a framing header of our own would desynchronise the connection.
 _FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "upgrade"))
+
+
+def _header_problem(name: str, value: str) -> str | None:
+    if not _HEADER_NAME.fullmatch(name):
+        return "expected 'Name: value'"
+    if name.lower() in _FRAMING_HEADERS:
+        return f"{name} is set by crawler itself"
+    if _CONTROL.search(value):
+        return "control characters in value"
+    return None
+
 
 # Each unit of concurrency is a worker task; past this, more would only exhaust memory
 # and file descriptors (a typo of a few digits must not take the machine down).
@@ -145,17 +171,21 @@ class FetchConfig:
         _positive("max_bytes", self.max_bytes)
         _non_negative("pool_size", self.pool_size)
         for name, value in self.headers:
-            if not _HEADER_NAME.fullmatch(name):
-                raise ConfigError(f"invalid header name {name!r}")
-            if name.lower() in _FRAMING_HEADERS:
-                raise ConfigError(f"invalid header {name!r}: it is set by crawler itself")
-            if _CONTROL.search(value):
-                raise ConfigError(f"invalid header {name!r}: control characters in value")
+            problem = _header_problem(name, value)
+            if problem:
+                shown = f"{name}: {value}"
+                raise ConfigError(f"invalid header {shown!r}: {problem}", option="header")
         for name in self.secret_headers:
             if not _HEADER_NAME.fullmatch(name):
-                raise ConfigError(f"invalid secret header {name!r}: expected a header name")
+                raise ConfigError(
+                    f"invalid secret_header {name!r}: expected a header name",
+                    option="secret_header",
+                )
         if _CONTROL.search(self.user_agent):
-            raise ConfigError("invalid user agent: control characters in value")
+            raise ConfigError(
+                f"invalid user_agent {self.user_agent!r}: control characters in value",
+                option="user_agent",
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

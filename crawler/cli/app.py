@@ -15,6 +15,7 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError
 
 from crawler import __version__, signals
+from crawler.config import ConfigError
 from crawler.errors import UsageError
 from crawler.helptext import ManGroup
 
@@ -101,6 +102,8 @@ def _main(argv: list[str] | None) -> int:
         fail(" ".join(message.split()))
     except UsageError as exc:
         fail(str(exc))
+    except ConfigError as exc:  # a value the config refused: named as the option was typed
+        fail(exc.naming(f"--{exc.option.replace('_', '-')}") if exc.option else str(exc))
     except (typer.Abort, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     except typer.Exit as exc:

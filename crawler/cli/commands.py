@@ -3,7 +3,6 @@ they share are in ``crawler.cli.options``, the run they share in ``crawler.cli.r
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import typer
@@ -11,7 +10,6 @@ import typer
 from crawler.cli.app import app
 from crawler.cli.options import CRAWL_DEFAULTS, RunOptions, run_options
 from crawler.cli.run import note_terminal_stdin, run_pipeline, stdout_dashes
-from crawler.config import ConfigError, CrawlConfig
 from crawler.errors import UsageError
 from crawler.helptext import ManCommand
 from crawler.inputs import LineSource, SeedSource, split_arguments
@@ -171,30 +169,22 @@ def crawl(
     With no seed, seed URLs are read from standard input."""
     opts, stats_path = stdout_dashes(opts)
 
-    for pattern in [*(include or ()), *(exclude or ())]:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise UsageError(f"invalid regex {pattern!r}: {exc}") from None
-    sitemap_urls = tuple(sitemap or ())
-    try:
-        crawl_config = CrawlConfig(
-            scope=scope,
-            include=tuple(include or ()),
-            exclude=tuple(exclude or ()),
-            max_depth=depth,
-            max_pages=max_pages,
-            max_time=max_time,
-            assets=assets,
-            obey_robots=not ignore_robots,
-            sitemaps=sitemaps or bool(sitemap_urls),
-            sitemap_urls=sitemap_urls,
-        )
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    config = opts.config(crawl=crawl_config)
+    config = opts.config(
+        crawl={
+            "scope": scope,
+            "include": include,
+            "exclude": exclude,
+            "depth": depth,
+            "max_pages": max_pages,
+            "max_time": max_time,
+            "assets": assets,
+            "ignore_robots": ignore_robots,
+            "sitemaps": sitemaps,
+            "sitemap": sitemap,
+        }
+    )
     urls, files = split_arguments(seeds or ())
-    if not urls and not files and not sitemap_urls:
+    if not urls and not files and not sitemap:
         files = ["-"]
     max_line = config.input.max_line_bytes
     source = SeedSource(urls, [LineSource(f, max_line_bytes=max_line) for f in files])

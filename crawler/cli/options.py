@@ -12,23 +12,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final
 
 import typer
 
-from crawler.cli.values import (
-    HEADER_NAME,
-    check_field_value,
-    parse_header,
-    parse_method,
-    parse_size,
-)
+from crawler.cli.values import parse_method, parse_size
 from crawler.config import (
-    DEFAULT_USER_AGENT,
     BreakerConfig,
-    ConfigError,
     CrawlConfig,
     FetchConfig,
     InputConfig,
@@ -38,7 +30,7 @@ from crawler.config import (
     SinkConfig,
     StoreConfig,
 )
-from crawler.errors import UsageError
+from crawler.options import CrawlOptions, FetchOptions, run_config
 
 NO_UVLOOP_ENV: Final = "CRAWLER_NO_UVLOOP"
 
@@ -301,60 +293,18 @@ class RunOptions:
     warc_max_size: int = _STORE["warc_max_size"]
     no_uvloop: bool = False
 
-    def config(self, crawl: CrawlConfig | None = None) -> RunConfig:
-        """The frozen config slices each component receives; a bad value is a UsageError."""
-        from crawler.netpolicy import parse_resolve
-
-        headers = tuple(parse_header(h) for h in self.header or ())
-        secrets = tuple(n.strip() for n in self.secret_header or ())
-        for name in secrets:
-            if not HEADER_NAME.fullmatch(name):
-                raise UsageError(f"invalid --secret-header {name!r}: expected a header name")
-        if self.user_agent is not None:
-            check_field_value(self.user_agent, f"--user-agent {self.user_agent!r}")
-        try:
-            resolved = tuple(parse_resolve(r) for r in self.resolve or ())
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        try:
-            return RunConfig(
-                input=InputConfig(dedup=not self.no_dedup),
-                limits=LimitConfig(
-                    concurrency=self.concurrency,
-                    per_host=self.per_host,
-                    rps=self.rps,
-                    per_host_rps=self.per_host_rps,
-                    burst=self.burst,
-                    adaptive=self.adaptive,
-                    queue_size=self.queue_size,
-                ),
-                retry=RetryConfig(retries=self.retries, timeout=self.timeout),
-                breaker=BreakerConfig(
-                    threshold=self.breaker_threshold, cooldown=self.breaker_cooldown
-                ),
-                fetch=FetchConfig(
-                    method=self.method,
-                    connect_timeout=self.connect_timeout,
-                    max_redirects=self.max_redirects,
-                    max_bytes=self.max_bytes,
-                    headers=headers,
-                    secret_headers=secrets,
-                    verify_tls=not self.insecure,
-                    user_agent=self.user_agent or DEFAULT_USER_AGENT,
-                    block_private=self.block_private,
-                    resolve=resolved,
-                ),
-                sink=SinkConfig(output=self.output),
-                store=StoreConfig(
-                    save_dir=str(self.save_dir) if self.save_dir is not None else None,
-                    warc=str(self.warc) if self.warc is not None else None,
-                    warc_max_size=self.warc_max_size,
-                ),
-                crawl=crawl,
-                grace=self.grace,
-            )
-        except ConfigError as exc:
-            raise UsageError(str(exc)) from None
+    def config(self, crawl: Mapping[str, object] | None = None) -> RunConfig:
+        """The frozen config slices each component receives, built by the Python API's
+        ``run_config``: a crawl's if ``crawl`` (its own options) is given. A bad value
+        raises ConfigError, which the CLI reports as a usage error."""
+        takes = (FetchOptions if crawl is None else CrawlOptions).__optional_keys__
+        given = {name: getattr(self, name) for name in _RUN_OPTIONS if name in takes}
+        given.update(crawl or {})
+        return run_config(
+            {name: value for name, value in given.items() if value is not None},
+            crawl=crawl is not None,
+            sink=SinkConfig(output=self.output),
+        )
 
 
 # Each RunOptions field's option: typer's declaration of it.
@@ -394,6 +344,8 @@ OPTIONS: Final[dict[str, Any]] = {
     "no_uvloop": NoUvloop,
 }
 _DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(RunOptions)}
+# The RunOptions fields that shape the run's config (the others: where and how it reports).
+_RUN_OPTIONS: Final = tuple(sorted(FetchOptions.__optional_keys__ & _DEFAULTS.keys()))
 
 Command = Callable[..., None]
 

@@ -1,4 +1,6 @@
-"""Option values as the user types them: headers, sizes, methods, checked before any run."""
+"""Option values that typer parses from what the user types: sizes (``10M``) and methods.
+
+Whether a value is allowed is checked once, by the config slices (``crawler.config``)."""
 
 from __future__ import annotations
 
@@ -6,34 +8,8 @@ import re
 
 import typer
 
-from crawler.errors import UsageError
-
-HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "upgrade"))
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SIZE = re.compile(r"(\d+)\s*([kmg]i?b?|b)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-def parse_header(text: str) -> tuple[str, str]:
-    """``Name: value``: the name an RFC 9110 token, the value without control characters
-    (each of them makes every request fail; CR/LF would inject headers)."""
-    name, sep, value = text.partition(":")
-    name = name.strip(" \t")
-    if not sep or not HEADER_NAME.fullmatch(name):
-        raise UsageError(f"invalid header {text!r}: expected 'Name: value'")
-    if name.lower() in _FRAMING_HEADERS:
-        # A GET has no body: a framing header of our own would desynchronise the connection.
-        raise UsageError(f"invalid header {text!r}: {name} is set by crawler itself")
-    value = value.strip(" \t")
-    check_field_value(value, f"header {text!r}")
-    return name, value
-
-
-def check_field_value(value: str, what: str) -> None:
-    """A header field value (RFC 9110 5.5): visible characters, spaces and tabs."""
-    if _CONTROL.search(value):
-        raise UsageError(f"invalid {what}: control characters in value")
 
 
 def parse_size(text: str | int) -> int:
