@@ -1,12 +1,10 @@
 """The pipeline, under one TaskGroup: reader -> frontier -> workers -> sink.
 
-    LineSource --lines--> reader: parse, validate, dedup --Item--> Frontier (bounded)
-        --> worker x C: DynamicSemaphore permit, host slot (and pacers: the frontier
-                        hands out a URL only when its request may start), then
-                        Attempts (attempts.py: breaker, deadline, Fetcher, retry
-                        decision; a back-off waits in the frontier)
-        --> Record (records.py) --> RecordSink: Sink, the only writer of the output, or
-                        the Python API's channel (recordsink.py)
+    LineSource --lines--> Reader (reader.py: parse, validate, dedup) --Item-->
+        Frontier (bounded; host slots and pacers: it hands out a URL only when its
+        request may start) --> Workers x C (worker.py: Attempts, attempts.py, then the
+        URL's Record, records.py) --> RecordSink: Sink, the only writer of the output,
+        or the Python API's channel (recordsink.py)
     Crawl mode and --save-dir/--warc are wired in by crawling.py.
 
 Lifetimes. Every task (reader, workers, sink writer, loop-lag probe, host sweeper,
@@ -34,8 +32,6 @@ not fit are counted as lost (not marked done with ``--state``: the resumed run r
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 import sqlite3
 import time
 from collections.abc import Callable
@@ -45,13 +41,9 @@ from typing import Any, Final
 from rich.console import Console
 
 from crawler import errors, signals
-from crawler.attempts import Attempts
 from crawler.config import RunConfig
 from crawler.crawling import Crawling, io_message
-from crawler.fetcher import (
-    Fetcher,
-    make_session,
-)
+from crawler.fetcher import Fetcher, make_session
 from crawler.frontier import Frontier
 from crawler.inputs import Source
 from crawler.limiter import DynamicSemaphore, HostTable
@@ -65,7 +57,6 @@ from crawler.stats import Snapshot, Stats
 from crawler.worker import Workers
 
 _MIN_FLUSH_BOUND: Final = 1.0  # seconds the final flush gets after the grace period, at least
-_COUNT_WAIT: Final = 2.0  # seconds a stopped run waits, at most, to count the input left unread
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +94,6 @@ class Engine:
         # (its pacing timer waits on the loop for a delay measured on this clock).
         self._clock = clock
         self._records = Records()  # builds the records (reader and workers share it)
-        self._rand = random.random
         self.interrupted = False
         self.timed_out = False
         self._stopping = False  # intake stopped (signal or --max-time)
@@ -128,8 +118,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         clock = self._clock
         self.stats = stats = Stats(clock)
-        self._hosts = HostTable(config.limits, config.breaker, clock)
-        self._frontier = frontier = Frontier(config.limits.queue_size, self._hosts)
+        self._hosts = hosts = HostTable(config.limits, config.breaker, clock)
+        self._frontier = frontier = Frontier(config.limits.queue_size, hosts)
         frontier.on_host_bound = self._notice
         stats.in_flight = lambda: frontier.in_flight
         stats.queued = lambda: frontier.queued + frontier.delayed
@@ -142,36 +132,32 @@ class Engine:
         stats.lost = lambda: sink.lost
         try:
             await sink.open()
-        except OSError as exc:
+        except BaseException as exc:
             if state is not None:
                 await state.aclose()
-            raise errors.UsageError(
-                f"cannot write output {config.sink.output!r}: {exc.strerror}"
-            ) from None
-        except BaseException:
-            if state is not None:
-                await state.aclose()
+            if isinstance(exc, OSError):
+                output = config.sink.output
+                raise errors.UsageError(f"cannot write output {output!r}: {exc.strerror}") from None
             raise
         if state is not None:
             stats.done_before = state.done_before
         output_closed = False
-        self._pages = pages = Crawling(config, state, stats, self._hosts, frontier, clock)
-        records = self._records
-        self._reading = Reader(
-            source, frontier, sink, stats, records, pages, state, dedup=config.input.dedup
-        )
+        self._pages = pages = Crawling(config, state, stats, hosts, frontier, clock)
+        records, dedup = self._records, config.input.dedup
+        self._reading = Reader(source, frontier, sink, stats, records, pages, state, dedup=dedup)
         permits = DynamicSemaphore(config.limits.concurrency)
         self._workers = Workers(
             config,
             frontier,
-            self._hosts,
+            hosts,
             permits,
             pages,
             sink,
             stats,
             records,
             state,
-            on_last_left=self._workers_gone,
+            clock,
+            self._workers_gone,
         )
         previous: dict[int, Any] = {}  # handlers replaced by ours, put back at the end
         try:
@@ -184,25 +170,11 @@ class Engine:
             pages.open_stores(sink)
             async with make_session(config.fetch) as session:
                 fetcher = Fetcher(session, config.fetch)
-                attempts = Attempts(
-                    fetcher,
-                    config.retry,
-                    self._hosts,
-                    stats,
-                    clock=clock,
-                    rand=self._rand,
-                    keep=pages.keep,
-                    follow=pages.follow,
-                )
                 pages.start(fetcher)
                 try:
-                    await self._run_tasks(attempts)
+                    await self._run_tasks(fetcher)
                     if self._stopping and not source.eof and self._signals < 2:
-                        # How much input the stop left unread (counted since the stop;
-                        # not waited for after a second signal).
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(_COUNT_WAIT):
-                                await source.counted()
+                        await self._reading.wait_count()  # not after a second signal
                 except* OutputClosed:
                     output_closed = True
                 except* errors.UsageError as group:
@@ -219,8 +191,7 @@ class Engine:
             pages.close()
             # The sink first (it waits for the body files its records name), then the
             # writers; one failing does not keep the others from closing.
-            closers = [sink.aclose]
-            closers += [w.aclose for w in pages.writers]
+            closers = [sink.aclose, *(w.aclose for w in pages.writers)]
             failure: BaseException | None = None
             try:
                 for close in closers:
@@ -241,24 +212,13 @@ class Engine:
                     signals.give_back(loop, previous)
             if failure is not None:
                 raise errors.UsageError(f"cannot continue: {io_message(failure)}") from None
-        self._count_unread()
+        if self._stopping:
+            self._reading.count_unread()
         return RunResult(
             stats.snapshot(), self.interrupted, output_closed or sink.broken, self.timed_out
         )
 
-    def _count_unread(self) -> None:
-        """A stopped run: the input lines it never read got no record (nor any count)."""
-        source, stats = self._source, self.stats
-        if not self._stopping or source.eof:
-            return
-        if source.lines_total is not None:
-            stats.not_read = max(0, source.lines_total - self._reading.taken)
-        else:  # standard input or a pipe: what is left cannot be known without reading it
-            stats.not_read = None
-            stats.rest_unread = True
-
-    async def _run_tasks(self, attempts: Attempts) -> None:
-        concurrency = self._config.limits.concurrency
+    async def _run_tasks(self, fetcher: Fetcher) -> None:
         crawl = self._config.crawl
         async with asyncio.TaskGroup() as tg:
             if crawl is not None and crawl.max_time is not None:
@@ -271,18 +231,15 @@ class Engine:
             ]
             if self._progress is not None:
                 self._source.start_count()  # for the progress line's input % and ETA
-                task = tg.create_task(
-                    show_progress(self.stats, self._progress, self._progress_interval)
-                )
-                self._background.append(task)
+                lines = show_progress(self.stats, self._progress, self._progress_interval)
+                self._background.append(tg.create_task(lines))
             tg.create_task(self._sink.run())
             if self._stopping:
                 # A signal arrived while the run was being set up: read nothing.
                 self._frontier.close_input()
             else:
                 self._reader = tg.create_task(self._reading.run())
-            for _ in range(concurrency):
-                tg.create_task(self._workers.run(attempts))
+            self._workers.start(tg, fetcher)
         # Leaving the group: the last worker closed the sink (the writer then wrote the
         # rest and returned) and cancelled the background tasks; see _workers_gone().
 

@@ -5,12 +5,15 @@
         (invalid lines get their record at once, through the RecordSink)
 
 ``taken`` counts the lines dealt with (recorded, queued or skipped): a stopped run
-reports the rest of the input as unread (see Engine._count_unread).
+reports the rest of the input as unread (see ``count_unread``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
+from typing import Final
 
 from yarl import URL
 
@@ -24,6 +27,8 @@ from crawler.recordsink import RecordSink
 from crawler.state import DONE_BEFORE, StateStore
 from crawler.stats import Stats
 from crawler.urls import parse_target
+
+_COUNT_WAIT: Final = 2.0  # seconds a stopped run waits, at most, to count the input left unread
 
 
 class Reader:
@@ -78,7 +83,7 @@ class Reader:
                 else:
                     fresh = [True] * len(parsed)
                 # Each line counts as taken once it has its record, is queued or is
-                # skipped: a line cut off by the stop is in none of them.
+                # skipped: a line cut off by the stop is in none of them (count_unread).
                 for (raw, target, host, fp), new in zip(parsed, fresh, strict=True):
                     if not new:  # False, or REPEAT
                         stats.skipped_duplicates += 1
@@ -104,3 +109,20 @@ class Reader:
         """An input line that is not a URL we can fetch: counted and stamped here."""
         self._stats.record(False, None, error.kind, 0)
         return self._records.invalid(raw, error)
+
+    async def wait_count(self) -> None:
+        """How much input a stop left unread: counted since the stop, waited for a while."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_COUNT_WAIT):
+                await self._source.counted()
+
+    def count_unread(self) -> None:
+        """A stopped run: the input lines it never read got no record (nor any count)."""
+        source, stats = self._source, self._stats
+        if source.eof:
+            return
+        if source.lines_total is not None:
+            stats.not_read = max(0, source.lines_total - self.taken)
+        else:  # standard input or a pipe: what is left cannot be known without reading it
+            stats.not_read = None
+            stats.rest_unread = True

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from crawler import errors
-from crawler.attempts import Attempts
+from crawler.attempts import Attempts, Fetches
 from crawler.config import RunConfig
 from crawler.crawling import Crawling, Kept
 from crawler.frontier import Frontier, Item
@@ -45,17 +45,19 @@ class Workers:
         stats: Stats,
         records: Records,
         state: StateStore | None,
+        clock: Callable[[], float],
         on_last_left: Callable[[], None],
     ) -> None:
         self._config = config
         self._frontier = frontier
         self._hosts = hosts
-        self._permits = permits
+        self._permits = permits  # the global limit: consulted only with --adaptive
         self._pages = pages
         self._sink = sink
         self.stats = stats
         self._records = records
         self._state = state
+        self._clock = clock
         self._on_last_left = on_last_left
         self.cutting = False  # the grace period is over: in-flight workers are cancelled
         self._record_unstarted = True  # a signal, not --max-time: unsent URLs get records
@@ -65,6 +67,21 @@ class Workers:
         self._left = config.limits.concurrency
 
     # -- the loop --------------------------------------------------------------------------
+    def start(self, tg: asyncio.TaskGroup, fetcher: Fetches) -> None:
+        """The workers, in ``tg``, sharing one attempt loop over ``fetcher``."""
+        pages = self._pages
+        attempts = Attempts(
+            fetcher,
+            self._config.retry,
+            self._hosts,
+            self.stats,
+            clock=self._clock,
+            keep=pages.keep,
+            follow=pages.follow,
+        )
+        for _ in range(self._config.limits.concurrency):
+            tg.create_task(self.run(attempts))
+
     async def run(self, attempts: Attempts) -> None:
         """One worker, until the frontier hands it None (or the grace period ends)."""
         frontier, busy = self._frontier, self._busy
