@@ -16,6 +16,7 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as _signal
+    from asyncio import AbstractEventLoop
     from collections.abc import Callable
     from types import FrameType
     from typing import Any
@@ -51,6 +52,26 @@ def defer() -> None:
             continue
         _saved.setdefault(sig, current)
         _signal.signal(sig, _remember)
+
+
+def take_over(
+    loop: AbstractEventLoop, handler: Callable[[], object], previous: dict[int, Any]
+) -> None:
+    """Handle the stop signals (those not ignored) in ``loop``, by calling ``handler``;
+    ``previous`` gets the handlers replaced, as they are replaced (see ``give_back``)."""
+    for sig in STOP_SIGNALS:
+        if handled(sig):
+            replaced = _signal.getsignal(sig)
+            loop.add_signal_handler(sig, handler)
+            previous[sig] = replaced
+
+
+def give_back(loop: AbstractEventLoop, previous: dict[int, Any]) -> None:
+    """Undo ``take_over``: the loop lets go of the signals, the old handlers return."""
+    for sig, handler in previous.items():
+        loop.remove_signal_handler(sig)
+        if handler is not None:
+            _signal.signal(sig, handler)
 
 
 def restore() -> None:

@@ -1,0 +1,128 @@
+"""The reader: input lines -> parsed, validated, deduplicated Items in the frontier.
+
+    LineSource --batch of lines--> parse_target --> dedup claim (the state file's, the
+        crawl's seen set, or a FingerprintSet; one per batch) --> Frontier.offer/put
+        (invalid lines get their record at once, through the RecordSink)
+
+``taken`` counts the lines dealt with (recorded, queued or skipped): a stopped run
+reports the rest of the input as unread (see ``count_unread``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Final
+
+from yarl import URL
+
+from crawler import errors
+from crawler.crawling import Crawling
+from crawler.dedup import FingerprintSet, fingerprint
+from crawler.frontier import Frontier, Item
+from crawler.inputs import Source
+from crawler.records import Record, Records
+from crawler.recordsink import RecordSink
+from crawler.state import DONE_BEFORE, StateStore
+from crawler.stats import Stats
+from crawler.urls import parse_target
+
+_COUNT_WAIT: Final = 2.0  # seconds a stopped run waits, at most, to count the input left unread
+
+
+class Reader:
+    def __init__(
+        self,
+        source: Source,
+        frontier: Frontier,
+        sink: RecordSink,
+        stats: Stats,
+        records: Records,
+        pages: Crawling,
+        state: StateStore | None,
+        *,
+        dedup: bool,
+    ) -> None:
+        self._source = source
+        self._frontier = frontier
+        self._sink = sink
+        self._stats = stats
+        self._records = records
+        self._pages = pages
+        self._state = state
+        self._dedup = dedup
+        self.taken = 0  # input lines dealt with (record, queued or skipped)
+
+    async def run(self) -> None:
+        """Parse, validate and deduplicate the input, one batch at a time."""
+        frontier, sink, stats, state = self._frontier, self._sink, self._stats, self._state
+        dedup = self._dedup
+        crawl = self._pages.crawl
+        seen = None  # with --state, the state file is the dedup store
+        if dedup and state is None:
+            seen = crawl.seen if crawl is not None else FingerprintSet()
+        try:
+            async for lines in self._source.batches():
+                parsed: list[tuple[str, URL | errors.InvalidURL, str, int]] = []
+                for raw in lines:
+                    try:
+                        url, key, host = parse_target(raw)
+                    except errors.InvalidURL as exc:
+                        fp = fingerprint("\0invalid\0" + raw) if dedup else 0
+                        parsed.append((raw, exc, "", fp))
+                    else:
+                        parsed.append((raw, url, host, fingerprint(key) if dedup else 0))
+                        self._pages.seed(url, host)  # done seeds too: they define the scope
+                fresh: Sequence[int]  # FRESH (or True), REPEAT (or False), DONE_BEFORE
+                if state is not None:
+                    # One round trip to the state thread per batch, never per URL.
+                    fresh = await state.claim([entry[3] for entry in parsed])
+                elif seen is not None:
+                    fresh = seen.add_many([entry[3] for entry in parsed])
+                else:
+                    fresh = [True] * len(parsed)
+                # Each line counts as taken once it has its record, is queued or is
+                # skipped: a line cut off by the stop is in none of them (count_unread).
+                for (raw, target, host, fp), new in zip(parsed, fresh, strict=True):
+                    if not new:  # False, or REPEAT
+                        stats.skipped_duplicates += 1
+                    elif new == DONE_BEFORE:
+                        stats.skipped_done_before += 1
+                    elif isinstance(target, errors.InvalidURL):
+                        sink.put_nowait(self._invalid_record(raw, target), fp)
+                        self.taken += 1
+                        if sink.behind:
+                            await sink.backpressure()
+                        continue
+                    elif crawl is None or crawl.add_seed(fp):
+                        item = Item(raw, target, host, fp)
+                        if not frontier.offer(item):
+                            await frontier.put(item)
+                    self.taken += 1
+            if crawl is not None:
+                await self._pages.feed_links(crawl)
+        finally:
+            frontier.close_input()
+
+    def _invalid_record(self, raw: str, error: errors.InvalidURL) -> Record:
+        """An input line that is not a URL we can fetch: counted and stamped here."""
+        self._stats.record(False, None, error.kind, 0)
+        return self._records.invalid(raw, error)
+
+    async def wait_count(self) -> None:
+        """How much input a stop left unread: counted since the stop, waited for a while."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_COUNT_WAIT):
+                await self._source.counted()
+
+    def count_unread(self) -> None:
+        """A stopped run: the input lines it never read got no record (nor any count)."""
+        source, stats = self._source, self._stats
+        if source.eof:
+            return
+        if source.lines_total is not None:
+            stats.not_read = max(0, source.lines_total - self.taken)
+        else:  # standard input or a pipe: what is left cannot be known without reading it
+            stats.not_read = None
+            stats.rest_unread = True
