@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Unpack
 
 from crawler.config import RunConfig
+from crawler.inputs import Uncounted
 from crawler.options import CrawlOptions, FetchOptions, run_config
 from crawler.records import Record
 
@@ -43,7 +44,7 @@ class InputFailed(Exception):  # noqa: N818 - a carrier, raised again as what it
         self.error = error
 
 
-class IterSource:
+class IterSource(Uncounted):
     """The engine's ``Source`` for a Python iterable or async iterable of URL strings.
 
     Each string is one input line, read by the CLI's rules: surrounding whitespace is
@@ -111,15 +112,6 @@ class IterSource:
                     yield lines
         self.lines_total = self.lines_read
         self.eof = True
-
-    def start_count(self) -> None:
-        pass  # how many URLs an iterable holds is known only once it is read
-
-    async def counted(self) -> None:
-        pass
-
-    def stop_count(self) -> None:
-        pass
 
 
 class Records:

@@ -309,7 +309,21 @@ def _clean(parts: list[bytes], max_line: int) -> list[str]:
     return [line.decode("utf-8", "replace") for line in stripped if line and line[0] != _HASH]
 
 
-class SeedSource:
+class Uncounted:
+    """For a source whose size is known only once it is read (seeds, generated URLs, a
+    Python iterable): the ``Source`` counting hooks, doing nothing."""
+
+    def start_count(self) -> None:
+        pass
+
+    async def counted(self) -> None:
+        pass
+
+    def stop_count(self) -> None:
+        pass
+
+
+class SeedSource(Uncounted):
     """Crawl seeds: URLs given as arguments, then the lines of seed files (or stdin)."""
 
     def __init__(self, urls: list[str], files: list[LineSource]) -> None:
@@ -335,12 +349,6 @@ class SeedSource:
                 self.lines_read += len(lines)
                 yield lines
         self.eof = True
-
-    def start_count(self) -> None:
-        pass
-
-    async def counted(self) -> None:
-        pass
 
     def stop_count(self) -> None:
         for source in self._files:

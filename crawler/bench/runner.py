@@ -24,10 +24,11 @@ from crawler.bench.server import ServeOptions, child_command
 from crawler.config import RunConfig, SinkConfig
 from crawler.engine import Engine
 from crawler.errors import UsageError
+from crawler.inputs import Uncounted
 from crawler.stats import Snapshot, peak_rss_mib
 
 
-class GeneratedSource:
+class GeneratedSource(Uncounted):
     """N distinct URLs under a prefix, generated lazily in batches (no input file)."""
 
     def __init__(self, prefix: str, n: int, batch: int = 2048, path: str = "page") -> None:
@@ -46,15 +47,6 @@ class GeneratedSource:
             yield [f"{prefix}/{i}" for i in range(start, stop)]
             await asyncio.sleep(0)
         self.eof = True
-
-    def start_count(self) -> None:
-        pass
-
-    async def counted(self) -> None:
-        pass
-
-    def stop_count(self) -> None:
-        pass
 
 
 async def bare_aiohttp(prefix: str, n: int, concurrency: int) -> float:
