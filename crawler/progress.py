@@ -3,7 +3,7 @@
 On a terminal the progress is one live line, redrawn in place; anywhere else (nohup, CI
 logs) it is a plain status line every few seconds, and at once when the run starts to
 stop. When records go to the same terminal, there is no progress at all during the run
-(see cli.py): a line redrawn in place cannot share a terminal with lines written by
+(see cli/run.py): a line redrawn in place cannot share a terminal with lines written by
 another writer without splicing into them.
 """
 
