@@ -52,6 +52,8 @@ class Sink:
         self._config = config
         # Where written records become durable (--state: the SQLite file) at checkpoints.
         self._ledger = ledger = ledger if ledger is not None else MemoryLedger()
+        # Marks are kept for a ledger that makes them durable (--state), not otherwise.
+        self._durable = ledger.durable
         self._buf = bytearray()
         # One fingerprint per record in _buf (None: nothing to mark done), so a batch cut
         # short knows whose lines went out; and those written since the last checkpoint.
@@ -152,14 +154,15 @@ class Sink:
     ) -> None:
         """Queue one record without waiting (the record is in the batch on return).
 
-        ``fp`` is the URL's fingerprint: the Ledger marks it done at the first
-        checkpoint after the record is written. Records without one (cancelled URLs)
+        ``fp`` is the URL's fingerprint: a durable Ledger (--state) marks it done at the
+        first checkpoint after the record is written. Records without one (cancelled URLs)
         leave their URL to be fetched again on resume. ``links`` (crawl mode) are the
         links the page discovered: they become durable with the record.
         """
         self._buf += encode(record)
-        self._fps.append(fp)
-        self._links.append(links)
+        if self._durable:
+            self._fps.append(fp)
+            self._links.append(links)
         self._count = count = self._count + 1
         self.records += 1
         # Wake the writer for the first record of a batch (it starts the batch's timer)
@@ -225,10 +228,11 @@ class Sink:
             if self._closing and not self._buf:
                 await self.checkpoint()
                 return
-            now = asyncio.get_running_loop().time()
-            if now - self._last_checkpoint >= cfg.checkpoint_interval:
-                self._last_checkpoint = now
-                await self.checkpoint()
+            if self._durable:
+                now = asyncio.get_running_loop().time()
+                if now - self._last_checkpoint >= cfg.checkpoint_interval:
+                    self._last_checkpoint = now
+                    await self.checkpoint()
 
     def close(self) -> None:
         """No more records: ``run()`` writes the rest and returns."""

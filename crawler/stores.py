@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 FRESH: Final = 1  # new: claimed now, for this run to do
 REPEAT: Final = 0  # claimed earlier in this run
 DONE_BEFORE: Final = 2  # done by an earlier run of this job (a resumed --state)
+assert (FRESH, REPEAT) == (1, 0)  # noqa: S101 - FingerprintSet.add_many's answers
 
 
 class Seen(Protocol):
@@ -96,7 +97,7 @@ class MemorySeen:
         self._set = FingerprintSet()
 
     async def claim(self, fps: list[int], *, remember_done: bool = False) -> list[int]:
-        return [FRESH if new else REPEAT for new in self._set.add_many(fps)]
+        return self._set.add_many(fps)  # 1 (FRESH) or 0 (REPEAT)
 
 
 class NoSeen:

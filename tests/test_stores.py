@@ -50,6 +50,8 @@ class ElsewhereSeen(MemorySeen):
 
 
 class RecordingLedger(MemoryLedger):
+    durable = True  # a shared ledger: it keeps the marks (and a stop leaves URLs to it)
+
     def __init__(self) -> None:
         super().__init__()
         self.done: list[int] = []
