@@ -125,6 +125,8 @@ class Engine:
         ledger = stores.ledger
         self.stats = stats = Stats(clock, self)
         self._hosts = hosts = HostTable(config.limits, config.breaker, clock)
+        if config.store.active or config.crawl is not None:
+            signals.start_resource_tracker()  # before any process pool: see there
         await ledger.open()
         stats.done_before = ledger.done_before
         self._pages = pages = Crawling(config, stores, stats, hosts, clock)
@@ -169,8 +171,6 @@ class Engine:
                 signals.take_over(loop, self.request_stop, previous)
                 for _ in range(min(2, signals.take())):  # deferred by crawler.signals
                     self.request_stop()
-            if config.store.active or config.crawl is not None:
-                signals.start_resource_tracker()  # before any process pool: see there
             async with make_session(config.fetch) as session:
                 fetcher = Fetcher(session, config.fetch)
                 pages.start(fetcher)
