@@ -2,9 +2,11 @@
 
     worker: page fetched -> links extracted (selectolax; big or deep pages in a child
            process, killed past its deadline: crawler/parser.py)
-        -> admit: parse, scope, depth, --max-pages, dedup (all synchronous, no wait)
-        -> LinkQueue (memory, spills to disk) -> feeder -> Frontier (bounded; the feeder
-           waits there, never a worker)
+        -> admit: scope and depth, then one Seen claim for the page's links (the same
+           dedup as the input's), --max-pages
+        -> WorkQueue (memory, spills to disk; with --state, an earlier run's waiting
+           links first) -> feeder -> Frontier (bounded; the feeder waits there, never a
+           worker)
 
 The run ends when the feeder finds no link queued, the frontier idle (nothing queued, in
 flight or waiting for a retry) and no sitemap being read: nothing can discover a link any
@@ -23,13 +25,14 @@ from typing import Final
 
 from crawler import sitemaps
 from crawler.config import CrawlConfig
-from crawler.dedup import FingerprintSet
-from crawler.linkqueue import Link, LinkQueue
+from crawler.linkqueue import Link
 from crawler.links import Candidate, Found, find
 from crawler.parser import ParserProcess
 from crawler.robots import RobotsCache
 from crawler.scope import Scope
 from crawler.sitemaps import parse_sitemap as parse_sitemap  # re-exported for tests
+from crawler.stats import Stats
+from crawler.stores import DONE_BEFORE, FRESH, Seen, WorkQueue
 
 _SITEMAP_MAX_NESTING: Final = 4
 _SITEMAP_MAX_FILES: Final = 10_000
@@ -71,11 +74,12 @@ def _shallow(body: bytes) -> bool:
 
 
 class Crawl:
-    def __init__(self, config: CrawlConfig, *, spill_dir: str | None, memory_links: int) -> None:
+    def __init__(self, config: CrawlConfig, *, seen: Seen, queue: WorkQueue, stats: Stats) -> None:
         self.config = config
+        self._stats = stats
         self.scope = Scope(config)
-        self.seen = FingerprintSet()
-        self.queue = LinkQueue(memory_links, spill_dir)
+        self._seen = seen  # the run's, shared with the input's reader
+        self.queue = queue
         self.robots: RobotsCache | None = None  # set by the engine (it owns the fetcher)
         self.admitted = 0  # URLs let into the crawl (counted against --max-pages)
         self.found = 0  # links seen on pages, before any filter
@@ -97,9 +101,9 @@ class Crawl:
         limit = self.config.max_pages
         return limit is not None and self.admitted >= limit
 
-    def add_seed(self, fp: int) -> bool:
-        """A new seed from the input; False if --max-pages is reached."""
-        self.seen.add(fp)
+    def add_seed(self) -> bool:
+        """A new seed from the input (claimed by the reader); False if --max-pages is
+        reached."""
         if self.full:
             return False
         self.admitted += 1
@@ -127,19 +131,20 @@ class Crawl:
         self.found += found.total
         return found
 
-    def admit(self, found: list[Candidate], depth: int, parent: str | None) -> list[Link]:
-        """Queue the (in-scope) candidates this crawl follows; returns them (for --state)."""
-        scope = self.scope
-        if not scope.depth_ok(depth):
+    async def admit(self, found: list[Candidate], depth: int, parent: str | None) -> list[Link]:
+        """Claim the (in-scope) candidates and queue the new ones, up to --max-pages;
+        returns them (committed with their page, with --state). One claim a page."""
+        if not found or self.full or not self.scope.depth_ok(depth):
             return []
-        seen = self.seen
+        marks = await self._seen.claim([fp for _, fp in found], remember_done=True)
         admitted: list[Link] = []
-        for text, fp in found:
+        for (text, fp), mark in zip(found, marks, strict=True):
+            if mark != FRESH:
+                if mark == DONE_BEFORE:  # said once a run (remember_done)
+                    self._stats.skipped_done_before += 1
+                continue
             if self.full:
                 break
-            if fp in seen:
-                continue
-            seen.add(fp)
             self.admitted += 1
             link = Link(text, depth, parent, fp)
             self.queue.push(link)
@@ -148,11 +153,17 @@ class Crawl:
             self.wake.set()
         return admitted
 
-    def requeue(self, link: Link) -> None:
-        """A link from the state's pending table (a resumed crawl)."""
-        if self.seen.add(link.fp):
-            self.admitted += 1
-            self.queue.push(link)
+    async def carry_over(self) -> None:
+        """A resumed crawl: the links its earlier runs found and did not do, claimed
+        again and queued before any this run finds."""
+        async for links in self.queue.carried_over():
+            found = [(link.url, link.fp) for link in links]
+            marks = await self._seen.claim([fp for _, fp in found], remember_done=True)
+            for link, mark in zip(links, marks, strict=True):
+                if mark == FRESH:  # admitted by the earlier run, within --max-pages
+                    self.admitted += 1
+                    self.queue.push(link)
+            self.wake.set()
 
     def close(self) -> None:
         """Never waits for a parser: a child still parsing is killed."""
@@ -191,7 +202,7 @@ class Crawl:
                         for loc in self.new_sitemaps(batch.locs):
                             spawn(loc, nesting + 1)
                 else:
-                    self.admit(batch.candidates, 0, url)
+                    await self.admit(batch.candidates, 0, url)
                     if self.full:
                         return
                 if batch.done:

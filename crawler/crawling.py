@@ -1,19 +1,19 @@
 """Crawl mode and storage, as wired into a run: robots.txt, sitemaps, the links and the
 storage of kept bodies, link admission, the crawl counters.
 
-The engine calls in at fixed points: ``open_stores`` before the run, ``start`` once the
-fetcher exists, ``begin`` inside the run's TaskGroup, ``keep_body`` and ``admit`` for
-each page, ``feed_links`` from the reader (discovered links into the frontier), ``stop``
-when intake stops, ``close`` at the end. Sitemap reads are tasks of the run's TaskGroup,
-kept in ``jobs`` so a stop can cancel them.
+The engine calls in at fixed points: ``open_stores`` before the run (the hooks its sink
+is made with), ``start`` once the fetcher exists, ``begin`` inside the run's TaskGroup,
+``keep_body`` and ``admit`` for each page, ``feed_links`` from the reader (discovered
+links into the frontier), ``stop`` when intake stops, ``close`` at the end. What it gives
+the frontier (``on_idle``, ``checks_first``) is known when it is made. Sitemap reads are
+tasks of the run's TaskGroup, kept in ``jobs`` so a stop can cancel them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -24,9 +24,9 @@ from crawler.config import RunConfig
 from crawler.fetcher import HTML_TYPES, KEEP_ALL, KEEP_HTML, KEEP_NONE, Fetcher, Response
 from crawler.frontier import Frontier, Item
 from crawler.limiter import HostTable
-from crawler.recordsink import RecordSink
-from crawler.state import DONE_BEFORE, FRESH, StateStore
+from crawler.recordsink import SinkHooks
 from crawler.stats import Stats
+from crawler.stores import Stores
 from crawler.urls import host_key, parse_url
 
 if TYPE_CHECKING:
@@ -69,17 +69,15 @@ class Crawling:
     def __init__(
         self,
         config: RunConfig,
-        state: StateStore | None,
+        stores: Stores,
         stats: Stats,
         hosts: HostTable,
-        frontier: Frontier,
         clock: Callable[[], float],
     ) -> None:
         self._config = config
-        self._state = state
+        self._stores = stores  # the ledger open: what an earlier run did is known
         self.stats = stats
         self._hosts = hosts
-        self._frontier = frontier
         self._clock = clock
         self._crawl: Crawl | None = None
         self._fetcher: Fetcher | None = None
@@ -99,6 +97,18 @@ class Crawling:
     @property
     def crawl(self) -> Crawl | None:
         return self._crawl
+
+    @property
+    def on_idle(self) -> Callable[[], None] | None:
+        """For the frontier, when the last request in flight ends: links may wait."""
+        return self._crawl.wake.set if self._crawl is not None else None
+
+    @property
+    def checks_first(self) -> bool:
+        """For the frontier: a URL is handed out first for its robots.txt check, then
+        (given back) for its request, paced (see _process in worker.py)."""
+        crawl = self._crawl
+        return crawl is not None and crawl.config.obey_robots
 
     @property
     def writers(self) -> list[BodyStore | WarcArchive]:
@@ -148,11 +158,11 @@ class Crawling:
             origins is not None and f"{item.url.scheme}://{item.host_key}" in origins
         )
 
-    def admit(self, kept: Kept, item: Item) -> list[Link] | None:
+    async def admit(self, kept: Kept, item: Item) -> list[Link] | None:
         """The links found on ``item``'s page that this crawl follows, queued (before the
         page is done: the crawl cannot look finished in between)."""
         if kept.found and self._crawl is not None:
-            return self._crawl.admit(kept.found, item.depth + 1, item.raw)
+            return await self._crawl.admit(kept.found, item.depth + 1, item.raw)
         return None
 
     def _setup_crawl(self) -> None:
@@ -160,24 +170,21 @@ class Crawling:
         if config.crawl is not None:
             from crawler.crawl import Crawl
 
-            state = self._state
+            stores = self._stores
             crawl = self._crawl = Crawl(
-                config.crawl,
-                spill_dir=os.path.dirname(os.path.abspath(state.path)) if state else None,
-                memory_links=config.limits.queue_size,  # at least 512: see LinkQueue
+                config.crawl, seen=stores.seen, queue=stores.queue, stats=self.stats
             )
-            if state is not None:
-                crawl.admitted = state.done_before  # --max-pages counts resumed runs too
-            self._frontier.on_idle = crawl.wake.set
+            crawl.admitted = stores.ledger.done_before  # --max-pages counts resumed runs too
             self.keep = KEEP_HTML
             scope = crawl.scope
             self.follow = lambda url: scope.allows(url, str(url))
         if config.store.active:
             self.keep = KEEP_ALL
-        if config.crawl is not None or config.store.active:
-            self.stats.crawl = self._crawl_counts
 
-    def _crawl_counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, int] | None:
+        """Crawl mode and storage counters, for the stats (None: neither is on)."""
+        if not (self._config.crawl is not None or self._config.store.active):
+            return None
         crawl, warc = self._crawl, self._warc
         counts: dict[str, int] = {}
         if crawl is not None:
@@ -192,23 +199,27 @@ class Crawling:
             counts["warc_records"] = warc.records
         return counts
 
-    def open_stores(self, sink: RecordSink) -> None:
-        """--save-dir and --warc: fail with one clear line before the run starts."""
+    def open_stores(self) -> SinkHooks:
+        """--save-dir and --warc: fail with one clear line before the run starts. Returns
+        what the run's sink awaits: the bodies land before their records, and before a
+        --state checkpoint commits, the bodies and WARC records are on disk."""
         store = self._config.store
+        ledger = self._stores.ledger
         if store.save_dir is not None:
             from crawler.storage import BodyStore
 
             self._bodies = BodyStore(store.save_dir)
-            sink.before_write = self._bodies.flush  # bodies land before their records
             _start_writer(self._bodies, f"cannot use --save-dir {store.save_dir!r}")
         if store.warc is not None:
             from crawler.storage import WarcArchive
 
-            resumed = self._state is not None and self._state.resumed
-            self._warc = WarcArchive(store.warc, store.warc_max_size, append=resumed)
+            self._warc = WarcArchive(store.warc, store.warc_max_size, append=ledger.resumed)
             _start_writer(self._warc, f"cannot write --warc {store.warc!r}")
-        if self._bodies is not None or self._warc is not None:
-            sink.before_commit = self._sync_stores
+        durable = ledger.durable and (self._bodies is not None or self._warc is not None)
+        return SinkHooks(
+            before_write=self._bodies.flush if self._bodies is not None else None,
+            before_commit=self._sync_stores if durable else None,
+        )
 
     async def _sync_stores(self) -> None:
         """Before a checkpoint commits URLs: their body files and WARC records on disk
@@ -238,7 +249,6 @@ class Crawling:
             on_evict=self._on_robots_gone,
         )
         self.robots_rules = crawl.robots.rules
-        self._frontier.checks_first = True  # see _process: robots.txt, then the pacer
 
     def _on_robots(self, origin: str, rules: Rules) -> None:
         """A robots.txt was read: its Crawl-delay paces the host, its sitemaps are seeds."""
@@ -293,20 +303,16 @@ class Crawling:
                 await warc.backpressure()
         return kept
 
-    async def feed_links(self, crawl: Crawl) -> None:
+    async def feed_links(self, frontier: Frontier) -> None:
         """Crawl mode: move discovered links into the frontier until nothing can find more.
 
         This task, not a worker, waits for room in the frontier: a worker that waited there
         could wait on itself."""
-        from crawler.linkqueue import Link
-
-        frontier, state, queue = self._frontier, self._state, crawl.queue
-        if state is not None and state.resumed:
-            after = 0
-            while rows := await state.pending(after, 4096):
-                after = rows[-1][0]
-                for _, fp, url, depth, parent in rows:
-                    crawl.requeue(Link(url, depth, parent, fp))
+        crawl = self._crawl
+        if crawl is None:
+            return
+        queue = crawl.queue
+        await crawl.carry_over()  # a resumed crawl: what the earlier runs left waiting
         while True:
             links = await queue.take(256)
             if not links:
@@ -318,19 +324,7 @@ class Crawling:
                 if not len(queue) and not (frontier.idle and (crawl.jobs == 0 or crawl.full)):
                     await crawl.wake.wait()
                 continue
-            fresh: Sequence[int]
-            if state is not None:
-                fresh = await state.claim([link.fp for link in links])
-            else:
-                fresh = [FRESH] * len(links)
-            for link, new in zip(links, fresh, strict=True):
-                if new != FRESH:  # done in an earlier run of this crawl
-                    crawl.admitted -= 1
-                    if new == DONE_BEFORE:
-                        self.stats.skipped_done_before += 1
-                    else:
-                        self.stats.skipped_duplicates += 1
-                    continue
+            for link in links:
                 target = URL(link.url)
                 item = Item(link.url, target, host_key(target), link.fp, link.depth, link.parent)
                 await frontier.put(item)

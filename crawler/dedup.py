@@ -81,8 +81,9 @@ class FingerprintSet:
             self._grow(shard)
         return True
 
-    def add_many(self, fps: list[int]) -> list[bool]:
-        """``[self.add(fp) for fp in fps]``, with the per-call overhead paid once."""
+    def add_many(self, fps: list[int]) -> list[int]:
+        """``[int(self.add(fp)) for fp in fps]`` (1: new, 0: there before), with the
+        per-call overhead paid once."""
         tables, masks, limits = self._tables, self._masks, self._limits
         fresh = []
         for fp in fps:
@@ -95,14 +96,14 @@ class FingerprintSet:
                 i = (i + 1) & mask
                 slot = table[i]
             if slot:
-                fresh.append(False)
+                fresh.append(0)
                 continue
             table[i] = fp
             self._size += 1
             limits[shard] -= 1
             if limits[shard] < 0:
                 self._grow(shard)
-            fresh.append(True)
+            fresh.append(1)
         return fresh
 
     def __contains__(self, fp: object) -> bool:

@@ -5,7 +5,9 @@
         request may start) --> Workers x C (worker.py: Attempts, attempts.py, then the
         URL's Record, records.py) --> RecordSink: Sink, the only writer of the output,
         or the Python API's channel (recordsink.py)
-    Crawl mode and --save-dir/--warc are wired in by crawling.py.
+    Crawl mode and --save-dir/--warc are wired in by crawling.py. What the run remembers
+    (Seen: dedup; Ledger: commits; WorkQueue: links waiting) is handed in as ``Stores``
+    (stores.py): in memory, or the --state file; the engine does not ask which.
 
 Lifetimes. Every task (reader, workers, sink writer, loop-lag probe, host sweeper,
 progress) belongs to one TaskGroup. The run ends when the input is exhausted, the
@@ -52,8 +54,8 @@ from crawler.reader import Reader
 from crawler.records import Records
 from crawler.recordsink import RecordSink, SinkFactory
 from crawler.sink import OutputClosed, Sink
-from crawler.state import StateStore
 from crawler.stats import Snapshot, Stats
+from crawler.stores import Ledger, Stores, memory
 from crawler.worker import Workers
 
 _MIN_FLUSH_BOUND: Final = 1.0  # seconds the final flush gets after the grace period, at least
@@ -77,7 +79,7 @@ class Engine:
         progress_interval: float = 5.0,
         install_signal_handlers: bool = True,
         clock: Callable[[], float] = time.monotonic,
-        state: StateStore | None = None,
+        stores: Stores | None = None,
         notice: Callable[[], None] | None = None,
         sink: SinkFactory = Sink,
     ) -> None:
@@ -85,7 +87,9 @@ class Engine:
         self._sink_factory = sink  # where records go: the output's bytes, or the API's channel
         self._notice = notice  # the per-host limit binds (see Frontier.on_host_bound)
         self._source = source
-        self._state = state
+        if stores is None:  # a run on its own, remembering nothing past its end
+            stores = memory(dedup=config.input.dedup, queue_memory=config.limits.queue_size)
+        self._stores = stores
         self._progress = progress
         self._progress_interval = progress_interval  # status lines when not a terminal
         self._install_signals = install_signal_handlers
@@ -117,34 +121,36 @@ class Engine:
         config = self._config
         loop = asyncio.get_running_loop()
         clock = self._clock
-        self.stats = stats = Stats(clock)
+        stores, source = self._stores, self._source
+        ledger = stores.ledger
+        self.stats = stats = Stats(clock, self)
         self._hosts = hosts = HostTable(config.limits, config.breaker, clock)
-        self._frontier = frontier = Frontier(config.limits.queue_size, hosts)
-        frontier.on_host_bound = self._notice
-        stats.in_flight = lambda: frontier.in_flight
-        stats.queued = lambda: frontier.queued + frontier.delayed
-        source = self._source
-        stats.input_lines = lambda: source.lines_total
-        state = self._state
-        if state is not None:
-            await state.open()
-        self._sink = sink = self._sink_factory(config.sink, state)
-        stats.lost = lambda: sink.lost
+        if config.store.active or config.crawl is not None:
+            signals.start_resource_tracker()  # before any process pool: see there
+        await ledger.open()
+        stats.done_before = ledger.done_before
+        self._pages = pages = Crawling(config, stores, stats, hosts, clock)
+        self._frontier = frontier = Frontier(
+            config.limits.queue_size,
+            hosts,
+            on_idle=pages.on_idle,
+            on_host_bound=self._notice,
+            checks_first=pages.checks_first,
+        )
         try:
+            self._sink = sink = self._sink_factory(config.sink, ledger, pages.open_stores())
             await sink.open()
         except BaseException as exc:
-            if state is not None:
-                await state.aclose()
+            await self._release(pages, None, ledger)
             if isinstance(exc, OSError):
                 output = config.sink.output
                 raise errors.UsageError(f"cannot write output {output!r}: {exc.strerror}") from None
             raise
-        if state is not None:
-            stats.done_before = state.done_before
         output_closed = False
-        self._pages = pages = Crawling(config, state, stats, hosts, frontier, clock)
         records, dedup = self._records, config.input.dedup
-        self._reading = Reader(source, frontier, sink, stats, records, pages, state, dedup=dedup)
+        self._reading = Reader(
+            source, frontier, sink, stats, records, pages, stores.seen, dedup=dedup
+        )
         permits = DynamicSemaphore(config.limits.concurrency)
         self._workers = Workers(
             config,
@@ -155,7 +161,7 @@ class Engine:
             sink,
             stats,
             records,
-            state,
+            ledger.durable,
             clock,
             self._workers_gone,
         )
@@ -165,9 +171,6 @@ class Engine:
                 signals.take_over(loop, self.request_stop, previous)
                 for _ in range(min(2, signals.take())):  # deferred by crawler.signals
                     self.request_stop()
-            if config.store.active or config.crawl is not None:
-                signals.start_resource_tracker()  # before any process pool: see there
-            pages.open_stores(sink)
             async with make_session(config.fetch) as session:
                 fetcher = Fetcher(session, config.fetch)
                 pages.start(fetcher)
@@ -188,35 +191,54 @@ class Engine:
             source.stop_count()
             for timer in self._timers:
                 timer.cancel()
-            pages.close()
-            # The sink first (it waits for the body files its records name), then the
-            # writers; one failing does not keep the others from closing.
-            closers = [sink.aclose, *(w.aclose for w in pages.writers)]
-            failure: BaseException | None = None
             try:
-                for close in closers:
-                    try:
-                        await asyncio.shield(close())
-                    except (OSError, sqlite3.Error) as exc:
-                        failure = failure or exc
+                await self._release(pages, sink, ledger)
             finally:
-                try:
-                    if state is not None:
-                        await asyncio.shield(state.aclose())
-                finally:
-                    # Only now: a signal during the final flush still gives up on a
-                    # blocked output (see _cut_grace).
-                    for handle in (self._grace_timer, self._flush_timer):
-                        if handle is not None:
-                            handle.cancel()
-                    signals.give_back(loop, previous)
-            if failure is not None:
-                raise errors.UsageError(f"cannot continue: {io_message(failure)}") from None
+                # Only now: a signal during the final flush still gives up on a
+                # blocked output (see _cut_grace).
+                for handle in (self._grace_timer, self._flush_timer):
+                    if handle is not None:
+                        handle.cancel()
+                signals.give_back(loop, previous)
         if self._stopping:
             self._reading.count_unread()
         return RunResult(
             stats.snapshot(), self.interrupted, output_closed or sink.broken, self.timed_out
         )
+
+    async def _release(self, pages: Crawling, sink: RecordSink | None, ledger: Ledger) -> None:
+        """Close what the run opened: the sink first (it waits for the body files its
+        records name), then the storage writers, then the ledger; one failing does not
+        keep the others from closing (shielded: a cancellation cannot cut this short)."""
+        pages.close()
+        closers = [*([sink.aclose] if sink is not None else []), *(w.aclose for w in pages.writers)]
+        failure: BaseException | None = None
+        try:
+            for close in closers:
+                try:
+                    await asyncio.shield(close())
+                except (OSError, sqlite3.Error) as exc:
+                    failure = failure or exc
+        finally:
+            await asyncio.shield(ledger.aclose())
+        if failure is not None:
+            raise errors.UsageError(f"cannot continue: {io_message(failure)}") from None
+
+    # -- gauges, for the stats (crawler.stats.Gauges) ----------------------------------------
+    def in_flight(self) -> int:
+        return self._frontier.in_flight
+
+    def queued(self) -> int:
+        return self._frontier.queued + self._frontier.delayed
+
+    def input_lines(self) -> int | None:
+        return self._source.lines_total
+
+    def lost(self) -> int:
+        return self._sink.lost
+
+    def crawl_counts(self) -> dict[str, int] | None:
+        return self._pages.counts()
 
     async def _run_tasks(self, fetcher: Fetcher) -> None:
         crawl = self._config.crawl

@@ -1,8 +1,8 @@
 """The reader: input lines -> parsed, validated, deduplicated Items in the frontier.
 
-    LineSource --batch of lines--> parse_target --> dedup claim (the state file's, the
-        crawl's seen set, or a FingerprintSet; one per batch) --> Frontier.offer/put
-        (invalid lines get their record at once, through the RecordSink)
+    LineSource --batch of lines--> parse_target --> Seen.claim (one per batch; the same
+        Seen as the crawl's links) --> Frontier.offer/put (invalid lines get their record
+        at once, through the RecordSink)
 
 ``taken`` counts the lines dealt with (recorded, queued or skipped): a stopped run
 reports the rest of the input as unread (see ``count_unread``).
@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
 from typing import Final
 
 from yarl import URL
 
 from crawler import errors
 from crawler.crawling import Crawling
-from crawler.dedup import FingerprintSet, fingerprint
+from crawler.dedup import fingerprint
 from crawler.frontier import Frontier, Item
 from crawler.inputs import Source
 from crawler.records import Record, Records
 from crawler.recordsink import RecordSink
-from crawler.state import DONE_BEFORE, StateStore
 from crawler.stats import Stats
+from crawler.stores import DONE_BEFORE, Seen
 from crawler.urls import parse_target
 
 _COUNT_WAIT: Final = 2.0  # seconds a stopped run waits, at most, to count the input left unread
@@ -40,7 +39,7 @@ class Reader:
         stats: Stats,
         records: Records,
         pages: Crawling,
-        state: StateStore | None,
+        seen: Seen,
         *,
         dedup: bool,
     ) -> None:
@@ -50,18 +49,15 @@ class Reader:
         self._stats = stats
         self._records = records
         self._pages = pages
-        self._state = state
+        self._seen = seen
         self._dedup = dedup
         self.taken = 0  # input lines dealt with (record, queued or skipped)
 
     async def run(self) -> None:
         """Parse, validate and deduplicate the input, one batch at a time."""
-        frontier, sink, stats, state = self._frontier, self._sink, self._stats, self._state
+        frontier, sink, stats, seen = self._frontier, self._sink, self._stats, self._seen
         dedup = self._dedup
         crawl = self._pages.crawl
-        seen = None  # with --state, the state file is the dedup store
-        if dedup and state is None:
-            seen = crawl.seen if crawl is not None else FingerprintSet()
         try:
             async for lines in self._source.batches():
                 parsed: list[tuple[str, URL | errors.InvalidURL, str, int]] = []
@@ -74,18 +70,13 @@ class Reader:
                     else:
                         parsed.append((raw, url, host, fingerprint(key) if dedup else 0))
                         self._pages.seed(url, host)  # done seeds too: they define the scope
-                fresh: Sequence[int]  # FRESH (or True), REPEAT (or False), DONE_BEFORE
-                if state is not None:
-                    # One round trip to the state thread per batch, never per URL.
-                    fresh = await state.claim([entry[3] for entry in parsed])
-                elif seen is not None:
-                    fresh = seen.add_many([entry[3] for entry in parsed])
-                else:
-                    fresh = [True] * len(parsed)
+                # One claim per batch, never per URL (with --state: one round trip to
+                # the state thread).
+                fresh = await seen.claim([entry[3] for entry in parsed])
                 # Each line counts as taken once it has its record, is queued or is
                 # skipped: a line cut off by the stop is in none of them (count_unread).
                 for (raw, target, host, fp), new in zip(parsed, fresh, strict=True):
-                    if not new:  # False, or REPEAT
+                    if not new:  # REPEAT
                         stats.skipped_duplicates += 1
                     elif new == DONE_BEFORE:
                         stats.skipped_done_before += 1
@@ -95,13 +86,12 @@ class Reader:
                         if sink.behind:
                             await sink.backpressure()
                         continue
-                    elif crawl is None or crawl.add_seed(fp):
+                    elif crawl is None or crawl.add_seed():
                         item = Item(raw, target, host, fp)
                         if not frontier.offer(item):
                             await frontier.put(item)
                     self.taken += 1
-            if crawl is not None:
-                await self._pages.feed_links(crawl)
+            await self._pages.feed_links(frontier)  # crawl mode: the links found
         finally:
             frontier.close_input()
 

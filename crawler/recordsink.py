@@ -12,27 +12,34 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
     from crawler.config import SinkConfig
     from crawler.linkqueue import Link
     from crawler.records import Record
-    from crawler.state import StateStore
+    from crawler.stores import Ledger
 
 # Records a channel holds before the engine waits for its consumer. Workers put their
 # record and then wait, so at most this many plus one per worker are ever held.
 CHANNEL_SIZE: Final = 256
 
 
+@dataclass(frozen=True, slots=True)
+class SinkHooks:
+    """What a sink awaits: before records are handed on (--save-dir: the bodies they
+    name are on disk) and before a --state checkpoint commits (bodies and WARC records
+    durable; raising keeps the checkpoint from committing)."""
+
+    before_write: Callable[[], Awaitable[None]] | None = None
+    before_commit: Callable[[], Awaitable[None]] | None = None
+
+
 class RecordSink(Protocol):
     """What the engine needs of the place its records go."""
 
     broken: bool  # the consumer went away (a closed pipe): the run ends quietly
-    # Awaited before records are handed on (--save-dir: the bodies they name are on disk)
-    # and before a --state checkpoint commits.
-    before_write: Callable[[], Awaitable[None]] | None
-    before_commit: Callable[[], Awaitable[None]] | None
 
     async def open(self) -> None: ...
 
@@ -62,7 +69,8 @@ class RecordSink(Protocol):
         """Idempotent: hand on what can be and release the output."""
 
 
-SinkFactory = Callable[["SinkConfig", "StateStore | None"], RecordSink]
+# Made by the engine once the run's Ledger is open and its stores exist.
+SinkFactory = Callable[["SinkConfig", "Ledger", SinkHooks], RecordSink]
 
 
 class ChannelSink:
@@ -73,7 +81,7 @@ class ChannelSink:
     closed the channel (or ended, see ``end()``) and every record was taken.
     """
 
-    def __init__(self, size: int = CHANNEL_SIZE) -> None:
+    def __init__(self, hooks: SinkHooks | None = None, size: int = CHANNEL_SIZE) -> None:
         self._items: deque[Record] = deque()
         self._size = size
         self._ready = asyncio.Event()  # a record, or the end, for the consumer
@@ -83,8 +91,7 @@ class ChannelSink:
         self._ended = False
         self._abandoned = False
         self._released = 0  # records whose before_write() has run
-        self.before_write: Callable[[], Awaitable[None]] | None = None
-        self.before_commit: Callable[[], Awaitable[None]] | None = None
+        self._before_write = (hooks or SinkHooks()).before_write
         self.broken = False
         self.records = 0  # records handed to the channel
         self.delivered = 0  # records taken by the consumer
@@ -142,9 +149,9 @@ class ChannelSink:
                 return None
             self._ready.clear()
             await self._ready.wait()
-        if not self._released and self.before_write is not None:
+        if not self._released and self._before_write is not None:
             count = len(items)
-            await self.before_write()  # the body files these records name are written
+            await self._before_write()  # the body files these records name are written
             self._released = count
         if self._released:
             self._released -= 1

@@ -25,7 +25,6 @@ import errno
 import os
 import select
 import stat
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiofiles
@@ -33,111 +32,36 @@ import aiofiles
 from crawler.config import SinkConfig
 from crawler.errors import UsageError
 from crawler.linkqueue import Link
+from crawler.pipes import Pipe, nonblocking_stdout, resolve
 from crawler.records import Record, encode
-from crawler.state import StateStore
+from crawler.recordsink import SinkHooks
+from crawler.stores import Ledger, MemoryLedger
 
 
 class OutputClosed(Exception):  # noqa: N818 - a state, not a failure
     """The reader of standard output went away (``crawler fetch … | head -1``)."""
 
 
-class _Pipe:
-    """Standard output, a pipe or socket switched to non-blocking (restored on close)."""
-
-    def __init__(self, fd: int, restore: bool, chunk: int = 0, owned: bool = False) -> None:
-        self.fd = fd
-        self._restore = restore
-        self.chunk = chunk  # blocking: write at most this much, when there is room
-        self._owned = owned  # ours to close (a FIFO given as -o)
-
-    def fileno(self) -> int:
-        return self.fd
-
-    async def close(self) -> None:
-        if self._owned:
-            os.close(self.fd)
-        elif self._restore:
-            with contextlib.suppress(OSError):
-                os.set_blocking(self.fd, True)
-
-
-def _nonblocking_stdout() -> _Pipe | None:
-    """fd 1 as a _Pipe, or None where non-blocking writes would be unsafe or useless: a
-    terminal or file, or an open file shared with stdin or stderr (``2>&1``: the flag is
-    per open file, and stderr's writers expect blocking writes)."""
-
-    def blocking(fd: int) -> bool | None:
-        try:
-            return os.get_blocking(fd)
-        except OSError:
-            return None
-
-    if os.name != "posix":  # add_writer() on a pipe: POSIX event loops only
-        return None
-    try:
-        mode = os.fstat(1).st_mode
-        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
-            return None
-        if not os.get_blocking(1):
-            return _Pipe(1, restore=False)  # our parent made it so
-        others = (blocking(0), blocking(2))
-        os.set_blocking(1, False)
-        if (blocking(0), blocking(2)) != others:
-            os.set_blocking(1, True)
-            # Shared with stderr (2>&1): fd 1 stays blocking. Opened anew where Linux
-            # allows; else written from the loop a PIPE_BUF at a time when there is room.
-            # Written by aiofiles, a reader that stops reading held a thread in write()
-            # for ever (no signal ended it).
-            reopened = _reopened_stdout(mode)
-            if reopened is not None:
-                return reopened
-            if stat.S_ISFIFO(mode) and others[1] is not None:
-                return _Pipe(1, restore=False, chunk=select.PIPE_BUF)
-            return None
-    except OSError:
-        return None
-    return _Pipe(1, restore=True)
-
-
-def _reopened_stdout(mode: int) -> _Pipe | None:
-    """A FIFO shared with stderr (``2>&1 | reader``) opened anew, as an open file of our
-    own whose flags nobody else sees (Linux opens ``/proc/self/fd/1`` so); else None.
-    Without it, a thread blocked writing to a reader that stopped held up the run's
-    end (two signals could not end it)."""
-    if not stat.S_ISFIFO(mode) or not os.path.isdir("/proc/self/fd"):
-        return None
-    try:
-        fd = os.open("/proc/self/fd/1", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        same = os.path.samestat(os.fstat(fd), os.fstat(1))
-        if same and os.get_blocking(1):  # the same pipe, and fd 1's open file untouched
-            return _Pipe(fd, restore=False, owned=True)
-    except OSError:
-        pass
-    os.close(fd)
-    return None
-
-
-def _resolve(future: asyncio.Future[bool], value: bool) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
 class Sink:
-    def __init__(self, config: SinkConfig, state: StateStore | None = None) -> None:
+    def __init__(
+        self,
+        config: SinkConfig,
+        ledger: Ledger | None = None,
+        hooks: SinkHooks | None = None,
+    ) -> None:
         self._config = config
-        self._state = state
+        # Where written records become durable (--state: the SQLite file) at checkpoints.
+        self._ledger = ledger = ledger if ledger is not None else MemoryLedger()
+        # Marks are kept for a ledger that makes them durable (--state), not otherwise.
+        self._durable = ledger.durable
         self._buf = bytearray()
-        # With --state: one fingerprint per record in _buf (None: nothing to mark done),
-        # so a batch cut short knows whose lines went out; and those written since the
-        # last checkpoint.
+        # One fingerprint per record in _buf (None: nothing to mark done), so a batch cut
+        # short knows whose lines went out; and those written since the last checkpoint.
         self._fps: list[int | None] = []
         self._written_fps: list[int | None] = []
-        # Crawl mode with --state: links found by each page in _buf (one entry per record,
-        # so a batch cut short keeps only its written pages' links) / by the pages written
-        # since the last checkpoint; committed together with their pages (see state.py).
+        # Crawl mode: links found by each page in _buf (one entry per record, so a batch
+        # cut short keeps only its written pages' links) / by the pages written since the
+        # last checkpoint; committed with their pages (see the Ledger in stores.py).
         self._links: list[list[Link] | None] = []
         self._written_links: list[Link] = []
         self._offset = 0  # bytes of the output file written so far
@@ -158,11 +82,13 @@ class Sink:
         self._high_water = config.batch_bytes * 8
         self._batch_records = config.batch_records
         self._batch_bytes = config.batch_bytes
-        # Awaited before each batch is written (--save-dir: the bodies its records name).
-        self.before_write: Callable[[], Awaitable[None]] | None = None
-        # Awaited before a checkpoint commits (--save-dir/--warc: what its records name,
-        # on disk). Raising keeps the checkpoint from committing.
-        self.before_commit: Callable[[], Awaitable[None]] | None = None
+        # Awaited before each batch is written (--save-dir: the bodies its records name),
+        # and before a checkpoint commits (--save-dir/--warc: what its records name, on
+        # disk; raising keeps the checkpoint from committing).
+        hooks = hooks or SinkHooks()
+        self._before_write = hooks.before_write
+        self._before_commit = hooks.before_commit
+        self._resumed = ledger.resumed
         self.broken = False  # standard output was closed by its reader
         self.records = 0  # records handed to the sink
         self.written = 0  # records written out
@@ -172,7 +98,7 @@ class Sink:
         self._last_checkpoint = asyncio.get_running_loop().time()
         path = self._config.output
         if path is None:
-            self._file = _nonblocking_stdout() or await aiofiles.open(
+            self._file = nonblocking_stdout() or await aiofiles.open(
                 1, "wb", buffering=0, closefd=False
             )
             return
@@ -192,18 +118,17 @@ class Sink:
                 raise UsageError(
                     f"cannot write output {path!r}: a FIFO that no process reads"
                 ) from None
-            self._file = _Pipe(fd, restore=False, owned=True)
+            self._file = Pipe(fd, restore=False, owned=True)
             self._stream = True
             return
-        state = self._state
         stream = mode != 0 and not stat.S_ISREG(mode)  # /dev/null, a terminal, a device
-        if state is None or not state.resumed or stream:
+        if not self._resumed or stream:
             self._file = await aiofiles.open(path, "wb", buffering=0)
             self._stream = stream  # no fsync, no seek, nothing to cut back on resume
             return
         # Resuming into the same file: cut it back to what the state says is committed
         # (a torn last line or records written after the last checkpoint go).
-        committed = state.committed_offset
+        committed = self._ledger.committed_offset
         try:
             self._file = await aiofiles.open(path, "r+b", buffering=0)
         except FileNotFoundError:
@@ -229,13 +154,13 @@ class Sink:
     ) -> None:
         """Queue one record without waiting (the record is in the batch on return).
 
-        ``fp`` is the URL's fingerprint: with --state, it is marked done at the first
-        checkpoint after the record is written. Records without one (cancelled URLs)
+        ``fp`` is the URL's fingerprint: a durable Ledger (--state) marks it done at the
+        first checkpoint after the record is written. Records without one (cancelled URLs)
         leave their URL to be fetched again on resume. ``links`` (crawl mode) are the
-        links the page discovered: with --state they become durable with the record.
+        links the page discovered: they become durable with the record.
         """
         self._buf += encode(record)
-        if self._state is not None:
+        if self._durable:
             self._fps.append(fp)
             self._links.append(links)
         self._count = count = self._count + 1
@@ -303,7 +228,7 @@ class Sink:
             if self._closing and not self._buf:
                 await self.checkpoint()
                 return
-            if self._state is not None:
+            if self._durable:
                 now = asyncio.get_running_loop().time()
                 if now - self._last_checkpoint >= cfg.checkpoint_interval:
                     self._last_checkpoint = now
@@ -321,13 +246,13 @@ class Sink:
         self._abandoned = True
         self._drained.set()  # nobody waits for room any more
         if self._waiting is not None:
-            _resolve(self._waiting, False)
+            resolve(self._waiting, False)
 
     async def _write_batch(self) -> None:
         if not self._buf:
             return
-        if self.before_write is not None:
-            await self.before_write()
+        if self._before_write is not None:
+            await self._before_write()
         # A fresh buffer per batch (one allocation per batch, not per record): the old
         # one may still be referenced by the writer thread.
         buf, self._buf = self._buf, bytearray()
@@ -372,7 +297,7 @@ class Sink:
     async def _write_all(self, data: bytearray) -> int:
         """Write ``data``; the bytes written (fewer only once abandoned)."""
         try:
-            if isinstance(self._file, _Pipe):
+            if isinstance(self._file, Pipe):
                 if self._file.chunk:
                     return await self._write_blocking_pipe(self._file, data)
                 return await self._write_pipe(self._file.fd, data)
@@ -409,7 +334,7 @@ class Sink:
                         break
         return written
 
-    async def _write_blocking_pipe(self, pipe: _Pipe, data: bytearray) -> int:
+    async def _write_blocking_pipe(self, pipe: Pipe, data: bytearray) -> int:
         fd, chunk = pipe.fd, pipe.chunk
         room = select.poll()
         room.register(fd, select.POLLOUT)
@@ -430,7 +355,7 @@ class Sink:
         loop = asyncio.get_running_loop()
         waiting: asyncio.Future[bool] = loop.create_future()
         self._waiting = waiting
-        loop.add_writer(fd, _resolve, waiting, True)
+        loop.add_writer(fd, resolve, waiting, True)
         try:
             return await waiting
         finally:
@@ -448,15 +373,16 @@ class Sink:
         await self.checkpoint()
 
     async def checkpoint(self) -> None:
-        """With --state: make what is written durable, then mark its URLs done.
+        """Hand what is written to the Ledger (--state: made durable, its URLs done).
 
         The records, their body files and WARC records are all durable before the
         commit names them: the output is fsynced by the commit, the stores by
         ``before_commit``. The offset is taken with the marks, before any await, so the
         two describe the same records."""
-        if self._state is None or self._file is None:
+        ledger = self._ledger
+        if self._file is None:
             return
-        if not self._written_fps and self._offset == self._state.committed_offset:
+        if not self._written_fps and self._offset == ledger.committed_offset:
             return
         fps, self._written_fps = self._written_fps, []
         links, self._written_links = self._written_links, []
@@ -464,10 +390,10 @@ class Sink:
         offset = self._offset
         sync_fd = None if self._stream else self._file.fileno()
         try:
-            if self.before_commit is not None:
-                await self.before_commit()
+            if self._before_commit is not None:
+                await self._before_commit()
             try:
-                await self._state.commit(done, offset, sync_fd, links)
+                await ledger.commit(done, offset, sync_fd, links)
             except OSError as exc:  # fsync of the output (the state's are sqlite3 errors)
                 raise self._named(exc) from None
         except BaseException:

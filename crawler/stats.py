@@ -13,7 +13,7 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 # Log-scale latency buckets: 8 per doubling from 0.1 ms to ~100 s (~9% resolution).
 _BUCKETS_PER_OCTAVE = 8
@@ -112,9 +112,47 @@ def peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+class Gauges(Protocol):
+    """Levels of the pipeline, read when a snapshot is taken (the engine provides them)."""
+
+    def in_flight(self) -> int: ...
+
+    def queued(self) -> int: ...
+
+    def input_lines(self) -> int | None:
+        """URL lines in the whole input, when known."""
+        ...
+
+    def lost(self) -> int: ...
+
+    def crawl_counts(self) -> dict[str, int] | None:
+        """Crawl mode and storage counters."""
+        ...
+
+
+class NoGauges:
+    """Nothing running: every level is zero (or unknown)."""
+
+    def in_flight(self) -> int:
+        return 0
+
+    def queued(self) -> int:
+        return 0
+
+    def input_lines(self) -> int | None:
+        return None
+
+    def lost(self) -> int:
+        return 0
+
+    def crawl_counts(self) -> dict[str, int] | None:
+        return None
+
+
 class Stats:
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], gauges: Gauges | None = None) -> None:
         self._clock = clock
+        self.gauges = gauges if gauges is not None else NoGauges()
         self.started = clock()
         self.done = 0
         self.ok = 0
@@ -136,11 +174,6 @@ class Stats:
         self.latency = Histogram()
         self.loop_lag = Histogram()
         self.recent_lag = 0.0  # EWMA of loop-lag samples, seconds
-        self.in_flight: Callable[[], int] = lambda: 0
-        self.queued: Callable[[], int] = lambda: 0
-        self.input_lines: Callable[[], int | None] = lambda: None
-        self.crawl: Callable[[], dict[str, int] | None] = lambda: None
-        self.lost: Callable[[], int] = lambda: 0
 
     def record(self, ok: bool, status: int | None, error_kind: str | None, nbytes: int) -> None:
         self.done += 1
@@ -178,7 +211,7 @@ class Stats:
         the lines still to fetch over the rate of finished URLs: lines done by an earlier
         run and not reached yet will be skipped at once, so they are not counted as work.
         """
-        total = self.input_lines()
+        total = self.gauges.input_lines()
         if not total:
             return total, None, None
         skipped = self.skipped_duplicates + self.skipped_done_before
@@ -195,6 +228,7 @@ class Stats:
         elapsed = max(1e-9, self._clock() - self.started)
         lat, lag = self.latency, self.loop_lag
         total, fraction, eta = self._progress(elapsed)
+        gauges = self.gauges
         finished = self.done - self.cancelled
         grace_left = None
         if self.stopping in ("signal", "max_time"):
@@ -221,14 +255,14 @@ class Stats:
                 "p99": round(lag.quantile(0.99) * 1000, 2),
                 "max": round(lag.max * 1000, 2),
             },
-            in_flight=self.in_flight(),
-            queued=self.queued(),
+            in_flight=gauges.in_flight(),
+            queued=gauges.queued(),
             duplicates=self.skipped_duplicates + self.skipped_done_before,
             done_before=self.done_before,
             peak_rss_mib=round(peak_rss_mib(), 1),
             input_fraction=None if fraction is None else round(fraction, 4),
-            crawl=self.crawl(),
-            lost=self.lost(),
+            crawl=gauges.crawl_counts(),
+            lost=gauges.lost(),
             finished=finished,
             skipped_duplicates=self.skipped_duplicates,
             skipped_done_before=self.skipped_done_before,

@@ -23,9 +23,9 @@ from crawler.config import RunConfig
 from crawler.crawling import Crawling, Kept
 from crawler.frontier import Frontier, Item
 from crawler.limiter import DynamicSemaphore, HostTable
+from crawler.linkqueue import Link
 from crawler.records import Answer, Records
 from crawler.recordsink import RecordSink
-from crawler.state import StateStore
 from crawler.stats import Stats
 
 _SWEEP_INTERVAL: Final = 1.0
@@ -44,7 +44,7 @@ class Workers:
         sink: RecordSink,
         stats: Stats,
         records: Records,
-        state: StateStore | None,
+        durable: bool,
         clock: Callable[[], float],
         on_last_left: Callable[[], None],
     ) -> None:
@@ -56,7 +56,8 @@ class Workers:
         self._sink = sink
         self.stats = stats
         self._records = records
-        self._state = state
+        # --state: a URL left without a record is done by the next run (no `cancelled`).
+        self._durable = durable
         self._clock = clock
         self._on_last_left = on_last_left
         self.cutting = False  # the grace period is over: in-flight workers are cancelled
@@ -162,10 +163,12 @@ class Workers:
             if not self._frontier.retry_later(item, wait):
                 self._cancel(item)  # the run is stopping: no more attempts
             return
-        kept = None
+        kept = links = None
         if resp is not None and resp.body is not None and error is None:
-            kept = await self._pages.keep_body(item, resp, resp.body)
-        self._final(item, resp, error, kept)
+            pages = self._pages
+            kept = await pages.keep_body(item, resp, resp.body)
+            links = await pages.admit(kept, item)  # queued before the page is done
+        self._final(item, resp, error, kept, links)
         if self._sink.behind:
             await self._sink.backpressure()
 
@@ -221,6 +224,7 @@ class Workers:
         resp: Answer | None,
         error: errors.FetchError | None,
         kept: Kept | None = None,
+        links: list[Link] | None = None,
     ) -> None:
         """Write the URL's one record and release it (synchronously: a cancellation can
         neither lose nor duplicate the record)."""
@@ -232,11 +236,9 @@ class Workers:
             record = self._records.unanswered(item, error)
         else:
             record = self._records.answered(item, resp, error)
-        links = None
         if kept is not None:
             record.body_path = kept.body_path
             record.sha256 = kept.sha256
-            links = self._pages.admit(kept, item)
         self.stats.record(record.ok, record.status, error.kind if error else None, record.bytes)
         item.finished = True
         self._sink.put_nowait(record, item.fp, links)
@@ -246,7 +248,7 @@ class Workers:
         """The run was interrupted before ``item`` finished. Without --state it gets a
         ``cancelled`` record; with --state it gets none and is fetched on resume (so it
         is not counted as a record, a failure or a finished URL: see Stats.cancel)."""
-        if self._state is None:
+        if not self._durable:
             error = errors.Cancelled("the run was interrupted before this URL finished")
             self.stats.cancel(recorded=True)
             self._sink.put_nowait(self._records.unanswered(item, error))
@@ -256,7 +258,7 @@ class Workers:
     def _not_sent(self) -> None:
         """--max-time: a URL never sent gets no record: with --state it is left for the
         next run, without it is dropped (counted, so the summary can say so)."""
-        if self._state is not None:
+        if self._durable:
             self.stats.cancel(recorded=False)
         else:
             self.stats.dropped += 1

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import termios
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from crawler.config import CrawlConfig
 from crawler.crawl import _PARSER_MEMORY, Crawl, _shallow
 from crawler.fetcher import Response
 from crawler.robots import RobotsCache
+from crawler.stats import Stats
+from crawler.stores import MemoryQueue, MemorySeen
 
 
 @contextlib.asynccontextmanager
@@ -64,7 +67,12 @@ def test_rebuilt_formatting_elements_are_not_parsed_inline() -> None:
 
 
 async def test_parser_child_memory_is_bounded() -> None:
-    crawl = Crawl(CrawlConfig(parse_timeout=60.0), spill_dir=None, memory_links=10)
+    crawl = Crawl(
+        CrawlConfig(parse_timeout=60.0),
+        seen=MemorySeen(),
+        queue=MemoryQueue(10),
+        stats=Stats(time.monotonic),
+    )
     try:
         with pytest.raises(MemoryError):
             await crawl._pages.call(_alloc, _PARSER_MEMORY + (1 << 30))
@@ -139,7 +147,12 @@ async def test_page_past_the_parser_memory_is_a_parse_error() -> None:
     # 4,000 of each: 16 million elements, ~6 GB. At the child's limit lexbor fails: that
     # page's links are unknown (a parse error), not "none" (it was taken as a page without
     # links, uncounted).
-    crawl = Crawl(CrawlConfig(parse_timeout=60.0), spill_dir=None, memory_links=10)
+    crawl = Crawl(
+        CrawlConfig(parse_timeout=60.0),
+        seen=MemorySeen(),
+        queue=MemoryQueue(10),
+        stats=Stats(time.monotonic),
+    )
     try:
         with pytest.raises(Exception):  # noqa: B017 - whatever the child reports
             await crawl.page_links("http://127.0.0.1:9/", _rebuilt(4000) + b"<a href=/x>x</a>")

@@ -19,8 +19,9 @@ import orjson
 import pytest
 
 from crawler.config import SinkConfig
+from crawler.pipes import Pipe
 from crawler.records import Record
-from crawler.sink import Sink, _Pipe
+from crawler.sink import Sink
 from tests.conftest import Server, until
 from tests.test_hardening_signals import (
     CRAWLER,
@@ -72,7 +73,7 @@ async def test_nothing_is_written_after_a_line_cut_short_by_abandon() -> None:
         os.set_blocking(w, False)
         os.set_blocking(r, False)
         sink = Sink(SinkConfig(output=None, batch_records=10_000, batch_bytes=1 << 20))
-        sink._file = _Pipe(w, restore=False)
+        sink._file = Pipe(w, restore=False)
         pad = "y" * 997  # lines whose length does not divide 4096
         for i in range(40):
             sink.put_nowait(Record(url=f"http://a.test/{i}?{pad}"))
@@ -361,7 +362,7 @@ async def test_links_of_pages_lost_to_an_abandoned_pipe_are_not_committed(
         fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
         os.set_blocking(w, False)
         sink = Sink(SinkConfig(output=None, batch_records=10_000, batch_bytes=1 << 20), store)
-        sink._file = _Pipe(w, restore=False)
+        sink._file = Pipe(w, restore=False)
         pad = "y" * 997
         for i in range(40):
             url = f"http://a.test/{i}?{pad}"

@@ -15,7 +15,8 @@ from crawler.dedup import fingerprint
 from crawler.errors import UsageError
 from crawler.records import Record
 from crawler.sink import Sink
-from crawler.state import DONE_BEFORE, FRESH, StateStore
+from crawler.state import StateStore
+from crawler.stores import DONE_BEFORE, FRESH
 
 IDENTITY: dict[str, Any] = {"input": "urls.txt"}
 

@@ -14,7 +14,8 @@ import pytest
 from crawler.dedup import fingerprint
 from crawler.errors import UsageError
 from crawler.linkqueue import Link
-from crawler.state import DONE_BEFORE, FRESH, REPEAT, StateStore
+from crawler.state import StateStore
+from crawler.stores import DONE_BEFORE, FRESH, REPEAT
 
 IDENTITY: dict[str, Any] = {"input": "urls.txt", "output": None}
 A, B, C, D = (fingerprint(f"http://a.test/{n}") for n in "abcd")

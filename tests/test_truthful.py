@@ -27,7 +27,7 @@ from rich.console import Console
 from crawler.breaker import Breaker
 from crawler.inputs import LineSource, count_url_lines
 from crawler.progress import render_summary, status_line
-from crawler.stats import Stats
+from crawler.stats import NoGauges, Stats
 from tests.conftest import Server, read_records, run_engine, until
 from tests.faultserver import closed_port
 from tests.test_cli import ENV
@@ -316,10 +316,22 @@ def test_cancelled_with_state_is_not_a_record_nor_a_failure() -> None:
     assert snap.urls_per_s == 0.5  # finished URLs only
 
 
+class Levels(NoGauges):
+    """Fixed levels of a pipeline, for the stats to read."""
+
+    def __init__(self, *, input_lines: int | None = None, in_flight: int = 0) -> None:
+        self._lines, self._flight = input_lines, in_flight
+
+    def input_lines(self) -> int | None:
+        return self._lines
+
+    def in_flight(self) -> int:
+        return self._flight
+
+
 def test_input_fraction_and_eta_count_urls_not_bytes() -> None:
     clock = Clock()
-    stats = Stats(clock)
-    stats.input_lines = lambda: 1000
+    stats = Stats(clock, Levels(input_lines=1000))
     # A resume: 400 done before, 300 of them already skipped, 100 fetched in 10 s.
     stats.done_before = 400
     stats.skipped_done_before = 300
@@ -335,8 +347,7 @@ def test_input_fraction_and_eta_count_urls_not_bytes() -> None:
 
 def test_stopping_progress_line() -> None:
     clock = Clock()
-    stats = Stats(clock)
-    stats.in_flight = lambda: 3
+    stats = Stats(clock, Levels(in_flight=3))
     stats.stopping = "signal"
     stats.stop_deadline = 4.2
     line = status_line(stats.snapshot())

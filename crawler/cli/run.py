@@ -135,8 +135,10 @@ def run_pipeline(
     from crawler.engine import Engine  # imported late: keeps `crawler --help` fast
 
     store = None
+    stores = None
     if state is not None:
         from crawler.state import StateStore
+        from crawler.stores import resumable
 
         identity = {
             **identity,
@@ -146,12 +148,13 @@ def run_pipeline(
         store = StateStore(
             str(state), identity, owner=f"crawler {'fetch' if config.crawl is None else 'crawl'}"
         )
+        stores = resumable(store, queue_memory=config.limits.queue_size)
     engine = Engine(
         config,
         source,
         progress=console if show_progress else None,
         progress_interval=_progress_interval(),
-        state=store,
+        stores=stores,
         notice=_per_host_notice(config, console, quiet),
     )
     result = run_loop(engine.run, use_uvloop=want_uvloop(opts.no_uvloop), takes_signals=True)
