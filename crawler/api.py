@@ -11,7 +11,8 @@ Lifetime. ``async with crawler.fetch(...)`` starts the run in a task of its own;
 the block stops it the way a second Ctrl-C stops the CLI (intake stops, requests in
 flight are cancelled, nothing waits on the consumer any more) and waits for it to end,
 so no task, connection or child process outlives the block. No signal handler is
-installed: the program's own Ctrl-C handling is left alone.
+installed unless ``handle_signals=True``: the program's own Ctrl-C handling is left alone.
+The run itself is built by ``crawler.runner``, as the command line's is.
 """
 
 from __future__ import annotations
@@ -268,6 +269,10 @@ def fetch(urls: Iterable[str] | AsyncIterable[str], **options: Unpack[FetchRun])
     ``crawler fetch`` options by their Python names; a bad value raises ``ConfigError``
     here. Duplicates are fetched once (unless ``no_dedup=True``); every URL, valid or not,
     gets exactly one record unless the run is left early.
+
+    ``state="PATH"``: ``--state``'s resume file; a URL whose record the caller took is
+    done, and the same call run again yields only the others. ``handle_signals=True``:
+    SIGINT/SIGTERM stop the run as they stop the CLI (main thread only).
     """
     return _run(urls, options, crawl=False)
 
