@@ -11,7 +11,8 @@ Lifetime. ``async with crawler.fetch(...)`` starts the run in a task of its own;
 the block stops it the way a second Ctrl-C stops the CLI (intake stops, requests in
 flight are cancelled, nothing waits on the consumer any more) and waits for it to end,
 so no task, connection or child process outlives the block. No signal handler is
-installed: the program's own Ctrl-C handling is left alone.
+installed unless ``handle_signals=True``: the program's own Ctrl-C handling is left alone.
+The run itself is built by ``crawler.runner``, as the command line's is.
 """
 
 from __future__ import annotations
@@ -19,20 +20,24 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Unpack
 
-from crawler.config import RunConfig
+from crawler.config import ConfigError, RunConfig
+from crawler.errors import UsageError
 from crawler.inputs import Uncounted
-from crawler.options import CrawlOptions, FetchOptions, run_config
+from crawler.options import CrawlRun, FetchRun, run_config, run_controls
 from crawler.records import Record
 
 if TYPE_CHECKING:
-    from crawler.engine import Engine
     from crawler.recordsink import ChannelSink
+    from crawler.runner import Runner
 
 _BATCH: Final = 256  # URLs of a plain iterable handed to the engine's reader at a time
+# What a state file of the API's records as its input (see crawler.runner.Runner): a
+# Python iterable cannot be identified; a state file of a CLI run is refused.
+_IDENTITY: Final = {"input": "(a Python iterable)"}
 
 
 class InputFailed(Exception):  # noqa: N818 - a carrier, raised again as what it carries
@@ -135,32 +140,64 @@ class Records:
 class Run:
     """``async with`` a run of the engine; see ``fetch()`` and ``crawl()``."""
 
-    def __init__(self, config: RunConfig, urls: Iterable[str] | AsyncIterable[str]) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        urls: Iterable[str] | AsyncIterable[str],
+        *,
+        state: str | None = None,
+        handle_signals: bool = False,
+    ) -> None:
         self._config = config
         self._source = IterSource(urls)
-        self._engine: Engine | None = None
+        self._state = state
+        self._handle_signals = handle_signals
+        self._runner: Runner | None = None
         self._channel: ChannelSink | None = None
         self._task: asyncio.Task[Any] | None = None
-        self._opened = False
 
     async def __aenter__(self) -> Records:
         if self._task is not None:
             raise RuntimeError("a crawler run can be entered only once")
-        from crawler.engine import Engine  # imported late: `import crawler` stays light
-        from crawler.recordsink import ChannelSink
+        if self._handle_signals and threading.current_thread() is not threading.main_thread():
+            raise ConfigError("handle_signals=True needs the main thread (signals go there)")
+        from crawler.runner import Runner  # imported late: `import crawler` stays light
 
-        channel = self._channel = ChannelSink()
-
-        def sink(*_: object) -> ChannelSink:
-            self._opened = True  # the engine is set up far enough to be told to stop
-            return channel
-
-        engine = self._engine = Engine(
-            self._config, self._source, install_signal_handlers=False, sink=sink
+        runner = self._runner = Runner(
+            self._config,
+            self._source,
+            state=self._state,
+            identity=_IDENTITY,
+            channel=True,
+            handle_signals=self._handle_signals,
         )
-        task = self._task = asyncio.create_task(engine.run(), name="crawler-run")
+        task = self._task = asyncio.create_task(runner.run(), name="crawler-run")
+        made = asyncio.ensure_future(runner.made.wait())
+        try:
+            # The engine made its channel (its state file opened), or the run is over.
+            await asyncio.wait([task, made], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            await asyncio.wait([task])
+            raise
+        finally:
+            made.cancel()
+        channel = self._channel = runner.channel
+        if channel is None:
+            await self._setup_failed()
+            raise RuntimeError("the run ended before it started")  # _setup_failed raised
         task.add_done_callback(lambda _: channel.end())
+        if task.done():
+            channel.end()
         return Records(channel, self)
+
+    async def _setup_failed(self) -> None:
+        """The run ended before it started: a state file refused (in use, another run's,
+        not ours) is a ConfigError, raised by ``async with``; any other failure as itself."""
+        try:
+            await self.wait()
+        except UsageError as exc:
+            raise ConfigError(str(exc)) from None
 
     async def __aexit__(
         self,
@@ -175,12 +212,12 @@ class Run:
     async def aclose(self) -> None:
         """Stop the run (if it still runs) and wait for it to end: intake stops, requests
         in flight are cancelled and nothing waits for the consumer any more."""
-        task, engine = self._task, self._engine
-        if task is None or engine is None or task.done():
+        task, runner = self._task, self._runner
+        if task is None or runner is None or task.done():
             return
-        if self._opened:
-            engine.request_stop()  # stop taking URLs...
-            engine.request_stop()  # ...and cancel the requests in flight now
+        if runner.opened:
+            runner.engine.request_stop()  # stop taking URLs...
+            runner.engine.request_stop()  # ...and cancel the requests in flight now
         else:
             task.cancel()  # not started yet: nothing to clean up
         try:
@@ -210,7 +247,24 @@ class Run:
         raise failure
 
 
-def fetch(urls: Iterable[str] | AsyncIterable[str], **options: Unpack[FetchOptions]) -> Run:
+def _run(
+    urls: Iterable[str] | AsyncIterable[str], options: Mapping[str, object], *, crawl: bool
+) -> Run:
+    """A Run of ``options`` (its RunControls apart, see ``crawler.options``): every value
+    checked now, the state path as ``--state``'s is."""
+    rest, state, handle_signals = run_controls(options)
+    config = run_config(rest, crawl=crawl)
+    if state is not None:
+        from crawler.runner import check_state_path
+
+        try:
+            check_state_path(config, state)
+        except UsageError as exc:
+            raise ConfigError(str(exc)) from None
+    return Run(config, urls, state=state, handle_signals=handle_signals)
+
+
+def fetch(urls: Iterable[str] | AsyncIterable[str], **options: Unpack[FetchRun]) -> Run:
     """Fetch every URL once; ``async with`` it for the records as they finish::
 
         async with crawler.fetch(urls, concurrency=200, per_host=4, timeout=10) as records:
@@ -221,23 +275,27 @@ def fetch(urls: Iterable[str] | AsyncIterable[str], **options: Unpack[FetchOptio
     ``crawler fetch`` options by their Python names; a bad value raises ``ConfigError``
     here. Duplicates are fetched once (unless ``no_dedup=True``); every URL, valid or not,
     gets exactly one record unless the run is left early.
+
+    ``state="PATH"``: ``--state``'s resume file; a URL whose record the caller took is
+    done, and the same call run again yields only the others. ``handle_signals=True``:
+    SIGINT/SIGTERM stop the run as they stop the CLI (main thread only).
     """
-    return Run(run_config(options, crawl=False), urls)
+    return _run(urls, options, crawl=False)
 
 
-def crawl(seeds: Iterable[str] | AsyncIterable[str], **options: Unpack[CrawlOptions]) -> Run:
+def crawl(seeds: Iterable[str] | AsyncIterable[str], **options: Unpack[CrawlRun]) -> Run:
     """Crawl from ``seeds``, following links in scope; like ``fetch()``, one record per
     page. ``options``: the ``crawler crawl`` options by their Python names (``depth=2``,
     ``max_pages=100``, ``scope="domain"``, ``ignore_robots=True``, ...)."""
-    return Run(run_config(options, crawl=True), seeds)
+    return _run(seeds, options, crawl=True)
 
 
-def fetch_all(urls: Iterable[str], **options: Unpack[FetchOptions]) -> list[Record]:
+def fetch_all(urls: Iterable[str], **options: Unpack[FetchRun]) -> list[Record]:
     """``fetch()`` for scripts and notebooks: run to the end, return every record.
 
     Runs its own event loop; where one already runs in this thread (a notebook), in a
     thread of its own."""
-    run = Run(run_config(options, crawl=False), urls)
+    run = _run(urls, options, crawl=False)
 
     async def collect() -> list[Record]:
         async with run as records:

@@ -76,6 +76,22 @@ class CrawlOptions(_SharedOptions, total=False):
     sitemap: Iterable[str]
 
 
+class RunControls(TypedDict, total=False):
+    """How a Python API run is driven, beside its config (the command line always does
+    both its own way: ``--state PATH``, and Ctrl-C handled)."""
+
+    state: str | os.PathLike[str]  # ``--state``: the resume file
+    handle_signals: bool  # SIGINT/SIGTERM stop the run, as they stop the CLI's
+
+
+class FetchRun(FetchOptions, RunControls, total=False):
+    """``crawler.fetch()``'s keyword arguments."""
+
+
+class CrawlRun(CrawlOptions, RunControls, total=False):
+    """``crawler.crawl()``'s keyword arguments."""
+
+
 # option -> (config slice, field, expected type, negated); each slice's __post_init__
 # validates the value, and its defaults are the ones every interface shares.
 _FIELDS: Final[dict[str, tuple[str, str, type, bool]]] = {
@@ -202,3 +218,21 @@ def run_config(
         sink=sink if sink is not None else SinkConfig(),
         **run,
     )
+
+
+def run_controls(options: Mapping[str, object]) -> tuple[dict[str, object], str | None, bool]:
+    """``options`` without the RunControls (for ``run_config``), the state path and
+    ``handle_signals``, each checked for its type; ``state`` by the rules of ``--state``
+    (see ``crawler.runner.check_state_path`` for its path)."""
+    rest = {k: v for k, v in options.items() if k not in RunControls.__optional_keys__}
+    state = options.get("state")
+    if state is not None:
+        if not isinstance(state, str | os.PathLike):
+            raise ConfigError(f"state must be a path, got {state!r}")
+        state = os.fspath(state)
+        if not isinstance(state, str) or not state:
+            raise ConfigError(f"state must be a path, got {options['state']!r}")
+        if options.get("no_dedup"):
+            raise ConfigError("state cannot be combined with no_dedup: resume is keyed by URL")
+    handle_signals = _typed("handle_signals", options.get("handle_signals", False), bool)
+    return rest, state, handle_signals

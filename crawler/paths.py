@@ -127,6 +127,42 @@ def state_files(state: str) -> list[Named]:
     ]
 
 
+def state_places(state: str) -> tuple[list[Named], list[Place]]:
+    """``--state PATH`` before the run: refused (UsageError) when it is a directory or its
+    directory is missing; else the files it makes (for ``check_distinct``) and the places
+    that must be writable (for ``check_places``)."""
+    if os.path.isdir(state):
+        raise UsageError(f"cannot use --state {state!r}: is a directory")
+    folder = os.path.dirname(os.path.realpath(state))
+    if not os.path.isdir(folder):
+        raise UsageError(f"cannot use --state {state!r}: no such directory")
+    # SQLite makes its -wal and -shm beside the file (a new one is made there too).
+    places = [Place("use --state", folder, True, state)]
+    if os.path.exists(state):
+        places.append(Place("use --state", state, False, state))
+    return state_files(state), places
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Somewhere a run will write: ``directory`` to make files in, else a file. A message
+    says "cannot {verb} {shown}" (``shown``: the path as the user gave it, if not ``path``)."""
+
+    verb: str
+    path: str
+    directory: bool = False
+    shown: str | None = None
+
+
+def check_places(places: list[Place]) -> None:
+    """Refuse (``UsageError``, the OS's reason) the first place that cannot be written."""
+    for place in places:
+        problem = writable_problem(place.path, directory=place.directory)
+        if problem is not None:
+            shown = place.path if place.shown is None else place.shown
+            raise UsageError(f"cannot {place.verb} {shown!r}: {os_reason(problem, shown)}")
+
+
 def _clash(one: Named, other: Named) -> None:
     if one.path == other.path:
         raise UsageError(f"{one.what} and {other.what} are the same file: {one.path!r}")

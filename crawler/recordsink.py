@@ -10,6 +10,7 @@ consumer in the same process (``crawler.fetch``). The engine does not know which
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -79,19 +80,38 @@ class ChannelSink:
     ``behind`` once ``size`` records wait, so a consumer that reads slowly slows the
     run down instead of letting records pile up. ``get()`` returns None once the run has
     closed the channel (or ended, see ``end()``) and every record was taken.
+
+    With a durable ``ledger`` (``state=``), a record's URL is marked done (and a crawled
+    page's links made durable) once the consumer has taken the record: at a checkpoint every
+    ``interval`` seconds and at the end, where the run waits for the consumer to take
+    what is left (unless told to stop waiting: ``abandon()``). A record never taken is
+    never marked done: the resumed run fetches its URL again.
     """
 
-    def __init__(self, hooks: SinkHooks | None = None, size: int = CHANNEL_SIZE) -> None:
-        self._items: deque[Record] = deque()
+    def __init__(
+        self,
+        ledger: Ledger | None = None,
+        hooks: SinkHooks | None = None,
+        interval: float = 1.0,
+        size: int = CHANNEL_SIZE,
+    ) -> None:
+        self._items: deque[tuple[Record, int | None, list[Link] | None]] = deque()
         self._size = size
         self._ready = asyncio.Event()  # a record, or the end, for the consumer
         self._room = asyncio.Event()  # room again for the producers
         self._room.set()
         self._closed = asyncio.Event()
+        self._drained = asyncio.Event()  # closed, and every record taken (or abandoned)
         self._ended = False
         self._abandoned = False
         self._released = 0  # records whose before_write() has run
-        self._before_write = (hooks or SinkHooks()).before_write
+        self._ledger = ledger if ledger is not None and ledger.durable else None
+        self._interval = interval
+        self._taken_fps: list[int] = []  # taken since the last checkpoint
+        self._taken_links: list[Link] = []
+        hooks = hooks or SinkHooks()
+        self._before_write = hooks.before_write
+        self._before_commit = hooks.before_commit
         self.broken = False
         self.records = 0  # records handed to the channel
         self.delivered = 0  # records taken by the consumer
@@ -101,16 +121,25 @@ class ChannelSink:
         pass
 
     async def run(self) -> None:
-        await self._closed.wait()
+        if self._ledger is None:
+            await self._closed.wait()
+            return
+        while not self._closed.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._closed.wait()
+            await self.checkpoint()
 
     def close(self) -> None:
         self._closed.set()
         self._ready.set()
+        if not self._items:
+            self._drained.set()
 
     def put_nowait(
         self, record: Record, fp: int | None = None, links: list[Link] | None = None
     ) -> None:
-        self._items.append(record)
+        self._items.append((record, fp, links))
         self.records += 1
         self._ready.set()
 
@@ -130,9 +159,28 @@ class ChannelSink:
     def abandon(self) -> None:
         self._abandoned = True
         self._room.set()
+        self._drained.set()
+
+    async def checkpoint(self) -> None:
+        """With a durable ledger: mark the URLs of the records taken so far done."""
+        if self._ledger is None or not (self._taken_fps or self._taken_links):
+            return
+        fps, self._taken_fps = self._taken_fps, []
+        links, self._taken_links = self._taken_links, []
+        try:
+            if self._before_commit is not None:
+                await self._before_commit()
+            await self._ledger.commit(fps, 0, None, links)
+        except BaseException:
+            self._taken_fps[:0] = fps  # not committed: keep them for the next try
+            self._taken_links[:0] = links
+            raise
 
     async def aclose(self) -> None:
         self.close()
+        if self._ledger is not None:
+            await self._drained.wait()  # the consumer takes the rest: then they are done
+            await self.checkpoint()
 
     # -- the consumer's side --------------------------------------------------------------
     def end(self) -> None:
@@ -156,7 +204,14 @@ class ChannelSink:
         if self._released:
             self._released -= 1
         self.delivered += 1
-        record = items.popleft()
+        record, fp, links = items.popleft()
+        if self._ledger is not None:
+            if fp is not None:
+                self._taken_fps.append(fp)
+            if links:
+                self._taken_links += links
         if len(items) < self._size:
             self._room.set()
+        if not items and self._closed.is_set():
+            self._drained.set()
         return record

@@ -347,8 +347,8 @@ async def test_a_slow_consumer_holds_the_run_back() -> None:
         async with run as records:
             first = await anext(records)
             channel = run._channel
-            assert isinstance(channel, ChannelSink) and run._engine is not None
-            engine = run._engine
+            assert isinstance(channel, ChannelSink) and run._runner is not None
+            engine = run._runner.engine
             await until(lambda: len(channel._items) >= CHANNEL_SIZE and engine.in_flight() == 0)
             assert hits == 1 + len(channel._items) <= 1 + CHANNEL_SIZE + workers
             rest = [rec async for rec in records]

@@ -22,9 +22,9 @@ import aiohttp
 
 from crawler.bench.server import ServeOptions, child_command
 from crawler.config import RunConfig, SinkConfig
-from crawler.engine import Engine
 from crawler.errors import UsageError
 from crawler.inputs import Uncounted
+from crawler.runner import Runner
 from crawler.stats import Snapshot, peak_rss_mib
 
 
@@ -115,8 +115,7 @@ async def run_rounds(
     results = []
     for _ in range(rounds):
         source = GeneratedSource(prefix, n, path=path)
-        engine = Engine(config, source, install_signal_handlers=False)
-        snap = (await engine.run()).snapshot
+        snap = (await Runner(config, source).run()).snapshot
         base = None
         if compare:
             base = await bare_aiohttp(prefix, n, config.limits.concurrency)

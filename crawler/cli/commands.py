@@ -193,7 +193,7 @@ def crawl(
     run_pipeline(
         config,
         source,
-        {"mode": "crawl", **source.identity()},
+        source.identity(),
         opts=opts,
         inputs=input_files("SEEDS file", files),
         stats_json=stats_path,

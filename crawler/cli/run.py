@@ -26,7 +26,15 @@ from crawler.cli.options import NO_UVLOOP_ENV, RunOptions
 from crawler.config import RunConfig
 from crawler.errors import UsageError
 from crawler.inputs import Source
-from crawler.paths import Named, check_distinct, os_reason, state_files, stdio, writable_problem
+from crawler.paths import (
+    Named,
+    Place,
+    check_distinct,
+    check_places,
+    state_places,
+    stdio,
+)
+from crawler.runner import Runner
 
 PROGRESS_INTERVAL_ENV: Final = "CRAWLER_PROGRESS_INTERVAL"  # seconds between status lines
 
@@ -125,39 +133,24 @@ def run_pipeline(
     inputs: list[Named],
     stats_json: Path | None,
 ) -> None:
-    """What fetch and crawl share: state, the engine run, summary, exit status."""
+    """What fetch and crawl share: the paths checked, the run (``crawler.runner``) on its
+    event loop with the CLI's progress and notes, then the summary and exit status."""
     state, quiet = opts.state, opts.quiet
-    output = config.sink.output
     _check_paths(config, inputs, state=state, stats_json=stats_json)
     console = _StderrConsole(stderr=True)
     show_progress = _progress_wanted(config, console, opts.progress, quiet)
 
-    from crawler.engine import Engine  # imported late: keeps `crawler --help` fast
-
-    store = None
-    stores = None
-    if state is not None:
-        from crawler.state import StateStore
-        from crawler.stores import resumable
-
-        identity = {
-            **identity,
-            "output": os.path.abspath(output) if output is not None else None,
-            "method": config.fetch.method,
-        }
-        store = StateStore(
-            str(state), identity, owner=f"crawler {'fetch' if config.crawl is None else 'crawl'}"
-        )
-        stores = resumable(store, queue_memory=config.limits.queue_size)
-    engine = Engine(
+    runner = Runner(
         config,
         source,
+        state=None if state is None else str(state),
+        identity=identity,
+        handle_signals=True,
         progress=console if show_progress else None,
         progress_interval=_progress_interval(),
-        stores=stores,
         notice=_per_host_notice(config, console, quiet),
     )
-    result = run_loop(engine.run, use_uvloop=want_uvloop(opts.no_uvloop), takes_signals=True)
+    result = run_loop(runner.run, use_uvloop=want_uvloop(opts.no_uvloop), takes_signals=True)
     if not quiet and not result.output_closed and not _summary_would_block(config, result):
         from crawler.progress import render_summary
 
@@ -166,7 +159,7 @@ def run_pipeline(
             console,
             interrupted=result.interrupted,
             timed_out=result.timed_out,
-            state=store is not None,
+            state=state is not None,
         )
     if stats_json is not None:
         payload = result.snapshot.to_dict()
@@ -263,11 +256,10 @@ def _check_paths(
     from the inputs and from each other, and can be written where it is (found now, not
     after the run; said as the OS says it, naming the path)."""
     outputs = []
-    # (how a message names it, path, a directory?) of everything the run will write
-    places: list[tuple[str, str, bool]] = []
+    places: list[Place] = []  # everything the run will write
     if config.sink.output is not None:
         outputs.append(Named("-o", config.sink.output))
-        places.append(("write output", config.sink.output, False))
+        places.append(Place("write output", config.sink.output))
     else:  # records go to stdout: `>> urls.txt` would feed them back as input
         outputs += stdio(1, "stdout")
     if stats_json is not None and stats_json is not STATS_TO_STDOUT:
@@ -281,27 +273,17 @@ def _check_paths(
                 f"cannot write --stats-json {str(stats_json)!r}: {exc.strerror}"
             ) from None
         outputs.append(Named("--stats-json", str(stats_json)))
-        places.append(("write --stats-json", str(stats_json), False))
+        places.append(Place("write --stats-json", str(stats_json)))
     if config.store.warc is not None:
-        places.append(("write --warc", config.store.warc, False))
+        places.append(Place("write --warc", config.store.warc))
     if config.store.save_dir is not None:
-        places.append(("use --save-dir", config.store.save_dir, True))
+        places.append(Place("use --save-dir", config.store.save_dir, directory=True))
     if state is not None:
-        if state.is_dir():
-            raise UsageError(f"cannot use --state {str(state)!r}: is a directory")
-        if not os.path.isdir(os.path.dirname(os.path.realpath(state))):
-            raise UsageError(f"cannot use --state {str(state)!r}: no such directory")
-        outputs += state_files(str(state))
-        # SQLite makes its -wal and -shm beside the file (a new one is made there too).
-        places.append(("use --state", os.path.dirname(os.path.realpath(state)), True))
-        if state.exists():
-            places.append(("use --state", str(state), False))
+        named, writes = state_places(str(state))
+        outputs += named
+        places += writes
     check_distinct(inputs, outputs, warc=config.store.warc, save_dir=config.store.save_dir)
-    for verb, path, directory in places:
-        problem = writable_problem(path, directory=directory)
-        if problem is not None:
-            shown = str(state) if verb == "use --state" else path
-            raise UsageError(f"cannot {verb} {shown!r}: {os_reason(problem, shown)}")
+    check_places(places)
 
 
 def run_loop(

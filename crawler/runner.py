@@ -1,0 +1,115 @@
+"""One run of the engine, whoever asked for it: the command line (``crawler.cli.run``),
+the Python API (``crawler.api``) and ``crawler bench`` all build it here, from a RunConfig
+and a Source: the state store (``--state`` / ``state=``), where the records go (the
+output's bytes, or the API's channel) and the engine: the one place an Engine is made.
+
+What is the caller's stays with it: the command line's path checks, progress console,
+summary and exit status; the API's lifetime (``async with``) and its records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from crawler.paths import check_distinct, check_places, state_places
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from crawler.config import RunConfig, SinkConfig
+    from crawler.engine import RunResult
+    from crawler.inputs import Source
+    from crawler.recordsink import ChannelSink, RecordSink, SinkHooks
+    from crawler.state import StateStore
+    from crawler.stores import Ledger
+
+
+def check_state_path(config: RunConfig, state: str) -> None:
+    """The checks ``--state`` gets before a run (``crawler.paths``), for a run with no
+    other file of its own to check with it (the Python API's): a directory, a missing
+    directory, a place that cannot be written, a clash with ``warc``/``save_dir``, each a
+    ``UsageError`` naming the path. The file's own checks (ours? this run's? in use?) are
+    the state store's, when the run opens it."""
+    named, places = state_places(state)
+    check_distinct([], named, warc=config.store.warc, save_dir=config.store.save_dir)
+    check_places(places)
+
+
+class Runner:
+    """The engine of one run and what it is built with.
+
+    ``identity``: what identifies the input for ``state`` (a resumed run must have the
+    same); the mode, the output and the method are added here. ``channel``: the records
+    go to a ``ChannelSink`` (``self.channel``), not to ``config.sink``'s output.
+    ``handle_signals``: the engine handles SIGINT/SIGTERM (a first one stops intake, a
+    second ends the run) and puts the handlers it replaced back at the end.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        source: Source,
+        *,
+        state: str | None = None,
+        identity: Mapping[str, Any] | None = None,
+        channel: bool = False,
+        handle_signals: bool = False,
+        progress: Console | None = None,
+        progress_interval: float = 5.0,
+        notice: Callable[[], None] | None = None,
+    ) -> None:
+        from crawler.engine import Engine  # imported late: keeps `crawler --help` fast
+        from crawler.stores import Stores, resumable
+
+        self.store: StateStore | None = None
+        if state is not None:
+            from crawler.state import StateStore
+
+            output = config.sink.output
+            mode = "fetch" if config.crawl is None else "crawl"
+            self.store = StateStore(
+                state,
+                {
+                    **({"mode": "crawl"} if config.crawl is not None else {}),
+                    **(identity or {}),
+                    "output": os.path.abspath(output) if output is not None else None,
+                    "method": config.fetch.method,
+                },
+                owner=f"crawler {mode}",
+            )
+        stores: Stores | None = None  # None: the engine's, in memory
+        if self.store is not None:
+            stores = resumable(self.store, queue_memory=config.limits.queue_size)
+        self._to_channel = channel
+        # Made by the engine once its ledger is open (a state file refused fails before).
+        self.channel: ChannelSink | None = None
+        self.opened = False  # the engine has its sink: it can be told to stop
+        self.made = asyncio.Event()
+        self.engine = Engine(
+            config,
+            source,
+            progress=progress,
+            progress_interval=progress_interval,
+            install_signal_handlers=handle_signals,
+            stores=stores,
+            notice=notice,
+            sink=self._sink,
+        )
+
+    def _sink(self, config: SinkConfig, ledger: Ledger, hooks: SinkHooks) -> RecordSink:
+        self.opened = True
+        self.made.set()
+        if self._to_channel:
+            from crawler.recordsink import ChannelSink
+
+            self.channel = ChannelSink(ledger, hooks, config.checkpoint_interval)
+            return self.channel
+        from crawler.sink import Sink
+
+        return Sink(config, ledger, hooks)
+
+    async def run(self) -> RunResult:
+        return await self.engine.run()
