@@ -38,49 +38,8 @@ from collections import deque
 from collections.abc import Callable
 from itertools import count
 
-from yarl import URL
-
 from crawler.limiter import HostState, HostTable
-from crawler.retry import Deadline
-
-
-class Item:
-    """One URL on its way through the pipeline, with the state its retries share."""
-
-    __slots__ = (
-        "attempts",
-        "checked",
-        "deadline",
-        "depth",
-        "finished",
-        "fp",
-        "host",
-        "host_key",
-        "parent",
-        "raw",
-        "url",
-    )
-
-    def __init__(
-        self,
-        raw: str,
-        url: URL,
-        host_key: str,
-        fp: int = 0,
-        depth: int = 0,
-        parent: str | None = None,
-    ) -> None:
-        self.raw = raw
-        self.depth = depth  # crawl mode: links followed from a seed
-        self.parent = parent
-        self.fp = fp  # fingerprint of the dedup key (0 with --no-dedup)
-        self.url = url
-        self.host_key = host_key
-        self.host: HostState | None = None  # set while the item holds a slot of its host
-        self.attempts = 0
-        self.deadline: Deadline | None = None  # starts with the first attempt
-        self.finished = False  # its record is in the sink
-        self.checked = False  # crawl mode: robots.txt allows it (see Frontier.checks_first)
+from crawler.task import Item
 
 
 class Frontier:

@@ -21,9 +21,10 @@ from aiohttp import web
 
 from crawler.config import BreakerConfig, CrawlConfig, LimitConfig
 from crawler.engine import Engine
-from crawler.frontier import Frontier, Item
+from crawler.frontier import Frontier
 from crawler.inputs import LineSource
 from crawler.limiter import HostTable
+from crawler.task import Item
 from crawler.urls import host_key, parse_url
 from tests.conftest import Server, make_config, read_records, run_engine, until
 from tests.test_cli import assert_no_traceback, run
