@@ -192,7 +192,7 @@ async def test_stop_returns_urls_waiting_for_their_pacer_and_disarms_it() -> Non
     assert take(f) is None
     left = f.stop()
     assert sorted(i.raw for i in left) == ["http://a/2", "http://a/3", "http://b/1"]
-    assert f._pace_timer is None and not f._wakes and f.queued == 0
+    assert f._wakes._timer is None and not f._wakes and f.queued == 0
     timer_fires(f)  # a late timer finds nothing to do
     assert take(f) is None
 
