@@ -44,7 +44,15 @@ from crawler.wakeups import Waiters, Wakeups
 
 
 class Frontier:
-    def __init__(self, maxsize: int, hosts: HostTable) -> None:
+    def __init__(
+        self,
+        maxsize: int,
+        hosts: HostTable,
+        *,
+        on_idle: Callable[[], None] | None = None,
+        on_host_bound: Callable[[], None] | None = None,
+        checks_first: bool = False,
+    ) -> None:
         self._maxsize = maxsize
         # The reader is woken only when a quarter of the queue has drained, so it refills
         # in bursts: one task switch per burst instead of one per URL.
@@ -67,12 +75,12 @@ class Frontier:
         # Crawl mode with robots.txt: a URL's first hand-out is for its robots check, not
         # a request, so it is not paced; the engine gives it back (``requeue``) once
         # robots.txt allows it, and its request is paced like any other.
-        self.checks_first = False
+        self.checks_first = checks_first
         # Crawl mode: called when the last request in flight ends (links may be waiting).
-        self.on_idle: Callable[[], None] | None = None
+        self.on_idle = on_idle
         # Called once, the first time a worker has to wait while URLs are parked: the
         # per-host limit, not the number of workers, is what bounds the run then.
-        self.on_host_bound: Callable[[], None] | None = None
+        self.on_host_bound = on_host_bound
 
     # -- sizes, for stats and tests -------------------------------------------------
     @property
