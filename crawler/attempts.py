@@ -24,10 +24,10 @@ from yarl import URL
 from crawler import errors
 from crawler.config import RetryConfig
 from crawler.fetcher import KEEP_NONE, Response
-from crawler.frontier import Item
 from crawler.limiter import HostTable
 from crawler.retry import RETRY_STATUSES, Deadline, backoff_delay, parse_retry_after
 from crawler.stats import Stats
+from crawler.task import Item
 
 # A URL's outcome: the response (if any), the error (if any), and the seconds to wait
 # before the next attempt (None: no more attempts, the URL gets its record now).

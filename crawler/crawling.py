@@ -22,11 +22,12 @@ from yarl import URL
 from crawler import errors
 from crawler.config import RunConfig
 from crawler.fetcher import HTML_TYPES, KEEP_ALL, KEEP_HTML, KEEP_NONE, Fetcher, Response
-from crawler.frontier import Frontier, Item
+from crawler.frontier import Frontier
 from crawler.limiter import HostTable
 from crawler.recordsink import SinkHooks
 from crawler.stats import Stats
 from crawler.stores import Stores
+from crawler.task import Item
 from crawler.urls import host_key, parse_url
 
 if TYPE_CHECKING:

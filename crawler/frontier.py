@@ -38,49 +38,9 @@ from collections import deque
 from collections.abc import Callable
 from itertools import count
 
-from yarl import URL
-
 from crawler.limiter import HostState, HostTable
-from crawler.retry import Deadline
-
-
-class Item:
-    """One URL on its way through the pipeline, with the state its retries share."""
-
-    __slots__ = (
-        "attempts",
-        "checked",
-        "deadline",
-        "depth",
-        "finished",
-        "fp",
-        "host",
-        "host_key",
-        "parent",
-        "raw",
-        "url",
-    )
-
-    def __init__(
-        self,
-        raw: str,
-        url: URL,
-        host_key: str,
-        fp: int = 0,
-        depth: int = 0,
-        parent: str | None = None,
-    ) -> None:
-        self.raw = raw
-        self.depth = depth  # crawl mode: links followed from a seed
-        self.parent = parent
-        self.fp = fp  # fingerprint of the dedup key (0 with --no-dedup)
-        self.url = url
-        self.host_key = host_key
-        self.host: HostState | None = None  # set while the item holds a slot of its host
-        self.attempts = 0
-        self.deadline: Deadline | None = None  # starts with the first attempt
-        self.finished = False  # its record is in the sink
-        self.checked = False  # crawl mode: robots.txt allows it (see Frontier.checks_first)
+from crawler.task import Item
+from crawler.wakeups import Waiters, Wakeups
 
 
 class Frontier:
@@ -105,27 +65,22 @@ class Frontier:
         self._seq = count()
         self._parked = 0
         self.in_flight = 0
-        self._getters: deque[asyncio.Future[None]] = deque()
-        self._putters: deque[asyncio.Future[None]] = deque()
+        self._getters = Waiters()  # workers in get(): nothing runnable
+        self._putters = Waiters()  # the reader in put(): the frontier is full
         self._input_closed = False
         self._stopped = False
         self._timer: asyncio.TimerHandle | None = None
-        # Pacing: hosts to look at again when their pacer allows a request, by the time
-        # on the pacers' clock (HostTable.now); one timer for the earliest of them and of
-        # the global pacer's next start, when a hand-out waits for it.
-        self._wakes: list[tuple[float, int, HostState]] = []
-        self._pace_timer: asyncio.TimerHandle | None = None
-        self._pace_at = 0.0
-        self._global_wait = False
+        self._wakes = Wakeups(self._on_pacing_timer)  # hosts waiting for their pacer
+        self._global_wait = False  # a hand-out waits for the global pacer
         # Crawl mode with robots.txt: a URL's first hand-out is for its robots check, not
         # a request, so it is not paced; the engine gives it back (``requeue``) once
         # robots.txt allows it, and its request is paced like any other.
         self.checks_first = checks_first
         # Crawl mode: called when the last request in flight ends (links may be waiting).
-        self.on_idle = on_idle
+        self._on_idle = on_idle
         # Called once, the first time a worker has to wait while URLs are parked: the
         # per-host limit, not the number of workers, is what bounds the run then.
-        self.on_host_bound = on_host_bound
+        self._on_host_bound = on_host_bound
 
     # -- sizes, for stats and tests -------------------------------------------------
     @property
@@ -166,7 +121,7 @@ class Frontier:
             return False
         self._fresh.append(item)
         if self._getters:
-            self._wake_getter()
+            self._getters.wake_one()
         return True
 
     async def put(self, item: Item) -> None:
@@ -182,13 +137,13 @@ class Frontier:
         if self._stopped:
             return
         self._fresh.append(item)
-        self._wake_getter()
+        self._getters.wake_one()
 
     def close_input(self) -> None:
         """No more URLs will be put; the run ends once everything queued is done."""
         self._input_closed = True
         if self.finished:
-            self._wake_all()
+            self._getters.wake_all()
 
     # -- the workers' side ----------------------------------------------------------
     def get_nowait(self) -> Item | None:
@@ -199,7 +154,7 @@ class Frontier:
         if item is not None:
             self.in_flight += 1
             if self._getters and self._runnable():
-                self._wake_getter()
+                self._getters.wake_one()
         return item
 
     async def get(self) -> Item | None:
@@ -209,11 +164,11 @@ class Frontier:
             if item is not None or self._stopped:
                 return item
             if self.finished:
-                self._wake_all()
+                self._getters.wake_all()
                 return None
             # (With pacing, URLs are parked for their pacer too: the note would mislead.)
-            if self._parked and self.on_host_bound is not None and not self._hosts.paced:
-                hook, self.on_host_bound = self.on_host_bound, None
+            if self._parked and self._on_host_bound is not None and not self._hosts.paced:
+                hook, self._on_host_bound = self._on_host_bound, None
                 hook()
             fut = asyncio.get_running_loop().create_future()
             self._getters.append(fut)
@@ -239,7 +194,7 @@ class Frontier:
             if item is None:
                 return None
         if self._putters and len(self._fresh) + self._parked <= self._low_water:
-            self._wake_putter()
+            self._putters.wake_one()
         return item
 
     def _take_queued(self) -> Item | None:
@@ -271,7 +226,7 @@ class Frontier:
         glob = hosts.global_pacer
         if glob is not None and glob.allowance(now) == 0:
             self._global_wait = True
-            self._arm_pacing(glob.earliest(now), now)
+            self._wakes.arm(glob.earliest(now), now)
             return None
         ready = self._ready
         while ready:
@@ -293,7 +248,7 @@ class Frontier:
             item.host = None
             host.parked.appendleft(item)
             self._parked += 1
-            self._schedule(host, now)
+            self._wakes.schedule(host, now)
         for source in (self._due, self._fresh):
             while source:
                 item = source.popleft()
@@ -316,7 +271,7 @@ class Frontier:
                     host.parked.append(item)
                     self._parked += 1
                     if host.ready == 0:  # else: the ready one's start looks again
-                        self._schedule(host, now)
+                        self._wakes.schedule(host, now)
                     continue
                 host.parked.append(item)  # host full: a request of it frees a slot
                 self._parked += 1
@@ -346,7 +301,7 @@ class Frontier:
             if pacer is not None and self._gated(item):
                 if allowed <= 0:
                     if host.ready == 0:  # else: the ready one's start looks again
-                        self._schedule(host, now)
+                        self._wakes.schedule(host, now)
                     return
                 allowed -= 1
                 host.ready += 1
@@ -355,38 +310,12 @@ class Frontier:
             host.active += 1
             item.host = host
             self._ready.append(item)
-            self._wake_getter()
-
-    def _schedule(self, host: HostState, now: float) -> None:
-        """Look at ``host`` again when its pacer allows the next request (at most one
-        pending wake-up per host: an earlier one replaces a later one)."""
-        pacer = host.pacer
-        assert pacer is not None  # noqa: S101 - only paced hosts wait for their pacer
-        at = pacer.earliest(now)
-        if host.wake_at is not None and host.wake_at <= at:
-            return
-        host.wake_at = at
-        heapq.heappush(self._wakes, (at, next(self._seq), host))
-        self._arm_pacing(at, now)
-
-    def _arm_pacing(self, at: float, now: float) -> None:
-        if self._pace_timer is not None:
-            if self._pace_at <= at:
-                return
-            self._pace_timer.cancel()
-        self._pace_at = at
-        loop = asyncio.get_running_loop()
-        self._pace_timer = loop.call_later(max(0.0, at - now), self._on_pacing_timer)
+            self._getters.wake_one()
 
     def _on_pacing_timer(self) -> None:
-        self._pace_timer = None
         now = self._hosts.now()
         wakes = self._wakes
-        while wakes and wakes[0][0] <= now:
-            at, _, host = heapq.heappop(wakes)
-            if host.wake_at != at:
-                continue  # replaced by an earlier wake-up (or the host was forgotten)
-            host.wake_at = None
+        for host in wakes.due(now):
             if host.parked:
                 self._kick(host, now)
         glob = self._hosts.global_pacer
@@ -394,11 +323,10 @@ class Frontier:
             if glob.allowance(now) > 0:
                 self._global_wait = False
                 if self._runnable():
-                    self._wake_getter()
+                    self._getters.wake_one()
             else:
-                self._arm_pacing(glob.earliest(now), now)
-        if wakes:
-            self._arm_pacing(wakes[0][0], now)
+                wakes.arm(glob.earliest(now), now)
+        wakes.rearm(now)
 
     # -- the end of a hand-out ------------------------------------------------------------
     def done(self, item: Item) -> None:
@@ -406,9 +334,9 @@ class Frontier:
         self.in_flight -= 1
         self._release_slot(item)
         if (self._input_closed or self._stopped) and self.finished:
-            self._wake_all()
-        elif self.on_idle is not None and self.in_flight == 0:
-            self.on_idle()
+            self._getters.wake_all()
+        elif self._on_idle is not None and self.in_flight == 0:
+            self._on_idle()
 
     def retry_later(self, item: Item, delay: float) -> bool:
         """Give up the worker and the host slot; ``item`` comes back after ``delay`` s.
@@ -438,7 +366,7 @@ class Frontier:
         if self._stopped:
             return False
         self._due.append(item)
-        self._wake_getter()
+        self._getters.wake_one()
         return True
 
     def _release_slot(self, item: Item) -> None:
@@ -458,7 +386,7 @@ class Frontier:
                     host.active += 1
                     nxt.host = host
                     self._ready.append(nxt)
-                    self._wake_getter()
+                    self._getters.wake_one()
         if host.active == 0:
             self._hosts.release(host)
 
@@ -473,7 +401,7 @@ class Frontier:
         while self._delayed and self._delayed[0][0] <= now:
             _, _, item = heapq.heappop(self._delayed)
             self._due.append(item)
-            self._wake_getter()
+            self._getters.wake_one()
         if self._delayed:
             self._arm_timer(self._delayed[0][0])
 
@@ -481,12 +409,9 @@ class Frontier:
     def stop(self) -> list[Item]:
         """Stop handing out URLs; return every URL that was queued and not started."""
         self._stopped = True
-        for timer in (self._timer, self._pace_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._pace_timer = None
-        for _, _, host in self._wakes:
-            host.wake_at = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._wakes.clear()
         left = list(self._ready) + list(self._due) + list(self._fresh)
         left.extend(item for _, _, item in self._delayed)
@@ -499,30 +424,6 @@ class Frontier:
         self._fresh.clear()
         self._delayed.clear()
         self._parked = 0
-        self._wake_all()
-        for fut in self._putters:
-            if not fut.done():
-                fut.set_result(None)
-        self._putters.clear()
+        self._getters.wake_all()
+        self._putters.wake_all()
         return left
-
-    # -- wake-ups -----------------------------------------------------------------------
-    def _wake_getter(self) -> None:
-        while self._getters:
-            fut = self._getters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-
-    def _wake_all(self) -> None:
-        while self._getters:
-            fut = self._getters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-
-    def _wake_putter(self) -> None:
-        while self._putters:
-            fut = self._putters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return

@@ -19,12 +19,13 @@ from yarl import URL
 from crawler import errors
 from crawler.crawling import Crawling
 from crawler.dedup import fingerprint
-from crawler.frontier import Frontier, Item
+from crawler.frontier import Frontier
 from crawler.inputs import Source
 from crawler.records import Record, Records
 from crawler.recordsink import RecordSink
 from crawler.stats import Stats
 from crawler.stores import DONE_BEFORE, Seen
+from crawler.task import Item
 from crawler.urls import parse_target
 
 _COUNT_WAIT: Final = 2.0  # seconds a stopped run waits, at most, to count the input left unread

@@ -21,12 +21,13 @@ from crawler import errors
 from crawler.attempts import Attempts, Fetches
 from crawler.config import RunConfig
 from crawler.crawling import Crawling, Kept
-from crawler.frontier import Frontier, Item
+from crawler.frontier import Frontier
 from crawler.limiter import DynamicSemaphore, HostTable
 from crawler.linkqueue import Link
 from crawler.records import Answer, Records
 from crawler.recordsink import RecordSink
 from crawler.stats import Stats
+from crawler.task import Item
 
 _SWEEP_INTERVAL: Final = 1.0
 

@@ -13,9 +13,9 @@ from crawler import errors
 from crawler.attempts import Attempts
 from crawler.config import BreakerConfig, LimitConfig, RetryConfig
 from crawler.fetcher import KEEP_HTML, Response
-from crawler.frontier import Item
 from crawler.limiter import HostState, HostTable
 from crawler.stats import Stats
+from crawler.task import Item
 
 KEY = "example.test:80"
 

@@ -7,8 +7,9 @@ import asyncio
 import pytest
 
 from crawler.config import BreakerConfig, LimitConfig
-from crawler.frontier import Frontier, Item
+from crawler.frontier import Frontier
 from crawler.limiter import HostTable
+from crawler.task import Item
 from crawler.urls import host_key, parse_url
 
 

@@ -21,9 +21,10 @@ from aiohttp import web
 
 from crawler.config import BreakerConfig, CrawlConfig, LimitConfig
 from crawler.engine import Engine
-from crawler.frontier import Frontier, Item
+from crawler.frontier import Frontier
 from crawler.inputs import LineSource
 from crawler.limiter import HostTable
+from crawler.task import Item
 from crawler.urls import host_key, parse_url
 from tests.conftest import Server, make_config, read_records, run_engine, until
 from tests.test_cli import assert_no_traceback, run
@@ -191,7 +192,7 @@ async def test_stop_returns_urls_waiting_for_their_pacer_and_disarms_it() -> Non
     assert take(f) is None
     left = f.stop()
     assert sorted(i.raw for i in left) == ["http://a/2", "http://a/3", "http://b/1"]
-    assert f._pace_timer is None and not f._wakes and f.queued == 0
+    assert f._wakes._timer is None and not f._wakes and f.queued == 0
     timer_fires(f)  # a late timer finds nothing to do
     assert take(f) is None
 

@@ -9,9 +9,9 @@ from yarl import URL
 
 from crawler import errors
 from crawler.fetcher import Response
-from crawler.frontier import Item
 from crawler.records import Error, ErrorKind, Record, Records, encode
 from crawler.retry import Deadline
+from crawler.task import Item
 
 
 class Clock:
