@@ -21,10 +21,11 @@ from yarl import URL
 
 from crawler import errors
 from crawler.config import RunConfig
-from crawler.fetcher import HTML_TYPES, KEEP_ALL, KEEP_HTML, KEEP_NONE, Fetcher, Response
+from crawler.fetcher import Fetcher
 from crawler.frontier import Frontier, Item
 from crawler.limiter import HostTable
 from crawler.recordsink import RecordSink
+from crawler.response import HTML_TYPES, KEEP_ALL, KEEP_HTML, KEEP_NONE, Response
 from crawler.state import DONE_BEFORE, FRESH, StateStore
 from crawler.stats import Stats
 from crawler.urls import host_key, parse_url

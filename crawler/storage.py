@@ -31,7 +31,7 @@ and exits too.
 
 WARC and decoded bodies: the fetcher hands us the body after chunked decoding, and after
 gzip/deflate decoding when the response has exactly one Content-Encoding field naming one of
-those (``crawler.fetcher.DECODED``). The response record carries that body with headers that
+those (``crawler.response.DECODED``). The response record carries that body with headers that
 say so: ``Transfer-Encoding`` and the decoded ``Content-Encoding`` are renamed
 ``X-Crawler-Original-…`` and ``Content-Length`` is the body's length, so replay tools and
 ``warcio check`` read a consistent record. Whatever was not decoded (``br``, ``gzip, gzip``,
@@ -64,7 +64,7 @@ from crawler.lifeline import die_with_parent
 from crawler.links import ignore_sigint
 
 if TYPE_CHECKING:  # the child process imports this module: keep aiohttp out of it
-    from crawler.fetcher import Exchange
+    from crawler.response import Exchange
 
 _BATCH_ITEMS: Final = 64
 _BATCH_BYTES: Final = 1 << 20
@@ -72,7 +72,7 @@ _MAX_PENDING_BYTES: Final = 64 << 20  # bytes sent to the child and not written 
 _GZIP_LEVEL: Final = 6
 _GZIP_WBITS: Final = 31  # a gzip member (header and trailer), not a raw deflate stream
 _HASH_INLINE_BYTES: Final = 256 * 1024
-# What the fetcher decodes (crawler.fetcher.DECODED; not imported: this module runs in the
+# What the fetcher decodes (crawler.response.DECODED; not imported: this module runs in the
 # child, which must not load aiohttp).
 _DECODED_CODINGS: Final = frozenset(("gzip", "deflate"))
 _GZIP_MAGIC: Final = b"\x1f\x8b\x08"

@@ -25,7 +25,7 @@ from yarl import URL
 
 from crawler.config import CrawlConfig
 from crawler.crawl import _PARSER_MEMORY, Crawl, _shallow
-from crawler.fetcher import Response
+from crawler.response import Response
 from crawler.robots import RobotsCache
 
 

@@ -433,6 +433,6 @@ async def test_a_body_that_cannot_be_stored_fails_the_run_and_is_never_committed
 
 
 def test_the_warc_writer_knows_what_the_fetcher_decodes() -> None:
-    from crawler import fetcher, storage
+    from crawler import response, storage
 
-    assert storage._DECODED_CODINGS == fetcher.DECODED
+    assert storage._DECODED_CODINGS == response.DECODED
