@@ -31,11 +31,12 @@ from crawler.stats import Stats
 from crawler.urls import host_key, parse_url
 
 if TYPE_CHECKING:
+    from crawler.bodies import BodyStore
     from crawler.crawl import Crawl
     from crawler.linkqueue import Link
     from crawler.links import Candidate
     from crawler.robots import Rules
-    from crawler.storage import BodyStore, WarcArchive
+    from crawler.warc import WarcArchive
 
 _MAX_CRAWL_DELAY: Final = 60.0
 
@@ -197,13 +198,13 @@ class Crawling:
         """--save-dir and --warc: fail with one clear line before the run starts."""
         store = self._config.store
         if store.save_dir is not None:
-            from crawler.storage import BodyStore
+            from crawler.bodies import BodyStore
 
             self._bodies = BodyStore(store.save_dir)
             sink.before_write = self._bodies.flush  # bodies land before their records
             _start_writer(self._bodies, f"cannot use --save-dir {store.save_dir!r}")
         if store.warc is not None:
-            from crawler.storage import WarcArchive
+            from crawler.warc import WarcArchive
 
             resumed = self._state is not None and self._state.resumed
             self._warc = WarcArchive(store.warc, store.warc_max_size, append=resumed)
