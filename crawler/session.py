@@ -22,7 +22,7 @@ SENSITIVE: Final = frozenset(("authorization", "cookie", "proxy-authorization"))
 # Informational (1xx) responses accepted before the final one: a server that sends more
 # is broken or hostile (aiohttp would queue and skip them forever).
 MAX_INFORMATIONAL: Final = 5
-# Only what _Decoder decodes is asked for. aiohttp asks for just that itself unless brotli
+# Only what crawler.body decodes is asked for. aiohttp asks for just that itself unless brotli
 # or zstd is installed (it adds br/zstd then): only then is the header a session header,
 # as each one costs every request a step of aiohttp's header copy.
 _ENCODINGS: Final = "gzip, deflate"
@@ -58,7 +58,7 @@ def make_session(config: FetchConfig) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         max_line_size=config.max_header_bytes,
         max_field_size=config.max_header_bytes,
-        auto_decompress=False,  # _Decoder decodes, and sees a truncated stream
+        auto_decompress=False,  # crawler.body decodes, and sees a truncated stream
         trust_env=False,
     )
 
