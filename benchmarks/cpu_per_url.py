@@ -34,7 +34,9 @@ from crawler.bench.runner import GeneratedSource, embedded_server
 from crawler.bench.server import ServeOptions
 from crawler.config import FetchConfig, LimitConfig, RunConfig, SinkConfig
 from crawler.engine import Engine
-from crawler.fetcher import Fetcher, Response, make_session
+from crawler.fetcher import Fetcher
+from crawler.response import Response
+from crawler.session import make_session
 
 
 def cpu() -> float:

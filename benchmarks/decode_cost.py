@@ -26,7 +26,8 @@ from collections.abc import Callable
 from aiohttp.http_parser import DeflateBuffer
 from aiohttp.streams import StreamReader
 
-from crawler.fetcher import Response, _Decoder
+from crawler.body import _Decoder
+from crawler.response import Response
 
 WORDS = ("the", "of", "and", "to", "in", "is", "for", "on", "that", "with", "as", "by", "page")
 

@@ -23,8 +23,8 @@ from yarl import URL
 
 from crawler import errors
 from crawler.config import RetryConfig
-from crawler.fetcher import KEEP_NONE, Response
 from crawler.limiter import HostTable
+from crawler.response import KEEP_NONE, Response
 from crawler.retry import RETRY_STATUSES, Deadline, backoff_delay, parse_retry_after
 from crawler.stats import Stats
 from crawler.task import Item

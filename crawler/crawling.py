@@ -21,21 +21,23 @@ from yarl import URL
 
 from crawler import errors
 from crawler.config import RunConfig
-from crawler.fetcher import HTML_TYPES, KEEP_ALL, KEEP_HTML, KEEP_NONE, Fetcher, Response
+from crawler.fetcher import Fetcher
 from crawler.frontier import Frontier
 from crawler.limiter import HostTable
 from crawler.recordsink import SinkHooks
+from crawler.response import HTML_TYPES, KEEP_ALL, KEEP_HTML, KEEP_NONE, Response
 from crawler.stats import Stats
 from crawler.stores import Stores
 from crawler.task import Item
 from crawler.urls import host_key, parse_url
 
 if TYPE_CHECKING:
+    from crawler.bodies import BodyStore
     from crawler.crawl import Crawl
     from crawler.linkqueue import Link
     from crawler.links import Candidate
     from crawler.robots import Rules
-    from crawler.storage import BodyStore, WarcArchive
+    from crawler.warc import WarcArchive
 
 _MAX_CRAWL_DELAY: Final = 60.0
 
@@ -207,12 +209,12 @@ class Crawling:
         store = self._config.store
         ledger = self._stores.ledger
         if store.save_dir is not None:
-            from crawler.storage import BodyStore
+            from crawler.bodies import BodyStore
 
             self._bodies = BodyStore(store.save_dir)
             _start_writer(self._bodies, f"cannot use --save-dir {store.save_dir!r}")
         if store.warc is not None:
-            from crawler.storage import WarcArchive
+            from crawler.warc import WarcArchive
 
             self._warc = WarcArchive(store.warc, store.warc_max_size, append=ledger.resumed)
             _start_writer(self._warc, f"cannot write --warc {store.warc!r}")

@@ -45,7 +45,7 @@ from rich.console import Console
 from crawler import errors, signals
 from crawler.config import RunConfig
 from crawler.crawling import Crawling, io_message
-from crawler.fetcher import Fetcher, make_session
+from crawler.fetcher import Fetcher
 from crawler.frontier import Frontier
 from crawler.inputs import Source
 from crawler.limiter import DynamicSemaphore, HostTable
@@ -53,6 +53,7 @@ from crawler.progress import show_progress
 from crawler.reader import Reader
 from crawler.records import Records
 from crawler.recordsink import RecordSink, SinkFactory
+from crawler.session import make_session
 from crawler.sink import OutputClosed, Sink
 from crawler.stats import Snapshot, Stats
 from crawler.stores import Ledger, Stores, memory

@@ -20,7 +20,7 @@
         └── InternalError     internal      (a bug in crawler, not the server's doing)
 
 Foreign exceptions (aiohttp, OSError, ssl) are translated in exactly one place,
-``crawler.fetcher.map_exception``; the record's kind comes from the class, never
+``crawler.errormap.map_exception``; the record's kind comes from the class, never
 from matching message strings. Only the network and HTTP errors known there get a
 network kind: any other exception (``TypeError``, ``AttributeError``, ...) is a bug of
 ours and becomes ``internal``, never ``protocol`` (which would blame the server and
@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, ClassVar
 from crawler.records import safe_text
 
 if TYPE_CHECKING:
-    # What a crawler.fetcher.Response offers a record (not the class itself: the
-    # fetcher imports this module).
+    # What a crawler.response.Response offers a record (a protocol: the records need
+    # no more of it).
     from crawler.records import Answer
 
 

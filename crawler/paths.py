@@ -44,7 +44,7 @@ def _key(path: str) -> tuple[str, tuple[int, int] | None, bool]:
 
 
 def _warc_pattern(warc: str) -> re.Pattern[str]:
-    """The rotated names of a WARC path (see ``storage.warc_name``), resolved."""
+    """The rotated names of a WARC path (see ``warc.warc_name``), resolved."""
     real = os.path.realpath(warc)
     for ext in (".warc.gz", ".warc"):
         if real.endswith(ext):

@@ -87,7 +87,7 @@ class Task(Protocol):
 
 
 class Answer(Protocol):
-    """What a record says of the response (crawler.fetcher.Response)."""
+    """What a record says of the response (crawler.response.Response)."""
 
     @property
     def status(self) -> int: ...

@@ -25,7 +25,7 @@ from protego import Protego
 from yarl import URL
 
 from crawler import errors
-from crawler.fetcher import Response
+from crawler.response import Response
 
 ROBOTS_MAX_BYTES: Final = 512 * 1024  # Google reads the first 500 KiB
 _ERROR_TTL: Final = 300.0

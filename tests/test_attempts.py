@@ -12,8 +12,8 @@ from yarl import URL
 from crawler import errors
 from crawler.attempts import Attempts
 from crawler.config import BreakerConfig, LimitConfig, RetryConfig
-from crawler.fetcher import KEEP_HTML, Response
 from crawler.limiter import HostState, HostTable
+from crawler.response import KEEP_HTML, Response
 from crawler.stats import Stats
 from crawler.task import Item
 

@@ -13,9 +13,9 @@ from yarl import URL
 from crawler import errors
 from crawler.config import CrawlConfig
 from crawler.crawl import parse_sitemap
-from crawler.fetcher import Response
 from crawler.linkqueue import Link, LinkQueue
 from crawler.links import extract
+from crawler.response import Response
 from crawler.robots import RobotsCache
 from crawler.scope import Scope
 

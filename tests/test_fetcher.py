@@ -24,7 +24,10 @@ from yarl import URL
 
 from crawler import errors, fetcher
 from crawler.config import FetchConfig
-from crawler.fetcher import Fetcher, Response, make_session, map_exception
+from crawler.errormap import map_exception
+from crawler.fetcher import Fetcher
+from crawler.response import Response
+from crawler.session import make_session
 from tests.faultserver import FaultServer, bomb, closed_port
 
 HOSTS = ("127.0.0.1", "127.0.0.2")  # two origins on loopback, for cross-host redirects

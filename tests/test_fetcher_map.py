@@ -9,7 +9,7 @@ from aiohttp import client_exceptions, http_exceptions
 from aiohttp.client_reqrep import ConnectionKey
 
 from crawler import errors
-from crawler.fetcher import map_exception
+from crawler.errormap import map_exception
 
 KEY = ConnectionKey("h", 80, False, True, None, None, None)
 DNS = client_exceptions.ClientConnectorDNSError(KEY, OSError(-2, "Name or service not known"))

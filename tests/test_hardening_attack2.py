@@ -26,7 +26,7 @@ from yarl import URL
 
 from crawler.config import CrawlConfig
 from crawler.crawl import _PARSER_MEMORY, Crawl, _shallow
-from crawler.fetcher import Response
+from crawler.response import Response
 from crawler.robots import RobotsCache
 from crawler.stats import Stats
 from crawler.stores import MemoryQueue, MemorySeen

@@ -24,8 +24,8 @@ from yarl import URL
 from crawler import robots
 from crawler.config import CrawlConfig
 from crawler.engine import Engine, RunResult
-from crawler.fetcher import Response
 from crawler.inputs import SeedSource
+from crawler.response import Response
 from crawler.scope import Scope
 from crawler.sitemaps import begin, parse_sitemap, step
 from tests.conftest import make_config, read_records

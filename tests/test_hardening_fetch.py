@@ -22,9 +22,11 @@ from yarl import URL
 
 from crawler import errors
 from crawler.config import FetchConfig
-from crawler.fetcher import MAX_INFORMATIONAL, Fetcher, Response, make_session
+from crawler.fetcher import Fetcher
 from crawler.netpolicy import AddressPolicy, unroutable
 from crawler.records import Error, ErrorKind, Record, encode
+from crawler.response import Response
+from crawler.session import MAX_INFORMATIONAL, make_session
 from crawler.urls import parse_target, parse_url
 from tests.test_cli import ENV, assert_no_traceback
 

@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from crawler.fetcher import MAX_INFORMATIONAL
+from crawler.session import MAX_INFORMATIONAL
 from tests.test_hardening_fetch import Handler, RawServer, failure, fetch, whole
 
 

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from warcio.archiveiterator import ArchiveIterator
 
-from crawler.storage import WarcItem, _WarcWriter
+from crawler.warc import WarcItem, _WarcWriter
 from tests.site import serve_site
 from tests.test_cli import ENV, assert_no_traceback
 from tests.test_crawl_cli import gen_expected
@@ -433,6 +433,6 @@ async def test_a_body_that_cannot_be_stored_fails_the_run_and_is_never_committed
 
 
 def test_the_warc_writer_knows_what_the_fetcher_decodes() -> None:
-    from crawler import fetcher, storage
+    from crawler import body, warc
 
-    assert storage._DECODED_CODINGS == fetcher.DECODED
+    assert warc.DECODED is body.DECODED  # one constant (crawler.response), not a copy

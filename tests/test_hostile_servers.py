@@ -126,7 +126,8 @@ async def test_no_request_is_sent_without_time_left(hostile: FaultServer) -> Non
 
     from crawler import errors
     from crawler.config import FetchConfig
-    from crawler.fetcher import Fetcher, make_session
+    from crawler.fetcher import Fetcher
+    from crawler.session import make_session
 
     config = FetchConfig()
     async with make_session(config) as session:

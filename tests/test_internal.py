@@ -16,9 +16,12 @@ from rich.console import Console
 from yarl import URL
 
 from crawler import errors
+from crawler.body import BodyReader
 from crawler.config import FetchConfig
-from crawler.fetcher import Fetcher, make_session, map_exception
+from crawler.errormap import map_exception
+from crawler.fetcher import Fetcher
 from crawler.progress import render_summary
+from crawler.session import make_session
 from tests.conftest import Server, run_engine
 
 
@@ -66,10 +69,10 @@ async def test_internal_records_are_counted_not_retried_and_spare_the_breaker(
     capsys: pytest.CaptureFixture[str],
     expect_internal: None,
 ) -> None:
-    async def broken(self: Fetcher, resp: Any, *args: Any, **kwargs: Any) -> NoReturn:
+    async def broken(self: BodyReader, resp: Any, *args: Any, **kwargs: Any) -> NoReturn:
         raise AttributeError("'NoneType' object has no attribute 'status'")
 
-    monkeypatch.setattr(Fetcher, "_final_response", broken)
+    monkeypatch.setattr(BodyReader, "read", broken)
     urls = [server.url(f"/ok/{i}") for i in range(6)]
     result, records = await run_engine(
         tmp_path, urls, retries=2, breaker_threshold=2, concurrency=1

@@ -8,8 +8,8 @@ import orjson
 from yarl import URL
 
 from crawler import errors
-from crawler.fetcher import Response
 from crawler.records import Error, ErrorKind, Record, Records, encode
+from crawler.response import Response
 from crawler.retry import Deadline
 from crawler.task import Item
 

@@ -9,7 +9,7 @@ import pytest
 from yarl import URL
 
 from crawler import errors
-from crawler.fetcher import Response
+from crawler.response import Response
 from crawler.robots import ROBOTS_MAX_BYTES, RobotsCache, Rules
 
 UA = "crawler/1.0"

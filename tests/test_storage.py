@@ -1,5 +1,6 @@
-"""storage.py's parts on their own: content-addressed body files, WARC file names, and the
-repair of a WARC file whose last record a killed run left torn."""
+"""The storage writers' parts on their own (bodies.py, warc.py): content-addressed body
+files, WARC file names, and the repair of a WARC file whose last record a killed run left
+torn."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from crawler.storage import _BodyWriter, _repair_tail, warc_name
+from crawler.bodies import _BodyWriter
+from crawler.warc import _repair_tail, warc_name
 
 
 def member(data: bytes) -> bytes:

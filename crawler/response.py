@@ -1,0 +1,47 @@
+"""What one attempt at a URL gives back: ``Response`` (and ``Exchange``, the heads a WARC
+record needs), and the constants saying which bodies are kept and which are decoded.
+
+Plain data, no aiohttp: the storage writers' child process and the records read it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+# What Fetcher.fetch keeps of a body (it always counts it).
+KEEP_NONE: Final = 0
+KEEP_HTML: Final = 1  # HTML bodies only (crawl mode: links are parsed from them)
+KEEP_ALL: Final = 2  # every body (--save-dir, --warc, robots.txt, sitemaps)
+
+HTML_TYPES: Final = frozenset(("text/html", "application/xhtml+xml"))
+# Bodies in these encodings are decoded by the fetcher (crawler.body's _Decoder); aiohttp
+# decodes no body. The WARC writer keys on it too.
+DECODED: Final = frozenset(("gzip", "deflate"))
+
+
+@dataclass(slots=True)
+class Response:
+    """What one attempt got back (the body itself is counted, not kept)."""
+
+    status: int
+    final_url: str
+    content_type: str | None
+    nbytes: int
+    redirects: list[str] = field(default_factory=list)
+    retry_after: str | None = None
+    # Kept only when asked for (see KEEP_*): the body and what a WARC record needs.
+    body: bytes | None = None
+    exchange: Exchange | None = None
+
+
+@dataclass(slots=True)
+class Exchange:
+    """The final request and response heads as they went over the wire (for WARC)."""
+
+    method: str
+    request_headers: list[tuple[str, str]]
+    version: str
+    status: int
+    reason: str
+    response_headers: list[tuple[str, str]]

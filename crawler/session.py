@@ -1,0 +1,124 @@
+"""The one pooled aiohttp session of a run: its connector (pool, DNS cache, TLS, the
+address policy's resolver), its headers, and the bound on informational responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import hdrs, http_exceptions
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ClientRequest
+from multidict import CIMultiDict
+
+from crawler.config import FetchConfig
+from crawler.netpolicy import AddressPolicy, PolicyResolver
+
+# Sent only to the origin they were given for (see Fetcher.fetch); --secret-header adds more.
+SENSITIVE: Final = frozenset(("authorization", "cookie", "proxy-authorization"))
+# Informational (1xx) responses accepted before the final one: a server that sends more
+# is broken or hostile (aiohttp would queue and skip them forever).
+MAX_INFORMATIONAL: Final = 5
+# Only what crawler.body decodes is asked for. aiohttp asks for just that itself unless brotli
+# or zstd is installed (it adds br/zstd then): only then is the header a session header,
+# as each one costs every request a step of aiohttp's header copy.
+_ENCODINGS: Final = "gzip, deflate"
+_ASK_ENCODINGS: Final = (
+    getattr(ClientRequest, "DEFAULT_HEADERS", {}).get(hdrs.ACCEPT_ENCODING) != _ENCODINGS
+)
+
+
+def make_session(config: FetchConfig) -> aiohttp.ClientSession:
+    """The one pooled session of a run: keep-alive, DNS cache, no cookie jar."""
+    policy = address_policy(config)
+    connector = aiohttp.TCPConnector(
+        limit=config.pool_size,
+        limit_per_host=0,  # per-host limits are enforced by the frontier, not here
+        ttl_dns_cache=config.dns_cache_ttl,
+        ssl=config.verify_tls,
+        resolver=PolicyResolver(policy) if policy.active else None,
+    )
+    _bound_informational(connector)
+    headers = CIMultiDict({"User-Agent": config.user_agent})
+    if _ASK_ENCODINGS:
+        headers["Accept-Encoding"] = _ENCODINGS
+    sensitive = sensitive_names(config)
+    for name, value in config.headers:
+        lower = name.lower()
+        if lower in ("user-agent", "accept-encoding"):
+            headers[name] = value
+        elif lower not in sensitive:  # credentials go per request: see Fetcher
+            headers.add(name, value)
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers=headers,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        max_line_size=config.max_header_bytes,
+        max_field_size=config.max_header_bytes,
+        auto_decompress=False,  # crawler.body decodes, and sees a truncated stream
+        trust_env=False,
+    )
+
+
+def sensitive_names(config: FetchConfig) -> frozenset[str]:
+    """Lower-case names of the headers that go only to their origin."""
+    return SENSITIVE | {name.lower() for name in config.secret_headers}
+
+
+class _BoundedHandler(ResponseHandler):
+    """aiohttp's connection protocol, refusing a flood of informational responses.
+
+    aiohttp's ClientResponse.start() skips 1xx responses in a loop, forever, and the
+    protocol queues every one the parser finds in a read (thousands per read for a
+    server that sends nothing else): memory grows, and the loop never waits while the
+    queue is not empty, so the deadline's cancellation cannot land. After
+    MAX_INFORMATIONAL of them in a row the connection is closed with a protocol error."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.informational = 0
+
+    def feed_data(self, data: Any, size: int = 0) -> None:
+        # Once per response: the final one (the usual case) costs a compare and a call.
+        code = data[0].code
+        if code >= 200 or code == 101:
+            if self.informational:
+                if self.informational > MAX_INFORMATIONAL:
+                    return  # refused: nothing more from this connection is handed over
+                self.informational = 0
+            _feed_data(self, data, size)
+            return
+        self.informational += 1
+        if self.informational <= MAX_INFORMATIONAL:
+            _feed_data(self, data, size)
+        elif self.informational == MAX_INFORMATIONAL + 1:
+            self.set_exception(
+                http_exceptions.HttpProcessingError(
+                    message=f"more than {MAX_INFORMATIONAL} informational (1xx) "
+                    "responses before the final one"
+                )
+            )
+            if self.transport is not None:
+                self.transport.close()
+
+
+_feed_data: Final = ResponseHandler.feed_data  # without super()'s lookup, per response
+
+
+def _bound_informational(connector: aiohttp.BaseConnector) -> None:
+    """Make the connector build _BoundedHandler protocols. aiohttp has no public hook
+    for this: its protocol factory is the ``_factory`` attribute (aiohttp 1.x to 3.14);
+    if it is not there as expected, the connector is left as it is."""
+    factory = getattr(connector, "_factory", None)
+    if isinstance(factory, functools.partial) and factory.func is ResponseHandler:
+        bounded = functools.partial(_BoundedHandler, *factory.args, **factory.keywords)
+        setattr(connector, "_factory", bounded)  # noqa: B010 - a private attribute
+
+
+def address_policy(config: FetchConfig) -> AddressPolicy:
+    return AddressPolicy(
+        block_private=config.block_private, allow_only=config.allow_only, resolve=config.resolve
+    )
