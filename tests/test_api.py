@@ -349,7 +349,9 @@ async def test_a_slow_consumer_holds_the_run_back() -> None:
             channel = run._channel
             assert isinstance(channel, ChannelSink) and run._runner is not None
             engine = run._runner.engine
-            await until(lambda: len(channel._items) >= CHANNEL_SIZE and engine.in_flight() == 0)
+            await until(
+                lambda: len(channel._items) >= CHANNEL_SIZE and engine.stats.gauges.in_flight() == 0
+            )
             assert hits == 1 + len(channel._items) <= 1 + CHANNEL_SIZE + workers
             rest = [rec async for rec in records]
         assert len({first.url, *(rec.url for rec in rest)}) == total == hits
