@@ -12,8 +12,6 @@ first use.
 """
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -59,18 +57,3 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
-
-
-class _Package(types.ModuleType):
-    """``crawler.crawl`` is the API's function, though a submodule has the same name:
-    importing the submodule (the engine does, for a crawl) would otherwise bind the
-    package's attribute to it. The submodule stays importable (``from crawler.crawl
-    import Crawl``); only the attribute keeps naming the function."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in _HOMES and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

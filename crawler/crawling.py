@@ -33,7 +33,7 @@ from crawler.urls import host_key, parse_url
 
 if TYPE_CHECKING:
     from crawler.bodies import BodyStore
-    from crawler.crawl import Crawl
+    from crawler.following import Crawl
     from crawler.linkqueue import Link
     from crawler.links import Candidate
     from crawler.robots import Rules
@@ -171,7 +171,7 @@ class Crawling:
     def _setup_crawl(self) -> None:
         config = self._config
         if config.crawl is not None:
-            from crawler.crawl import Crawl
+            from crawler.following import Crawl
 
             stores = self._stores
             crawl = self._crawl = Crawl(

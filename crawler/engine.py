@@ -5,9 +5,10 @@
         request may start) --> Workers x C (worker.py: Attempts, attempts.py, then the
         URL's Record, records.py) --> RecordSink: Sink, the only writer of the output,
         or the Python API's channel (recordsink.py)
-    Crawl mode and --save-dir/--warc are wired in by crawling.py. What the run remembers
-    (Seen: dedup; Ledger: commits; WorkQueue: links waiting) is handed in as ``Stores``
-    (stores.py): in memory, or the --state file; the engine does not ask which.
+    Crawl mode and --save-dir/--warc are wired in by crawling.py; the parts are made (and
+    closed) by assembly.py. What the run remembers (Seen: dedup; Ledger: commits;
+    WorkQueue: links waiting) is handed in as ``Stores`` (stores.py): in memory, or the
+    --state file; the engine does not ask which.
 
 Lifetimes. Every task (reader, workers, sink writer, loop-lag probe, host sweeper,
 progress) belongs to one TaskGroup. The run ends when the input is exhausted, the
@@ -43,20 +44,19 @@ from typing import Any, Final
 from rich.console import Console
 
 from crawler import errors, signals
+from crawler.assembly import Parts
 from crawler.config import RunConfig
 from crawler.crawling import Crawling, io_message
 from crawler.fetcher import Fetcher
 from crawler.frontier import Frontier
 from crawler.inputs import Source
-from crawler.limiter import DynamicSemaphore, HostTable
 from crawler.progress import show_progress
 from crawler.reader import Reader
-from crawler.records import Records
 from crawler.recordsink import RecordSink, SinkFactory
 from crawler.session import make_session
 from crawler.sink import OutputClosed, Sink
 from crawler.stats import Snapshot, Stats
-from crawler.stores import Ledger, Stores, memory
+from crawler.stores import Stores, memory
 from crawler.worker import Workers
 
 _MIN_FLUSH_BOUND: Final = 1.0  # seconds the final flush gets after the grace period, at least
@@ -98,7 +98,6 @@ class Engine:
         # only millisecond resolution); only the frontier's back-off timers use the loop's
         # (its pacing timer waits on the loop for a delay measured on this clock).
         self._clock = clock
-        self._records = Records()  # builds the records (reader and workers share it)
         self.interrupted = False
         self.timed_out = False
         self._stopping = False  # intake stopped (signal or --max-time)
@@ -108,9 +107,9 @@ class Engine:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._background: list[asyncio.Task[None]] = []
         self._timers: list[asyncio.TimerHandle] = []
-        # Set up in run(), inside the event loop.
+        # Set up in run(), inside the event loop (see assembly.py).
+        self._parts: Parts
         self.stats: Stats
-        self._hosts: HostTable
         self._frontier: Frontier
         self._sink: RecordSink
         self._pages: Crawling  # crawl mode and storage
@@ -122,50 +121,14 @@ class Engine:
         config = self._config
         loop = asyncio.get_running_loop()
         clock = self._clock
-        stores, source = self._stores, self._source
-        ledger = stores.ledger
-        self.stats = stats = Stats(clock, self)
-        self._hosts = hosts = HostTable(config.limits, config.breaker, clock)
-        if config.store.active or config.crawl is not None:
-            signals.start_resource_tracker()  # before any process pool: see there
-        await ledger.open()
-        stats.done_before = ledger.done_before
-        self._pages = pages = Crawling(config, stores, stats, hosts, clock)
-        self._frontier = frontier = Frontier(
-            config.limits.queue_size,
-            hosts,
-            on_idle=pages.on_idle,
-            on_host_bound=self._notice,
-            checks_first=pages.checks_first,
-        )
-        try:
-            self._sink = sink = self._sink_factory(config.sink, ledger, pages.open_stores())
-            await sink.open()
-        except BaseException as exc:
-            await self._release(pages, None, ledger)
-            if isinstance(exc, OSError):
-                output = config.sink.output
-                raise errors.UsageError(f"cannot write output {output!r}: {exc.strerror}") from None
-            raise
+        source = self._source
+        parts = self._parts = Parts(config, self._stores, source, clock)
+        self.stats = stats = parts.stats
+        await parts.open(self._sink_factory, self._notice, self._workers_gone)
+        frontier, sink, pages = parts.frontier, parts.sink, parts.pages
+        self._frontier, self._sink, self._pages = frontier, sink, pages
+        self._reading, self._workers = parts.reader, parts.workers
         output_closed = False
-        records, dedup = self._records, config.input.dedup
-        self._reading = Reader(
-            source, frontier, sink, stats, records, pages, stores.seen, dedup=dedup
-        )
-        permits = DynamicSemaphore(config.limits.concurrency)
-        self._workers = Workers(
-            config,
-            frontier,
-            hosts,
-            permits,
-            pages,
-            sink,
-            stats,
-            records,
-            ledger.durable,
-            clock,
-            self._workers_gone,
-        )
         previous: dict[int, Any] = {}  # handlers replaced by ours, put back at the end
         try:
             if self._install_signals:
@@ -193,7 +156,7 @@ class Engine:
             for timer in self._timers:
                 timer.cancel()
             try:
-                await self._release(pages, sink, ledger)
+                await parts.release(sink)
             finally:
                 # Only now: a signal during the final flush still gives up on a
                 # blocked output (see _cut_grace).
@@ -206,40 +169,6 @@ class Engine:
         return RunResult(
             stats.snapshot(), self.interrupted, output_closed or sink.broken, self.timed_out
         )
-
-    async def _release(self, pages: Crawling, sink: RecordSink | None, ledger: Ledger) -> None:
-        """Close what the run opened: the sink first (it waits for the body files its
-        records name), then the storage writers, then the ledger; one failing does not
-        keep the others from closing (shielded: a cancellation cannot cut this short)."""
-        pages.close()
-        closers = [*([sink.aclose] if sink is not None else []), *(w.aclose for w in pages.writers)]
-        failure: BaseException | None = None
-        try:
-            for close in closers:
-                try:
-                    await asyncio.shield(close())
-                except (OSError, sqlite3.Error) as exc:
-                    failure = failure or exc
-        finally:
-            await asyncio.shield(ledger.aclose())
-        if failure is not None:
-            raise errors.UsageError(f"cannot continue: {io_message(failure)}") from None
-
-    # -- gauges, for the stats (crawler.stats.Gauges) ----------------------------------------
-    def in_flight(self) -> int:
-        return self._frontier.in_flight
-
-    def queued(self) -> int:
-        return self._frontier.queued + self._frontier.delayed
-
-    def input_lines(self) -> int | None:
-        return self._source.lines_total
-
-    def lost(self) -> int:
-        return self._sink.lost
-
-    def crawl_counts(self) -> dict[str, int] | None:
-        return self._pages.counts()
 
     async def _run_tasks(self, fetcher: Fetcher) -> None:
         crawl = self._config.crawl

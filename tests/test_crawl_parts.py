@@ -12,7 +12,7 @@ from yarl import URL
 
 from crawler import errors
 from crawler.config import CrawlConfig
-from crawler.crawl import parse_sitemap
+from crawler.following import parse_sitemap
 from crawler.linkqueue import Link, LinkQueue
 from crawler.links import extract
 from crawler.response import Response

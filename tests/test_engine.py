@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from crawler import engine as engine_module
+from crawler import assembly as assembly_module
 from crawler.engine import Engine
 from crawler.inputs import LineSource
 from crawler.limiter import DynamicSemaphore
@@ -302,7 +302,7 @@ async def test_adaptive_runs_obey_the_global_permits(
         def resize(self, limit: int) -> None:
             pass
 
-    monkeypatch.setattr(engine_module, "DynamicSemaphore", lambda limit: HeldAtTwo(2))
+    monkeypatch.setattr(assembly_module, "DynamicSemaphore", lambda limit: HeldAtTwo(2))
     lines = [server.url(f"/slow/{i}?s=0.1") for i in range(24)]  # long enough to overlap
     port = server.ports["127.0.0.1"]
     _, records = await run_engine(tmp_path, lines, concurrency=8, per_host=8, adaptive=True)
@@ -350,5 +350,5 @@ async def test_a_retry_taken_past_its_deadline_gives_back_the_breakers_probe(
     await asyncio.wait_for(task, 10)
     [rec] = read_records(tmp_path / "out.jsonl")
     assert rec["error"]["kind"] == "timeout" and rec["attempts"] == 1
-    breaker = engine._hosts.get(f"127.0.0.1:{server.ports['127.0.0.1']}").breaker
+    breaker = engine._parts.hosts.get(f"127.0.0.1:{server.ports['127.0.0.1']}").breaker
     assert breaker is not None and not breaker.probing, breaker.state

@@ -25,7 +25,7 @@ from aiohttp import web
 from yarl import URL
 
 from crawler.config import CrawlConfig
-from crawler.crawl import _PARSER_MEMORY, Crawl, _shallow
+from crawler.following import _PARSER_MEMORY, Crawl, _shallow
 from crawler.response import Response
 from crawler.robots import RobotsCache
 from crawler.stats import Stats

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from crawler.config import CrawlConfig
-from crawler.crawl import Crawl
 from crawler.dedup import fingerprint
 from crawler.engine import Engine
+from crawler.following import Crawl
 from crawler.inputs import LineSource, SeedSource
 from crawler.linkqueue import Link
 from crawler.state import StateStore
