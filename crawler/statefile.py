@@ -222,11 +222,7 @@ def create(path: str, identity: dict[str, Any], *, replace_empty: bool) -> None:
             db.execute("COMMIT")
         finally:
             db.close()
-        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(tmp)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -249,14 +245,19 @@ def create(path: str, identity: dict[str, Any], *, replace_empty: bool) -> None:
             os.rename(tmp, path)
         # Make the new name durable too (best effort: not every filesystem can).
         with contextlib.suppress(OSError):
-            dir_fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync(folder)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _fsync(path: str) -> None:
+    """fsync a file or a directory, opened read-only for it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def os_message(exc: OSError, path: str) -> str:
