@@ -39,7 +39,7 @@ class Parts:
         self._clock = clock
         self.stats = Stats(clock, self)
         self.hosts = HostTable(config.limits, config.breaker, clock)
-        self.records = Records()  # builds the records (reader and workers share it)
+        self.records = Records(config.fetch.method)  # reader and workers share it
         # Made by open():
         self.pages: Crawling  # crawl mode and storage
         self.frontier: Frontier

@@ -61,6 +61,15 @@ class Record:
     parent: str | None = None  # crawl mode: the page (or sitemap) the URL was found on
     body_path: str | None = None  # --save-dir: where the body is stored
     sha256: str | None = None  # --save-dir: the body's SHA-256 (hex)
+    method: str | None = None  # the request's method (null: an input line that is no request)
+    meta: Any = None  # a JSON request line's "meta", as it was given
+    location: str | None = None  # --no-follow: a redirect's Location, as sent
+    proxy: str | None = None  # the proxy the request went through (without credentials)
+    headers: dict[str, str | list[str]] | None = None  # --include-headers: the response's
+    request_headers: dict[str, str | list[str]] | None = None  # --include-request
+    body: str | None = None  # --include-body: the body, as text or base64
+    body_encoding: str | None = None  # --include-body: "text" or "base64"
+    not_modified: bool | None = None  # --etags: the server answered 304 Not Modified
 
     def to_json(self) -> str:
         """The record's JSON line as the CLI writes it, without the final newline."""
@@ -124,10 +133,11 @@ def _elapsed_ms(task: Task) -> float:
 class Records:
     """Builds the records, each stamped when it is made (``fetched_at``)."""
 
-    __slots__ = ("_stamp",)
+    __slots__ = ("_method", "_stamp")
 
-    def __init__(self) -> None:
+    def __init__(self, method: str = "GET") -> None:
         self._stamp = UTCStamp()
+        self._method = method  # the run's (--method)
 
     def answered(self, task: Task, resp: Answer, error: Failure | None) -> Record:
         """A URL that got a response (``error``: its status >= 400, or a failure after
@@ -153,6 +163,15 @@ class Records:
         r.parent = task.parent
         r.body_path = None
         r.sha256 = None
+        r.method = self._method
+        r.meta = None
+        r.location = None
+        r.proxy = None
+        r.headers = None
+        r.request_headers = None
+        r.body = None
+        r.body_encoding = None
+        r.not_modified = None
         return r
 
     def unanswered(self, task: Task, error: Failure | None) -> Record:
@@ -165,6 +184,7 @@ class Records:
             fetched_at=self._stamp(),
             depth=task.depth,
             parent=task.parent,
+            method=self._method,
         )
 
     def invalid(self, raw: str, error: Failure) -> Record:
@@ -224,6 +244,15 @@ def encode(record: Record) -> bytes:
         "parent": r.parent,
         "body_path": r.body_path,
         "sha256": r.sha256,
+        "method": r.method,
+        "meta": r.meta,
+        "location": r.location,
+        "proxy": r.proxy,
+        "headers": r.headers,
+        "request_headers": r.request_headers,
+        "body": r.body,
+        "body_encoding": r.body_encoding,
+        "not_modified": r.not_modified,
     }
     try:
         return orjson.dumps(fields, option=_ENCODE_OPTS)

@@ -31,6 +31,15 @@ FIELDS = {
     "parent",
     "body_path",
     "sha256",
+    "method",
+    "meta",
+    "location",
+    "proxy",
+    "headers",
+    "request_headers",
+    "body",
+    "body_encoding",
+    "not_modified",
 }
 
 

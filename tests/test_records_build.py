@@ -52,6 +52,15 @@ def test_an_answered_record_sets_every_field_from_its_source() -> None:
         "parent": "http://a.test/",
         "body_path": None,
         "sha256": None,
+        "method": "GET",
+        "meta": None,
+        "location": None,
+        "proxy": None,
+        "headers": None,
+        "request_headers": None,
+        "body": None,
+        "body_encoding": None,
+        "not_modified": None,
     }
     assert list(line) == [field.name for field in dataclasses.fields(Record)]
     assert line["fetched_at"].endswith("Z")
@@ -72,6 +81,7 @@ def test_an_answered_record_equals_the_dataclass_built_by_keyword() -> None:
         fetched_at=built.fetched_at,
         depth=2,
         parent="http://a.test/",
+        method="GET",
     )
     assert built == same
 

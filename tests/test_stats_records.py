@@ -52,6 +52,15 @@ def test_record_encodes_every_contract_field_in_order() -> None:
         "parent",
         "body_path",
         "sha256",
+        "method",
+        "meta",
+        "location",
+        "proxy",
+        "headers",
+        "request_headers",
+        "body",
+        "body_encoding",
+        "not_modified",
     ]
 
 
@@ -73,6 +82,15 @@ def test_record_encodes_every_contract_field_in_order() -> None:
         parent=st.none() | st.text(),
         body_path=st.none() | st.text(),
         sha256=st.none() | st.text(),
+        method=st.none() | st.text(),
+        meta=st.none() | st.dictionaries(st.text(), st.integers() | st.text(), max_size=2),
+        location=st.none() | st.text(),
+        proxy=st.none() | st.text(),
+        headers=st.none() | st.dictionaries(st.text(), st.text(), max_size=2),
+        request_headers=st.none() | st.dictionaries(st.text(), st.text(), max_size=2),
+        body=st.none() | st.text(),
+        body_encoding=st.none() | st.sampled_from(["text", "base64"]),
+        not_modified=st.none() | st.booleans(),
     )
 )
 def test_record_encoding_is_orjsons_own_encoding_of_the_dataclass(record: Record) -> None:
