@@ -70,7 +70,8 @@ class Parts:
             checks_first=pages.checks_first,
         )
         try:
-            self.sink = sink = sink_factory(config.sink, ledger, pages.open_stores())
+            hooks = await pages.open_stores()
+            self.sink = sink = sink_factory(config.sink, ledger, hooks)
             await sink.open()
         except BaseException as exc:
             await self.release(None)

@@ -58,10 +58,10 @@ def io_message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _start_writer(writer: BodyStore | WarcArchive, what: str) -> None:
+async def _start_writer(writer: BodyStore | WarcArchive, what: str) -> None:
     """Start a storage writer; a failure is one clear line before the run starts."""
     try:
-        writer.start()
+        await writer.start()
     except OSError as exc:
         raise errors.UsageError(f"{what}: {io_message(exc)}") from None
 
@@ -202,7 +202,7 @@ class Crawling:
             counts["warc_records"] = warc.records
         return counts
 
-    def open_stores(self) -> SinkHooks:
+    async def open_stores(self) -> SinkHooks:
         """--save-dir and --warc: fail with one clear line before the run starts. Returns
         what the run's sink awaits: the bodies land before their records, and before a
         --state checkpoint commits, the bodies and WARC records are on disk."""
@@ -212,12 +212,12 @@ class Crawling:
             from crawler.bodies import BodyStore
 
             self._bodies = BodyStore(store.save_dir)
-            _start_writer(self._bodies, f"cannot use --save-dir {store.save_dir!r}")
+            await _start_writer(self._bodies, f"cannot use --save-dir {store.save_dir!r}")
         if store.warc is not None:
             from crawler.warc import WarcArchive
 
             self._warc = WarcArchive(store.warc, store.warc_max_size, append=ledger.resumed)
-            _start_writer(self._warc, f"cannot write --warc {store.warc!r}")
+            await _start_writer(self._warc, f"cannot write --warc {store.warc!r}")
         durable = ledger.durable and (self._bodies is not None or self._warc is not None)
         return SinkHooks(
             before_write=self._bodies.flush if self._bodies is not None else None,

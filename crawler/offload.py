@@ -67,11 +67,12 @@ class Offloaded:
         self._closed = False
         self._failed: OSError | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Start the child and let it open its files: errors surface here, before the run
-        (as OSError, also when the child could not start at all)."""
+        (as OSError, also when the child could not start at all). Awaited, never waited
+        for on the loop: a spawned child takes a good part of a second to start."""
         try:
-            self._pool.submit(_child_call, "start").result()
+            await asyncio.wrap_future(self._pool.submit(_child_call, "start"))
         except Exception as exc:  # noqa: BLE001 - any failure of the writer sticks (see _fail)
             raise self._fail(exc) from None
 

@@ -261,7 +261,7 @@ class StateStore:
         """Idempotent."""
         if self._db is not None or self._lock_fd is not None:
             await self._call(self._close)
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=False)  # its work is done: nothing to wait for
 
     def _close(self) -> None:
         if self._db is not None:
