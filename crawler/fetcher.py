@@ -76,12 +76,26 @@ class Fetcher:
     bugs_met: ClassVar[int] = 0
 
     def __init__(
-        self, session: aiohttp.ClientSession, config: FetchConfig, *, direct: bool | None = None
+        self,
+        session: aiohttp.ClientSession,
+        config: FetchConfig,
+        *,
+        direct: bool | None = None,
+        proxy: URL | None = None,
+        proxy_auth: aiohttp.BasicAuth | None = None,
+        remote_dns: bool = False,
     ) -> None:
         self._session = session
         self._config = config
         self._policy = address_policy(config)
-        self._check = self._policy.check_url if self._policy.active else None
+        # ``remote_dns``: a proxy resolves the target's names (crawler.proxied), so
+        # only what the name itself shows can be checked.
+        policy_check = self._policy.check_remote_url if remote_dns else self._policy.check_url
+        self._check = policy_check if self._policy.active else None
+        # An HTTP proxy (crawler.proxied: such a fetcher sends through the session,
+        # direct=False, which passes these to aiohttp).
+        self._proxy = proxy
+        self._proxy_auth = proxy_auth
         self._loop: asyncio.AbstractEventLoop | None = None
         # Requests go through aiohttp's own connector, request and response objects
         # without ClientSession._request around them (see _send), unless this aiohttp
@@ -179,6 +193,8 @@ class Fetcher:
                                 allow_redirects=False,
                                 auto_decompress=False,
                                 headers=self._credentials if credentials else None,
+                                proxy=self._proxy,
+                                proxy_auth=self._proxy_auth,
                                 timeout=ClientTimeout(
                                     total=left,
                                     sock_connect=config.connect_timeout,
