@@ -28,8 +28,13 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+from aiohttp import client_exceptions
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ClientRequest
+from multidict import CIMultiDict
 from yarl import URL
 
 from crawler import errors
@@ -175,15 +180,21 @@ class ProxiedFetcher(Fetcher):
             proxy, auth = None, None
         else:
             # The proxy's own name is resolved without the address policy.
-            connector = aiohttp.TCPConnector(**options)
+            connector = _TunnelConnector(**options)
             proxy = URL.build(scheme=spec.scheme, host=spec.host, port=spec.port)
             auth = None
             if spec.user is not None:
-                auth = aiohttp.BasicAuth(spec.user, spec.password or "")
+                token = aiohttp.encode_basic_auth(spec.user, spec.password or "")
+                auth = CIMultiDict({"Proxy-Authorization": token})
         session = make_session(config, connector)
         self._sessions.append(session)
         fetcher = Fetcher(
-            session, config, direct=False, proxy=proxy, proxy_auth=auth, remote_dns=spec.remote_dns
+            session,
+            config,
+            direct=False,
+            proxy=proxy,
+            proxy_headers=auth,
+            remote_dns=spec.remote_dns,
         )
         self._fetchers[spec] = fetcher
         return fetcher
@@ -194,6 +205,33 @@ class ProxiedFetcher(Fetcher):
         self._fetchers.clear()
         for session in sessions:
             await session.close()
+
+
+class _TunnelConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, with a proxy that hangs up on CONNECT (or answers it with
+    something that is not HTTP) reported as the proxy's failure, not the target's."""
+
+    async def _create_proxy_connection(
+        self,
+        req: ClientRequest,
+        traces: list[Any],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> tuple[asyncio.BaseTransport, ResponseHandler]:
+        try:
+            return await super()._create_proxy_connection(req, traces, timeout)
+        except (
+            client_exceptions.ServerDisconnectedError,
+            client_exceptions.ClientPayloadError,
+        ) as exc:
+            raise client_exceptions.ClientProxyConnectionError(
+                req.connection_key, OSError("the proxy hung up on CONNECT")
+            ) from exc
+        except client_exceptions.ClientResponseError as exc:
+            if isinstance(exc, client_exceptions.ClientHttpProxyError):
+                raise
+            raise client_exceptions.ClientProxyConnectionError(
+                req.connection_key, OSError(f"malformed answer to CONNECT: {exc.message}")
+            ) from exc
 
 
 @contextlib.asynccontextmanager
