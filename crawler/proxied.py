@@ -23,6 +23,7 @@ proxy's own address is never checked: the user chose it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import time
@@ -184,7 +185,8 @@ class ProxiedFetcher(Fetcher):
             proxy = URL.build(scheme=spec.scheme, host=spec.host, port=spec.port)
             auth = None
             if spec.user is not None:
-                token = aiohttp.encode_basic_auth(spec.user, spec.password or "")
+                pair = f"{spec.user}:{spec.password or ''}".encode()
+                token = "Basic " + base64.b64encode(pair).decode("ascii")
                 auth = CIMultiDict({"Proxy-Authorization": token})
         session = make_session(config, connector)
         self._sessions.append(session)
