@@ -21,8 +21,8 @@ from crawler.crawling import Crawling, io_message
 from crawler.frontier import Frontier
 from crawler.inputs import Source
 from crawler.limiter import DynamicSemaphore, HostTable
+from crawler.proxied import make_records
 from crawler.reader import Reader
-from crawler.records import Records
 from crawler.recordsink import RecordSink, SinkFactory
 from crawler.stats import Stats
 from crawler.stores import Stores
@@ -39,7 +39,7 @@ class Parts:
         self._clock = clock
         self.stats = Stats(clock, self)
         self.hosts = HostTable(config.limits, config.breaker, clock)
-        self.records = Records(config.fetch.method)  # reader and workers share it
+        self.records = make_records(config.fetch)  # reader and workers share it
         # Made by open():
         self.pages: Crawling  # crawl mode and storage
         self.frontier: Frontier

@@ -162,8 +162,30 @@ class FetchConfig:
     # 0: the connector adds no limit (and no second wait queue) of its own; requests in
     # flight are already bounded by the engine's concurrency limits.
     pool_size: int = 0
+    # Proxies (crawler.proxies): ``proxies`` for every URL (--proxy: one; --proxy-file: a
+    # pool); else ``scheme_proxies``, (scheme or "all", proxy URL) pairs (the environment's
+    # http_proxy, HTTPS_PROXY, ALL_PROXY as the CLI read them); ``noproxy``: hosts that go
+    # direct (--noproxy / NO_PROXY entries).
+    proxies: tuple[str, ...] = ()
+    scheme_proxies: tuple[tuple[str, str], ...] = ()
+    noproxy: tuple[str, ...] = ()
+
+    @property
+    def proxied(self) -> bool:
+        """Whether any request may go through a proxy (decided once per run)."""
+        return bool(self.proxies or self.scheme_proxies)
 
     def __post_init__(self) -> None:
+        from crawler.proxies import parse_proxy
+
+        for text in (*self.proxies, *(url for _, url in self.scheme_proxies)):
+            try:
+                parse_proxy(text)
+            except ValueError as exc:
+                raise ConfigError(f"proxy: {exc}", option="proxy") from None
+        for scheme, _ in self.scheme_proxies:
+            if scheme not in ("http", "https", "all"):
+                raise ConfigError(f"scheme_proxy: unknown scheme {scheme!r}")
         if self.method not in ("GET", "HEAD"):
             raise ConfigError(f"method must be GET or HEAD, got {self.method!r}")
         _positive("connect_timeout", self.connect_timeout)

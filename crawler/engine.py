@@ -51,6 +51,7 @@ from crawler.fetcher import Fetcher
 from crawler.frontier import Frontier
 from crawler.inputs import Source
 from crawler.progress import show_progress
+from crawler.proxied import open_fetcher
 from crawler.reader import Reader
 from crawler.recordsink import RecordSink, SinkFactory
 from crawler.session import make_session
@@ -135,8 +136,10 @@ class Engine:
                 signals.take_over(loop, self.request_stop, previous)
                 for _ in range(min(2, signals.take())):  # deferred by crawler.signals
                     self.request_stop()
-            async with make_session(config.fetch) as session:
-                fetcher = Fetcher(session, config.fetch)
+            async with (
+                make_session(config.fetch) as session,
+                open_fetcher(session, config.fetch, config.breaker, clock) as fetcher,
+            ):
                 pages.start(fetcher)
                 try:
                     await self._run_tasks(fetcher)

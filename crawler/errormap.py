@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import sys
 
 from aiohttp import client_exceptions, http_exceptions
 
@@ -23,6 +24,18 @@ def map_exception(exc: BaseException, *, deadline_left: float) -> errors.FetchEr
             return errors.Timeout("deadline exceeded")
         kind = "connect" if isinstance(exc, client_exceptions.ConnectionTimeoutError) else "read"
         return errors.AttemptTimeout(f"{kind} timeout")
+    # The proxy's own failures (crawler.proxied), before the connect and response errors
+    # they are subclasses of: they count against the proxy, not the target.
+    if isinstance(exc, client_exceptions.ClientProxyConnectionError):
+        return errors.ProxyError(f"cannot connect to proxy: {_describe(exc.os_error)}")
+    if isinstance(exc, client_exceptions.ClientHttpProxyError):
+        return errors.ProxyError(f"proxy answered CONNECT with {exc.status} {exc.message}")
+    if "aiohttp_socks" in sys.modules:  # imported only when a SOCKS proxy is used
+        from aiohttp_socks import ProxyConnectionError, ProxyTimeoutError
+        from aiohttp_socks import ProxyError as SocksError
+
+        if isinstance(exc, ProxyConnectionError | ProxyTimeoutError | SocksError):
+            return errors.ProxyError(f"SOCKS proxy: {safe_text(str(exc))}"[:300])
     if isinstance(exc, client_exceptions.ClientConnectorDNSError):
         return errors.DNSError(_describe(exc.os_error))
     if isinstance(exc, client_exceptions.ClientConnectorCertificateError):

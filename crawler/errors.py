@@ -15,6 +15,9 @@
         ├── HTTPStatusError   http          (final status >= 400)
         ├── CircuitOpen       circuit_open
         ├── Blocked           blocked       (--block-private refused the address)
+        ├── ProxyError        proxy         (the proxy failed: refused, hung up, CONNECT
+        │   │                                refused, SOCKS error; retryable)
+        │   └── NoLiveProxy   proxy         (every proxy of the pool is benched)
         ├── RobotsDisallowed  robots        (robots.txt disallows it; crawl mode)
         ├── Cancelled         cancelled     (the run was interrupted)
         └── InternalError     internal      (a bug in crawler, not the server's doing)
@@ -52,6 +55,7 @@ class FetchError(CrawlerError):
 
     kind: ClassVar[str] = "error"
     retryable: ClassVar[bool] = False
+    proxy: str | None = None  # the proxy the attempt went through (no credentials)
 
     def __init__(self, message: str, *, response: Answer | None = None) -> None:
         # Messages quote what servers sent (header values, reasons): make them valid UTF-8
@@ -115,6 +119,21 @@ class Blocked(FetchError):  # noqa: N818
     """The address policy (``--block-private``) refused the destination address."""
 
     kind = "blocked"
+
+
+class ProxyError(FetchError):
+    """The proxy itself failed: it refused the connection, hung up or answered CONNECT
+    with an error, or the SOCKS handshake failed. Another attempt may go through another
+    proxy of the pool (this one's breaker counts it)."""
+
+    kind = "proxy"
+    retryable = True
+
+
+class NoLiveProxy(ProxyError):  # noqa: N818 - like the other kinds
+    """Every proxy the URL could go through is benched by its breaker."""
+
+    retryable = False
 
 
 class RobotsDisallowed(FetchError):  # noqa: N818

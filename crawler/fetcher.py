@@ -76,12 +76,22 @@ class Fetcher:
     bugs_met: ClassVar[int] = 0
 
     def __init__(
-        self, session: aiohttp.ClientSession, config: FetchConfig, *, direct: bool | None = None
+        self,
+        session: aiohttp.ClientSession,
+        config: FetchConfig,
+        *,
+        direct: bool | None = None,
+        proxy: URL | None = None,
+        proxy_headers: CIMultiDict[str] | None = None,
+        remote_dns: bool = False,
     ) -> None:
         self._session = session
         self._config = config
         self._policy = address_policy(config)
-        self._check = self._policy.check_url if self._policy.active else None
+        # ``remote_dns``: a proxy resolves the target's names (crawler.proxied), so
+        # only what the name itself shows can be checked.
+        policy_check = self._policy.check_remote_url if remote_dns else self._policy.check_url
+        self._check = policy_check if self._policy.active else None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Requests go through aiohttp's own connector, request and response objects
         # without ClientSession._request around them (see _send), unless this aiohttp
@@ -98,6 +108,17 @@ class Fetcher:
         sensitive = sensitive_names(config)
         credentials = [(n, v) for n, v in config.headers if n.lower() in sensitive]
         self._credentials: CIMultiDict[str] | None = CIMultiDict(credentials) or None
+        # An HTTP proxy (crawler.proxied: such a fetcher sends through the session,
+        # direct=False, which passes these to aiohttp). ``proxy_headers`` (its
+        # Proxy-Authorization) go on a CONNECT, which aiohttp sends for an https target;
+        # an http target's request goes to the proxy itself, so they go on it.
+        self._proxy = proxy
+        self._proxy_headers = proxy_headers
+        self._plain_proxy_headers: tuple[CIMultiDict[str], CIMultiDict[str]] | None = None
+        if proxy_headers is not None:
+            with_credentials = CIMultiDict(proxy_headers)
+            with_credentials.extend(self._credentials or {})
+            self._plain_proxy_headers = (proxy_headers, with_credentials)
         # Reads the final response: the body up to --max-bytes; in WARC request records
         # the sensitive headers are redacted, always (a URL's user:password is sent as
         # Authorization). A bound method, so the call per URL costs what a method's does.
@@ -173,12 +194,18 @@ class Fetcher:
                         else:
                             # ceil_threshold keeps aiohttp from rounding the deadline
                             # up to whole seconds.
+                            extra = self._credentials if credentials else None
+                            plain = self._plain_proxy_headers
+                            if plain is not None and url.scheme == "http":
+                                extra = plain[1] if credentials else plain[0]
                             resp = await self._session.request(
                                 method,
                                 url,
                                 allow_redirects=False,
                                 auto_decompress=False,
-                                headers=self._credentials if credentials else None,
+                                headers=extra,
+                                proxy=self._proxy,
+                                proxy_headers=self._proxy_headers,
                                 timeout=ClientTimeout(
                                     total=left,
                                     sock_connect=config.connect_timeout,

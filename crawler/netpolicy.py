@@ -117,6 +117,16 @@ class AddressPolicy:
         if reason is not None:
             raise Blocked(f"blocked: {reason}")
 
+    def check_remote_url(self, url: URL) -> None:
+        """``check_url`` for a request whose proxy resolves the name (an HTTP proxy,
+        socks5h): the addresses behind a name are never seen here, so only IP literals
+        and the names that always mean this machine (``localhost``, ``*.localhost``,
+        RFC 6761) can be refused."""
+        self.check_url(url)
+        host = (url.raw_host or "").lower().rstrip(".")
+        if self.block_private and (host == "localhost" or host.endswith(".localhost")):
+            raise Blocked(f"blocked: {host} is this machine's own name")
+
     def override(self, host: str) -> str | None:
         for name, address in self.resolve:
             if name == "*" or name.lower() == host.lower():

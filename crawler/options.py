@@ -52,6 +52,10 @@ class _SharedOptions(TypedDict, total=False):
     save_dir: str | os.PathLike[str]
     warc: str | os.PathLike[str]
     warc_max_size: int
+    proxy: str
+    proxy_file: str | os.PathLike[str]
+    noproxy: str | Iterable[str]  # "a.com,b.com" or ["a.com", "b.com"]; "*": every host
+    scheme_proxy: Mapping[str, str]  # {"http"|"https"|"all": proxy URL}; used without proxy
 
 
 class FetchOptions(_SharedOptions, total=False):
@@ -161,6 +165,43 @@ def _headers(value: object) -> tuple[tuple[str, str], ...]:
     return tuple((name.strip(" \t"), text.strip(" \t")) for name, text in pairs)
 
 
+def _proxy_option(fetch: dict[str, Any], name: str, value: object) -> None:
+    """--proxy, --proxy-file (one proxy URL a line, # comments), --noproxy, and the
+    proxies the CLI read from the environment (used only without the other two)."""
+    from crawler.proxies import parse_noproxy
+
+    if name == "proxy":
+        if "proxies" in fetch:
+            raise ConfigError("proxy and proxy_file cannot be combined", option="proxy")
+        fetch["proxies"] = (_typed(name, value, str),)
+    elif name == "proxy_file":
+        if "proxies" in fetch:
+            raise ConfigError("proxy and proxy_file cannot be combined", option="proxy")
+        if not isinstance(value, str | os.PathLike):
+            raise ConfigError(f"proxy_file must be a path, got {value!r}")
+        path = os.fspath(value)
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = [line.strip() for line in f]
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(
+                f"cannot read proxy_file {path!r}: {reason}", option="proxy_file"
+            ) from None
+        proxies = tuple(line for line in lines if line and not line.startswith("#"))
+        if not proxies:
+            raise ConfigError(f"proxy_file {path!r} has no proxy in it", option="proxy_file")
+        fetch["proxies"] = proxies
+    elif name == "noproxy":
+        entries = parse_noproxy(value) if isinstance(value, str) else _strings(name, value)
+        fetch["noproxy"] = entries
+    elif isinstance(value, Mapping):
+        pairs = tuple((_typed(name, k, str), _typed(name, v, str)) for k, v in value.items())
+        fetch["scheme_proxies"] = pairs
+    else:
+        raise ConfigError(f"scheme_proxy must be a mapping, got {value!r}")
+
+
 def run_config(
     options: Mapping[str, object], *, crawl: bool, sink: SinkConfig | None = None
 ) -> RunConfig:
@@ -196,6 +237,8 @@ def run_config(
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
             slices["fetch"]["resolve"] = resolved
+        elif name in ("proxy", "proxy_file", "noproxy", "scheme_proxy"):
+            _proxy_option(slices["fetch"], name, value)
         elif name in ("save_dir", "warc"):
             if not isinstance(value, str | os.PathLike):
                 raise ConfigError(f"{name} must be a path, got {value!r}")
@@ -207,6 +250,8 @@ def run_config(
             slices["crawl"]["sitemap_urls"] = urls
             if urls:
                 slices["crawl"]["sitemaps"] = True
+    if "proxies" in slices["fetch"]:
+        slices["fetch"].pop("scheme_proxies", None)  # --proxy overrides the environment
     return RunConfig(
         input=InputConfig(**slices["input"]),
         limits=LimitConfig(**slices["limits"]),

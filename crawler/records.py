@@ -30,6 +30,7 @@ class ErrorKind(StrEnum):
     ROBOTS = "robots"
     CANCELLED = "cancelled"
     BLOCKED = "blocked"
+    PROXY = "proxy"
     INTERNAL = "internal"
 
 

@@ -31,16 +31,17 @@ _ASK_ENCODINGS: Final = (
 )
 
 
-def make_session(config: FetchConfig) -> aiohttp.ClientSession:
-    """The one pooled session of a run: keep-alive, DNS cache, no cookie jar."""
-    policy = address_policy(config)
-    connector = aiohttp.TCPConnector(
-        limit=config.pool_size,
-        limit_per_host=0,  # per-host limits are enforced by the frontier, not here
-        ttl_dns_cache=config.dns_cache_ttl,
-        ssl=config.verify_tls,
-        resolver=PolicyResolver(policy) if policy.active else None,
-    )
+def make_session(
+    config: FetchConfig, connector: aiohttp.TCPConnector | None = None
+) -> aiohttp.ClientSession:
+    """The one pooled session of a run: keep-alive, DNS cache, no cookie jar. A proxy's
+    session (crawler.proxied) is the same around the connector it is given."""
+    if connector is None:
+        policy = address_policy(config)
+        connector = aiohttp.TCPConnector(
+            **connector_options(config),
+            resolver=PolicyResolver(policy) if policy.active else None,
+        )
     _bound_informational(connector)
     headers = CIMultiDict({"User-Agent": config.user_agent})
     if _ASK_ENCODINGS:
@@ -61,6 +62,17 @@ def make_session(config: FetchConfig) -> aiohttp.ClientSession:
         auto_decompress=False,  # crawler.body decodes, and sees a truncated stream
         trust_env=False,
     )
+
+
+def connector_options(config: FetchConfig) -> dict[str, Any]:
+    """What every connector of a run is made with (the resolver apart: a proxy's
+    connector resolves its own way, see crawler.proxied)."""
+    return {
+        "limit": config.pool_size,
+        "limit_per_host": 0,  # per-host limits are enforced by the frontier, not here
+        "ttl_dns_cache": config.dns_cache_ttl,
+        "ssl": config.verify_tls,
+    }
 
 
 def sensitive_names(config: FetchConfig) -> frozenset[str]:

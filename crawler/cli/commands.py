@@ -46,6 +46,10 @@ _AFTER_DEDUP = (
     "warc",
     "warc_max_size",
     "no_uvloop",
+    "proxy",
+    "proxy_file",
+    "noproxy",
+    "no_env_proxy",
 )
 FETCH_OPTIONS = (*_BEFORE_METHOD, "method", *_BEFORE_DEDUP, "no_dedup", *_AFTER_DEDUP)
 CRAWL_OPTIONS = (*_BEFORE_METHOD, *_BEFORE_DEDUP, *_AFTER_DEDUP)

@@ -236,6 +236,40 @@ WarcMaxSize = Annotated[
         help="Start a new WARC file past this size (e.g. 1G).",
     ),
 ]
+ProxyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--proxy",
+        "-x",
+        metavar="URL",
+        help="Send every request through this proxy: http://, https://, socks5:// (local "
+        "DNS) or socks5h:// (the proxy resolves), [user:password@]host[:port].",
+    ),
+]
+ProxyFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--proxy-file",
+        metavar="FILE",
+        help="A pool of proxies, one URL a line: each host sticks to one; a failing proxy "
+        "is benched and its hosts move.",
+    ),
+]
+NoProxy = Annotated[
+    str | None,
+    typer.Option(
+        "--noproxy",
+        metavar="HOSTS",
+        help="Comma list of hosts (and their subdomains, IPs, CIDRs) that go direct; '*': all.",
+    ),
+]
+NoEnvProxy = Annotated[
+    bool,
+    typer.Option(
+        "--no-env-proxy",
+        help="Ignore http_proxy, HTTPS_PROXY, ALL_PROXY and NO_PROXY in the environment.",
+    ),
+]
 
 
 def _defaults(cls: type[Any]) -> dict[str, Any]:
@@ -292,6 +326,10 @@ class RunOptions:
     warc: Path | None = _STORE["warc"]
     warc_max_size: int = _STORE["warc_max_size"]
     no_uvloop: bool = False
+    proxy: str | None = None
+    proxy_file: Path | None = None
+    noproxy: str | None = None
+    no_env_proxy: bool = False
 
     def config(self, crawl: Mapping[str, object] | None = None) -> RunConfig:
         """The frozen config slices each component receives, built by the Python API's
@@ -300,11 +338,31 @@ class RunOptions:
         takes = (FetchOptions if crawl is None else CrawlOptions).__optional_keys__
         given = {name: getattr(self, name) for name in _RUN_OPTIONS if name in takes}
         given.update(crawl or {})
+        given.update(self._env_proxies())
         return run_config(
             {name: value for name, value in given.items() if value is not None},
             crawl=crawl is not None,
             sink=SinkConfig(output=self.output),
         )
+
+    def _env_proxies(self) -> dict[str, object]:
+        """The environment's proxies (curl's rules: crawler.cli.proxyenv), unless
+        --no-env-proxy; --proxy/--proxy-file and --noproxy take precedence."""
+        if self.no_env_proxy:
+            return {}
+        import os
+
+        from crawler.cli.proxyenv import env_noproxy, env_proxies
+
+        found: dict[str, object] = {}
+        if self.proxy is None and self.proxy_file is None:
+            schemes = env_proxies(os.environ)
+            if schemes:
+                found["scheme_proxy"] = schemes
+        noproxy = env_noproxy(os.environ)
+        if self.noproxy is None and noproxy is not None:
+            found["noproxy"] = noproxy
+        return found
 
 
 # Each RunOptions field's option: typer's declaration of it.
@@ -342,6 +400,10 @@ OPTIONS: Final[dict[str, Any]] = {
     "warc": Warc,
     "warc_max_size": WarcMaxSize,
     "no_uvloop": NoUvloop,
+    "proxy": ProxyOpt,
+    "proxy_file": ProxyFile,
+    "noproxy": NoProxy,
+    "no_env_proxy": NoEnvProxy,
 }
 _DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(RunOptions)}
 # The RunOptions fields that shape the run's config (the others: where and how it reports).

@@ -146,6 +146,7 @@ def serve(
     concurrency=100,
     per_host=0,
     grace=0.0,
+    no_env_proxy=True,  # the embedded server is never behind the environment's proxy
 )
 def bench(
     n: Annotated[int, typer.Option("-n", min=1, metavar="N", help="URLs per round.")] = 50_000,
