@@ -62,7 +62,7 @@ class Runner:
         notice: Callable[[], None] | None = None,
     ) -> None:
         from crawler.engine import Engine  # imported late: keeps `crawler --help` fast
-        from crawler.stores import Stores, resumable
+        from crawler.stores import Stores
 
         self.store: StateStore | None = None
         if state is not None:
@@ -82,6 +82,8 @@ class Runner:
             )
         stores: Stores | None = None  # None: the engine's, in memory
         if self.store is not None:
+            from crawler.state import resumable
+
             stores = resumable(self.store, queue_memory=config.limits.queue_size)
         self._to_channel = channel
         # Made by the engine once its ledger is open (a state file refused fails before).

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -46,9 +46,9 @@ import orjson
 from crawler import statefile
 from crawler.dedup import from_sql, to_sql
 from crawler.errors import UsageError
-from crawler.linkqueue import Link
+from crawler.linkqueue import Link, LinkQueue
 from crawler.statefile import APPLICATION_ID, FORMAT, PENDING_TABLE
-from crawler.stores import DONE_BEFORE, FRESH, REPEAT
+from crawler.stores import DONE_BEFORE, FRESH, REPEAT, Stores
 
 T = TypeVar("T")
 
@@ -278,3 +278,25 @@ def _shown(key: str, value: Any) -> str:
     if key == "output" and value is None:
         return "stdout"
     return repr(value)
+
+
+class ResumedQueue(LinkQueue):
+    """With ``--state``: the links the job's earlier runs committed as found and did
+    not do come first (in the order found), then this run's."""
+
+    def __init__(self, state: StateStore, memory: int, spill_dir: str | None) -> None:
+        super().__init__(memory, spill_dir)
+        self._state = state
+
+    async def carried_over(self) -> AsyncIterator[list[Link]]:
+        after = 0
+        while rows := await self._state.pending(after, 4096):
+            after = rows[-1][0]
+            yield [Link(url, depth, parent, fp) for _, fp, url, depth, parent in rows]
+
+
+def resumable(state: StateStore, *, queue_memory: int = 512) -> Stores:
+    """The seams of a ``--state`` run: the SQLite file claims and commits; links spill
+    beside it."""
+    spill_dir = os.path.dirname(os.path.abspath(state.path))
+    return Stores(state, state, ResumedQueue(state, queue_memory, spill_dir))

@@ -5,12 +5,12 @@
                found and the output's committed position, in one step
     WorkQueue  where discovered links wait for the frontier
 
-Two sets stand behind them today: ``memory()`` (a run on its own: a ``FingerprintSet``,
-nothing to commit, a ``LinkQueue`` that spills to a temporary file) and, with ``--state``,
-``crawler.state.StateStore`` (SQLite: it is both the Seen and the Ledger, so a claim and a
-commit share one database) with a ``ResumedQueue`` that first hands back the links an
-earlier run left waiting. Shared ones (several processes, several machines) come next;
-the engine never asks which it has.
+Two sets stand behind them today: ``memory()`` here (a run on its own: a
+``FingerprintSet``, nothing to commit, a ``LinkQueue`` that spills to a temporary file)
+and, with ``--state``, ``crawler.state.resumable()`` (SQLite: the ``StateStore`` is both
+the Seen and the Ledger, so a claim and a commit share one database, and a
+``ResumedQueue`` first hands back the links an earlier run left waiting). Shared ones
+(several processes, several machines) come next; the engine never asks which it has.
 
 Seen and Ledger are called once per batch (an input batch, a page's links, a
 checkpoint), never per URL.
@@ -18,16 +18,12 @@ checkpoint), never per URL.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
 from crawler.dedup import FingerprintSet
 from crawler.linkqueue import Link, LinkQueue
-
-if TYPE_CHECKING:
-    from crawler.state import StateStore
 
 # What Seen.claim says of each fingerprint:
 FRESH: Final = 1  # new: claimed now, for this run to do
@@ -137,21 +133,6 @@ class MemoryQueue(LinkQueue):
         yield  # an async generator that yields nothing
 
 
-class ResumedQueue(LinkQueue):
-    """With ``--state``: the links the job's earlier runs committed as found and did
-    not do come first (in the order found), then this run's."""
-
-    def __init__(self, state: StateStore, memory: int, spill_dir: str | None) -> None:
-        super().__init__(memory, spill_dir)
-        self._state = state
-
-    async def carried_over(self) -> AsyncIterator[list[Link]]:
-        after = 0
-        while rows := await self._state.pending(after, 4096):
-            after = rows[-1][0]
-            yield [Link(url, depth, parent, fp) for _, fp, url, depth, parent in rows]
-
-
 @dataclass(frozen=True, slots=True)
 class Stores:
     """The three seams of one run, handed to the engine."""
@@ -164,9 +145,3 @@ class Stores:
 def memory(*, dedup: bool = True, queue_memory: int = 512) -> Stores:
     """A run that remembers nothing past its end."""
     return Stores(MemorySeen() if dedup else NoSeen(), MemoryLedger(), MemoryQueue(queue_memory))
-
-
-def resumable(state: StateStore, *, queue_memory: int = 512) -> Stores:
-    """``--state``: the SQLite file claims and commits; links spill beside it."""
-    spill_dir = os.path.dirname(os.path.abspath(state.path))
-    return Stores(state, state, ResumedQueue(state, queue_memory, spill_dir))
