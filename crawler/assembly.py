@@ -24,6 +24,7 @@ from crawler.limiter import DynamicSemaphore, HostTable
 from crawler.reader import Reader
 from crawler.records import Records
 from crawler.recordsink import RecordSink, SinkFactory
+from crawler.sessions import RevisitRecords
 from crawler.stats import Stats
 from crawler.stores import Stores
 from crawler.worker import Workers
@@ -39,7 +40,9 @@ class Parts:
         self._clock = clock
         self.stats = Stats(clock, self)
         self.hosts = HostTable(config.limits, config.breaker, clock)
-        self.records = Records(config.fetch.method)  # reader and workers share it
+        # Reader and workers share it; with --etags, records say whether a URL was modified.
+        records = Records if config.fetch.etags is None else RevisitRecords
+        self.records = records(config.fetch.method)
         # Made by open():
         self.pages: Crawling  # crawl mode and storage
         self.frontier: Frontier

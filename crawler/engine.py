@@ -54,6 +54,7 @@ from crawler.progress import show_progress
 from crawler.reader import Reader
 from crawler.recordsink import RecordSink, SinkFactory
 from crawler.session import make_session
+from crawler.sessions import make_fetcher
 from crawler.sink import OutputClosed, Sink
 from crawler.stats import Snapshot, Stats
 from crawler.stores import Stores, memory
@@ -136,12 +137,16 @@ class Engine:
                 for _ in range(min(2, signals.take())):  # deferred by crawler.signals
                     self.request_stop()
             async with make_session(config.fetch) as session:
-                fetcher = Fetcher(session, config.fetch)
+                fetcher = make_fetcher(session, config.fetch)
+                await fetcher.open()
                 pages.start(fetcher)
                 try:
-                    await self._run_tasks(fetcher)
-                    if self._stopping and not source.eof and self._signals < 2:
-                        await self._reading.wait_count()  # not after a second signal
+                    try:
+                        await self._run_tasks(fetcher)
+                        if self._stopping and not source.eof and self._signals < 2:
+                            await self._reading.wait_count()  # not after a second signal
+                    finally:
+                        await asyncio.shield(fetcher.aclose())  # --cookie-jar, --etags
                 except* OutputClosed:
                     output_closed = True
                 except* errors.UsageError as group:

@@ -97,6 +97,10 @@ class Fetcher:
         # fetch), never after a redirect to another origin (curl does the same).
         sensitive = sensitive_names(config)
         credentials = [(n, v) for n, v in config.headers if n.lower() in sensitive]
+        if config.cookie:  # --cookie: a credential too, in one Cookie header with -H's
+            given = [v for n, v in credentials if n.lower() == "cookie"]
+            credentials = [(n, v) for n, v in credentials if n.lower() != "cookie"]
+            credentials.append(("Cookie", "; ".join((*given, *config.cookie))))
         self._credentials: CIMultiDict[str] | None = CIMultiDict(credentials) or None
         # Reads the final response: the body up to --max-bytes; in WARC request records
         # the sensitive headers are redacted, always (a URL's user:password is sent as
@@ -109,6 +113,12 @@ class Fetcher:
         self._headers_with_credentials.extend(credentials)
         # Bugs already reported on stderr (see _bug): (type, file, line) of each.
         self._bugs: set[tuple[str, str, int]] = set()
+
+    async def open(self) -> None:
+        """Before the first request (crawler.sessions' fetcher loads its files here)."""
+
+    async def aclose(self) -> None:
+        """After the last request (crawler.sessions' fetcher saves its files here)."""
 
     @property
     def has_credentials(self) -> bool:
@@ -169,21 +179,14 @@ class Fetcher:
                 try:
                     with timer:
                         if direct:
-                            resp = await self._send(method, url, credentials)
-                        else:
-                            # ceil_threshold keeps aiohttp from rounding the deadline
-                            # up to whole seconds.
-                            resp = await self._session.request(
+                            resp = await self._send(
                                 method,
                                 url,
-                                allow_redirects=False,
-                                auto_decompress=False,
-                                headers=self._credentials if credentials else None,
-                                timeout=ClientTimeout(
-                                    total=left,
-                                    sock_connect=config.connect_timeout,
-                                    ceil_threshold=_NO_CEIL,
-                                ),
+                                self._headers_with_credentials if credentials else self._headers,
+                            )
+                        else:
+                            resp = await self._request(
+                                method, url, self._credentials if credentials else None, left
                             )
                         try:
                             status = resp.status
@@ -245,7 +248,23 @@ class Fetcher:
             )
             sys.stderr.flush()
 
-    async def _send(self, method: str, url: URL, credentials: bool) -> ClientResponse:
+    async def _request(
+        self, method: str, url: URL, headers: CIMultiDict[str] | None, left: float
+    ) -> ClientResponse:
+        """One request through ClientSession.request (when _send cannot be used)."""
+        # ceil_threshold keeps aiohttp from rounding the deadline up to whole seconds.
+        return await self._session.request(
+            method,
+            url,
+            allow_redirects=False,
+            auto_decompress=False,
+            headers=headers,
+            timeout=ClientTimeout(
+                total=left, sock_connect=self._config.connect_timeout, ceil_threshold=_NO_CEIL
+            ),
+        )
+
+    async def _send(self, method: str, url: URL, headers: CIMultiDict[str]) -> ClientResponse:
         """Send one request and read its response head, through aiohttp's connector
         (pool, DNS cache, TLS, our resolver), ClientRequest and ClientResponse.
 
@@ -257,7 +276,6 @@ class Fetcher:
         """
         session = self._session
         connector = self._connector
-        headers = self._headers_with_credentials if credentials else self._headers
         retry = True
         while True:
             req = ClientRequest(method, url, headers=headers, loop=self._loop, session=session)

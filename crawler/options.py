@@ -52,6 +52,13 @@ class _SharedOptions(TypedDict, total=False):
     save_dir: str | os.PathLike[str]
     warc: str | os.PathLike[str]
     warc_max_size: int
+    cookies: bool  # default: off for a fetch, on for a crawl
+    cookie: Iterable[str]  # ["name=value", "a=1; b=2"]
+    cookie_jar: str | os.PathLike[str]
+    cacert: str | os.PathLike[str]
+    cert: str | os.PathLike[str]
+    key: str | os.PathLike[str]
+    etags: str | os.PathLike[str]
 
 
 class FetchOptions(_SharedOptions, total=False):
@@ -113,6 +120,7 @@ _FIELDS: Final[dict[str, tuple[str, str, type, bool]]] = {
     "user_agent": ("fetch", "user_agent", str, False),
     "insecure": ("fetch", "verify_tls", bool, True),
     "block_private": ("fetch", "block_private", bool, False),
+    "cookies": ("fetch", "cookies", bool, False),
     "no_dedup": ("input", "dedup", bool, True),
     "warc_max_size": ("store", "warc_max_size", int, False),
     "scope": ("crawl", "scope", str, False),
@@ -123,6 +131,9 @@ _FIELDS: Final[dict[str, tuple[str, str, type, bool]]] = {
     "ignore_robots": ("crawl", "obey_robots", bool, True),
     "sitemaps": ("crawl", "sitemaps", bool, False),
 }
+
+
+_SESSION_FILES: Final = ("cookie_jar", "cacert", "cert", "key", "etags")
 
 
 def _typed(name: str, value: object, kind: type) -> Any:
@@ -200,6 +211,14 @@ def run_config(
             if not isinstance(value, str | os.PathLike):
                 raise ConfigError(f"{name} must be a path, got {value!r}")
             slices["store"][name] = os.fspath(value)
+        elif name in _SESSION_FILES:
+            if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+                raise ConfigError(f"{name} must be a path, got {value!r}")
+            slices["fetch"][name] = os.fspath(value)
+        elif name == "cookie":
+            # curl -b "a=1; b=2" gives two cookies: so does one --cookie.
+            pairs = (p.strip() for text in _strings(name, value) for p in text.split(";"))
+            slices["fetch"]["cookie"] = tuple(p for p in pairs if p)
         elif name in ("include", "exclude"):
             slices["crawl"][name] = _strings(name, value)
         elif name == "sitemap":
@@ -207,6 +226,11 @@ def run_config(
             slices["crawl"]["sitemap_urls"] = urls
             if urls:
                 slices["crawl"]["sitemaps"] = True
+    fetch = slices["fetch"]
+    if "cookies" not in fetch:
+        # As Scrapy: a crawl keeps its cookies, a fetch of a list does not; a jar file
+        # to load and save turns the jar on (as curl -c does).
+        fetch["cookies"] = crawl or "cookie_jar" in fetch
     return RunConfig(
         input=InputConfig(**slices["input"]),
         limits=LimitConfig(**slices["limits"]),

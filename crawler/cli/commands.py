@@ -47,8 +47,16 @@ _AFTER_DEDUP = (
     "warc_max_size",
     "no_uvloop",
 )
-FETCH_OPTIONS = (*_BEFORE_METHOD, "method", *_BEFORE_DEDUP, "no_dedup", *_AFTER_DEDUP)
-CRAWL_OPTIONS = (*_BEFORE_METHOD, *_BEFORE_DEDUP, *_AFTER_DEDUP)
+_SESSIONS = ("cookies", "cookie", "cookie_jar", "cacert", "cert", "key", "etags")
+FETCH_OPTIONS = (
+    *_BEFORE_METHOD,
+    "method",
+    *_BEFORE_DEDUP,
+    "no_dedup",
+    *_AFTER_DEDUP,
+    *_SESSIONS,
+)
+CRAWL_OPTIONS = (*_BEFORE_METHOD, *_BEFORE_DEDUP, *_AFTER_DEDUP, *_SESSIONS)
 
 InputArgs = Annotated[
     list[str] | None,
