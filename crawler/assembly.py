@@ -16,14 +16,16 @@ import sqlite3
 from collections.abc import Callable
 
 from crawler import errors, signals
-from crawler.config import RunConfig
+from crawler.config import FetchConfig, RunConfig
 from crawler.crawling import Crawling, io_message
 from crawler.frontier import Frontier
 from crawler.inputs import Source
 from crawler.limiter import DynamicSemaphore, HostTable
-from crawler.proxied import make_records
+from crawler.proxied import ProxiedRecords
 from crawler.reader import Reader
+from crawler.records import Records
 from crawler.recordsink import RecordSink, SinkFactory
+from crawler.sessions import RevisitRecords
 from crawler.stats import Stats
 from crawler.stores import Stores
 from crawler.worker import Workers
@@ -39,7 +41,7 @@ class Parts:
         self._clock = clock
         self.stats = Stats(clock, self)
         self.hosts = HostTable(config.limits, config.breaker, clock)
-        self.records = make_records(config.fetch)  # reader and workers share it
+        self.records = _records(config.fetch)  # reader and workers share it
         # Made by open():
         self.pages: Crawling  # crawl mode and storage
         self.frontier: Frontier
@@ -138,3 +140,19 @@ class Parts:
 
     def crawl_counts(self) -> dict[str, int] | None:
         return self.pages.counts()
+
+
+def _records(config: FetchConfig) -> Records:
+    """The records builder of the run: through proxies, records name the proxy; with
+    --etags, they say whether the answer was 304 (decided once, not per URL)."""
+    kinds: list[type[Records]] = []
+    if config.proxied:
+        kinds.append(ProxiedRecords)
+    if config.etags is not None:
+        kinds.append(RevisitRecords)
+    if not kinds:
+        return Records(config.method)
+    kind: type[Records] = kinds[0]
+    if len(kinds) > 1:
+        kind = type("Records", tuple(kinds), {"__slots__": ()})
+    return kind(config.method)

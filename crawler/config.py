@@ -41,6 +41,10 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # A GET has no body: a framing header of our own would desynchronise the connection.
 _FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "upgrade"))
+# One cookie given as --cookie: a token name, "=", a value without separators (RFC 6265).
+_COOKIE_PAIR = re.compile(
+    r"[!#$%&'*+.^_`|~0-9A-Za-z-]+=[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*"
+)
 
 
 def _header_problem(name: str, value: str) -> str | None:
@@ -170,6 +174,16 @@ class FetchConfig:
     scheme_proxies: tuple[tuple[str, str], ...] = ()
     noproxy: tuple[str, ...] = ()
 
+    # Sessions, TLS and revisits (crawler.sessions): all off by default, and then nothing
+    # per request changes.
+    cookies: bool = False  # a cookie jar for the run (crawl mode turns it on by default)
+    cookie: tuple[str, ...] = ()  # "name=value" pairs, sent only to the seeds' origins
+    cookie_jar: str | None = None  # Netscape cookies.txt: loaded at start, saved at the end
+    cacert: str | None = None  # CA bundle trusted instead of the system's (curl --cacert)
+    cert: str | None = None  # client certificate (PEM), with its key unless --key is given
+    key: str | None = None
+    etags: str | None = None  # revisit file: validators kept, conditional requests sent
+
     @property
     def proxied(self) -> bool:
         """Whether any request may go through a proxy (decided once per run)."""
@@ -208,6 +222,22 @@ class FetchConfig:
                 f"invalid user_agent {self.user_agent!r}: control characters in value",
                 option="user_agent",
             )
+        for pair in self.cookie:
+            if not _COOKIE_PAIR.fullmatch(pair):
+                raise ConfigError(
+                    f"invalid cookie {pair!r}: expected 'name=value' (no ';', spaces or "
+                    "control characters)",
+                    option="cookie",
+                )
+        if self.cookie_jar is not None and not self.cookies:
+            raise ConfigError("cookie_jar needs cookies (a jar to load and save)")
+        if self.key is not None and self.cert is None:
+            raise ConfigError("key needs cert (the client certificate)", option="key")
+
+    @property
+    def session_state(self) -> bool:
+        """Whether requests carry state of the run (a cookie jar, stored validators)."""
+        return self.cookies or self.etags is not None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

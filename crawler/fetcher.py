@@ -107,6 +107,10 @@ class Fetcher:
         # fetch), never after a redirect to another origin (curl does the same).
         sensitive = sensitive_names(config)
         credentials = [(n, v) for n, v in config.headers if n.lower() in sensitive]
+        if config.cookie:  # --cookie: a credential too, in one Cookie header with -H's
+            given = [v for n, v in credentials if n.lower() == "cookie"]
+            credentials = [(n, v) for n, v in credentials if n.lower() != "cookie"]
+            credentials.append(("Cookie", "; ".join((*given, *config.cookie))))
         self._credentials: CIMultiDict[str] | None = CIMultiDict(credentials) or None
         # An HTTP proxy (crawler.proxied: such a fetcher sends through the session,
         # direct=False, which passes these to aiohttp). ``proxy_headers`` (its
@@ -190,28 +194,17 @@ class Fetcher:
                 try:
                     with timer:
                         if direct:
-                            resp = await self._send(method, url, credentials)
+                            resp = await self._send(
+                                method,
+                                url,
+                                self._headers_with_credentials if credentials else self._headers,
+                            )
                         else:
-                            # ceil_threshold keeps aiohttp from rounding the deadline
-                            # up to whole seconds.
                             extra = self._credentials if credentials else None
                             plain = self._plain_proxy_headers
                             if plain is not None and url.scheme == "http":
                                 extra = plain[1] if credentials else plain[0]
-                            resp = await self._session.request(
-                                method,
-                                url,
-                                allow_redirects=False,
-                                auto_decompress=False,
-                                headers=extra,
-                                proxy=self._proxy,
-                                proxy_headers=self._proxy_headers,
-                                timeout=ClientTimeout(
-                                    total=left,
-                                    sock_connect=config.connect_timeout,
-                                    ceil_threshold=_NO_CEIL,
-                                ),
-                            )
+                            resp = await self._request(method, url, extra, left)
                         try:
                             status = resp.status
                             rh = resp.headers
@@ -272,7 +265,25 @@ class Fetcher:
             )
             sys.stderr.flush()
 
-    async def _send(self, method: str, url: URL, credentials: bool) -> ClientResponse:
+    async def _request(
+        self, method: str, url: URL, headers: CIMultiDict[str] | None, left: float
+    ) -> ClientResponse:
+        """One request through ClientSession.request (when _send cannot be used)."""
+        # ceil_threshold keeps aiohttp from rounding the deadline up to whole seconds.
+        return await self._session.request(
+            method,
+            url,
+            allow_redirects=False,
+            auto_decompress=False,
+            headers=headers,
+            proxy=self._proxy,
+            proxy_headers=self._proxy_headers,
+            timeout=ClientTimeout(
+                total=left, sock_connect=self._config.connect_timeout, ceil_threshold=_NO_CEIL
+            ),
+        )
+
+    async def _send(self, method: str, url: URL, headers: CIMultiDict[str]) -> ClientResponse:
         """Send one request and read its response head, through aiohttp's connector
         (pool, DNS cache, TLS, our resolver), ClientRequest and ClientResponse.
 
@@ -284,7 +295,6 @@ class Fetcher:
         """
         session = self._session
         connector = self._connector
-        headers = self._headers_with_credentials if credentials else self._headers
         retry = True
         while True:
             req = ClientRequest(method, url, headers=headers, loop=self._loop, session=session)

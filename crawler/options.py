@@ -56,6 +56,13 @@ class _SharedOptions(TypedDict, total=False):
     proxy_file: str | os.PathLike[str]
     noproxy: str | Iterable[str]  # "a.com,b.com" or ["a.com", "b.com"]; "*": every host
     scheme_proxy: Mapping[str, str]  # {"http"|"https"|"all": proxy URL}; used without proxy
+    cookies: bool  # default: off for a fetch, on for a crawl
+    cookie: Iterable[str]  # ["name=value", "a=1; b=2"]
+    cookie_jar: str | os.PathLike[str]
+    cacert: str | os.PathLike[str]
+    cert: str | os.PathLike[str]
+    key: str | os.PathLike[str]
+    etags: str | os.PathLike[str]
 
 
 class FetchOptions(_SharedOptions, total=False):
@@ -117,6 +124,7 @@ _FIELDS: Final[dict[str, tuple[str, str, type, bool]]] = {
     "user_agent": ("fetch", "user_agent", str, False),
     "insecure": ("fetch", "verify_tls", bool, True),
     "block_private": ("fetch", "block_private", bool, False),
+    "cookies": ("fetch", "cookies", bool, False),
     "no_dedup": ("input", "dedup", bool, True),
     "warc_max_size": ("store", "warc_max_size", int, False),
     "scope": ("crawl", "scope", str, False),
@@ -127,6 +135,9 @@ _FIELDS: Final[dict[str, tuple[str, str, type, bool]]] = {
     "ignore_robots": ("crawl", "obey_robots", bool, True),
     "sitemaps": ("crawl", "sitemaps", bool, False),
 }
+
+
+_SESSION_FILES: Final = ("cookie_jar", "cacert", "cert", "key", "etags")
 
 
 def _typed(name: str, value: object, kind: type) -> Any:
@@ -243,6 +254,14 @@ def run_config(
             if not isinstance(value, str | os.PathLike):
                 raise ConfigError(f"{name} must be a path, got {value!r}")
             slices["store"][name] = os.fspath(value)
+        elif name in _SESSION_FILES:
+            if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+                raise ConfigError(f"{name} must be a path, got {value!r}")
+            slices["fetch"][name] = os.fspath(value)
+        elif name == "cookie":
+            # curl -b "a=1; b=2" gives two cookies: so does one --cookie.
+            pairs = (p.strip() for text in _strings(name, value) for p in text.split(";"))
+            slices["fetch"]["cookie"] = tuple(p for p in pairs if p)
         elif name in ("include", "exclude"):
             slices["crawl"][name] = _strings(name, value)
         elif name == "sitemap":
@@ -250,6 +269,11 @@ def run_config(
             slices["crawl"]["sitemap_urls"] = urls
             if urls:
                 slices["crawl"]["sitemaps"] = True
+    fetch = slices["fetch"]
+    if "cookies" not in fetch:
+        # As Scrapy: a crawl keeps its cookies, a fetch of a list does not; a jar file
+        # to load and save turns the jar on (as curl -c does).
+        fetch["cookies"] = crawl or "cookie_jar" in fetch
     if "proxies" in slices["fetch"]:
         slices["fetch"].pop("scheme_proxies", None)  # --proxy overrides the environment
     return RunConfig(

@@ -47,6 +47,7 @@ from crawler.proxies import Bypass, Pool, ProxySpec, parse_proxy
 from crawler.records import Answer, Failure, Record, Records, Task
 from crawler.response import KEEP_NONE, Response
 from crawler.session import address_policy, connector_options, make_session
+from crawler.sessions import SessionState, make_fetcher, session_state
 
 # A proxy is benched after this many consecutive failures when --breaker-threshold is 0
 # (no host breakers): a dead proxy must still stop taking every host's requests.
@@ -81,10 +82,6 @@ class ProxiedRecords(Records):
         return r
 
 
-def make_records(config: FetchConfig) -> Records:
-    return ProxiedRecords(config.method) if config.proxied else Records(config.method)
-
-
 class ProxiedFetcher(Fetcher):
     """The run's fetcher when proxies are configured (see the module's docstring). As a
     Fetcher itself it is the direct path, for the hosts --noproxy names."""
@@ -95,8 +92,11 @@ class ProxiedFetcher(Fetcher):
         config: FetchConfig,
         breaker: BreakerConfig,
         clock: Callable[[], float] = time.monotonic,
+        state: SessionState | None = None,
     ) -> None:
         super().__init__(session, config)
+        self._state = state  # cookies and validators, shared with every proxy's fetcher
+        self._unproxied = make_fetcher(session, config, state)  # hosts --noproxy names
         threshold = breaker.threshold or _DEFAULT_THRESHOLD
 
         def new_breaker() -> Breaker:
@@ -130,7 +130,7 @@ class ProxiedFetcher(Fetcher):
         host = url.raw_host or ""
         pool = self._pools.get(url.scheme)
         if pool is None or self._bypass(host):
-            return await super().fetch(url, budget, keep, follow, credentials, cap=cap)
+            return await self._unproxied.fetch(url, budget, keep, follow, credentials, cap=cap)
         proxy = pool.pick(host)  # NoLiveProxy: every proxy benched
         spec = proxy.spec
         fetcher = self._fetchers.get(spec) or self._open(spec)
@@ -190,9 +190,10 @@ class ProxiedFetcher(Fetcher):
                 auth = CIMultiDict({"Proxy-Authorization": token})
         session = make_session(config, connector)
         self._sessions.append(session)
-        fetcher = Fetcher(
+        fetcher = make_fetcher(
             session,
             config,
+            self._state,
             direct=False,
             proxy=proxy,
             proxy_headers=auth,
@@ -243,13 +244,21 @@ async def open_fetcher(
     breaker: BreakerConfig,
     clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Fetcher]:
-    """The run's fetcher over ``session``; with proxies, their sessions are closed at the
-    end (shielded: a cancellation cannot leave one open)."""
-    if not config.proxied:
-        yield Fetcher(session, config)
-        return
-    fetcher = ProxiedFetcher(session, config, breaker, clock)
+    """The run's fetcher over ``session``: plain, with cookies or validators
+    (crawler.sessions: loaded here, saved at the end), through proxies (their sessions
+    closed at the end), or both. Closing is shielded: a cancellation cannot skip it."""
+    state = session_state(config)
+    if state is not None:
+        await state.open()
     try:
-        yield fetcher
+        if not config.proxied:
+            yield make_fetcher(session, config, state)
+            return
+        fetcher = ProxiedFetcher(session, config, breaker, clock, state)
+        try:
+            yield fetcher
+        finally:
+            await asyncio.shield(fetcher.aclose())
     finally:
-        await asyncio.shield(fetcher.aclose())
+        if state is not None:
+            await asyncio.shield(state.aclose())

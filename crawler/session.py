@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import ssl
 from typing import Any, Final
 
 import aiohttp
@@ -15,6 +17,7 @@ from aiohttp.client_reqrep import ClientRequest
 from multidict import CIMultiDict
 
 from crawler.config import FetchConfig
+from crawler.errors import UsageError
 from crawler.netpolicy import AddressPolicy, PolicyResolver
 
 # Sent only to the origin they were given for (see Fetcher.fetch); --secret-header adds more.
@@ -71,8 +74,48 @@ def connector_options(config: FetchConfig) -> dict[str, Any]:
         "limit": config.pool_size,
         "limit_per_host": 0,  # per-host limits are enforced by the frontier, not here
         "ttl_dns_cache": config.dns_cache_ttl,
-        "ssl": config.verify_tls,
+        "ssl": tls_context(config),
     }
+
+
+def tls_context(config: FetchConfig) -> ssl.SSLContext | bool:
+    """What the connector verifies TLS with: aiohttp's default (True) or none (False,
+    --insecure), unless --cacert or --cert ask for a context of our own. As curl does,
+    --cacert replaces the system's CA store. A file that cannot be used is a UsageError
+    naming it and why (checked before the run: crawler.sessions.check_session_files)."""
+    if config.cacert is None and config.cert is None:
+        return config.verify_tls
+    try:
+        context = ssl.create_default_context(cafile=config.cacert)
+    except ssl.SSLError as exc:  # an OSError too: first
+        raise UsageError(
+            f"--cacert {config.cacert!r} holds no PEM certificate we can use ({_reason(exc)})"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read --cacert {config.cacert!r}: {exc.strerror}") from None
+    if config.cert is not None:
+        try:
+            context.load_cert_chain(config.cert, config.key)
+        except ssl.SSLError as exc:  # an OSError too: first
+            given = f"--cert {config.cert!r}" + (f" and --key {config.key!r}" if config.key else "")
+            raise UsageError(
+                f"cannot use {given} as a client certificate: {_reason(exc)} (PEM files of "
+                "a certificate and its private key are expected; without --key the key must "
+                "be in the certificate's file)"
+            ) from None
+        except OSError as exc:
+            option, path = "--cert", config.cert
+            if config.key is not None and os.access(config.cert, os.R_OK):
+                option, path = "--key", config.key
+            raise UsageError(f"cannot read {option} {path!r}: {exc.strerror}") from None
+    if not config.verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    return str(exc.reason or exc.strerror or exc).replace("_", " ").lower()
 
 
 def sensitive_names(config: FetchConfig) -> frozenset[str]:

@@ -51,8 +51,16 @@ _AFTER_DEDUP = (
     "noproxy",
     "no_env_proxy",
 )
-FETCH_OPTIONS = (*_BEFORE_METHOD, "method", *_BEFORE_DEDUP, "no_dedup", *_AFTER_DEDUP)
-CRAWL_OPTIONS = (*_BEFORE_METHOD, *_BEFORE_DEDUP, *_AFTER_DEDUP)
+_SESSIONS = ("cookies", "cookie", "cookie_jar", "cacert", "cert", "key", "etags")
+FETCH_OPTIONS = (
+    *_BEFORE_METHOD,
+    "method",
+    *_BEFORE_DEDUP,
+    "no_dedup",
+    *_AFTER_DEDUP,
+    *_SESSIONS,
+)
+CRAWL_OPTIONS = (*_BEFORE_METHOD, *_BEFORE_DEDUP, *_AFTER_DEDUP, *_SESSIONS)
 
 InputArgs = Annotated[
     list[str] | None,

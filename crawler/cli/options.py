@@ -149,7 +149,9 @@ BreakerCooldown = Annotated[
         help="Seconds before an open breaker lets a probe through.",
     ),
 ]
-Insecure = Annotated[bool, typer.Option("--insecure", help="Skip TLS certificate verification.")]
+Insecure = Annotated[
+    bool, typer.Option("-k", "--insecure", help="Skip TLS certificate verification.")
+]
 StatsJson = Annotated[
     str | None,
     typer.Option(
@@ -271,6 +273,56 @@ NoEnvProxy = Annotated[
     ),
 ]
 
+Cookies = Annotated[
+    bool | None,
+    typer.Option(
+        "--cookies/--no-cookies",
+        show_default="off for fetch, on for crawl",
+        help="Keep the cookies servers set, for the run (per host, RFC 6265).",
+    ),
+]
+Cookie = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--cookie",
+        metavar="NAME=VALUE",
+        help="Send this cookie (repeatable), to the input URLs' origins only.",
+    ),
+]
+CookieJar = Annotated[
+    Path | None,
+    typer.Option(
+        "--cookie-jar",
+        metavar="FILE",
+        help="Load cookies from FILE (Netscape cookies.txt, as curl -b) and save them there at"
+        " the end (as curl -c); turns --cookies on.",
+    ),
+]
+Cacert = Annotated[
+    Path | None,
+    typer.Option(
+        "--cacert", metavar="FILE", help="Trust the CAs of this PEM bundle instead of the system's."
+    ),
+]
+Cert = Annotated[
+    Path | None,
+    typer.Option(
+        "--cert", metavar="FILE", help="Client certificate (PEM; with its key, or --key)."
+    ),
+]
+Key = Annotated[
+    Path | None, typer.Option("--key", metavar="FILE", help="The client certificate's key (PEM).")
+]
+Etags = Annotated[
+    Path | None,
+    typer.Option(
+        "--etags",
+        metavar="FILE",
+        help="Keep each URL's ETag/Last-Modified in FILE and ask only for changes next time;"
+        " a 304 is a record with not_modified: true.",
+    ),
+]
+
 
 def _defaults(cls: type[Any]) -> dict[str, Any]:
     """A config dataclass's field defaults: the one place a default is written."""
@@ -330,6 +382,13 @@ class RunOptions:
     proxy_file: Path | None = None
     noproxy: str | None = None
     no_env_proxy: bool = False
+    cookies: bool | None = None  # FetchConfig's default for a fetch, on for a crawl
+    cookie: list[str] | None = None
+    cookie_jar: Path | None = _FETCH["cookie_jar"]
+    cacert: Path | None = _FETCH["cacert"]
+    cert: Path | None = _FETCH["cert"]
+    key: Path | None = _FETCH["key"]
+    etags: Path | None = _FETCH["etags"]
 
     def config(self, crawl: Mapping[str, object] | None = None) -> RunConfig:
         """The frozen config slices each component receives, built by the Python API's
@@ -404,6 +463,13 @@ OPTIONS: Final[dict[str, Any]] = {
     "proxy_file": ProxyFile,
     "noproxy": NoProxy,
     "no_env_proxy": NoEnvProxy,
+    "cookies": Cookies,
+    "cookie": Cookie,
+    "cookie_jar": CookieJar,
+    "cacert": Cacert,
+    "cert": Cert,
+    "key": Key,
+    "etags": Etags,
 }
 _DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(RunOptions)}
 # The RunOptions fields that shape the run's config (the others: where and how it reports).

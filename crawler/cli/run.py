@@ -282,8 +282,17 @@ def _check_paths(
         named, writes = state_places(str(state))
         outputs += named
         places += writes
+    sessions = (("--cookie-jar", config.fetch.cookie_jar), ("--etags", config.fetch.etags))
+    for option, path in sessions:
+        if path is not None:
+            outputs.append(Named(option, path))
+            places.append(Place(f"write {option}", path))
     check_distinct(inputs, outputs, warc=config.store.warc, save_dir=config.store.save_dir)
     check_places(places)
+    if config.fetch.session_state or config.fetch.cacert or config.fetch.cert:
+        from crawler.sessions import check_session_files  # late: aiohttp, only if needed
+
+        check_session_files(config.fetch)  # TLS files usable; the jar and --etags files ours
 
 
 def run_loop(
