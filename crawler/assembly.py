@@ -24,6 +24,7 @@ from crawler.limiter import DynamicSemaphore, HostTable
 from crawler.reader import Reader
 from crawler.records import Records
 from crawler.recordsink import RecordSink, SinkFactory
+from crawler.request import run_request
 from crawler.stats import Stats
 from crawler.stores import Stores
 from crawler.worker import Workers
@@ -88,6 +89,7 @@ class Parts:
             pages,
             stores.seen,
             dedup=config.input.dedup,
+            request=run_request(config.fetch),
         )
         self.workers = Workers(
             config,

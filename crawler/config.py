@@ -162,10 +162,17 @@ class FetchConfig:
     # 0: the connector adds no limit (and no second wait queue) of its own; requests in
     # flight are already bounded by the engine's concurrency limits.
     pool_size: int = 0
+    # --data / --json: the body of every plain input line's request (JSON request lines
+    # bring their own); with one, --method defaults to POST (see crawler.options).
+    body: bytes | None = None
+    body_type: str | None = None  # its Content-Type (--json), unless -H gives one
+    # A request that is not idempotent (POST, PATCH, ...) is sent again after a failure
+    # once its bytes went out only if this says so (--retry-unsafe).
+    retry_unsafe: bool = False
 
     def __post_init__(self) -> None:
-        if self.method not in ("GET", "HEAD"):
-            raise ConfigError(f"method must be GET or HEAD, got {self.method!r}")
+        if not _HEADER_NAME.fullmatch(self.method) or self.method.upper() == "CONNECT":
+            raise ConfigError(f"invalid method {self.method!r}: expected a token such as POST")
         _positive("connect_timeout", self.connect_timeout)
         _non_negative("max_redirects", self.max_redirects)
         _positive("max_bytes", self.max_bytes)

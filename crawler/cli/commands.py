@@ -47,7 +47,16 @@ _AFTER_DEDUP = (
     "warc_max_size",
     "no_uvloop",
 )
-FETCH_OPTIONS = (*_BEFORE_METHOD, "method", *_BEFORE_DEDUP, "no_dedup", *_AFTER_DEDUP)
+FETCH_OPTIONS = (
+    *_BEFORE_METHOD,
+    "method",
+    *_BEFORE_DEDUP,
+    "no_dedup",
+    *_AFTER_DEDUP,
+    "data",
+    "json",
+    "retry_unsafe",
+)
 CRAWL_OPTIONS = (*_BEFORE_METHOD, *_BEFORE_DEDUP, *_AFTER_DEDUP)
 
 InputArgs = Annotated[
