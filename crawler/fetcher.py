@@ -165,10 +165,6 @@ class Fetcher:
         origin = url.origin() if credentials else None
         check = self._check
         direct = self._direct
-        if request is not None:  # the one branch on it before sending; see _request_headers
-            method, body, origin = request.method, request.body, url.origin()
-            req_headers = self._request_headers(request, credentials, True, body is not None)
-            again = self._retry_unsafe or not request.unsafe
         try:
             while True:
                 if check is not None:
@@ -196,8 +192,16 @@ class Fetcher:
                                     else self._headers,
                                 )
                             else:
+                                if not hops:  # set up here: a plain URL never passes by
+                                    method, body, origin, req_headers, again = self._begin(
+                                        request, url, credentials
+                                    )
                                 resp = await self._send(method, url, req_headers, body, again)
                         else:
+                            if request is not None and not hops:
+                                method, body, origin, req_headers, again = self._begin(
+                                    request, url, credentials
+                                )
                             # ceil_threshold keeps aiohttp from rounding the deadline
                             # up to whole seconds.
                             resp = await self._session.request(
@@ -271,6 +275,16 @@ class Fetcher:
                 mapped.sent = False
             raise mapped from exc
 
+    def _begin(
+        self, request: Request, url: URL, credentials: bool
+    ) -> tuple[str, bytes | None, URL, CIMultiDict[str], bool]:
+        """A request's first hop: its method, body, origin (its own sensitive headers go
+        there only), headers, and whether _send may send it again on a fresh connection."""
+        body = request.body
+        headers = self._request_headers(request, credentials, True, body is not None)
+        again = self._retry_unsafe or not request.unsafe
+        return request.method, body, url.origin(), headers, again
+
     def _request_headers(
         self, request: Request, credentials: bool, on_origin: bool, with_body: bool
     ) -> CIMultiDict[str]:
@@ -329,15 +343,13 @@ class Fetcher:
         sent again once on a fresh connection if a pooled one turns out closed, if
         ``again`` (not for POST, PATCH, ... unless --retry-unsafe).
         """
-        session = self._session
-        connector = self._connector
         retry = again
-        while True:
+        while True:  # _session and _connector not kept in locals: one pass is the rule
             req = ClientRequest(
-                method, url, headers=headers, data=body, loop=self._loop, session=session
+                method, url, headers=headers, data=body, loop=self._loop, session=self._session
             )
             try:
-                conn = await connector.connect(req, _NO_TRACES, self._connect_timeout)
+                conn = await self._connector.connect(req, _NO_TRACES, self._connect_timeout)
             except TimeoutError as exc:  # sock_connect; the deadline is the caller's timer
                 raise client_exceptions.ConnectionTimeoutError(
                     f"Connection timeout to host {url}"

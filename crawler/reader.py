@@ -69,6 +69,8 @@ class Reader:
         # Decided once per run, so a plain line costs what it did: how a plain line's
         # dedup key becomes its fingerprint, and what its item is.
         plain = self._request
+        # Crawl mode: each input URL is a seed (fetch mode: nothing to call per line).
+        seed = self._pages.seed if crawl is not None else None
         make: Callable[[str, URL, str, int], Item] = Item
         fp_of = fingerprint
         if plain is not None:
@@ -88,7 +90,8 @@ class Reader:
                         parsed.append((raw, exc, "", fp))
                     else:
                         parsed.append((raw, url, host, fp_of(key) if dedup else 0))
-                        self._pages.seed(url, host)  # done seeds too: they define the scope
+                        if seed is not None:  # done seeds too: they define the scope
+                            seed(url, host)
                 # One claim per batch, never per URL (with --state: one round trip to
                 # the state thread).
                 fresh = await seen.claim([entry[3] for entry in parsed])
