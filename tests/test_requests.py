@@ -16,6 +16,7 @@ from aiohttp import web
 
 import crawler
 from crawler.cli.app import _main
+from crawler.cli.options import RunOptions
 from tests.conftest import Server, run_engine
 from tests.faultserver import closed_port
 
@@ -264,3 +265,18 @@ def test_bad_request_options_exit_2_with_one_line(
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1, err
     assert says in err, err
+
+
+def test_data_and_json_files_become_the_run_request(tmp_path: Path) -> None:
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"k": "\xc3\xa9"}')
+    config = RunOptions(json=f"@{body}").config().fetch
+    assert (config.method, config.body, config.body_type) == (
+        "POST",
+        body.read_bytes(),
+        "application/json",
+    )
+    config = RunOptions(data="a=1", method="PUT", header=["content-type: text/x"]).config().fetch
+    assert (config.method, config.body, config.body_type) == ("PUT", b"a=1", None)
+    config = RunOptions(json="[1]", header=["Content-Type: application/x+json"]).config().fetch
+    assert config.body_type is None  # -H gives one
