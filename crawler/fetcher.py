@@ -261,8 +261,10 @@ class Fetcher:
                         status in (301, 302) and method == "POST"
                     ):
                         method, body = "GET", None
+                    if origin is not None and url.origin() != origin:
+                        origin = None  # its own credentials are gone for the rest of the chain
                     req_headers = self._request_headers(
-                        request, credentials, url.origin() == origin, body is not None
+                        request, credentials, origin is not None, body is not None
                     )
         except errors.FetchError:
             raise

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -214,14 +215,16 @@ async def test_malformed_request_lines_are_invalid_url_records_saying_why(
 async def test_a_request_header_credential_stays_on_its_origin(
     tmp_path: Path, server: Server
 ) -> None:
-    target = server.url("/ok/there", host="127.0.0.2")
-    first = server.url(f"/redirect?to={target}")
+    back = server.url("/ok/back")  # back on its origin: still not sent (the -H rule)
+    away = server.url(f"/redirect?to={quote(back)}", host="127.0.0.2")
+    first = server.url(f"/redirect?to={quote(away)}")
     request = line(url=first, headers={"Authorization": "Bearer row-1", "X-Row": "1"})
     _, records = await run_engine(tmp_path, [request])
-    assert records[0]["ok"] and records[0]["final_url"] == target
-    here, there = server.rec.headers
+    assert records[0]["ok"] and records[0]["final_url"] == back
+    here, there, again = server.rec.headers
     assert (here["Authorization"], here["X-Row"]) == ("Bearer row-1", "1")
     assert "Authorization" not in there and there["X-Row"] == "1"
+    assert "Authorization" not in again and again["X-Row"] == "1"
 
 
 async def test_a_resumed_run_skips_the_requests_it_did(tmp_path: Path, echo: Echo) -> None:
