@@ -293,7 +293,10 @@ class Fetcher:
         """The headers of ``request`` to its current URL: the session's, the run's
         credentials if ``credentials``, and its own over them by name; its own sensitive
         ones only ``on_origin`` (its URL's origin), its Content-Type only ``with_body``."""
-        headers = CIMultiDict(self._headers_with_credentials if credentials else self._headers)
+        shared = self._headers_with_credentials if credentials else self._headers
+        if not request.headers:
+            return shared  # not changed here, and ClientRequest copies what it is given
+        headers = CIMultiDict(shared)
         sensitive = self._sensitive
         own = [
             (name, value)
