@@ -1,7 +1,7 @@
 """Python bytecodes executed per URL: a measure of CPU per URL that noise cannot move.
 
     python benchmarks/opcodes_per_url.py --n 3000 [--target http://127.0.0.1:8080]
-        [--functions-of aiohttp]
+        [--functions-of aiohttp] [--lines plain|json|post]
 
 On a shared 2-core machine a timed run varies by 10-20% from one minute to the next, so
 small changes to the hot path cannot be seen in URLs/s. The number of bytecodes each URL
@@ -17,6 +17,8 @@ that sets how far behind the bare loop crawler is there.
             /dev/null): reader, dedup, frontier, workers, breaker, records, sink.
 
 Prints opcodes per URL by package and the top functions of crawler's own code.
+``--lines json`` writes the crawler run's input as JSON request lines (``{"url": ...,
+"meta": i}``), ``--lines post`` as POSTs with a body: the cost of a request line.
 """
 
 from __future__ import annotations
@@ -87,6 +89,15 @@ async def crawler_fetch(urls: Path, n: int, c: int) -> None:
     assert snap.ok == n, snap.by_error
 
 
+def input_line(url: str, i: int, kind: str) -> str:
+    """One line of the crawler run's input (see ``--lines``)."""
+    if kind == "json":
+        return f'{{"url": "{url}", "meta": {i}}}\n'
+    if kind == "post":
+        return f'{{"url": "{url}", "method": "POST", "body": "row {i}", "meta": {i}}}\n'
+    return f"{url}\n"
+
+
 def report(name: str, counts: Counts, n: int, top: int, package: str = "crawler") -> None:
     total = sum(counts.values())
     by_package: collections.Counter[str] = collections.Counter()
@@ -113,6 +124,7 @@ def main() -> None:
     ap.add_argument("--target", help="URL prefix of a running server (default: embedded)")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--functions-of", default="crawler", help="package whose functions to list")
+    ap.add_argument("--lines", choices=("plain", "json", "post"), default="plain")
     args = ap.parse_args()
     server = (
         contextlib.nullcontext(args.target)
@@ -121,7 +133,9 @@ def main() -> None:
     )
     with server as prefix, tempfile.TemporaryDirectory() as tmp:
         urls = Path(tmp) / "urls.txt"
-        urls.write_text("".join(f"{prefix}/page/{i}\n" for i in range(args.n)))
+        urls.write_text(
+            "".join(input_line(f"{prefix}/page/{i}", i, args.lines) for i in range(args.n))
+        )
         runs = {
             "bare": lambda: bare_aiohttp(prefix, args.n, args.c),
             "fetcher": lambda: loop_of(prefix, args.n, args.c, True),

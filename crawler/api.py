@@ -271,7 +271,8 @@ def fetch(urls: Iterable[str] | AsyncIterable[str], **options: Unpack[FetchRun])
             async for rec in records:
                 ...
 
-    ``urls``: any iterable or async iterable of URL strings, read lazily. ``options``: the
+    ``urls``: any iterable or async iterable of URL strings (or JSON request lines, as
+    the command line reads them), read lazily. ``options``: the
     ``crawler fetch`` options by their Python names; a bad value raises ``ConfigError``
     here. Duplicates are fetched once (unless ``no_dedup=True``); every URL, valid or not,
     gets exactly one record unless the run is left early.

@@ -25,6 +25,7 @@ from crawler.proxied import ProxiedRecords
 from crawler.reader import Reader
 from crawler.records import Records
 from crawler.recordsink import RecordSink, SinkFactory
+from crawler.request import run_request
 from crawler.sessions import RevisitRecords
 from crawler.stats import Stats
 from crawler.stores import Stores
@@ -91,6 +92,7 @@ class Parts:
             pages,
             stores.seen,
             dedup=config.input.dedup,
+            request=run_request(config.fetch),
         )
         self.workers = Workers(
             config,

@@ -24,6 +24,7 @@ from yarl import URL
 from crawler import errors
 from crawler.config import RetryConfig
 from crawler.limiter import HostTable
+from crawler.request import Request
 from crawler.response import KEEP_NONE, Response
 from crawler.retry import RETRY_STATUSES, Deadline, backoff_delay, parse_retry_after
 from crawler.stats import Stats
@@ -45,6 +46,7 @@ class Fetches(Protocol):
         keep: int,
         follow: Callable[[URL], bool] | None,
         credentials: bool,
+        request: Request | None,
     ) -> Awaitable[Response]: ...
 
 
@@ -52,7 +54,17 @@ class Attempts:
     """The attempt loop, shared by every worker (it keeps no per-URL state of its own:
     that lives on the Item, so a retry can wait in the frontier)."""
 
-    __slots__ = ("_clock", "_fetcher", "_follow", "_hosts", "_keep", "_rand", "_retry", "_stats")
+    __slots__ = (
+        "_clock",
+        "_fetcher",
+        "_follow",
+        "_hosts",
+        "_keep",
+        "_rand",
+        "_retry",
+        "_retry_unsafe",
+        "_stats",
+    )
 
     def __init__(
         self,
@@ -65,6 +77,7 @@ class Attempts:
         rand: Callable[[], float] = random.random,
         keep: int = KEEP_NONE,
         follow: Callable[[URL], bool] | None = None,
+        retry_unsafe: bool = False,
     ) -> None:
         self._fetcher = fetcher
         self._retry = retry
@@ -74,6 +87,7 @@ class Attempts:
         self._rand = rand
         self._keep = keep  # which bodies the fetcher keeps (see KEEP_*)
         self._follow = follow  # crawl mode: which redirects a discovered URL may follow
+        self._retry_unsafe = retry_unsafe  # --retry-unsafe: see _unsafe
 
     async def run(self, item: Item, credentials: bool) -> Outcome:
         """Attempts for ``item`` (holding a slot of its host) until it has an outcome or
@@ -103,7 +117,9 @@ class Attempts:
             resp: Response | None = None
             error: errors.FetchError | None = None
             try:
-                resp = await self._fetcher.fetch(item.url, budget, self._keep, follow, credentials)
+                resp = await self._fetcher.fetch(
+                    item.url, budget, self._keep, follow, credentials, item.request
+                )
             except errors.FetchError as exc:
                 error = exc
             except asyncio.CancelledError:
@@ -116,6 +132,11 @@ class Attempts:
 
             retryable = error.retryable if error is not None else status in RETRY_STATUSES
             if retryable and item.attempts <= retry.retries:
+                request = item.request
+                if request is not None and request.unsafe and not self._retry_unsafe:
+                    unsent = error is not None and not error.sent
+                    if not unsent:
+                        return resp, _not_retried(request, resp, error), None
                 wait = backoff_delay(
                     item.attempts, retry.backoff_base, retry.backoff_cap, self._rand()
                 )
@@ -128,3 +149,16 @@ class Attempts:
                         continue
                     return resp, error, wait
             return resp, error, None
+
+
+def _not_retried(
+    request: Request, resp: Response | None, error: errors.FetchError | None
+) -> errors.FetchError:
+    """The error of a request that is not idempotent, not sent again after a failure
+    once it was sent (a retry could apply it twice): its message says so."""
+    note = f"(not retried: {request.method} is not idempotent; --retry-unsafe to retry)"
+    if error is None:
+        assert resp is not None  # noqa: S101 - no error: a retryable status came
+        return errors.HTTPStatusError(f"HTTP {resp.status} {note}")
+    error.message = f"{error.message} {note}"
+    return error

@@ -184,6 +184,14 @@ class FetchConfig:
     key: str | None = None
     etags: str | None = None  # revisit file: validators kept, conditional requests sent
 
+    # --data / --json: the body of every plain input line's request (JSON request lines
+    # bring their own); with one, --method defaults to POST (see crawler.options).
+    body: bytes | None = None
+    body_type: str | None = None  # its Content-Type (--json), unless -H gives one
+    # A request that is not idempotent (POST, PATCH, ...) is sent again after a failure
+    # once its bytes went out only if this says so (--retry-unsafe).
+    retry_unsafe: bool = False
+
     @property
     def proxied(self) -> bool:
         """Whether any request may go through a proxy (decided once per run)."""
@@ -200,8 +208,8 @@ class FetchConfig:
         for scheme, _ in self.scheme_proxies:
             if scheme not in ("http", "https", "all"):
                 raise ConfigError(f"scheme_proxy: unknown scheme {scheme!r}")
-        if self.method not in ("GET", "HEAD"):
-            raise ConfigError(f"method must be GET or HEAD, got {self.method!r}")
+        if not _HEADER_NAME.fullmatch(self.method) or self.method.upper() == "CONNECT":
+            raise ConfigError(f"invalid method {self.method!r}: expected a token such as POST")
         _positive("connect_timeout", self.connect_timeout)
         _non_negative("max_redirects", self.max_redirects)
         _positive("max_bytes", self.max_bytes)

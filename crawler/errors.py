@@ -56,6 +56,9 @@ class FetchError(CrawlerError):
     kind: ClassVar[str] = "error"
     retryable: ClassVar[bool] = False
     proxy: str | None = None  # the proxy the attempt went through (no credentials)
+    # False when the attempt failed before a byte of its request was sent (DNS, connect):
+    # a request that is not idempotent may be tried again then (crawler.attempts).
+    sent: bool = True
 
     def __init__(self, message: str, *, response: Answer | None = None) -> None:
         # Messages quote what servers sent (header values, reasons): make them valid UTF-8

@@ -26,6 +26,7 @@ from crawler import errors
 from crawler.body import BodyReader
 from crawler.config import FetchConfig
 from crawler.errormap import map_exception
+from crawler.request import Request
 from crawler.response import KEEP_NONE, Response
 from crawler.session import address_policy, sensitive_names
 from crawler.urls import check_port
@@ -35,6 +36,12 @@ _NO_CEIL: Final = 1e9  # never let aiohttp round a timeout up to a whole second
 _NO_TIMER: Final = TimerNoop()
 _NO_TRACES: Final[list[Any]] = []  # aiohttp only iterates over the traces it is given
 _MAX_BUGS: Final = 10  # distinct internal errors a run prints the traceback of (Fetcher._bug)
+# Failures that happen before a byte of the request is sent: a request that is not
+# idempotent may still be tried again after them (see crawler.attempts).
+_BEFORE_SENDING: Final = (
+    client_exceptions.ClientConnectorError,
+    client_exceptions.ConnectionTimeoutError,
+)
 
 
 def _direct_requests_work() -> bool:
@@ -132,6 +139,10 @@ class Fetcher:
         self._headers: CIMultiDict[str] = CIMultiDict(session.headers)
         self._headers_with_credentials = CIMultiDict(session.headers)
         self._headers_with_credentials.extend(credentials)
+        self._sensitive = sensitive
+        # A request that is not idempotent goes again on a fresh connection, after a
+        # pooled one turned out closed, only with --retry-unsafe (see _send).
+        self._retry_unsafe = config.retry_unsafe
         # Bugs already reported on stderr (see _bug): (type, file, line) of each.
         self._bugs: set[tuple[str, str, int]] = set()
 
@@ -147,6 +158,7 @@ class Fetcher:
         keep: int = KEEP_NONE,
         follow: Callable[[URL], bool] | None = None,
         credentials: bool = False,
+        request: Request | None = None,
         *,
         cap: int | None = None,
     ) -> Response:
@@ -160,6 +172,8 @@ class Fetcher:
         (crawl mode never follows a redirect out of its scope). ``credentials``: the
         caller (the engine, once per URL) decided that ``url``'s origin may receive the
         sensitive headers; they are sent there and to redirects within that origin only.
+        ``request``: the method, headers of its own and body, if not the run's plain GET
+        or HEAD; its sensitive headers go to ``url``'s origin only, as -H's do.
 
         Few coroutine frames on purpose: every resumption of a request passes through
         each frame of the await chain, so the hot path stays flat.
@@ -194,17 +208,40 @@ class Fetcher:
                 try:
                     with timer:
                         if direct:
-                            resp = await self._send(
-                                method,
-                                url,
-                                self._headers_with_credentials if credentials else self._headers,
-                            )
+                            if request is None:
+                                resp = await self._send(
+                                    method,
+                                    url,
+                                    self._headers_with_credentials
+                                    if credentials
+                                    else self._headers,
+                                )
+                            else:
+                                if not hops:  # set up here: a plain URL never passes by
+                                    method, body, origin, req_headers, again = self._begin(
+                                        request, url, credentials
+                                    )
+                                resp = await self._send(method, url, req_headers, body, again)
                         else:
-                            extra = self._credentials if credentials else None
+                            if request is not None:
+                                if not hops:
+                                    method, body, origin, req_headers, again = self._begin(
+                                        request, url, credentials
+                                    )
+                                extra: CIMultiDict[str] | None = req_headers
+                            else:
+                                extra = self._credentials if credentials else None
                             plain = self._plain_proxy_headers
                             if plain is not None and url.scheme == "http":
-                                extra = plain[1] if credentials else plain[0]
-                            resp = await self._request(method, url, extra, left)
+                                # To the proxy itself: its credentials go on the request.
+                                if request is None:
+                                    extra = plain[1] if credentials else plain[0]
+                                else:
+                                    extra = CIMultiDict(extra or ())
+                                    extra.extend(plain[0])
+                            resp = await self._request(
+                                method, url, extra, left, body if request is not None else None
+                            )
                         try:
                             status = resp.status
                             rh = resp.headers
@@ -236,6 +273,18 @@ class Fetcher:
                 url = nxt if nxt is not None else self._redirect_target(url, location)
                 if credentials and url.origin() != origin:
                     credentials = False
+                if request is not None:
+                    # As browsers and aiohttp do: 303 makes any request (but HEAD) a GET,
+                    # 301 and 302 make a POST one; the body goes with the method.
+                    if (status == 303 and method != "HEAD") or (
+                        status in (301, 302) and method == "POST"
+                    ):
+                        method, body = "GET", None
+                    if origin is not None and url.origin() != origin:
+                        origin = None  # its own credentials are gone for the rest of the chain
+                    req_headers = self._request_headers(
+                        request, credentials, origin is not None, body is not None
+                    )
         except errors.FetchError:
             raise
         except Exception as exc:  # every failure of one URL becomes its record, not a crash
@@ -243,7 +292,42 @@ class Fetcher:
             if isinstance(mapped, errors.InternalError):
                 Fetcher.bugs_met += 1
                 self._bug(exc)
+            elif not hops and isinstance(exc, _BEFORE_SENDING):
+                mapped.sent = False
             raise mapped from exc
+
+    def _begin(
+        self, request: Request, url: URL, credentials: bool
+    ) -> tuple[str, bytes | None, URL, CIMultiDict[str], bool]:
+        """A request's first hop: its method, body, origin (its own sensitive headers go
+        there only), headers, and whether _send may send it again on a fresh connection."""
+        body = request.body
+        headers = self._request_headers(request, credentials, True, body is not None)
+        again = self._retry_unsafe or not request.unsafe
+        return request.method, body, url.origin(), headers, again
+
+    def _request_headers(
+        self, request: Request, credentials: bool, on_origin: bool, with_body: bool
+    ) -> CIMultiDict[str]:
+        """The headers of ``request`` to its current URL: the session's, the run's
+        credentials if ``credentials``, and its own over them by name; its own sensitive
+        ones only ``on_origin`` (its URL's origin), its Content-Type only ``with_body``."""
+        shared = self._headers_with_credentials if credentials else self._headers
+        if not request.headers:
+            return shared  # not changed here, and ClientRequest copies what it is given
+        headers = CIMultiDict(shared)
+        sensitive = self._sensitive
+        own = [
+            (name, value)
+            for name, value in request.headers
+            if (on_origin or name.lower() not in sensitive)
+            and (with_body or name.lower() != "content-type")
+        ]
+        for name, _ in own:
+            headers.popall(name, None)
+        for name, value in own:
+            headers.add(name, value)
+        return headers
 
     def _bug(self, exc: BaseException) -> None:
         """Print the traceback of an unexpected exception on stderr, once per distinct
@@ -266,7 +350,12 @@ class Fetcher:
             sys.stderr.flush()
 
     async def _request(
-        self, method: str, url: URL, headers: CIMultiDict[str] | None, left: float
+        self,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str] | None,
+        left: float,
+        body: bytes | None = None,
     ) -> ClientResponse:
         """One request through ClientSession.request (when _send cannot be used)."""
         # ceil_threshold keeps aiohttp from rounding the deadline up to whole seconds.
@@ -276,6 +365,7 @@ class Fetcher:
             allow_redirects=False,
             auto_decompress=False,
             headers=headers,
+            data=body,
             proxy=self._proxy,
             proxy_headers=self._proxy_headers,
             timeout=ClientTimeout(
@@ -283,23 +373,31 @@ class Fetcher:
             ),
         )
 
-    async def _send(self, method: str, url: URL, headers: CIMultiDict[str]) -> ClientResponse:
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: bytes | None = None,
+        again: bool = True,
+    ) -> ClientResponse:
         """Send one request and read its response head, through aiohttp's connector
         (pool, DNS cache, TLS, our resolver), ClientRequest and ClientResponse.
 
         These are the steps ClientSession._request takes for a plain request, without
         what a crawler never uses there (cookies, proxies, auth, traces, middlewares,
         redirects: fetch follows those itself). That generic layer costs about 10 µs
-        per request, an eighth of a whole request on uvloop. Like aiohttp, a GET or
-        HEAD is sent again once on a fresh connection if a pooled one turns out closed.
+        per request, an eighth of a whole request on uvloop. Like aiohttp, a request is
+        sent again once on a fresh connection if a pooled one turns out closed, if
+        ``again`` (not for POST, PATCH, ... unless --retry-unsafe).
         """
-        session = self._session
-        connector = self._connector
-        retry = True
-        while True:
-            req = ClientRequest(method, url, headers=headers, loop=self._loop, session=session)
+        retry = again
+        while True:  # _session and _connector not kept in locals: one pass is the rule
+            req = ClientRequest(
+                method, url, headers=headers, data=body, loop=self._loop, session=self._session
+            )
             try:
-                conn = await connector.connect(req, _NO_TRACES, self._connect_timeout)
+                conn = await self._connector.connect(req, _NO_TRACES, self._connect_timeout)
             except TimeoutError as exc:  # sock_connect; the deadline is the caller's timer
                 raise client_exceptions.ConnectionTimeoutError(
                     f"Connection timeout to host {url}"

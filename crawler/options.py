@@ -70,6 +70,9 @@ class FetchOptions(_SharedOptions, total=False):
 
     method: str
     no_dedup: bool
+    data: str | bytes  # --data: the body of every plain line's request (default POST)
+    json: object  # --json: JSON text (a str), or a value to encode; Content-Type too
+    retry_unsafe: bool  # --retry-unsafe: retry POST, PATCH, ... after they were sent
 
 
 class CrawlOptions(_SharedOptions, total=False):
@@ -114,10 +117,10 @@ _FIELDS: Final[dict[str, tuple[str, str, type, bool]]] = {
     "adaptive": ("limits", "adaptive", bool, False),
     "queue_size": ("limits", "queue_size", int, False),
     "retries": ("retry", "retries", int, False),
+    "retry_unsafe": ("fetch", "retry_unsafe", bool, False),
     "timeout": ("retry", "timeout", float, False),
     "breaker_threshold": ("breaker", "threshold", int, False),
     "breaker_cooldown": ("breaker", "cooldown", float, False),
-    "method": ("fetch", "method", str, False),
     "connect_timeout": ("fetch", "connect_timeout", float, False),
     "max_redirects": ("fetch", "max_redirects", int, False),
     "max_bytes": ("fetch", "max_bytes", int, False),
@@ -269,6 +272,8 @@ def run_config(
             slices["crawl"]["sitemap_urls"] = urls
             if urls:
                 slices["crawl"]["sitemaps"] = True
+    if not crawl:
+        _request_options(options, slices["fetch"])
     fetch = slices["fetch"]
     if "cookies" not in fetch:
         # As Scrapy: a crawl keeps its cookies, a fetch of a list does not; a jar file
@@ -287,6 +292,50 @@ def run_config(
         sink=sink if sink is not None else SinkConfig(),
         **run,
     )
+
+
+def _request_options(options: Mapping[str, object], fetch: dict[str, Any]) -> None:
+    """``method``, ``data`` and ``json`` into the fetch slice: with a body the method is
+    POST unless given; ``json`` is checked and adds ``Content-Type: application/json``
+    unless a header gives one."""
+    import orjson
+
+    from crawler.request import check_method
+
+    if "method" in options:
+        try:
+            fetch["method"] = check_method(_typed("method", options["method"], str))
+        except ValueError as exc:
+            raise ConfigError(str(exc), option="method") from None
+    if "data" in options and "json" in options:
+        raise ConfigError("data and json cannot both be given", option="data")
+    if "data" in options:
+        data = options["data"]
+        if not isinstance(data, str | bytes):
+            raise ConfigError(f"data must be str or bytes, got {data!r}")
+        fetch["body"] = _encoded(data)
+    elif "json" in options:
+        value = options["json"]
+        if isinstance(value, str | bytes):
+            try:
+                orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise ConfigError(f"json is not valid JSON: {exc}", option="json") from None
+            fetch["body"] = _encoded(value)
+        else:
+            try:
+                fetch["body"] = orjson.dumps(value)
+            except TypeError as exc:
+                raise ConfigError(f"json cannot be encoded as JSON: {exc}") from None
+        headers = fetch.get("headers", ())
+        if not any(name.lower() == "content-type" for name, _ in headers):
+            fetch["body_type"] = "application/json"
+    if "body" in fetch and "method" not in fetch:
+        fetch["method"] = "POST"  # as curl -d does
+
+
+def _encoded(text: str | bytes) -> bytes:
+    return text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
 
 
 def run_controls(options: Mapping[str, object]) -> tuple[dict[str, object], str | None, bool]:

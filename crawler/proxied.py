@@ -45,6 +45,7 @@ from crawler.fetcher import Fetcher
 from crawler.netpolicy import PolicyResolver
 from crawler.proxies import Bypass, Pool, ProxySpec, parse_proxy
 from crawler.records import Answer, Failure, Record, Records, Task
+from crawler.request import Request
 from crawler.response import KEEP_NONE, Response
 from crawler.session import address_policy, connector_options, make_session
 from crawler.sessions import SessionState, make_fetcher, session_state
@@ -124,19 +125,22 @@ class ProxiedFetcher(Fetcher):
         keep: int = KEEP_NONE,
         follow: Callable[[URL], bool] | None = None,
         credentials: bool = False,
+        request: Request | None = None,
         *,
         cap: int | None = None,
     ) -> Response:
         host = url.raw_host or ""
         pool = self._pools.get(url.scheme)
         if pool is None or self._bypass(host):
-            return await self._unproxied.fetch(url, budget, keep, follow, credentials, cap=cap)
+            return await self._unproxied.fetch(
+                url, budget, keep, follow, credentials, request, cap=cap
+            )
         proxy = pool.pick(host)  # NoLiveProxy: every proxy benched
         spec = proxy.spec
         fetcher = self._fetchers.get(spec) or self._open(spec)
         breaker = proxy.breaker
         try:
-            resp = await fetcher.fetch(url, budget, keep, follow, credentials, cap=cap)
+            resp = await fetcher.fetch(url, budget, keep, follow, credentials, request, cap=cap)
         except errors.ProxyError as exc:
             breaker.record(True, exc.kind, exc.message)
             exc.proxy = spec.name

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Final
+import functools
+from collections.abc import Callable
+from typing import Final, cast
 
 from yarl import URL
 
@@ -23,9 +25,10 @@ from crawler.frontier import Frontier
 from crawler.inputs import Source
 from crawler.records import Record, Records
 from crawler.recordsink import RecordSink
+from crawler.request import Request, parse_request_line, request_key
 from crawler.stats import Stats
 from crawler.stores import DONE_BEFORE, Seen
-from crawler.task import Item
+from crawler.task import Item, RequestItem
 from crawler.urls import parse_target
 
 _COUNT_WAIT: Final = 2.0  # seconds a stopped run waits, at most, to count the input left unread
@@ -43,6 +46,7 @@ class Reader:
         seen: Seen,
         *,
         dedup: bool,
+        request: Request | None = None,
     ) -> None:
         self._source = source
         self._frontier = frontier
@@ -52,6 +56,9 @@ class Reader:
         self._pages = pages
         self._seen = seen
         self._dedup = dedup
+        # The request of every plain line (--data, --json, a --method other than GET and
+        # HEAD), or None: plain lines of a plain run have none (crawler.task.Item).
+        self._request = request
         self.taken = 0  # input lines dealt with (record, queued or skipped)
 
     async def run(self) -> None:
@@ -59,18 +66,32 @@ class Reader:
         frontier, sink, stats, seen = self._frontier, self._sink, self._stats, self._seen
         dedup = self._dedup
         crawl = self._pages.crawl
+        # Decided once per run, so a plain line costs what it did: how a plain line's
+        # dedup key becomes its fingerprint, and what its item is.
+        plain = self._request
+        # Crawl mode: each input URL is a seed (fetch mode: nothing to call per line).
+        seed = self._pages.seed if crawl is not None else None
+        make: Callable[[str, URL, str, int], Item] = Item
+        fp_of = fingerprint
+        if plain is not None:
+            make = functools.partial(RequestItem, request=plain)
+            fp_of = functools.partial(_request_fp, method=plain.method, body=plain.body)
         try:
             async for lines in self._source.batches():
-                parsed: list[tuple[str, URL | errors.InvalidURL, str, int]] = []
+                parsed: list[tuple[str, URL | errors.InvalidURL | RequestItem, str, int]] = []
                 for raw in lines:
                     try:
                         url, key, host = parse_target(raw)
                     except errors.InvalidURL as exc:
+                        if raw[0] == "{":  # a JSON request line (or nothing valid)
+                            parsed.append(self._request_line(raw, dedup))
+                            continue
                         fp = fingerprint("\0invalid\0" + raw) if dedup else 0
                         parsed.append((raw, exc, "", fp))
                     else:
-                        parsed.append((raw, url, host, fingerprint(key) if dedup else 0))
-                        self._pages.seed(url, host)  # done seeds too: they define the scope
+                        parsed.append((raw, url, host, fp_of(key) if dedup else 0))
+                        if seed is not None:  # done seeds too: they define the scope
+                            seed(url, host)
                 # One claim per batch, never per URL (with --state: one round trip to
                 # the state thread).
                 fresh = await seen.claim([entry[3] for entry in parsed])
@@ -81,20 +102,41 @@ class Reader:
                         stats.skipped_duplicates += 1
                     elif new == DONE_BEFORE:
                         stats.skipped_done_before += 1
-                    elif isinstance(target, errors.InvalidURL):
-                        sink.put_nowait(self._invalid_record(raw, target), fp)
-                        self.taken += 1
-                        if sink.behind:
-                            await sink.backpressure()
-                        continue
+                    elif type(target) is not URL:  # as cheap as the isinstance it replaced
+                        if isinstance(target, errors.InvalidURL):
+                            sink.put_nowait(self._invalid_record(raw, target), fp)
+                            self.taken += 1
+                            if sink.behind:
+                                await sink.backpressure()
+                            continue
+                        if crawl is None or crawl.add_seed():  # a request line's item
+                            item = cast(Item, target)
+                            if not frontier.offer(item):
+                                await frontier.put(item)
                     elif crawl is None or crawl.add_seed():
-                        item = Item(raw, target, host, fp)
+                        item = make(raw, target, host, fp)
                         if not frontier.offer(item):
                             await frontier.put(item)
                     self.taken += 1
             await self._pages.feed_links(frontier)  # crawl mode: the links found
         finally:
             frontier.close_input()
+
+    def _request_line(
+        self, line: str, dedup: bool
+    ) -> tuple[str, errors.InvalidURL | RequestItem, str, int]:
+        """A parsed entry for a JSON request line: its item (the record's ``url`` is the
+        request's URL), or for a malformed one its error (the record carries the line)."""
+        try:
+            text, request = parse_request_line(line)
+            url, key, host = parse_target(text)
+        except errors.InvalidURL as exc:
+            if not exc.message.startswith(("request line", "invalid request line")):
+                exc = errors.InvalidURL(f"invalid request line: url: {exc.message}")
+            return line, exc, "", fingerprint("\0invalid\0" + line) if dedup else 0
+        fp = _request_fp(key, request.method, request.body) if dedup else 0
+        self._pages.seed(url, host)
+        return text, RequestItem(text, url, host, fp, request), host, fp
 
     def _invalid_record(self, raw: str, error: errors.InvalidURL) -> Record:
         """An input line that is not a URL we can fetch: counted and stamped here."""
@@ -117,3 +159,8 @@ class Reader:
         else:  # standard input or a pipe: what is left cannot be known without reading it
             stats.not_read = None
             stats.rest_unread = True
+
+
+def _request_fp(key: str, method: str, body: bytes | None) -> int:
+    """The fingerprint of a request's dedup key (crawler.request.request_key)."""
+    return fingerprint(request_key(key, method, body))

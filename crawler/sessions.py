@@ -359,17 +359,30 @@ class SessionFetcher(Fetcher):
 
             self._final_response = final_response
 
-    async def _send(self, method: str, url: URL, headers: CIMultiDict[str]) -> ClientResponse:
-        resp = await super()._send(method, url, await self._extend(method, url, headers))
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: bytes | None = None,
+        again: bool = True,
+    ) -> ClientResponse:
+        extended = await self._extend(method, url, headers)
+        resp = await super()._send(method, url, extended, body, again)
         if self._jar is not None:
             self._jar.update_cookies(resp.cookies, url)
         return resp
 
     async def _request(
-        self, method: str, url: URL, headers: CIMultiDict[str] | None, left: float
+        self,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str] | None,
+        left: float,
+        body: bytes | None = None,
     ) -> ClientResponse:
         extended = await self._extend(method, url, headers or CIMultiDict())
-        resp = await super()._request(method, url, extended, left)
+        resp = await super()._request(method, url, extended, left, body)
         if self._jar is not None:
             self._jar.update_cookies(resp.cookies, url)
         return resp

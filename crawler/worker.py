@@ -24,8 +24,9 @@ from crawler.crawling import Crawling, Kept
 from crawler.frontier import Frontier
 from crawler.limiter import DynamicSemaphore, HostTable
 from crawler.linkqueue import Link
-from crawler.records import Answer, Records
+from crawler.records import Answer, Record, Records
 from crawler.recordsink import RecordSink
+from crawler.request import Request
 from crawler.stats import Stats
 from crawler.task import Item
 
@@ -80,6 +81,7 @@ class Workers:
             clock=self._clock,
             keep=pages.keep,
             follow=pages.follow,
+            retry_unsafe=self._config.fetch.retry_unsafe,
         )
         for _ in range(self._config.limits.concurrency):
             tg.create_task(self.run(attempts))
@@ -240,6 +242,8 @@ class Workers:
         if kept is not None:
             record.body_path = kept.body_path
             record.sha256 = kept.sha256
+        if item.request is not None:
+            _of_request(record, item.request)
         self.stats.record(record.ok, record.status, error.kind if error else None, record.bytes)
         item.finished = True
         self._sink.put_nowait(record, item.fp, links)
@@ -252,7 +256,10 @@ class Workers:
         if not self._durable:
             error = errors.Cancelled("the run was interrupted before this URL finished")
             self.stats.cancel(recorded=True)
-            self._sink.put_nowait(self._records.unanswered(item, error))
+            record = self._records.unanswered(item, error)
+            if item.request is not None:
+                _of_request(record, item.request)
+            self._sink.put_nowait(record)
         else:
             self.stats.cancel(recorded=False)
 
@@ -283,3 +290,9 @@ class Workers:
                     permits.resize(int(permits.limit * 0.9))
                 elif permits.limit < ceiling:
                     permits.resize(permits.limit + 1)
+
+
+def _of_request(record: Record, request: Request) -> None:
+    """What a record says of its request: the method sent, and the line's ``meta``."""
+    record.method = request.method
+    record.meta = request.meta

@@ -113,7 +113,7 @@ def test_import_crawler_stays_light() -> None:
         {"per_host_rps": float("nan")},
         {"timeout": True},
         {"retries": 1.5},
-        {"method": "POST"},
+        {"method": "BAD METHOD"},
         {"header": ["X-A value"]},
         {"header": {"X-A": "a\r\nInjected: 1"}},
         {"header": {"Content-Length": "1"}},

@@ -49,6 +49,7 @@ class FakeFetcher:
         keep: int,
         follow: Callable[[URL], bool] | None,
         credentials: bool,
+        request: object = None,
     ) -> Response:
         self.calls.append((url, budget, keep, follow is not None, credentials))
         self.called.set()

@@ -94,7 +94,7 @@ async def test_fail_on_error_exit_status(server: Server, tmp_path: Path) -> None
         ("fetch", "/definitely/not/here.txt"),
         ("fetch", "--bogus"),
         ("fetch", "-H", "no colon here"),
-        ("fetch", "--method", "POST"),
+        ("fetch", "--method", "BAD METHOD"),
         ("fetch", "--timeout", "-1"),
         ("fetch", "--max-bytes", "lots"),
         ("fetch", "--rps", "fast"),

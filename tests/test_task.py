@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from crawler.request import Request
 from crawler.retry import Deadline
-from crawler.task import Item, Task
+from crawler.task import Item, RequestItem, Task
 from crawler.urls import parse_target
 
 
@@ -26,6 +27,21 @@ def test_bytes_round_trip() -> None:
         data = task.to_bytes()
         assert isinstance(data, bytes)
         assert Task.from_bytes(data) == task
+
+
+def test_a_request_travels_with_its_task() -> None:
+    request = Request("POST", (("X-A", "1"), ("X-A", "2")), b"\x00\xffbody", {"row": [1]})
+    task = Task("http://a.test/x", 5, 0, None, 1, None, request)
+    data = task.to_bytes()
+    assert data.endswith(b',["POST",[["X-A","1"],["X-A","2"]],"AP9ib2R5",{"row":[1]}]]')
+    assert Task.from_bytes(data) == task
+    item = Item.from_task(task, clock=Clock(0.0), wall=Clock(0.0))
+    assert isinstance(item, RequestItem) and item.request == request
+    assert item.task(clock=Clock(0.0), wall=Clock(0.0)) == task
+    # A plain task stays six fields long, and its item has no request.
+    plain = Task("http://a.test/x", 5)
+    assert Task.from_bytes(plain.to_bytes()) == plain and plain.to_bytes().count(b",") == 5
+    assert Item.from_task(plain, clock=Clock(0.0), wall=Clock(0.0)).request is None
 
 
 def test_wire_format_is_a_compact_list() -> None:
@@ -107,6 +123,13 @@ def test_an_expired_task_restores_expired() -> None:
         (b'["http://a.test/",1,0,null,0,1e999]', "not JSON"),  # orjson refuses infinity
         (b'["ftp://a.test/",1,0,null,0,null]', "task url 'ftp://a.test/'"),
         (b'["not a url",1,0,null,0,null]', "task url 'not a url'"),
+        (b'["http://a.test/",1,0,null,0,null,["POST",[],null]]', "request must be a list"),
+        (b'["http://a.test/",1,0,null,0,null,["BAD M",[],null,null]]', "invalid method"),
+        (b'["http://a.test/",1,0,null,0,null,["POST",{"A":"b"},null,null]]', "pairs"),
+        (b'["http://a.test/",1,0,null,0,null,["POST",[[1,"b"]],null,null]]', "header name"),
+        (b'["http://a.test/",1,0,null,0,null,["POST",[["A","b\\n"]],null,null]]', "control"),
+        (b'["http://a.test/",1,0,null,0,null,["POST",[],"%%%",null]]', "not base64"),
+        (b'["http://a.test/",1,0,null,0,null,["POST",[],5,null]]', "base64 or null"),
     ],
 )
 def test_malformed_payload_is_a_value_error(payload: bytes, message: str) -> None:

@@ -58,6 +58,9 @@ FETCH_OPTIONS = (
     *_BEFORE_DEDUP,
     "no_dedup",
     *_AFTER_DEDUP,
+    "data",
+    "json",
+    "retry_unsafe",
     *_SESSIONS,
 )
 CRAWL_OPTIONS = (*_BEFORE_METHOD, *_BEFORE_DEDUP, *_AFTER_DEDUP, *_SESSIONS)

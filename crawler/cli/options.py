@@ -30,6 +30,7 @@ from crawler.config import (
     SinkConfig,
     StoreConfig,
 )
+from crawler.errors import UsageError
 from crawler.options import CrawlOptions, FetchOptions, run_config
 
 NO_UVLOOP_ENV: Final = "CRAWLER_NO_UVLOOP"
@@ -129,7 +130,14 @@ UserAgent = Annotated[
 ]
 
 Method = Annotated[
-    str, typer.Option("--method", parser=parse_method, metavar="GET|HEAD", help="HTTP method.")
+    str | None,
+    typer.Option(
+        "--method",
+        parser=parse_method,
+        metavar="METHOD",
+        show_default="GET; POST with --data/--json",
+        help="HTTP method (any token: GET, HEAD, POST, PUT, DELETE, ...).",
+    ),
 ]
 BreakerThreshold = Annotated[
     int,
@@ -324,6 +332,45 @@ Etags = Annotated[
 ]
 
 
+Data = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        metavar="STRING|@FILE",
+        help="Request body of every URL line (JSON request lines bring their own); "
+        "the method is POST unless --method says otherwise.",
+    ),
+]
+JsonBody = Annotated[
+    str | None,
+    typer.Option(
+        "--json",
+        metavar="STRING|@FILE",
+        help="Like --data, with a JSON body (checked) and Content-Type: application/json "
+        "unless -H gives one.",
+    ),
+]
+RetryUnsafe = Annotated[
+    bool,
+    typer.Option(
+        "--retry-unsafe",
+        help="Retry requests that are not idempotent (POST, PATCH, ...) also after they "
+        "were sent (they could be applied twice).",
+    ),
+]
+
+
+def _body_file(option: str, value: str | None) -> str | bytes | None:
+    """``--data``/``--json``'s value: ``@FILE`` is the file's bytes."""
+    if value is None or not value.startswith("@"):
+        return value
+    path = value[1:]
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {option} file {path!r}: {exc.strerror}") from None
+
+
 def _defaults(cls: type[Any]) -> dict[str, Any]:
     """A config dataclass's field defaults: the one place a default is written."""
     fields = dataclasses.fields(cls)
@@ -361,7 +408,7 @@ class RunOptions:
     header: list[str] | None = None
     secret_header: list[str] | None = None
     user_agent: str | None = None  # FetchConfig's DEFAULT_USER_AGENT
-    method: str = _FETCH["method"]
+    method: str | None = None  # FetchConfig's method; POST with a body
     breaker_threshold: int = _BREAKER["threshold"]
     breaker_cooldown: float = _BREAKER["cooldown"]
     insecure: bool = not _FETCH["verify_tls"]
@@ -389,6 +436,9 @@ class RunOptions:
     cert: Path | None = _FETCH["cert"]
     key: Path | None = _FETCH["key"]
     etags: Path | None = _FETCH["etags"]
+    data: str | None = None
+    json: str | None = None
+    retry_unsafe: bool = _FETCH["retry_unsafe"]
 
     def config(self, crawl: Mapping[str, object] | None = None) -> RunConfig:
         """The frozen config slices each component receives, built by the Python API's
@@ -398,6 +448,12 @@ class RunOptions:
         given = {name: getattr(self, name) for name in _RUN_OPTIONS if name in takes}
         given.update(crawl or {})
         given.update(self._env_proxies())
+        if self.data is not None and self.json is not None:
+            raise UsageError("--data and --json cannot both be given")
+        if "data" in given:
+            given["data"] = _body_file("--data", self.data)
+        if "json" in given:
+            given["json"] = _body_file("--json", self.json)
         return run_config(
             {name: value for name, value in given.items() if value is not None},
             crawl=crawl is not None,
@@ -470,6 +526,9 @@ OPTIONS: Final[dict[str, Any]] = {
     "cert": Cert,
     "key": Key,
     "etags": Etags,
+    "data": Data,
+    "json": JsonBody,
+    "retry_unsafe": RetryUnsafe,
 }
 _DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(RunOptions)}
 # The RunOptions fields that shape the run's config (the others: where and how it reports).

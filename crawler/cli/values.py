@@ -27,7 +27,10 @@ def parse_size(text: str | int) -> int:
 
 
 def parse_method(text: str) -> str:
-    method = text.strip().upper()
-    if method not in ("GET", "HEAD"):
-        raise typer.BadParameter(f"{text!r} is not one of GET, HEAD")
-    return method
+    """Any method token (RFC 9110); GET, POST, ... in any case are sent upper-case."""
+    from crawler.request import check_method
+
+    try:
+        return check_method(text.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
