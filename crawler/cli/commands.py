@@ -47,8 +47,19 @@ _AFTER_DEDUP = (
     "warc_max_size",
     "no_uvloop",
 )
-FETCH_OPTIONS = (*_BEFORE_METHOD, "method", *_BEFORE_DEDUP, "no_dedup", *_AFTER_DEDUP)
-CRAWL_OPTIONS = (*_BEFORE_METHOD, *_BEFORE_DEDUP, *_AFTER_DEDUP)
+# Issue 15's records and requests options (both commands).
+_DETAIL = (
+    "max_time",
+    "include_headers",
+    "include_request",
+    "include_body",
+    "no_follow",
+    "verbose",
+    "retry_on",
+    "backoff",
+)
+FETCH_OPTIONS = (*_BEFORE_METHOD, "method", *_BEFORE_DEDUP, "no_dedup", *_AFTER_DEDUP, *_DETAIL)
+CRAWL_OPTIONS = (*_BEFORE_METHOD, *_BEFORE_DEDUP, *_AFTER_DEDUP, *_DETAIL)
 
 InputArgs = Annotated[
     list[str] | None,
@@ -138,16 +149,6 @@ def crawl(
             "--max-pages", min=1, metavar="N", show_default="none", help="Stop after N pages."
         ),
     ] = CRAWL_DEFAULTS["max_pages"],
-    max_time: Annotated[
-        float | None,
-        typer.Option(
-            "--max-time",
-            min=0.001,
-            metavar="S",
-            show_default="none",
-            help="Stop after S seconds (exit 0; resumable).",
-        ),
-    ] = CRAWL_DEFAULTS["max_time"],
     assets: Annotated[
         bool, typer.Option("--assets", help="Also fetch images, scripts, stylesheets, media.")
     ] = CRAWL_DEFAULTS["assets"],
@@ -176,7 +177,6 @@ def crawl(
             "exclude": exclude,
             "depth": depth,
             "max_pages": max_pages,
-            "max_time": max_time,
             "assets": assets,
             "ignore_robots": ignore_robots,
             "sitemaps": sitemaps,
