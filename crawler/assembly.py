@@ -18,11 +18,11 @@ from collections.abc import Callable
 from crawler import errors, signals
 from crawler.config import RunConfig
 from crawler.crawling import Crawling, io_message
+from crawler.detail import records_for
 from crawler.frontier import Frontier
 from crawler.inputs import Source
 from crawler.limiter import DynamicSemaphore, HostTable
 from crawler.reader import Reader
-from crawler.records import Records
 from crawler.recordsink import RecordSink, SinkFactory
 from crawler.stats import Stats
 from crawler.stores import Stores
@@ -39,7 +39,7 @@ class Parts:
         self._clock = clock
         self.stats = Stats(clock, self)
         self.hosts = HostTable(config.limits, config.breaker, clock)
-        self.records = Records(config.fetch.method)  # reader and workers share it
+        self.records = records_for(config.fetch)  # reader and workers share it
         # Made by open():
         self.pages: Crawling  # crawl mode and storage
         self.frontier: Frontier

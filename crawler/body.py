@@ -24,7 +24,7 @@ _RETRY_AFTER: Final = hdrs.RETRY_AFTER
 _CONTENT_ENCODING: Final = hdrs.CONTENT_ENCODING
 
 
-def _exchange(method: str, resp: ClientResponse, redact: frozenset[str]) -> Exchange:
+def exchange(method: str, resp: ClientResponse, redact: frozenset[str]) -> Exchange:
     version = resp.version
     sent = list(resp.request_info.headers.items())
     # A WARC file is shared and replayed: the user's secrets stay out of it.
@@ -53,7 +53,8 @@ def _over_limit(
     """The body passed its limit by ``over`` bytes with ``data``: too large (raises), or,
     with a ``cap``, kept up to the cap (the caller stops reading)."""
     if cap is None:
-        result.body = None
+        # What was kept up to the limit stays with the error (--include-body shows it).
+        result.body = None if chunks is None else b"".join(chunks) + data[: len(data) - over]
         raise errors.TooLarge(f"body exceeds --max-bytes {limit}", response=result)
     if chunks is not None:
         chunks.append(data[: len(data) - over])
@@ -115,7 +116,7 @@ class BodyReader:
         )
         chunks: list[bytes] | None = None
         if keep and (keep == KEEP_ALL or result.content_type in HTML_TYPES):
-            result.exchange = _exchange(method, resp, self._redact)
+            result.exchange = exchange(method, resp, self._redact)
             result.body = b""
             chunks = []
         if method == "HEAD":

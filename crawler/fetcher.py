@@ -101,7 +101,21 @@ class Fetcher:
         # Reads the final response: the body up to --max-bytes; in WARC request records
         # the sensitive headers are redacted, always (a URL's user:password is sent as
         # Authorization). A bound method, so the call per URL costs what a method's does.
-        self._final_response = BodyReader(config.max_bytes, sensitive).read
+        reader = BodyReader(config.max_bytes, sensitive)
+        self._final_response = reader.read
+        self._no_follow = config.no_follow
+        # --include-*, --no-follow, -v: a reader and a send that keep or show more, chosen
+        # here once, so that a run without them runs exactly the code it always did.
+        if config.detail:
+            from crawler.detail import DetailReader
+
+            self._final_response = DetailReader(reader, config, sensitive).read
+        if config.verbose:
+            from crawler.verbose import Verbose
+
+            verbose = Verbose(sensitive)
+            self._send = verbose.wrap(self._send)  # type: ignore[method-assign]
+            self._request = verbose.wrap(self._request)  # type: ignore[method-assign]
         # The session's headers, with and without the credentials (_send only: a
         # session request merges them itself).
         self._headers: CIMultiDict[str] = CIMultiDict(session.headers)
@@ -171,29 +185,19 @@ class Fetcher:
                         if direct:
                             resp = await self._send(method, url, credentials)
                         else:
-                            # ceil_threshold keeps aiohttp from rounding the deadline
-                            # up to whole seconds.
-                            resp = await self._session.request(
-                                method,
-                                url,
-                                allow_redirects=False,
-                                auto_decompress=False,
-                                headers=self._credentials if credentials else None,
-                                timeout=ClientTimeout(
-                                    total=left,
-                                    sock_connect=config.connect_timeout,
-                                    ceil_threshold=_NO_CEIL,
-                                ),
-                            )
+                            resp = await self._request(method, url, credentials, left)
                         try:
                             status = resp.status
                             rh = resp.headers
                             location = rh.get("Location") if status in _REDIRECTS else None
                             nxt = None
-                            if location is not None and follow is not None:
-                                nxt = self._redirect_target(url, location)
-                                if not follow(nxt):
-                                    location = None
+                            if location is not None:
+                                if self._no_follow:
+                                    location = None  # --no-follow: the 3xx is the answer
+                                elif follow is not None:
+                                    nxt = self._redirect_target(url, location)
+                                    if not follow(nxt):
+                                        location = None
                             if location is None:
                                 return await self._final_response(
                                     resp, url, method, redirects, keep, cap
@@ -244,6 +248,24 @@ class Fetcher:
                 f"traceback). The URL's record has error kind 'internal'.\n{text}"
             )
             sys.stderr.flush()
+
+    async def _request(
+        self, method: str, url: URL, credentials: bool, left: float
+    ) -> ClientResponse:
+        """One request through ClientSession.request (when _send's interfaces are missing)."""
+        # ceil_threshold keeps aiohttp from rounding the deadline up to whole seconds.
+        return await self._session.request(
+            method,
+            url,
+            allow_redirects=False,
+            auto_decompress=False,
+            headers=self._credentials if credentials else None,
+            timeout=ClientTimeout(
+                total=left,
+                sock_connect=self._config.connect_timeout,
+                ceil_threshold=_NO_CEIL,
+            ),
+        )
 
     async def _send(self, method: str, url: URL, credentials: bool) -> ClientResponse:
         """Send one request and read its response head, through aiohttp's connector

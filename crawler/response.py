@@ -45,3 +45,15 @@ class Exchange:
     status: int
     reason: str
     response_headers: list[tuple[str, str]]
+
+
+@dataclass(slots=True)
+class Detail(Exchange):
+    """An Exchange with what --include-headers, --include-request, --include-body and
+    --no-follow put in the record (crawler/detail.py makes it; the WARC writer reads it
+    as the Exchange it is)."""
+
+    headers: dict[str, str | list[str]] | None = None  # the response's, names lower-cased
+    sent: dict[str, str | list[str]] | None = None  # the request's, credentials redacted
+    location: str | None = None  # a 3xx's Location, as sent
+    charset: str | None = None  # the Content-Type header's charset parameter
