@@ -24,7 +24,7 @@ _RETRY_AFTER: Final = hdrs.RETRY_AFTER
 _CONTENT_ENCODING: Final = hdrs.CONTENT_ENCODING
 
 
-def exchange(method: str, resp: ClientResponse, redact: frozenset[str]) -> Exchange:
+def _exchange(method: str, resp: ClientResponse, redact: frozenset[str]) -> Exchange:
     version = resp.version
     sent = list(resp.request_info.headers.items())
     # A WARC file is shared and replayed: the user's secrets stay out of it.
@@ -116,7 +116,7 @@ class BodyReader:
         )
         chunks: list[bytes] | None = None
         if keep and (keep == KEEP_ALL or result.content_type in HTML_TYPES):
-            result.exchange = exchange(method, resp, self._redact)
+            result.exchange = _exchange(method, resp, self._redact)
             result.body = b""
             chunks = []
         if method == "HEAD":

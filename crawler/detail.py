@@ -19,7 +19,7 @@ from aiohttp.client_reqrep import ClientResponse
 from yarl import URL
 
 from crawler import errors
-from crawler.body import BodyReader, exchange
+from crawler.body import BodyReader
 from crawler.config import FetchConfig
 from crawler.records import Answer, Failure, Record, Records, Task, safe_text
 from crawler.response import HTML_TYPES, KEEP_ALL, Detail, Response
@@ -74,9 +74,9 @@ def body_field(body: bytes, charset: str | None, content_type: str | None) -> tu
 
 
 class DetailReader:
-    """Reads the final response as BodyReader does, and keeps its heads (a Detail in
-    ``exchange``) and, for --include-body, its body (even past --max-bytes: what was
-    read up to the cap stays with the too_large error)."""
+    """Reads the final response as BodyReader does, and keeps what the record shows of its
+    heads (a Detail in ``exchange``, around the WARC's Exchange if any) and, for
+    --include-body, its body (what was read up to --max-bytes stays with too_large)."""
 
     __slots__ = ("_body", "_headers", "_no_follow", "_read", "_redact", "_sent")
 
@@ -105,24 +105,19 @@ class DetailReader:
             result = await self._read(resp, url, method, redirects, keep, cap)
         except errors.FetchError as exc:
             if isinstance(exc.response, Response):
-                self._keep_heads(exc.response, resp, method)
+                self._keep_heads(exc.response, resp)
             raise
-        self._keep_heads(result, resp, method)
+        self._keep_heads(result, resp)
         return result
 
-    def _keep_heads(self, result: Response, resp: ClientResponse, method: str) -> None:
-        ex = result.exchange or exchange(method, resp, self._redact)
+    def _keep_heads(self, result: Response, resp: ClientResponse) -> None:
         location = None
         if self._no_follow and 300 <= resp.status < 400:
             raw = resp.headers.get(hdrs.LOCATION)
             location = safe_text(raw) if raw is not None else None
+        kept = result.exchange
         result.exchange = Detail(
-            ex.method,
-            ex.request_headers,
-            ex.version,
-            ex.status,
-            ex.reason,
-            ex.response_headers,
+            kept if not isinstance(kept, Detail) else kept.exchange,
             headers=header_object(resp.headers.items()) if self._headers else None,
             sent=(
                 header_object(resp.request_info.headers.items(), self._redact)
