@@ -18,6 +18,7 @@ from collections.abc import Callable
 from crawler import errors, signals
 from crawler.config import FetchConfig, RunConfig
 from crawler.crawling import Crawling, io_message
+from crawler.detail import DetailRecords
 from crawler.frontier import Frontier
 from crawler.inputs import Source
 from crawler.limiter import DynamicSemaphore, HostTable
@@ -145,9 +146,12 @@ class Parts:
 
 
 def _records(config: FetchConfig) -> Records:
-    """The records builder of the run: through proxies, records name the proxy; with
-    --etags, they say whether the answer was 304 (decided once, not per URL)."""
+    """The records builder of the run, decided once, not per URL: a plain run builds
+    plain records; --include-*/--no-follow add what the fetcher kept, proxies name the
+    proxy, --etags says whether the answer was 304."""
     kinds: list[type[Records]] = []
+    if config.detail:
+        kinds.append(DetailRecords)  # first: its __init__ takes include_body
     if config.proxied:
         kinds.append(ProxiedRecords)
     if config.etags is not None:
@@ -157,4 +161,6 @@ def _records(config: FetchConfig) -> Records:
     kind: type[Records] = kinds[0]
     if len(kinds) > 1:
         kind = type("Records", tuple(kinds), {"__slots__": ()})
+    if issubclass(kind, DetailRecords):  # it came first: its __init__ is the one run
+        return kind(config.method, config.include_body)
     return kind(config.method)

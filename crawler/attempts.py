@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from yarl import URL
 
@@ -89,9 +89,13 @@ class Attempts:
         self._follow = follow  # crawl mode: which redirects a discovered URL may follow
         self._retry_unsafe = retry_unsafe  # --retry-unsafe: see _unsafe
 
-    async def run(self, item: Item, credentials: bool) -> Outcome:
+    async def run(
+        self, item: Item, credentials: bool, statuses: frozenset[int] = RETRY_STATUSES
+    ) -> Outcome:
         """Attempts for ``item`` (holding a slot of its host) until it has an outcome or
-        must wait for a retry. ``credentials``: whether its requests may carry them."""
+        must wait for a retry. ``credentials``: whether its requests may carry them;
+        ``statuses``: the ones retried (a default argument costs nothing per call, so a
+        run with the default list pays nothing for --retry-on: see RetryOn)."""
         host = item.host
         assert host is not None  # noqa: S101 - the frontier hands out items with a slot
         retry, stats, clock = self._retry, self._stats, self._clock
@@ -130,7 +134,7 @@ class Attempts:
             status = resp.status if resp is not None else 0
             host.observe(status, error, latency)
 
-            retryable = error.retryable if error is not None else status in RETRY_STATUSES
+            retryable = error.retryable if error is not None else status in statuses
             if retryable and item.attempts <= retry.retries:
                 request = item.request
                 if request is not None and request.unsafe and not self._retry_unsafe:
@@ -162,3 +166,23 @@ def _not_retried(
         return errors.HTTPStatusError(f"HTTP {resp.status} {note}")
     error.message = f"{error.message} {note}"
     return error
+
+
+class RetryOn(Attempts):
+    """The attempt loop of a run given --retry-on: its statuses are retried instead."""
+
+    __slots__ = ("_statuses",)
+
+    def __init__(self, fetcher: Fetches, retry: RetryConfig, *args: Any, **kw: Any) -> None:
+        super().__init__(fetcher, retry, *args, **kw)
+        self._statuses = retry.retry_on
+
+    async def run(
+        self, item: Item, credentials: bool, statuses: frozenset[int] = RETRY_STATUSES
+    ) -> Outcome:
+        return await Attempts.run(self, item, credentials, self._statuses)
+
+
+def attempts_for(retry: RetryConfig) -> type[Attempts]:
+    """The attempt loop's class for a run: decided once, not per URL."""
+    return Attempts if retry.retry_on == RETRY_STATUSES else RetryOn

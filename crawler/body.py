@@ -53,7 +53,8 @@ def _over_limit(
     """The body passed its limit by ``over`` bytes with ``data``: too large (raises), or,
     with a ``cap``, kept up to the cap (the caller stops reading)."""
     if cap is None:
-        result.body = None
+        # What was kept up to the limit stays with the error (--include-body shows it).
+        result.body = None if chunks is None else b"".join(chunks) + data[: len(data) - over]
         raise errors.TooLarge(f"body exceeds --max-bytes {limit}", response=result)
     if chunks is not None:
         chunks.append(data[: len(data) - over])

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from crawler import __version__
 from crawler.errors import CrawlerError
+from crawler.retry import RETRY_STATUSES
 
 DEFAULT_USER_AGENT = f"crawler/{__version__} (+https://github.com/crawler-dev/crawler)"
 
@@ -125,12 +126,24 @@ class RetryConfig:
     timeout: float = 30.0  # the URL's deadline, from its first attempt
     backoff_base: float = 0.5
     backoff_cap: float = 10.0
+    # The statuses retried (--retry-on); empty: only errors (connect, timeout) are.
+    retry_on: frozenset[int] = RETRY_STATUSES
 
     def __post_init__(self) -> None:
         _non_negative("retries", self.retries)
         _positive("timeout", self.timeout)
         _non_negative("backoff_base", self.backoff_base)
         _non_negative("backoff_cap", self.backoff_cap)
+        if self.backoff_cap < self.backoff_base:
+            raise ConfigError(
+                f"backoff MAX must be >= BASE, got {self.backoff_base!r},{self.backoff_cap!r}",
+                option="backoff",
+            )
+        for status in self.retry_on:
+            if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+                raise ConfigError(
+                    f"invalid retry_on status {status!r}: expected 100-599", option="retry_on"
+                )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,6 +204,19 @@ class FetchConfig:
     # A request that is not idempotent (POST, PATCH, ...) is sent again after a failure
     # once its bytes went out only if this says so (--retry-unsafe).
     retry_unsafe: bool = False
+
+    # What a record carries beyond the contract's fields, and how redirects and requests
+    # are shown (crawler/detail.py): each costs nothing when off.
+    include_headers: bool = False  # the final response's headers
+    include_request: bool = False  # the final request's headers, as sent
+    include_body: bool = False  # the body, as text or base64
+    no_follow: bool = False  # a 3xx is the final response, with its Location
+    verbose: bool = False  # each request and response head on stderr (-v)
+
+    @property
+    def detail(self) -> bool:
+        """Whether the final response is read for more than the contract's fields."""
+        return self.include_headers or self.include_request or self.include_body or self.no_follow
 
     @property
     def proxied(self) -> bool:
@@ -273,7 +299,6 @@ class CrawlConfig:
     exclude: tuple[str, ...] = ()  # regexes: a link matching one of them is dropped
     max_depth: int | None = None  # seeds are depth 0
     max_pages: int | None = None  # records of this crawl, resumed runs included
-    max_time: float | None = None  # seconds, then stop like SIGINT but exit 0
     assets: bool = False  # also follow img/script/stylesheet/... URLs
     obey_robots: bool = True  # robots.txt, <meta name=robots>, rel=nofollow
     sitemaps: bool = False  # seeds from robots.txt Sitemap: lines
@@ -294,8 +319,6 @@ class CrawlConfig:
             _non_negative("depth", self.max_depth)
         if self.max_pages is not None:
             _positive("max_pages", self.max_pages)
-        if self.max_time is not None:
-            _positive("max_time", self.max_time)
         _positive("parse_timeout", self.parse_timeout)
 
 
@@ -328,6 +351,10 @@ class RunConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     crawl: CrawlConfig | None = None  # None: fetch mode (no links followed)
     grace: float = 5.0  # seconds in-flight requests get to finish after SIGINT/SIGTERM
+    # Seconds, then stop like SIGINT but exit 0: URLs not sent get no record (fetch and crawl).
+    max_time: float | None = None
 
     def __post_init__(self) -> None:
         _non_negative("grace", self.grace)
+        if self.max_time is not None:
+            _positive("max_time", self.max_time)

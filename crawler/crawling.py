@@ -25,7 +25,7 @@ from crawler.fetcher import Fetcher
 from crawler.frontier import Frontier
 from crawler.limiter import HostTable
 from crawler.recordsink import SinkHooks
-from crawler.response import HTML_TYPES, KEEP_ALL, KEEP_HTML, KEEP_NONE, Response
+from crawler.response import HTML_TYPES, KEEP_ALL, KEEP_HTML, KEEP_NONE, Detail, Exchange, Response
 from crawler.stats import Stats
 from crawler.stores import Stores
 from crawler.task import Item
@@ -301,7 +301,11 @@ class Crawling:
                 await bodies.backpressure()
         warc = self._warc
         if warc is not None and resp.exchange is not None:
-            warc.add(resp.final_url, resp.exchange, body)
+            exchange: Exchange | Detail | None = resp.exchange
+            if isinstance(exchange, Detail):  # --include-*: the heads WARC needs are inside
+                exchange = exchange.exchange
+            if isinstance(exchange, Exchange):
+                warc.add(resp.final_url, exchange, body)
             if warc.behind:
                 await warc.backpressure()
         return kept

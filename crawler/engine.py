@@ -68,7 +68,7 @@ class RunResult:
     snapshot: Snapshot
     interrupted: bool
     output_closed: bool
-    timed_out: bool = False  # crawl mode: --max-time ran out
+    timed_out: bool = False  # --max-time ran out
 
 
 class Engine:
@@ -174,11 +174,11 @@ class Engine:
         )
 
     async def _run_tasks(self, fetcher: Fetcher) -> None:
-        crawl = self._config.crawl
+        max_time = self._config.max_time
         async with asyncio.TaskGroup() as tg:
-            if crawl is not None and crawl.max_time is not None:
+            if max_time is not None:
                 loop = asyncio.get_running_loop()
-                self._timers.append(loop.call_later(crawl.max_time, self._time_up))
+                self._timers.append(loop.call_later(max_time, self._time_up))
             self._pages.begin(tg)
             self._background = [
                 tg.create_task(self.stats.watch_loop_lag()),

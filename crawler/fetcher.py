@@ -133,7 +133,21 @@ class Fetcher:
         # Reads the final response: the body up to --max-bytes; in WARC request records
         # the sensitive headers are redacted, always (a URL's user:password is sent as
         # Authorization). A bound method, so the call per URL costs what a method's does.
-        self._final_response = BodyReader(config.max_bytes, sensitive).read
+        reader = BodyReader(config.max_bytes, sensitive)
+        self._final_response = reader.read
+        self._no_follow = config.no_follow
+        # --include-*, --no-follow, -v: a reader and a send that keep or show more, chosen
+        # here once, so that a run without them runs exactly the code it always did.
+        if config.detail:
+            from crawler.detail import DetailReader
+
+            self._final_response = DetailReader(reader, config, sensitive).read
+        if config.verbose:
+            from crawler.verbose import Verbose
+
+            verbose = Verbose(sensitive)
+            self._send = verbose.wrap(self._send)  # type: ignore[method-assign]
+            self._request = verbose.wrap(self._request)  # type: ignore[method-assign]
         # The session's headers, with and without the credentials (_send only: a
         # session request merges them itself).
         self._headers: CIMultiDict[str] = CIMultiDict(session.headers)
@@ -247,10 +261,13 @@ class Fetcher:
                             rh = resp.headers
                             location = rh.get("Location") if status in _REDIRECTS else None
                             nxt = None
-                            if location is not None and follow is not None:
-                                nxt = self._redirect_target(url, location)
-                                if not follow(nxt):
-                                    location = None
+                            if location is not None:
+                                if self._no_follow:
+                                    location = None  # --no-follow: the 3xx is the answer
+                                elif follow is not None:
+                                    nxt = self._redirect_target(url, location)
+                                    if not follow(nxt):
+                                        location = None
                             if location is None:
                                 return await self._final_response(
                                     resp, url, method, redirects, keep, cap

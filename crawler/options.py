@@ -9,6 +9,7 @@ written once and a bad value is a ``ConfigError`` whichever way it came in.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, TypedDict
@@ -63,6 +64,14 @@ class _SharedOptions(TypedDict, total=False):
     cert: str | os.PathLike[str]
     key: str | os.PathLike[str]
     etags: str | os.PathLike[str]
+    max_time: float
+    include_headers: bool
+    include_request: bool
+    include_body: bool
+    no_follow: bool
+    verbose: bool
+    retry_on: str | Iterable[int]  # "429,503" or [429, 503]; "" or []: errors only
+    backoff: str | tuple[float, float]  # "BASE,MAX" or (BASE, MAX), seconds
 
 
 class FetchOptions(_SharedOptions, total=False):
@@ -83,7 +92,6 @@ class CrawlOptions(_SharedOptions, total=False):
     exclude: Iterable[str]
     depth: int
     max_pages: int
-    max_time: float
     assets: bool
     ignore_robots: bool
     sitemaps: bool
@@ -133,10 +141,14 @@ _FIELDS: Final[dict[str, tuple[str, str, type, bool]]] = {
     "scope": ("crawl", "scope", str, False),
     "depth": ("crawl", "max_depth", int, False),
     "max_pages": ("crawl", "max_pages", int, False),
-    "max_time": ("crawl", "max_time", float, False),
     "assets": ("crawl", "assets", bool, False),
     "ignore_robots": ("crawl", "obey_robots", bool, True),
     "sitemaps": ("crawl", "sitemaps", bool, False),
+    "include_headers": ("fetch", "include_headers", bool, False),
+    "include_request": ("fetch", "include_request", bool, False),
+    "include_body": ("fetch", "include_body", bool, False),
+    "no_follow": ("fetch", "no_follow", bool, False),
+    "verbose": ("fetch", "verbose", bool, False),
 }
 
 
@@ -216,6 +228,49 @@ def _proxy_option(fetch: dict[str, Any], name: str, value: object) -> None:
         raise ConfigError(f"scheme_proxy must be a mapping, got {value!r}")
 
 
+def _retry_on(value: object) -> frozenset[int]:
+    """``--retry-on``: "429,503" (the CLI's) or a list of ints; empty: no status is retried."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")] if value.strip() else []
+        statuses = []
+        for part in parts:
+            if not part.isascii() or not part.isdigit():
+                raise ConfigError(
+                    f"invalid retry_on {value!r}: expected status codes like 429,503",
+                    option="retry_on",
+                )
+            statuses.append(int(part))
+        return frozenset(statuses)
+    if not isinstance(value, Iterable):
+        raise ConfigError(f"retry_on must be a list of status codes, got {value!r}")
+    return frozenset(_typed("retry_on", v, int) for v in value)
+
+
+def _backoff(value: object) -> tuple[float, float]:
+    """``--backoff BASE,MAX`` (or a (BASE, MAX) pair): seconds, both > 0, MAX >= BASE."""
+    shown = value
+    if isinstance(value, str):
+        parts: list[object] = []
+        for part in value.split(","):
+            try:
+                parts.append(float(part))
+            except ValueError:
+                raise ConfigError(
+                    f"invalid backoff {shown!r}: expected BASE,MAX (seconds)", option="backoff"
+                ) from None
+        value = parts
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ConfigError(f"invalid backoff {shown!r}: expected BASE,MAX", option="backoff")
+    base, cap = (_typed("backoff", v, float) for v in value)
+    if not (0 < base < math.inf and 0 < cap < math.inf):
+        raise ConfigError(
+            f"invalid backoff {shown!r}: BASE and MAX must be numbers > 0", option="backoff"
+        )
+    if cap < base:
+        raise ConfigError(f"invalid backoff {shown!r}: MAX must be >= BASE", option="backoff")
+    return base, cap
+
+
 def run_config(
     options: Mapping[str, object], *, crawl: bool, sink: SinkConfig | None = None
 ) -> RunConfig:
@@ -239,8 +294,13 @@ def run_config(
             where, field_name, kind, negated = _FIELDS[name]
             checked = _typed(name, value, kind)
             slices[where][field_name] = not checked if negated else checked
-        elif name == "grace":
-            run["grace"] = _typed(name, value, float)
+        elif name in ("grace", "max_time"):
+            run[name] = _typed(name, value, float)
+        elif name == "retry_on":
+            slices["retry"]["retry_on"] = _retry_on(value)
+        elif name == "backoff":
+            base, cap = _backoff(value)
+            slices["retry"]["backoff_base"], slices["retry"]["backoff_cap"] = base, cap
         elif name == "header":
             slices["fetch"]["headers"] = _headers(value)
         elif name == "secret_header":

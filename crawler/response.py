@@ -30,9 +30,10 @@ class Response:
     nbytes: int
     redirects: list[str] = field(default_factory=list)
     retry_after: str | None = None
-    # Kept only when asked for (see KEEP_*): the body and what a WARC record needs.
+    # Kept only when asked for (see KEEP_*): the body and what a WARC record needs (inside
+    # a Detail when the record carries heads: see crawler/detail.py).
     body: bytes | None = None
-    exchange: Exchange | None = None
+    exchange: Exchange | Detail | None = None
 
 
 @dataclass(slots=True)
@@ -45,3 +46,16 @@ class Exchange:
     status: int
     reason: str
     response_headers: list[tuple[str, str]]
+
+
+@dataclass(slots=True)
+class Detail:
+    """What --include-headers, --include-request, --include-body and --no-follow put in
+    the record (crawler/detail.py makes it and keeps it in Response.exchange, holding the
+    Exchange a WARC record needs, if one was made)."""
+
+    exchange: Exchange | None  # the heads for WARC, when bodies are kept for it
+    headers: dict[str, str | list[str]] | None = None  # the response's, names lower-cased
+    sent: dict[str, str | list[str]] | None = None  # the request's, credentials redacted
+    location: str | None = None  # a 3xx's Location, as sent
+    charset: str | None = None  # the Content-Type header's charset parameter

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from crawler import errors
-from crawler.attempts import Attempts, Fetches
+from crawler.attempts import Attempts, Fetches, attempts_for
 from crawler.config import RunConfig
 from crawler.crawling import Crawling, Kept
 from crawler.frontier import Frontier
@@ -73,7 +73,7 @@ class Workers:
     def start(self, tg: asyncio.TaskGroup, fetcher: Fetches) -> None:
         """The workers, in ``tg``, sharing one attempt loop over ``fetcher``."""
         pages = self._pages
-        attempts = Attempts(
+        attempts = attempts_for(self._config.retry)(
             fetcher,
             self._config.retry,
             self._hosts,

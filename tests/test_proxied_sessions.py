@@ -50,3 +50,35 @@ async def test_cookies_and_etags_through_a_proxy(
     assert again["status"] == 304 and again["not_modified"] is True
     assert again["proxy"] == proxy
     assert seen == [("s1", None), (None, '"v1"')]
+
+
+async def test_headers_and_a_json_request_through_a_proxy(
+    pproxy: dict[str, int],  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    got: list[tuple[str, bytes]] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        got.append((request.method, await request.read()))
+        return web.Response(text="ok", headers={"X-One": "1"})
+
+    app = web.Application()
+    app.router.add_route("*", "/echo", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    proxy = f"http://127.0.0.1:{pproxy['plain']}"
+    line = f'{{"url": "http://127.0.0.1:{port}/echo", "method": "PUT", "body": "b", "meta": 7}}'
+    try:
+        _, [rec] = await run_engine(
+            tmp_path, [line], proxies=(proxy,), include_headers=True, etags=str(tmp_path / "e")
+        )
+    finally:
+        await runner.cleanup()
+    # One record carries what each option adds: the proxy, the headers, the revisit flag
+    # and the request's own method and meta.
+    assert got == [("PUT", b"b")]
+    assert rec["proxy"] == proxy and rec["headers"]["x-one"] == "1"
+    assert rec["not_modified"] is False and rec["method"] == "PUT" and rec["meta"] == 7

@@ -51,6 +51,17 @@ _AFTER_DEDUP = (
     "noproxy",
     "no_env_proxy",
 )
+# Issue 15's records and requests options (both commands).
+_DETAIL = (
+    "max_time",
+    "include_headers",
+    "include_request",
+    "include_body",
+    "no_follow",
+    "verbose",
+    "retry_on",
+    "backoff",
+)
 _SESSIONS = ("cookies", "cookie", "cookie_jar", "cacert", "cert", "key", "etags")
 FETCH_OPTIONS = (
     *_BEFORE_METHOD,
@@ -62,8 +73,9 @@ FETCH_OPTIONS = (
     "json",
     "retry_unsafe",
     *_SESSIONS,
+    *_DETAIL,
 )
-CRAWL_OPTIONS = (*_BEFORE_METHOD, *_BEFORE_DEDUP, *_AFTER_DEDUP, *_SESSIONS)
+CRAWL_OPTIONS = (*_BEFORE_METHOD, *_BEFORE_DEDUP, *_AFTER_DEDUP, *_SESSIONS, *_DETAIL)
 
 InputArgs = Annotated[
     list[str] | None,
@@ -153,16 +165,6 @@ def crawl(
             "--max-pages", min=1, metavar="N", show_default="none", help="Stop after N pages."
         ),
     ] = CRAWL_DEFAULTS["max_pages"],
-    max_time: Annotated[
-        float | None,
-        typer.Option(
-            "--max-time",
-            min=0.001,
-            metavar="S",
-            show_default="none",
-            help="Stop after S seconds (exit 0; resumable).",
-        ),
-    ] = CRAWL_DEFAULTS["max_time"],
     assets: Annotated[
         bool, typer.Option("--assets", help="Also fetch images, scripts, stylesheets, media.")
     ] = CRAWL_DEFAULTS["assets"],
@@ -191,7 +193,6 @@ def crawl(
             "exclude": exclude,
             "depth": depth,
             "max_pages": max_pages,
-            "max_time": max_time,
             "assets": assets,
             "ignore_robots": ignore_robots,
             "sitemaps": sitemaps,

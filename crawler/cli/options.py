@@ -32,8 +32,12 @@ from crawler.config import (
 )
 from crawler.errors import UsageError
 from crawler.options import CrawlOptions, FetchOptions, run_config
+from crawler.retry import RETRY_STATUSES
 
 NO_UVLOOP_ENV: Final = "CRAWLER_NO_UVLOOP"
+_BACKOFF_DEFAULTS: Final = tuple(
+    RetryConfig.__dataclass_fields__[f].default for f in ("backoff_base", "backoff_cap")
+)
 
 Concurrency = Annotated[
     int, typer.Option("-c", "--concurrency", min=1, metavar="N", help="Max requests in flight.")
@@ -371,6 +375,72 @@ def _body_file(option: str, value: str | None) -> str | bytes | None:
         raise UsageError(f"cannot read {option} file {path!r}: {exc.strerror}") from None
 
 
+MaxTime = Annotated[
+    float | None,
+    typer.Option(
+        "--max-time",
+        min=0.001,
+        metavar="S",
+        show_default="none",
+        help="Stop after S seconds (exit 0; URLs not sent get no record; resumable).",
+    ),
+]
+IncludeHeaders = Annotated[
+    bool,
+    typer.Option(
+        "--include-headers",
+        help="Records carry the final response's headers (names lower-cased, repeats as lists).",
+    ),
+]
+IncludeRequest = Annotated[
+    bool,
+    typer.Option(
+        "--include-request",
+        help="Records carry the final request's headers as sent (credentials [redacted]).",
+    ),
+]
+IncludeBody = Annotated[
+    bool,
+    typer.Option(
+        "--include-body",
+        help="Records carry the body (up to --max-bytes): text if its charset decodes it, "
+        "else base64.",
+    ),
+]
+NoFollow = Annotated[
+    bool,
+    typer.Option(
+        "--no-follow", help="Do not follow redirects: a 3xx is recorded with its location."
+    ),
+]
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "-v",
+        "--verbose",
+        help="Print each request and response head on stderr, as curl -v (credentials [redacted]).",
+    ),
+]
+RetryOn = Annotated[
+    str | None,
+    typer.Option(
+        "--retry-on",
+        metavar="STATUSES",
+        show_default=",".join(map(str, sorted(RETRY_STATUSES))),
+        help="Statuses retried, comma-separated ('': none, only errors are retried).",
+    ),
+]
+Backoff = Annotated[
+    str | None,
+    typer.Option(
+        "--backoff",
+        metavar="BASE,MAX",
+        show_default=",".join(f"{d:g}" for d in _BACKOFF_DEFAULTS),
+        help="Retry back-off in seconds: BASE doubles per retry up to MAX (with jitter).",
+    ),
+]
+
+
 def _defaults(cls: type[Any]) -> dict[str, Any]:
     """A config dataclass's field defaults: the one place a default is written."""
     fields = dataclasses.fields(cls)
@@ -439,6 +509,14 @@ class RunOptions:
     data: str | None = None
     json: str | None = None
     retry_unsafe: bool = _FETCH["retry_unsafe"]
+    max_time: float | None = _defaults(RunConfig)["max_time"]
+    include_headers: bool = _FETCH["include_headers"]
+    include_request: bool = _FETCH["include_request"]
+    include_body: bool = _FETCH["include_body"]
+    no_follow: bool = _FETCH["no_follow"]
+    verbose: bool = _FETCH["verbose"]
+    retry_on: str | None = None  # RetryConfig's retry_on
+    backoff: str | None = None  # RetryConfig's backoff_base, backoff_cap
 
     def config(self, crawl: Mapping[str, object] | None = None) -> RunConfig:
         """The frozen config slices each component receives, built by the Python API's
@@ -529,6 +607,14 @@ OPTIONS: Final[dict[str, Any]] = {
     "data": Data,
     "json": JsonBody,
     "retry_unsafe": RetryUnsafe,
+    "max_time": MaxTime,
+    "include_headers": IncludeHeaders,
+    "include_request": IncludeRequest,
+    "include_body": IncludeBody,
+    "no_follow": NoFollow,
+    "verbose": Verbose,
+    "retry_on": RetryOn,
+    "backoff": Backoff,
 }
 _DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(RunOptions)}
 # The RunOptions fields that shape the run's config (the others: where and how it reports).

@@ -190,7 +190,9 @@ def _progress_wanted(
     --progress also when it is not (a status line every few seconds). Never while the
     records go to that same terminal: a line redrawn in place, or one written between
     two partial writes of a record, would splice into the records."""
-    if quiet or not (console.is_terminal if progress is None else progress):
+    if progress is None:  # -v writes heads on stderr: a live line would tear them
+        progress = console.is_terminal and not config.fetch.verbose
+    if quiet or not progress:
         return False
     if _same_terminal(config.sink.output):
         if progress:

@@ -142,6 +142,8 @@ def serve(
     "save_dir",
     "warc",
     "no_uvloop",
+    "include_headers",
+    "include_body",
     # all at once, none held per host; no grace: a bench is not resumed
     concurrency=100,
     per_host=0,
