@@ -5,14 +5,19 @@ exceptions, and the OS and TLS errors under them, into the contract's error kind
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 import sys
+import traceback
+from typing import Final
 
 from aiohttp import client_exceptions, http_exceptions
 
 from crawler import errors
 from crawler.records import safe_text
+
+_MAX_BUGS: Final = 10  # distinct internal errors a run prints the traceback of
 
 
 def map_exception(exc: BaseException, *, deadline_left: float) -> errors.FetchError:
@@ -67,7 +72,7 @@ def map_exception(exc: BaseException, *, deadline_left: float) -> errors.FetchEr
         # aiohttp's own checks.
         return errors.ProtocolError(_describe(exc))
     # Anything else (TypeError, AttributeError, KeyError, RuntimeError, ...) is a bug of
-    # ours, not the server's doing: it ends this URL, never the run (see Fetcher._bug).
+    # ours, not the server's doing: it ends this URL, never the run (see report_bug).
     return errors.InternalError(f"internal error (a bug in crawler): {_describe(exc)}")
 
 
@@ -95,3 +100,24 @@ def _describe(exc: BaseException | None) -> str:
         text = text.splitlines()[0] if text else ""
     text = safe_text(text)
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+def report_bug(exc: BaseException, reported: set[tuple[str, str, int]]) -> None:
+    """Print the traceback of an unexpected exception on stderr, once per distinct bug
+    (its type and the line that raised it, kept in ``reported``) and run, at most
+    _MAX_BUGS of them: a bug met by every URL must not flood the terminal. Even with -q:
+    it is a bug report, and the record alone would not say where it is. The URL is not
+    printed (it may hold credentials); its record has it."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    last = frames[-1] if frames else None
+    key = (type(exc).__qualname__, last.filename if last else "", (last and last.lineno) or 0)
+    if key in reported or len(reported) >= _MAX_BUGS:
+        return
+    reported.add(key)
+    text = "".join(traceback.format_exception(exc))
+    with contextlib.suppress(OSError, ValueError):  # stderr closed: the record stays
+        sys.stderr.write(
+            "crawler: internal error (a bug in crawler; please report it with this "
+            f"traceback). The URL's record has error kind 'internal'.\n{text}"
+        )
+        sys.stderr.flush()

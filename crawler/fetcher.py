@@ -8,10 +8,7 @@ The session it runs on comes from crawler.session; what it returns is crawler.re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-import sys
-import traceback
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
@@ -25,17 +22,16 @@ from yarl import URL
 from crawler import errors
 from crawler.body import BodyReader
 from crawler.config import FetchConfig
-from crawler.errormap import map_exception
+from crawler.errormap import map_exception, report_bug
 from crawler.request import Request
 from crawler.response import KEEP_NONE, Response
 from crawler.session import address_policy, sensitive_names
-from crawler.urls import check_port
+from crawler.urls import redirect_target
 
 _REDIRECTS: Final = frozenset((301, 302, 303, 307, 308))
 _NO_CEIL: Final = 1e9  # never let aiohttp round a timeout up to a whole second
 _NO_TIMER: Final = TimerNoop()
 _NO_TRACES: Final[list[Any]] = []  # aiohttp only iterates over the traces it is given
-_MAX_BUGS: Final = 10  # distinct internal errors a run prints the traceback of (Fetcher._bug)
 # Failures that happen before a byte of the request is sent: a request that is not
 # idempotent may still be tried again after them (see crawler.attempts).
 _BEFORE_SENDING: Final = (
@@ -157,7 +153,7 @@ class Fetcher:
         # A request that is not idempotent goes again on a fresh connection, after a
         # pooled one turned out closed, only with --retry-unsafe (see _send).
         self._retry_unsafe = config.retry_unsafe
-        # Bugs already reported on stderr (see _bug): (type, file, line) of each.
+        # Bugs already reported on stderr (errormap.report_bug): (type, file, line) of each.
         self._bugs: set[tuple[str, str, int]] = set()
 
     @property
@@ -265,7 +261,7 @@ class Fetcher:
                                 if self._no_follow:
                                     location = None  # --no-follow: the 3xx is the answer
                                 elif follow is not None:
-                                    nxt = self._redirect_target(url, location)
+                                    nxt = redirect_target(url, location)
                                     if not follow(nxt):
                                         location = None
                             if location is None:
@@ -287,7 +283,7 @@ class Fetcher:
                 if hops:  # the input URL is the record's url, not one of its redirects
                     redirects.append(str(url))
                 hops += 1
-                url = nxt if nxt is not None else self._redirect_target(url, location)
+                url = nxt if nxt is not None else redirect_target(url, location)
                 if credentials and url.origin() != origin:
                     credentials = False
                 if request is not None:
@@ -308,7 +304,7 @@ class Fetcher:
             mapped = map_exception(exc, deadline_left=deadline - loop.time())
             if isinstance(mapped, errors.InternalError):
                 Fetcher.bugs_met += 1
-                self._bug(exc)
+                report_bug(exc, self._bugs)
             elif not hops and isinstance(exc, _BEFORE_SENDING):
                 mapped.sent = False
             raise mapped from exc
@@ -345,26 +341,6 @@ class Fetcher:
         for name, value in own:
             headers.add(name, value)
         return headers
-
-    def _bug(self, exc: BaseException) -> None:
-        """Print the traceback of an unexpected exception on stderr, once per distinct
-        bug (its type and the line that raised it) and run, at most _MAX_BUGS of them: a
-        bug met by every URL must not flood the terminal. Even with -q: it is a bug
-        report, and the record alone would not say where it is. The URL is not printed
-        (it may hold credentials); its record has it."""
-        frames = traceback.extract_tb(exc.__traceback__)
-        last = frames[-1] if frames else None
-        key = (type(exc).__qualname__, last.filename if last else "", (last and last.lineno) or 0)
-        if key in self._bugs or len(self._bugs) >= _MAX_BUGS:
-            return
-        self._bugs.add(key)
-        text = "".join(traceback.format_exception(exc))
-        with contextlib.suppress(OSError, ValueError):  # stderr closed: the record stays
-            sys.stderr.write(
-                "crawler: internal error (a bug in crawler; please report it with this "
-                f"traceback). The URL's record has error kind 'internal'.\n{text}"
-            )
-            sys.stderr.flush()
 
     async def _request(
         self,
@@ -445,38 +421,3 @@ class Fetcher:
                 conn.close()
                 raise
             return resp
-
-    @staticmethod
-    def _redirect_target(url: URL, location: str) -> URL:
-        if not location.isascii():
-            location = _quote_non_utf8(location)
-        try:
-            nxt = url.join(URL(location))
-            bad_port = check_port(location) if nxt.explicit_port is not None else None
-        except Exception as exc:  # ValueError, or IndexError from yarl 1.25
-            raise errors.ProtocolError(f"invalid redirect Location {location!r}") from exc
-        if bad_port is not None:
-            raise errors.ProtocolError(f"redirect to an invalid port: {bad_port} ({location!r})")
-        if nxt.scheme not in ("http", "https") or not nxt.raw_host:
-            raise errors.ProtocolError(f"redirect to unsupported URL {location!r}")
-        return nxt.with_fragment(None) if nxt.raw_fragment else nxt
-
-
-def _quote_non_utf8(text: str) -> str:
-    """A header value with bytes that are not UTF-8 (lone surrogates, from aiohttp's
-    ``surrogateescape``) with each such byte percent-encoded: yarl would drop them."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        pass
-    else:
-        return text  # an IRI: yarl encodes it (the host as IDNA)
-    out = []
-    for char in text:
-        if "\udc80" <= char <= "\udcff":
-            out.append(f"%{ord(char) - 0xDC00:02X}")
-        elif "\ud800" <= char <= "\udfff":
-            out.append("%EF%BF%BD")  # not from a byte: U+FFFD
-        else:
-            out.append(char)
-    return "".join(out)

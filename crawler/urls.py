@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from yarl import URL
 
-from crawler.errors import InvalidURL
+from crawler.errors import InvalidURL, ProtocolError
 
 _SCHEMES: Final = frozenset(("http", "https"))
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
@@ -229,3 +229,40 @@ def canonical_key(url: URL) -> str:
 def host_key(url: URL) -> str:
     """The key of per-host state (limits, pacing, breaker): host and effective port."""
     return f"{url.raw_host}:{url.port}"
+
+
+def redirect_target(url: URL, location: str) -> URL:
+    """Where a redirect's ``Location`` leads from ``url`` (fragment dropped); a
+    ProtocolError for one that cannot be followed."""
+    if not location.isascii():
+        location = _quote_non_utf8(location)
+    try:
+        nxt = url.join(URL(location))
+        bad_port = check_port(location) if nxt.explicit_port is not None else None
+    except Exception as exc:  # ValueError, or IndexError from yarl 1.25
+        raise ProtocolError(f"invalid redirect Location {location!r}") from exc
+    if bad_port is not None:
+        raise ProtocolError(f"redirect to an invalid port: {bad_port} ({location!r})")
+    if nxt.scheme not in ("http", "https") or not nxt.raw_host:
+        raise ProtocolError(f"redirect to unsupported URL {location!r}")
+    return nxt.with_fragment(None) if nxt.raw_fragment else nxt
+
+
+def _quote_non_utf8(text: str) -> str:
+    """A header value with bytes that are not UTF-8 (lone surrogates, from aiohttp's
+    ``surrogateescape``) with each such byte percent-encoded: yarl would drop them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return text  # an IRI: yarl encodes it (the host as IDNA)
+    out = []
+    for char in text:
+        if "\udc80" <= char <= "\udcff":
+            out.append(f"%{ord(char) - 0xDC00:02X}")
+        elif "\ud800" <= char <= "\udfff":
+            out.append("%EF%BF%BD")  # not from a byte: U+FFFD
+        else:
+            out.append(char)
+    return "".join(out)

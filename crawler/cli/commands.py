@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from crawler.cli.app import app
-from crawler.cli.options import CRAWL_DEFAULTS, RunOptions, run_options
+from crawler.cli.options import CRAWL_DEFAULTS, RunOptions
 from crawler.cli.run import note_terminal_stdin, run_pipeline, stdout_dashes
+from crawler.cli.signature import run_options
 from crawler.errors import UsageError
 from crawler.helptext import ManCommand
 from crawler.inputs import LineSource, SeedSource, split_arguments

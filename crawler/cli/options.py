@@ -1,23 +1,46 @@
 """The options of the commands that run the pipeline (``fetch``, ``crawl``, ``bench``),
-declared once: each option's typer declaration here, its default from the config
-dataclass it ends up in (``crawler.config``), and ``run_options`` to give a command the
-ones it takes.
-
-typer reads a command's options from its signature, so ``run_options`` writes them into
-the signature of the command it decorates, and hands the command one ``RunOptions``.
+declared once: each option's typer declaration here (those of requests, records and
+storage in ``requestopts.py``), its default from the config dataclass it ends up in
+(``crawler.config``); ``signature.run_options`` gives a command the ones it takes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final
 
 import typer
 
+from crawler.cli.requestopts import (
+    Backoff,
+    Cacert,
+    Cert,
+    Cookie,
+    CookieJar,
+    Cookies,
+    Data,
+    Etags,
+    IncludeBody,
+    IncludeHeaders,
+    IncludeRequest,
+    JsonBody,
+    Key,
+    MaxTime,
+    NoEnvProxy,
+    NoFollow,
+    NoProxy,
+    ProxyFile,
+    ProxyOpt,
+    RetryOn,
+    RetryUnsafe,
+    SaveDir,
+    Verbose,
+    Warc,
+    WarcMaxSize,
+    body_file,
+)
 from crawler.cli.values import parse_method, parse_size
 from crawler.config import (
     BreakerConfig,
@@ -32,7 +55,6 @@ from crawler.config import (
 )
 from crawler.errors import UsageError
 from crawler.options import CrawlOptions, FetchOptions, run_config
-from crawler.retry import RETRY_STATUSES
 
 NO_UVLOOP_ENV: Final = "CRAWLER_NO_UVLOOP"
 _BACKOFF_DEFAULTS: Final = tuple(
@@ -227,218 +249,6 @@ NoUvloop = Annotated[
     bool,
     typer.Option("--no-uvloop", help=f"Use asyncio's default loop (or set {NO_UVLOOP_ENV}=1)."),
 ]
-SaveDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--save-dir",
-        metavar="DIR",
-        help="Store bodies as DIR/ab/<sha256>; records get body_path and sha256.",
-    ),
-]
-Warc = Annotated[
-    Path | None,
-    typer.Option(
-        "--warc", metavar="PATH", help="Write WARC 1.1 request/response records (gzip) here."
-    ),
-]
-WarcMaxSize = Annotated[
-    int,
-    typer.Option(
-        "--warc-max-size",
-        parser=parse_size,
-        metavar="SIZE",
-        help="Start a new WARC file past this size (e.g. 1G).",
-    ),
-]
-ProxyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--proxy",
-        "-x",
-        metavar="URL",
-        help="Send every request through this proxy: http://, https://, socks5:// (local "
-        "DNS) or socks5h:// (the proxy resolves), [user:password@]host[:port].",
-    ),
-]
-ProxyFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--proxy-file",
-        metavar="FILE",
-        help="A pool of proxies, one URL a line: each host sticks to one; a failing proxy "
-        "is benched and its hosts move.",
-    ),
-]
-NoProxy = Annotated[
-    str | None,
-    typer.Option(
-        "--noproxy",
-        metavar="HOSTS",
-        help="Comma list of hosts (and their subdomains, IPs, CIDRs) that go direct; '*': all.",
-    ),
-]
-NoEnvProxy = Annotated[
-    bool,
-    typer.Option(
-        "--no-env-proxy",
-        help="Ignore http_proxy, HTTPS_PROXY, ALL_PROXY and NO_PROXY in the environment.",
-    ),
-]
-
-Cookies = Annotated[
-    bool | None,
-    typer.Option(
-        "--cookies/--no-cookies",
-        show_default="off for fetch, on for crawl",
-        help="Keep the cookies servers set, for the run (per host, RFC 6265).",
-    ),
-]
-Cookie = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--cookie",
-        metavar="NAME=VALUE",
-        help="Send this cookie (repeatable), to the input URLs' origins only.",
-    ),
-]
-CookieJar = Annotated[
-    Path | None,
-    typer.Option(
-        "--cookie-jar",
-        metavar="FILE",
-        help="Load cookies from FILE (Netscape cookies.txt, as curl -b) and save them there at"
-        " the end (as curl -c); turns --cookies on.",
-    ),
-]
-Cacert = Annotated[
-    Path | None,
-    typer.Option(
-        "--cacert", metavar="FILE", help="Trust the CAs of this PEM bundle instead of the system's."
-    ),
-]
-Cert = Annotated[
-    Path | None,
-    typer.Option(
-        "--cert", metavar="FILE", help="Client certificate (PEM; with its key, or --key)."
-    ),
-]
-Key = Annotated[
-    Path | None, typer.Option("--key", metavar="FILE", help="The client certificate's key (PEM).")
-]
-Etags = Annotated[
-    Path | None,
-    typer.Option(
-        "--etags",
-        metavar="FILE",
-        help="Keep each URL's ETag/Last-Modified in FILE and ask only for changes next time;"
-        " a 304 is a record with not_modified: true.",
-    ),
-]
-
-
-Data = Annotated[
-    str | None,
-    typer.Option(
-        "--data",
-        metavar="STRING|@FILE",
-        help="Request body of every URL line (JSON request lines bring their own); "
-        "the method is POST unless --method says otherwise.",
-    ),
-]
-JsonBody = Annotated[
-    str | None,
-    typer.Option(
-        "--json",
-        metavar="STRING|@FILE",
-        help="Like --data, with a JSON body (checked) and Content-Type: application/json "
-        "unless -H gives one.",
-    ),
-]
-RetryUnsafe = Annotated[
-    bool,
-    typer.Option(
-        "--retry-unsafe",
-        help="Retry requests that are not idempotent (POST, PATCH, ...) also after they "
-        "were sent (they could be applied twice).",
-    ),
-]
-
-
-def _body_file(option: str, value: str | None) -> str | bytes | None:
-    """``--data``/``--json``'s value: ``@FILE`` is the file's bytes."""
-    if value is None or not value.startswith("@"):
-        return value
-    path = value[1:]
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {option} file {path!r}: {exc.strerror}") from None
-
-
-MaxTime = Annotated[
-    float | None,
-    typer.Option(
-        "--max-time",
-        min=0.001,
-        metavar="S",
-        show_default="none",
-        help="Stop after S seconds (exit 0; URLs not sent get no record; resumable).",
-    ),
-]
-IncludeHeaders = Annotated[
-    bool,
-    typer.Option(
-        "--include-headers",
-        help="Records carry the final response's headers (names lower-cased, repeats as lists).",
-    ),
-]
-IncludeRequest = Annotated[
-    bool,
-    typer.Option(
-        "--include-request",
-        help="Records carry the final request's headers as sent (credentials [redacted]).",
-    ),
-]
-IncludeBody = Annotated[
-    bool,
-    typer.Option(
-        "--include-body",
-        help="Records carry the body (up to --max-bytes): text if its charset decodes it, "
-        "else base64.",
-    ),
-]
-NoFollow = Annotated[
-    bool,
-    typer.Option(
-        "--no-follow", help="Do not follow redirects: a 3xx is recorded with its location."
-    ),
-]
-Verbose = Annotated[
-    bool,
-    typer.Option(
-        "-v",
-        "--verbose",
-        help="Print each request and response head on stderr, as curl -v (credentials [redacted]).",
-    ),
-]
-RetryOn = Annotated[
-    str | None,
-    typer.Option(
-        "--retry-on",
-        metavar="STATUSES",
-        show_default=",".join(map(str, sorted(RETRY_STATUSES))),
-        help="Statuses retried, comma-separated ('': none, only errors are retried).",
-    ),
-]
-Backoff = Annotated[
-    str | None,
-    typer.Option(
-        "--backoff",
-        metavar="BASE,MAX",
-        show_default=",".join(f"{d:g}" for d in _BACKOFF_DEFAULTS),
-        help="Retry back-off in seconds: BASE doubles per retry up to MAX (with jitter).",
-    ),
-]
 
 
 def _defaults(cls: type[Any]) -> dict[str, Any]:
@@ -529,9 +339,9 @@ class RunOptions:
         if self.data is not None and self.json is not None:
             raise UsageError("--data and --json cannot both be given")
         if "data" in given:
-            given["data"] = _body_file("--data", self.data)
+            given["data"] = body_file("--data", self.data)
         if "json" in given:
-            given["json"] = _body_file("--json", self.json)
+            given["json"] = body_file("--json", self.json)
         return run_config(
             {name: value for name, value in given.items() if value is not None},
             crawl=crawl is not None,
@@ -616,54 +426,6 @@ OPTIONS: Final[dict[str, Any]] = {
     "retry_on": RetryOn,
     "backoff": Backoff,
 }
-_DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(RunOptions)}
+DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(RunOptions)}
 # The RunOptions fields that shape the run's config (the others: where and how it reports).
-_RUN_OPTIONS: Final = tuple(sorted(FetchOptions.__optional_keys__ & _DEFAULTS.keys()))
-
-Command = Callable[..., None]
-
-
-def run_options(*names: str, **defaults: Any) -> Callable[[Command], Command]:
-    """Give a command the run options ``names``, in that order, after its own parameters,
-    in place of its ``opts: RunOptions`` parameter, which receives them all.
-
-    A name among ``names`` that is one of the command's own parameters places that one
-    there. ``defaults`` are the command's own defaults, for options it shows as well as
-    for ones it does not take (``bench`` waits no grace)."""
-
-    def decorate(command: Command) -> Command:
-        own = {
-            p.name: p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-            for p in inspect.signature(command, eval_str=True).parameters.values()
-            if p.name != "opts"
-        }
-        unknown = [n for n in names if n not in OPTIONS and n not in own]
-        unknown += [n for n in defaults if n not in OPTIONS]
-        if unknown:
-            raise TypeError(f"{command.__name__}: no such option: {', '.join(unknown)}")
-        shared = [n for n in names if n in OPTIONS]
-        params = [p for n, p in own.items() if n not in names]
-        for name in names:
-            if name in own:
-                params.append(own[name])
-                continue
-            params.append(
-                inspect.Parameter(
-                    name,
-                    inspect.Parameter.KEYWORD_ONLY,
-                    default=defaults.get(name, _DEFAULTS[name]),
-                    annotation=OPTIONS[name],
-                )
-            )
-        hidden = {n: v for n, v in defaults.items() if n not in names}
-
-        @functools.wraps(command)
-        def wrapper(**kwargs: Any) -> None:
-            opts = RunOptions(**hidden, **{n: kwargs.pop(n) for n in shared})
-            command(**kwargs, opts=opts)
-
-        wrapper.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {p.name: p.annotation for p in params}
-        return wrapper
-
-    return decorate
+_RUN_OPTIONS: Final = tuple(sorted(FetchOptions.__optional_keys__ & DEFAULTS.keys()))

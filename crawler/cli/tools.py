@@ -13,8 +13,9 @@ import typer
 from rich.console import Console
 
 from crawler.cli.app import EXIT_FAILED_RECORDS, app, fail
-from crawler.cli.options import NoUvloop, RunOptions, run_options
+from crawler.cli.options import NoUvloop, RunOptions
 from crawler.cli.run import run_loop, want_uvloop
+from crawler.cli.signature import run_options
 from crawler.errors import UsageError
 from crawler.helptext import ManCommand
 
