@@ -11,6 +11,14 @@ from tests.conftest import run_engine
 from tests.test_proxies import pproxy  # noqa: F401 - the module-scoped pproxy fixture
 
 
+async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
 async def test_cookies_and_etags_through_a_proxy(
     pproxy: dict[str, int],  # noqa: F811 - the fixture imported above
     tmp_path: Path,
@@ -31,11 +39,7 @@ async def test_cookies_and_etags_through_a_proxy(
     app = web.Application()
     app.router.add_get("/start", start)
     app.router.add_get("/page", page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await _serve(app)
     proxy = f"http://127.0.0.1:{pproxy['plain']}"
     options = {"proxies": (proxy,), "cookies": True, "etags": str(tmp_path / "etags.db")}
     try:
@@ -64,11 +68,7 @@ async def test_headers_and_a_json_request_through_a_proxy(
 
     app = web.Application()
     app.router.add_route("*", "/echo", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await _serve(app)
     proxy = f"http://127.0.0.1:{pproxy['plain']}"
     line = f'{{"url": "http://127.0.0.1:{port}/echo", "method": "PUT", "body": "b", "meta": 7}}'
     try:
