@@ -1,7 +1,7 @@
 """Python bytecodes executed per URL: a measure of CPU per URL that noise cannot move.
 
     python benchmarks/opcodes_per_url.py --n 3000 [--target http://127.0.0.1:8080]
-        [--functions-of aiohttp] [--lines plain|json|post]
+        [--functions-of aiohttp] [--lines plain|json|post] [--fetch include_headers=1 ...]
 
 On a shared 2-core machine a timed run varies by 10-20% from one minute to the next, so
 small changes to the hot path cannot be seen in URLs/s. The number of bytecodes each URL
@@ -19,6 +19,8 @@ that sets how far behind the bare loop crawler is there.
 Prints opcodes per URL by package and the top functions of crawler's own code.
 ``--lines json`` writes the crawler run's input as JSON request lines (``{"url": ...,
 "meta": i}``), ``--lines post`` as POSTs with a body: the cost of a request line.
+``--fetch NAME=VALUE`` sets a FetchConfig field of the crawler run (``include_headers=1``,
+``include_body=1``, ``proxies=http://127.0.0.1:8899``): the cost of an option.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from cpu_per_url import loop_of
 
 from crawler.bench.runner import bare_aiohttp, embedded_server
 from crawler.bench.server import ServeOptions
-from crawler.config import LimitConfig, RunConfig, SinkConfig
+from crawler.config import FetchConfig, LimitConfig, RunConfig, SinkConfig
 from crawler.engine import Engine
 from crawler.inputs import LineSource
 
@@ -80,9 +82,11 @@ def counted(main: Callable[[], Coroutine[Any, Any, object]]) -> Counts:
     return counts
 
 
-async def crawler_fetch(urls: Path, n: int, c: int) -> None:
+async def crawler_fetch(urls: Path, n: int, c: int, fetch: dict[str, Any]) -> None:
     config = RunConfig(
-        limits=LimitConfig(concurrency=c, per_host=c), sink=SinkConfig(output=os.devnull)
+        limits=LimitConfig(concurrency=c, per_host=c),
+        sink=SinkConfig(output=os.devnull),
+        fetch=FetchConfig(**fetch),
     )
     engine = Engine(config, LineSource(str(urls)), install_signal_handlers=False)
     snap = (await engine.run()).snapshot
@@ -125,7 +129,13 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--functions-of", default="crawler", help="package whose functions to list")
     ap.add_argument("--lines", choices=("plain", "json", "post"), default="plain")
+    ap.add_argument("--fetch", action="append", default=[], metavar="NAME=VALUE")
     args = ap.parse_args()
+    fetch: dict[str, Any] = {}
+    for item in args.fetch:
+        name, _, value = item.partition("=")
+        kind = type(FetchConfig.__dataclass_fields__[name].default)
+        fetch[name] = (value,) if kind is tuple else (value == "1" if kind is bool else value)
     server = (
         contextlib.nullcontext(args.target)
         if args.target
@@ -139,7 +149,7 @@ def main() -> None:
         runs = {
             "bare": lambda: bare_aiohttp(prefix, args.n, args.c),
             "fetcher": lambda: loop_of(prefix, args.n, args.c, True),
-            "crawler": lambda: crawler_fetch(urls, args.n, args.c),
+            "crawler": lambda: crawler_fetch(urls, args.n, args.c, fetch),
         }
         for name, run in runs.items():
             report(name, counted(run), args.n, args.top, args.functions_of)
