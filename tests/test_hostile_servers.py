@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from tests.conftest import Server
-from tests.faultserver import FaultServer
+from tests.faultserver import FaultServer, bomb
 from tests.test_cli import ENV
 
 TIMEOUT = 2.0
@@ -71,6 +71,10 @@ async def test_every_fault_gets_its_kind_within_the_deadline(
     hostile: FaultServer, tmp_path: Path
 ) -> None:
     urls = [hostile.url(path) for path in EXPECTED]
+    # The bombs are built now, not while their URLs' 2 s deadlines run: built then, on a
+    # loaded machine (two suites at once, pytest -n 2), they came late and the URL timed
+    # out instead of being too_large.
+    await asyncio.gather(asyncio.to_thread(bomb, "gzip"), asyncio.to_thread(bomb, "deflate"))
     started = time.monotonic()
     code, records, stats = await fetch(
         "--timeout",
