@@ -185,7 +185,8 @@ class Run:
         channel = self._channel = runner.channel
         if channel is None:
             await self._setup_failed()
-            raise RuntimeError("the run ended before it started")  # _setup_failed raised
+            # Not raised above: the run was cancelled before it made its channel.
+            raise RuntimeError("the run ended before it started")
         task.add_done_callback(lambda _: channel.end())
         if task.done():
             channel.end()

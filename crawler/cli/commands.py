@@ -3,6 +3,7 @@ they share are in ``crawler.cli.options``, the run they share in ``crawler.cli.r
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,6 +12,7 @@ from crawler.cli.app import app
 from crawler.cli.options import CRAWL_DEFAULTS, RunOptions
 from crawler.cli.run import note_terminal_stdin, run_pipeline, stdout_dashes
 from crawler.cli.signature import run_options
+from crawler.config import RunConfig
 from crawler.errors import UsageError
 from crawler.helptext import ManCommand
 from crawler.inputs import LineSource, SeedSource, split_arguments
@@ -112,16 +114,7 @@ def fetch(
         source = LineSource(files[0], max_line_bytes=max_line)
     else:
         source = SeedSource(urls, [LineSource(f, max_line_bytes=max_line) for f in files])
-    source.open()
-    note_terminal_stdin(files, opts.quiet)
-    run_pipeline(
-        config,
-        source,
-        source.identity(),
-        opts=opts,
-        inputs=input_files("INPUT", files),
-        stats_json=stats_path,
-    )
+    _run(config, source, files, "INPUT", opts, stats_path)
 
 
 Scope = Annotated[
@@ -205,6 +198,19 @@ def crawl(
         files = ["-"]
     max_line = config.input.max_line_bytes
     source = SeedSource(urls, [LineSource(f, max_line_bytes=max_line) for f in files])
+    _run(config, source, files, "SEEDS file", opts, stats_path)
+
+
+def _run(
+    config: RunConfig,
+    source: LineSource | SeedSource,
+    files: list[str],
+    what: str,
+    opts: RunOptions,
+    stats_path: Path | None,
+) -> None:
+    """What fetch and crawl do once their input is known: open it, say so if it is a
+    terminal, run."""
     source.open()
     note_terminal_stdin(files, opts.quiet)
     run_pipeline(
@@ -212,6 +218,6 @@ def crawl(
         source,
         source.identity(),
         opts=opts,
-        inputs=input_files("SEEDS file", files),
+        inputs=input_files(what, files),
         stats_json=stats_path,
     )
