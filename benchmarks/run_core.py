@@ -1,6 +1,7 @@
 """crawler fetch against a bare aiohttp loop, interleaved on the same local server.
 
     python benchmarks/run_core.py --n 20000 -c 100 --rounds 3 [--server auto|nginx|aiohttp]
+        [--other-python OTHER_VENV/bin/python]
 
 One server (server.py: nginx when installed, else aiohttp.web in its own processes) is
 started once and shared by every run. Each round runs every client once, as a fresh
@@ -9,6 +10,11 @@ process, in an order rotated from round to round:
     bare aiohttp (asyncio|uvloop):  python benchmarks/bare_aiohttp.py URLS -c C [--uvloop]
     crawler fetch (asyncio|uvloop): python -m crawler fetch URLS -c C --per-host C
                                     -o /dev/null -q --stats-json TMP [--no-uvloop]
+
+With ``--other-python PY`` each round also runs ``PY -P -m crawler fetch ...`` (named
+"crawler fetch (LOOP) [other]"): PY is another venv's python with another tree installed
+editable (-P: that tree, not the one in the current directory), so two trees are timed in
+the same rounds; "vs other" is then the median of each round's ratio this/other.
 
 URLS holds N distinct URLs PREFIX/page/i. "URLs/s" is N over the wall time of the whole
 process (interpreter start included); "in-proc" is the client's own figure (bare: time of
@@ -38,16 +44,23 @@ HERE = Path(__file__).parent
 OUT = HERE / "out"
 
 
-def clients(urls: Path, c: int, stats: Path, loops: list[str]) -> dict[str, list[str]]:
+def clients(
+    urls: Path, c: int, stats: Path, loops: list[str], other: str | None = None
+) -> dict[str, list[str]]:
     bare = [sys.executable, str(HERE / "bare_aiohttp.py"), str(urls), "-c", str(c)]
-    fetch = [
-        sys.executable, "-m", "crawler", "fetch", str(urls), "-c", str(c),
+    args = [
+        "-m", "crawler", "fetch", str(urls), "-c", str(c),
         "--per-host", str(c), "-o", "/dev/null", "-q", "--stats-json", str(stats),
     ]  # fmt: skip
+    fetches = {"": [sys.executable, *args]}
+    if other:
+        fetches[" [other]"] = [other, "-P", *args]
     out = {}
     for loop in loops:
         out[f"bare aiohttp ({loop})"] = [*bare, "--uvloop"] if loop == "uvloop" else bare
-        out[f"crawler fetch ({loop})"] = [*fetch, "--no-uvloop"] if loop == "asyncio" else fetch
+        for tag, fetch in fetches.items():
+            name = f"crawler fetch ({loop}){tag}"
+            out[name] = [*fetch, "--no-uvloop"] if loop == "asyncio" else fetch
     return out
 
 
@@ -87,6 +100,7 @@ def main() -> None:
         "--loops", nargs="+", default=["asyncio", "uvloop"], choices=["asyncio", "uvloop"]
     )
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    ap.add_argument("--other-python", metavar="PY", help="also time PY -P -m crawler (a tree)")
     args = ap.parse_args()
     runs: dict[str, list[dict[str, float]]] = {}
     with local_server(args.server, args.server_workers) as (prefix, desc), \
@@ -94,7 +108,7 @@ def main() -> None:
         urls = Path(tmp) / "urls.txt"
         stats = Path(tmp) / "stats.json"
         write_urls(urls, prefix, args.n)
-        todo = list(clients(urls, args.c, stats, args.loops).items())
+        todo = list(clients(urls, args.c, stats, args.loops, args.other_python).items())
         for r in range(args.rounds):
             shift = r % len(todo)
             for name, cmd in todo[shift:] + todo[:shift]:
@@ -113,7 +127,7 @@ def main() -> None:
     for loop in args.loops:
         bare = f"bare aiohttp ({loop})"
         base = rows[bare]
-        for name in (bare, f"crawler fetch ({loop})"):
+        for name in (n for n in rows if f"({loop})" in n):
             row = rows[name]
             row["ratio"] = round(row["urls_per_s"] / base["urls_per_s"], 3)
             row["inproc_ratio"] = round(row["inproc_urls_per_s"] / base["inproc_urls_per_s"], 3)
@@ -123,6 +137,13 @@ def main() -> None:
             speed = [a["urls_per_s"] / b["urls_per_s"] for a, b in pairs]
             row["round_ratio"] = round(median(speed), 3)
             row["cpu_ratio"] = round(median([b["cpu_s"] / a["cpu_s"] for a, b in pairs]), 3)
+        other = f"crawler fetch ({loop}) [other]"
+        if other in runs:
+            pairs = list(zip(runs[f"crawler fetch ({loop})"], runs[other], strict=True))
+            rows[other]["vs_other"] = {
+                "urls_per_s": [round(a["urls_per_s"] / b["urls_per_s"], 3) for a, b in pairs],
+                "cpu_s": [round(a["cpu_s"] / b["cpu_s"], 3) for a, b in pairs],
+            }
     report = {
         "machine": machine(), "server": desc, "n": args.n, "concurrency": args.c,
         "rounds": args.rounds, "clients": rows, "raw": runs,
@@ -144,6 +165,14 @@ def main() -> None:
             f" {row['round_ratio']:6.2f} {row['cpu_us_per_url']:7.1f} {row['cpu_ratio']:6.2f}"
             f" {row['peak_rss_mib']:8.1f}  {row['runs']}"
         )
+    for name, row in rows.items():
+        if "vs_other" in row:
+            vs = row["vs_other"]
+            print(
+                f"this / other ({name}): URLs/s median {median(vs['urls_per_s']):.3f}"
+                f" rounds {vs['urls_per_s']}; CPU s median {median(vs['cpu_s']):.3f}"
+                f" rounds {vs['cpu_s']}"
+            )
     print(
         "ratio: crawler / bare on the same loop (medians; 'rounds': median of each round's"
         " own ratio; CPU: user+sys per URL, ratio bare / crawler)"
