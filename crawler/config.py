@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from crawler import __version__
 from crawler.errors import CrawlerError
+from crawler.hostrules import HostOverrides
 from crawler.retry import RETRY_STATUSES
 
 DEFAULT_USER_AGENT = f"crawler/{__version__} (+https://github.com/crawler-dev/crawler)"
@@ -99,6 +100,8 @@ class LimitConfig:
     burst: int = 1
     adaptive: bool = False
     queue_size: int = 1000
+    # Per-host per_host / per_host_rps (crawler.hostrules), looked up once per host state.
+    hosts: HostOverrides = field(default_factory=HostOverrides)
 
     def __post_init__(self) -> None:
         _positive("concurrency", self.concurrency)
@@ -212,6 +215,9 @@ class FetchConfig:
     include_body: bool = False  # the body, as text or base64
     no_follow: bool = False  # a 3xx is the final response, with its Location
     verbose: bool = False  # each request and response head on stderr (-v)
+    # Per-host headers and proxy (crawler.hostrules, crawler.hostfetch): with none, the
+    # run's fetcher is the one it always was.
+    hosts: HostOverrides = field(default_factory=HostOverrides)
 
     @property
     def detail(self) -> bool:
@@ -221,7 +227,7 @@ class FetchConfig:
     @property
     def proxied(self) -> bool:
         """Whether any request may go through a proxy (decided once per run)."""
-        return bool(self.proxies or self.scheme_proxies)
+        return bool(self.proxies or self.scheme_proxies) or self.hosts.proxied
 
     def __post_init__(self) -> None:
         from crawler.proxies import parse_proxy

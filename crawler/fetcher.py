@@ -330,10 +330,11 @@ class Fetcher:
             return shared  # not changed here, and ClientRequest copies what it is given
         headers = CIMultiDict(shared)
         sensitive = self._sensitive
+        bound = request.bound  # more headers kept to the origin (crawler.hostfetch)
         own = [
             (name, value)
             for name, value in request.headers
-            if (on_origin or name.lower() not in sensitive)
+            if (on_origin or (name.lower() not in sensitive and name.lower() not in bound))
             and (with_body or name.lower() != "content-type")
         ]
         for name, _ in own:

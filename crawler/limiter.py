@@ -314,7 +314,13 @@ class HostTable:
         self._crawl_delays: dict[str, float] = {}
         self._delay_refs: dict[str, int] = {}
         self.global_pacer = Pacer(limits.rps, limits.burst) if limits.rps > 0 else None
-        self.paced = limits.rps > 0 or limits.per_host_rps > 0
+        self.paced = limits.rps > 0 or limits.per_host_rps > 0 or limits.hosts.paced
+        # Per-host overrides (crawler.hostrules), looked up when a host's state is made,
+        # never per URL. Decided here, once: a run without any runs get() as it always did.
+        self._overrides = limits.hosts if limits.hosts.limits else None
+        if self._overrides is not None:
+            self.get = self._get_overridden  # type: ignore[method-assign]
+            self._host_pacer = self._overridden_pacer  # type: ignore[method-assign,assignment]
 
     def __len__(self) -> int:
         return len(self._hosts)
@@ -338,16 +344,48 @@ class HostTable:
             self._hosts[key] = host
         return host
 
-    def _host_pacer(self, key: str) -> Pacer | None:
+    def _get_overridden(self, key: str) -> HostState:
+        """``get`` in a run with per-host overrides: a host's state made with its own
+        per_host (0: only the global limit) and per_host_rps, where it has them."""
+        host = self._hosts.get(key)
+        if host is None:
+            limits = self._limits
+            limit = limits.host_limit
+            settings = self._overrides.find_key(key) if self._overrides is not None else None
+            if settings is not None and settings.per_host is not None:
+                limit = min(settings.per_host or limits.concurrency, limits.concurrency)
+            host = HostState(
+                key,
+                limit,
+                self._host_pacer(key),
+                Breaker(self._breaker.threshold, self._breaker.cooldown, self._clock)
+                if self._breaker.threshold > 0
+                else None,
+                AIMD(limit, self._clock) if limits.adaptive else None,
+            )
+            self._hosts[key] = host
+        return host
+
+    def _host_pacer(self, key: str, per_host_rps: float | None = None) -> Pacer | None:
+        """The pacer of a host: at ``per_host_rps`` (None: --per-host-rps), slower if
+        its robots.txt asks."""
         limits = self._limits
+        if per_host_rps is None:
+            per_host_rps = limits.per_host_rps
         delay = self._crawl_delays.get(key)
         if delay is not None:
             rate = 1.0 / delay
-            if limits.per_host_rps > 0:
-                rate = min(rate, limits.per_host_rps)
+            if per_host_rps > 0:
+                rate = min(rate, per_host_rps)
             # Crawl-delay: the site's own wish, one request per interval whatever --burst.
             return Pacer(rate, 1)
-        return Pacer(limits.per_host_rps, limits.burst) if limits.per_host_rps > 0 else None
+        return Pacer(per_host_rps, limits.burst) if per_host_rps > 0 else None
+
+    def _overridden_pacer(self, key: str) -> Pacer | None:
+        """``_host_pacer`` in a run with per-host overrides: a host's own rate, if set."""
+        settings = self._overrides.find_key(key) if self._overrides is not None else None
+        rate = settings.per_host_rps if settings is not None else None
+        return HostTable._host_pacer(self, key, rate)
 
     def set_crawl_delay(self, key: str, delay: float) -> None:
         """robots.txt asked for ``delay`` seconds between requests to this host (one call

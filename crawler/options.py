@@ -72,6 +72,9 @@ class _SharedOptions(TypedDict, total=False):
     verbose: bool
     retry_on: str | Iterable[int]  # "429,503" or [429, 503]; "" or []: errors only
     backoff: str | tuple[float, float]  # "BASE,MAX" or (BASE, MAX), seconds
+    # Per-host overrides (crawler.hostrules): {"example.com": {"per_host": 2,
+    # "per_host_rps": 0.5, "headers": {"Name": "value"}, "proxy": "http://..."}}
+    hosts: Mapping[str, Mapping[str, object]]
 
 
 class FetchOptions(_SharedOptions, total=False):
@@ -325,6 +328,14 @@ def run_config(
             # curl -b "a=1; b=2" gives two cookies: so does one --cookie.
             pairs = (p.strip() for text in _strings(name, value) for p in text.split(";"))
             slices["fetch"]["cookie"] = tuple(p for p in pairs if p)
+        elif name == "hosts":
+            from crawler.hostrules import host_overrides
+
+            try:
+                overrides = host_overrides(value)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            slices["limits"]["hosts"] = slices["fetch"]["hosts"] = overrides
         elif name in ("include", "exclude"):
             slices["crawl"][name] = _strings(name, value)
         elif name == "sitemap":

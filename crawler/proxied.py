@@ -29,7 +29,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import client_exceptions
@@ -49,6 +49,9 @@ from crawler.request import Request
 from crawler.response import KEEP_NONE, Response
 from crawler.session import address_policy, connector_options, make_session
 from crawler.sessions import SessionState, make_fetcher, session_state
+
+if TYPE_CHECKING:
+    from crawler.hostfetch import HostsFetcher
 
 # A proxy is benched after this many consecutive failures when --breaker-threshold is 0
 # (no host breakers): a dead proxy must still stop taking every host's requests.
@@ -255,10 +258,17 @@ async def open_fetcher(
     if state is not None:
         await state.open()
     try:
-        if not config.proxied:
+        if not config.proxied and not config.hosts.requests:
             yield make_fetcher(session, config, state)
             return
-        fetcher = ProxiedFetcher(session, config, breaker, clock, state)
+        fetcher: ProxiedFetcher | HostsFetcher
+        if config.proxied:
+            fetcher = ProxiedFetcher(session, config, breaker, clock, state)
+        if config.hosts.requests:  # per-host headers or proxies, around the run's fetcher
+            from crawler.hostfetch import HostsFetcher
+
+            inner = fetcher if config.proxied else make_fetcher(session, config, state)
+            fetcher = HostsFetcher(inner, session, config, breaker, clock, state)
         try:
             yield fetcher
         finally:

@@ -47,9 +47,11 @@ def request_key(key: str, method: str, body: bytes | None) -> str:
 class Request:
     """A request's method, own headers (``(name, value)`` pairs, merged over -H), body
     and ``meta`` (any JSON value, copied into its record). ``unsafe``: not idempotent, so
-    not sent again once bytes went out (unless --retry-unsafe)."""
+    not sent again once bytes went out (unless --retry-unsafe). ``bound``: lower-case
+    names of own headers that, like the sensitive ones, go to the URL's origin only (a
+    host's headers from the config file: crawler.hostfetch)."""
 
-    __slots__ = ("body", "headers", "meta", "method", "unsafe")
+    __slots__ = ("body", "bound", "headers", "meta", "method", "unsafe")
 
     def __init__(
         self,
@@ -57,11 +59,13 @@ class Request:
         headers: tuple[tuple[str, str], ...] = (),
         body: bytes | None = None,
         meta: Any = None,
+        bound: frozenset[str] = frozenset(),
     ) -> None:
         self.method = method
         self.headers = headers
         self.body = body
         self.meta = meta
+        self.bound = bound
         self.unsafe = method not in IDEMPOTENT
 
     def __eq__(self, other: object) -> bool:

@@ -327,6 +327,7 @@ class RunOptions:
     verbose: bool = _FETCH["verbose"]
     retry_on: str | None = None  # RetryConfig's retry_on
     backoff: str | None = None  # RetryConfig's backoff_base, backoff_cap
+    hosts: Any = None  # a config file's [hosts."..."] (crawler.hostrules.HostOverrides)
 
     def config(self, crawl: Mapping[str, object] | None = None) -> RunConfig:
         """The frozen config slices each component receives, built by the Python API's

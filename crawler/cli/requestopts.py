@@ -158,9 +158,10 @@ RetryUnsafe = Annotated[
 ]
 
 
-def body_file(option: str, value: str | None) -> str | bytes | None:
-    """``--data``/``--json``'s value: ``@FILE`` is the file's bytes."""
-    if value is None or not value.startswith("@"):
+def body_file(option: str, value: object) -> object:
+    """``--data``/``--json``'s value: ``@FILE`` is the file's bytes (a config file's
+    ``json`` may also be a table or array: the JSON to send)."""
+    if not isinstance(value, str) or not value.startswith("@"):
         return value
     path = value[1:]
     try:

@@ -6,11 +6,28 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from crawler.cli.options import DEFAULTS, OPTIONS, RunOptions
 
 Command = Callable[..., None]
+
+ConfigPath = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        metavar="FILE",
+        show_default="$CRAWLER_CONFIG",
+        help='Options from this TOML file (long names; [hosts."NAME"] tables); flags '
+        "given here win over it.",
+    ),
+]
+# Options of crawl's own that a config file may set (crawler.cli.configfile.CRAWL_OWN).
+_CRAWL_OWN = frozenset(
+    ("scope", "include", "exclude", "depth", "max_pages", "assets", "ignore_robots", "sitemaps")
+) | {"sitemap"}
 
 
 def run_options(*names: str, **defaults: Any) -> Callable[[Command], Command]:
@@ -46,10 +63,19 @@ def run_options(*names: str, **defaults: Any) -> Callable[[Command], Command]:
                 )
             )
         hidden = {n: v for n, v in defaults.items() if n not in names}
+        params.append(
+            inspect.Parameter(
+                "config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigPath
+            )
+        )
+        crawl_own = _CRAWL_OWN & own.keys()
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> None:
-            opts = RunOptions(**hidden, **{n: kwargs.pop(n) for n in shared})
+            path = kwargs.pop("config")
+            fields = {n: kwargs.pop(n) for n in shared}
+            _from_config_file(path, fields, kwargs, crawl_own)
+            opts = RunOptions(**hidden, **fields)
             command(**kwargs, opts=opts)
 
         wrapper.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
@@ -57,3 +83,29 @@ def run_options(*names: str, **defaults: Any) -> Callable[[Command], Command]:
         return wrapper
 
     return decorate
+
+
+def _from_config_file(
+    path: str | None, fields: dict[str, Any], own: dict[str, Any], crawl_own: frozenset[str]
+) -> None:
+    """The config file's values (``--config``, else $CRAWLER_CONFIG) in place of the
+    defaults of the options the command takes (its RunOptions ``fields``, and ``own``
+    parameters among ``crawl_own``), and its hosts: never of a flag given on the command
+    line (typer's context says which were)."""
+    from crawler.cli.configfile import load, path_given
+
+    path = path_given(path)
+    if path is None:
+        return
+    file = load(path)
+    from typer._click.core import ParameterSource
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context()
+    takes = {*fields, *crawl_own, "hosts"}
+    typed = {n for n in takes if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE}
+    for name, value in file.taken(takes - typed).items():
+        if name in crawl_own:
+            own[name] = value
+        else:
+            fields[name] = value
