@@ -170,6 +170,25 @@ class Sink:
         if count == 1 or count >= self._batch_records or len(self._buf) >= self._batch_bytes:
             self._kick.set()
 
+    def put_encoded(self, data: bytes | memoryview, fps: list[int]) -> None:
+        """Queue records encoded elsewhere (a worker of --workers N): ``data`` holds
+        ``len(fps)`` whole lines, ``fps`` their fingerprints (0: nothing to mark done)."""
+        count = len(fps)
+        if not count:
+            return
+        self._buf += data
+        if self._durable:
+            self._fps += [fp or None for fp in fps]
+            self._links += [None] * count
+        self._count += count
+        self.records += count
+        if (
+            self._count == count
+            or self._count >= self._batch_records
+            or len(self._buf) >= self._batch_bytes
+        ):
+            self._kick.set()
+
     @property
     def behind(self) -> bool:
         """True when the writer has fallen far behind and producers should wait."""

@@ -39,6 +39,7 @@ from crawler.cli.requestopts import (
     Verbose,
     Warc,
     WarcMaxSize,
+    Workers,
     body_file,
 )
 from crawler.cli.values import parse_method, parse_size
@@ -327,6 +328,7 @@ class RunOptions:
     verbose: bool = _FETCH["verbose"]
     retry_on: str | None = None  # RetryConfig's retry_on
     backoff: str | None = None  # RetryConfig's backoff_base, backoff_cap
+    workers: str = "1"
 
     def config(self, crawl: Mapping[str, object] | None = None) -> RunConfig:
         """The frozen config slices each component receives, built by the Python API's
@@ -425,6 +427,7 @@ OPTIONS: Final[dict[str, Any]] = {
     "verbose": Verbose,
     "retry_on": RetryOn,
     "backoff": Backoff,
+    "workers": Workers,
 }
 DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(RunOptions)}
 # The RunOptions fields that shape the run's config (the others: where and how it reports).

@@ -1,0 +1,417 @@
+"""``--workers N``: the process the user started, coordinating N worker processes.
+
+    input --lines--> route (host -> worker) --LINES--> worker 0..N-1 (crawler.shardworker:
+        the whole pipeline on its hosts) --RECORDS (encoded, in batches)--> Sink
+    claims: worker --CLAIM--> Seen (memory, or the --state file) --ANSWER--> worker
+
+The coordinator reads the input lazily, routes each line to the worker that owns its
+host (``crawler.shards.route``) in batches, answers the workers' dedup claims, and is the
+only writer of the output and the only owner of ``--state``: the records come back
+ready-encoded with their fingerprints, and its Sink writes and commits them as in one
+process. So a run resumed with another N still gives each URL exactly one record.
+
+Signals are the coordinator's: the workers are in a session of their own and stop when
+told (a first STOP stops intake, a second cuts the grace period), and stop at once when
+the coordinator is gone. A worker that dies is replaced, and the lines it had not
+finished go to its successor (``crawler.shardproc``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import pickle
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from crawler import errors, shards, signals
+from crawler.config import RunConfig
+from crawler.crawling import io_message
+from crawler.engine import RunResult
+from crawler.inputs import Source
+from crawler.progress import show_progress
+from crawler.recordsink import SinkHooks
+from crawler.shardproc import ShardProc, how_it_ended, start
+from crawler.sink import OutputClosed, Sink
+from crawler.stats import Snapshot, Stats
+from crawler.stores import FRESH, Stores
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+_MAX_DEATHS: Final = 3  # a worker that dies this many times ends the run (a poison URL)
+_AHEAD: Final = 4096  # lines a worker may hold beyond its queue before intake waits
+_END_BOUND: Final = 10.0  # seconds past grace a stopped worker gets before it is killed
+
+
+def worker_config(config: RunConfig, index: int, n: int) -> RunConfig:
+    """Worker ``index``'s share: -c and --rps divided (the remainder to the first
+    workers), per-host limits as they are (a host is in one worker). Fingerprints are
+    always computed: the coordinator settles lines by them, even with --no-dedup."""
+    limits = config.limits
+    share = limits.concurrency // n + (1 if index < limits.concurrency % n else 0)
+    return dataclasses.replace(
+        config,
+        workers=1,
+        limits=dataclasses.replace(limits, concurrency=max(1, share), rps=limits.rps / n),
+        input=dataclasses.replace(config.input, dedup=True),
+    )
+
+
+class Coordinator:
+    def __init__(
+        self,
+        config: RunConfig,
+        source: Source,
+        stores: Stores,
+        *,
+        handle_signals: bool = True,
+        progress: Console | None = None,
+        progress_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._n = config.workers
+        self._source = source
+        self._stores = stores
+        self._handle_signals = handle_signals
+        self._progress = progress
+        self._progress_interval = progress_interval
+        self._clock = clock
+        self.stats = _RunStats(clock, self)
+        self._shards: list[ShardProc] = []
+        self._gone: list[dict[str, Any]] = []  # last tallies of workers that died
+        self._deaths: Counter[int] = Counter()
+        self._owed: Counter[int] = Counter()  # fingerprints claimed by a dead worker
+        self._next_batch = 0
+        self._read_all = False  # END sent: every line went out
+        self._stops = 0
+        self._sent = 0  # lines routed to workers
+        self._reader: asyncio.Task[None] | None = None
+        self._all_done = asyncio.Event()
+        self._kill_timer: asyncio.TimerHandle | None = None
+        self.interrupted = False
+        self.timed_out = False
+        self._sink: Sink
+
+    # -- the run -----------------------------------------------------------------------------
+    async def run(self) -> RunResult:
+        config, ledger = self._config, self._stores.ledger
+        loop = asyncio.get_running_loop()
+        await ledger.open()
+        self.stats.done_before = ledger.done_before
+        self._sink = sink = Sink(config.sink, ledger, SinkHooks())
+        try:
+            await sink.open()
+        except BaseException as exc:
+            await ledger.aclose()
+            if isinstance(exc, OSError):
+                output = config.sink.output
+                raise errors.UsageError(f"cannot write output {output!r}: {exc.strerror}") from None
+            raise
+        self._setup_base = {
+            "durable": ledger.durable,
+            "uvloop": type(loop).__module__.startswith("uvloop"),
+        }
+        previous: dict[int, Any] = {}
+        output_closed = False
+        try:
+            if self._handle_signals:
+                signals.take_over(loop, self.request_stop, previous)
+            self._shards = [await self._start(i) for i in range(self._n)]
+            for _ in range(min(2, signals.take() if self._handle_signals else 0)):
+                self.request_stop()
+            try:
+                await self._run_tasks()
+            except* OutputClosed:
+                output_closed = True
+                self._tell_all(shards.STOP, 2)
+            except* (OSError, Exception) as group:
+                first = group.exceptions[0]
+                if isinstance(first, errors.UsageError):
+                    raise first from None
+                if isinstance(first, OSError):
+                    raise errors.UsageError(f"cannot continue: {io_message(first)}") from None
+                raise
+        finally:
+            self._source.stop_count()
+            for shard in self._shards:
+                shard.kill()
+            for shard in self._shards:
+                with contextlib.suppress(Exception):
+                    await shard.proc.wait()
+            try:
+                await asyncio.shield(sink.aclose())
+            finally:
+                await asyncio.shield(ledger.aclose())
+                if self._kill_timer is not None:
+                    self._kill_timer.cancel()
+                signals.give_back(loop, previous)
+        snap = self.stats.snapshot()
+        return RunResult(snap, self.interrupted, output_closed or sink.broken, self.timed_out)
+
+    async def _start(self, index: int) -> ShardProc:
+        setup = {**self._setup_base, "config": worker_config(self._config, index, self._n)}
+        return await start(index, setup)
+
+    async def _run_tasks(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            background: list[asyncio.Task[Any]] = []
+            if self._config.max_time is not None:
+                # Each worker keeps its own --max-time; the coordinator stops reading.
+                loop = asyncio.get_running_loop()
+                self._kill_timer = loop.call_later(self._config.max_time, self._time_up)
+            if self._progress is not None:
+                self._source.start_count()
+                lines = show_progress(self.stats, self._progress, self._progress_interval)
+                background.append(tg.create_task(lines))
+            tg.create_task(self._sink.run())
+            for shard in self._shards:
+                tg.create_task(self._listen(shard))
+            if self._stops:
+                self._finish_input()
+            else:
+                self._reader = tg.create_task(self._read())
+            await self._all_done.wait()
+            self._sink.close()
+            for task in background:
+                task.cancel()
+
+    # -- intake ------------------------------------------------------------------------------
+    async def _read(self) -> None:
+        n = self._n
+        route = shards.route
+        try:
+            async for lines in self._source.batches():
+                routed: list[list[str]] = [[] for _ in range(n)]
+                for line in lines:
+                    routed[route(line, n)].append(line)
+                for index, batch in enumerate(routed):
+                    if batch:
+                        await self._send(index, batch)
+        finally:
+            self._finish_input()
+
+    async def _send(self, index: int, lines: list[str]) -> None:
+        limit = self._config.limits.queue_size + _AHEAD
+        while True:
+            shard = self._shards[index]  # a replaced worker: its successor
+            if shard.outstanding < limit or shard.done is not None:
+                break
+            shard.room.clear()
+            await shard.room.wait()
+        self._next_batch += 1
+        shard.send_lines(self._next_batch, lines)
+        self._sent += len(lines)
+        await shard.drain()
+
+    def _finish_input(self) -> None:
+        if not self._read_all:
+            self._read_all = True
+            self._tell_all(shards.END)
+
+    def _tell_all(self, kind: int, times: int = 1) -> None:
+        for shard in self._shards:
+            for _ in range(times):
+                shard.send(shards.frame(kind))
+
+    # -- what the workers send ---------------------------------------------------------------
+    async def _listen(self, shard: ShardProc) -> None:
+        reader = shard.proc.stdout
+        assert reader is not None  # noqa: S101 - started with a pipe
+        sink = self._sink
+        try:
+            while True:
+                kind, payload = await shards.read_frame(reader)
+                if kind == shards.RECORDS:
+                    fps, data = shards.read_records(payload)
+                    sink.put_encoded(data, fps)
+                    shard.recorded(fps)
+                    if sink.behind:
+                        await sink.backpressure()
+                elif kind == shards.CLAIM:
+                    batch, raw = shards.read_ids(payload)
+                    fps = shards.read_fingerprints(raw)
+                    answers = await self._claim(fps)
+                    shard.claimed(batch, fps, answers)
+                    shard.send(shards.ids_frame(shards.ANSWER, batch, bytes(answers)))
+                elif kind == shards.STATS:
+                    shard.tally = pickle.loads(payload)  # noqa: S301 - our own child
+                elif kind == shards.DONE:
+                    shard.done = pickle.loads(payload)  # noqa: S301 - our own child
+                    shard.tally = shard.done["tally"]
+                    self.timed_out = self.timed_out or shard.done["timed_out"]
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            await self._died(shard)
+            return
+        self._check_done()
+
+    async def _claim(self, fps: list[int]) -> list[int]:
+        """The Seen's answers, except that a fingerprint a dead worker claimed and left
+        unfinished is still new to the worker that took its line over."""
+        owed = self._owed
+        if not owed:
+            return await self._stores.seen.claim(fps)
+        mine = [fp in owed for fp in fps]
+        rest = await self._stores.seen.claim([fp for fp, m in zip(fps, mine, strict=True) if not m])
+        answers: list[int] = []
+        others = iter(rest)
+        for fp, m in zip(fps, mine, strict=True):
+            if m:
+                answers.append(FRESH)
+                owed[fp] -= 1
+                if owed[fp] <= 0:
+                    del owed[fp]
+            else:
+                answers.append(next(others))
+        return answers
+
+    def _check_done(self) -> None:
+        if self._read_all and all(s.done is not None for s in self._shards):
+            self._all_done.set()
+
+    async def _died(self, shard: ShardProc) -> None:
+        """A worker ended without its final report: say so, and give its unfinished lines
+        to a new worker (unless the run is stopping: then they are left undone)."""
+        code = await shard.proc.wait()
+        if shard.tally is not None:
+            self._gone.append(shard.tally)
+        lines, owed = shard.unsettled()
+        index = shard.index
+        self._deaths[index] += 1
+        stopping = self._stops > 0 or self.timed_out
+        if stopping or self._deaths[index] >= _MAX_DEATHS:
+            self._say(
+                f"worker {index} (pid {shard.pid}) ended ({how_it_ended(code)}); "
+                f"{len(lines)} of its URLs are left without a record"
+            )
+            shard.done = {"tally": {}, "interrupted": True, "timed_out": False}
+            shard.tally = None
+            self.stats.left_by_coordinator += len(lines)
+            if not stopping:
+                raise errors.UsageError(
+                    f"worker {index} died {_MAX_DEATHS} times: the run stops "
+                    f"(last: {how_it_ended(code)})"
+                )
+            self._check_done()
+            return
+        self._say(
+            f"worker {index} (pid {shard.pid}) died ({how_it_ended(code)}); its "
+            f"{len(lines)} unfinished URLs go to a new worker"
+        )
+        self._owed.update(owed)
+        successor = await self._start(index)
+        self._shards[index] = successor
+        shard.room.set()  # the intake waiting on it moves to its successor
+        for at in range(0, len(lines), 1024):
+            self._next_batch += 1
+            successor.send_lines(self._next_batch, lines[at : at + 1024])
+        if self._read_all:
+            successor.send(shards.frame(shards.END))
+        await self._listen(successor)
+
+    @staticmethod
+    def _say(message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"crawler: {message}\n")
+            sys.stderr.flush()
+
+    # -- shutdown ----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """As a run on its own: the first stops intake (the workers give their requests the
+        grace period), the second cuts it short and gives up on an output nobody reads."""
+        self._stops += 1
+        self.interrupted = True
+        if self._stops == 1:
+            self.stats.stopping = "signal"
+            self.stats.stop_deadline = self._clock() + self._config.grace
+            if self._reader is not None:
+                self._reader.cancel()
+            self._source.start_count()
+            loop = asyncio.get_running_loop()
+            bound = self._config.grace + max(self._config.grace, 1.0) + _END_BOUND
+            self._kill_timer = loop.call_later(bound, self._kill_all)
+        else:
+            self.stats.stopping = "cut"
+            if hasattr(self, "_sink"):
+                self._sink.abandon()
+        self._tell_all(shards.STOP)
+
+    def _time_up(self) -> None:
+        self.timed_out = True
+        if self._reader is not None:
+            self._reader.cancel()
+
+    def _kill_all(self) -> None:
+        """Workers that did not end after the grace period and the flush: killed."""
+        for shard in self._shards:
+            if shard.done is None:
+                shard.kill()
+
+    # -- statistics --------------------------------------------------------------------------
+    def tallies(self) -> list[dict[str, Any]]:
+        return [*self._gone, *(s.tally for s in self._shards if s.tally)]
+
+    def worker_rows(self) -> list[dict[str, Any]]:
+        keys = ("done", "ok", "in_flight", "queued", "peak_rss_mib")
+        return [
+            {
+                "worker": s.index,
+                "pid": s.pid,
+                "restarts": self._deaths[s.index],
+                **{k: (s.tally or {}).get(k, 0) for k in keys},
+            }
+            for s in self._shards
+        ]
+
+
+class _RunStats(Stats):
+    """The whole run's statistics: the workers' tallies added up (their latency
+    histograms merged, so percentiles are the run's), plus what only the coordinator
+    knows (lines a dead worker left during a stop)."""
+
+    def __init__(self, clock: Callable[[], float], coordinator: Coordinator) -> None:
+        super().__init__(clock, _Gauges(coordinator))
+        self._coordinator = coordinator
+        self.left_by_coordinator = 0
+
+    def snapshot(self) -> Snapshot:
+        tallies = self._coordinator.tallies()
+        shards.add_up(self, tallies)
+        self.left_for_next_run += self.left_by_coordinator
+        snap = super().snapshot()
+        rss = snap.peak_rss_mib + sum(t.get("peak_rss_mib", 0.0) for t in tallies)
+        return dataclasses.replace(
+            snap, peak_rss_mib=round(rss, 1), workers=self._coordinator.worker_rows()
+        )
+
+
+class _Gauges:
+    """The whole run's levels, for the coordinator's Stats."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._c = coordinator
+
+    def _sum(self, key: str) -> int:
+        return sum(int(t.get(key, 0)) for t in self._c.tallies())
+
+    def in_flight(self) -> int:
+        return self._sum("in_flight")
+
+    def queued(self) -> int:
+        return self._sum("queued")
+
+    def input_lines(self) -> int | None:
+        return self._c._source.lines_total
+
+    def lost(self) -> int:
+        sink = getattr(self._c, "_sink", None)
+        return sink.lost if sink is not None else 0
+
+    def crawl_counts(self) -> dict[str, int] | None:
+        return None

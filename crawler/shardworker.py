@@ -1,0 +1,334 @@
+"""One worker process of ``--workers N`` (``python -m crawler.shardworker``, started by
+``crawler.coordinator``): the same pipeline as a run on its own, on the hosts the
+coordinator routes to it.
+
+    stdin  --LINES, ANSWER, STOP, END-->  PipeSource --> Reader --claims--> RemoteSeen
+                                          Frontier --> Workers --> PipeSink
+    stdout <--CLAIM, RECORDS, STATS, DONE--
+
+What differs from a run on its own is behind the engine's seams: the lines come from
+the coordinator (``PipeSource``), dedup is the coordinator's (``RemoteSeen``: one round
+trip per batch), records go back to it encoded, in batches (``PipeSink``: it is the only
+writer of the output and the only owner of ``--state``), and the ledger is a stand-in
+that says whether the run is durable. The worker takes no signal from the terminal: it
+stops when the coordinator says so, and when the coordinator is gone (its standard input
+ends without END) it stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final
+
+from crawler import shards
+from crawler.config import RunConfig, SinkConfig
+from crawler.engine import Engine
+from crawler.linkqueue import Link
+from crawler.records import Record, encode
+from crawler.recordsink import SinkHooks
+from crawler.stores import Ledger, MemoryQueue, Stores
+
+_STATS_INTERVAL: Final = 0.25  # seconds between the worker's statistics reports
+_HIGH_WATER: Final = 1 << 20  # bytes waiting in the pipe to the coordinator: producers wait
+
+
+class Channel:
+    """The worker's two pipes: frames in (standard input), frames out (standard output)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.gone = False  # the coordinator went away: nothing more can be sent
+
+    def send(self, data: bytes) -> None:
+        if not self.gone:
+            self.writer.write(data)
+
+    @property
+    def behind(self) -> bool:
+        return not self.gone and self.writer.transport.get_write_buffer_size() > _HIGH_WATER
+
+    async def drain(self) -> None:
+        if self.gone:
+            return
+        try:
+            await self.writer.drain()
+        except (ConnectionError, RuntimeError):
+            self.gone = True
+
+
+class PipeSource:
+    """The lines the coordinator sends, batch by batch; ``current`` names the batch the
+    reader is working on (its claim goes with that id)."""
+
+    lines_total: int | None = None
+    eof = False
+
+    def __init__(self) -> None:
+        self.lines_read = 0
+        self.current = 0
+        self._batches: asyncio.Queue[tuple[int, list[str]] | None] = asyncio.Queue()
+
+    def put(self, batch: int, lines: list[str]) -> None:
+        self._batches.put_nowait((batch, lines))
+
+    def end(self) -> None:
+        self._batches.put_nowait(None)
+
+    async def batches(self) -> AsyncIterator[list[str]]:
+        while (item := await self._batches.get()) is not None:
+            self.current, lines = item
+            self.lines_read += len(lines)
+            yield lines
+        self.eof = True
+
+    def start_count(self) -> None:
+        pass
+
+    async def counted(self) -> None:
+        pass
+
+    def stop_count(self) -> None:
+        pass
+
+
+class RemoteSeen:
+    """Dedup is the coordinator's (it may be the --state file): one claim per batch, with
+    the batch's id, so the coordinator knows which of its lines now wait for a record."""
+
+    def __init__(self, channel: Channel, source: PipeSource) -> None:
+        self._channel = channel
+        self._source = source
+        self._waiting: dict[int, asyncio.Future[list[int]]] = {}
+
+    async def claim(self, fps: list[int], *, remember_done: bool = False) -> list[int]:
+        batch = self._source.current
+        answer: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._waiting[batch] = answer
+        self._channel.send(shards.ids_frame(shards.CLAIM, batch, shards.fingerprints(fps)))
+        try:
+            return await answer
+        finally:
+            del self._waiting[batch]
+
+    def answered(self, batch: int, answers: bytes | memoryview) -> None:
+        future = self._waiting.get(batch)
+        if future is not None and not future.done():
+            future.set_result(list(answers))
+
+
+class StandInLedger:
+    """The coordinator commits; the worker only needs to know whether the run is durable
+    (with --state a URL cut off by a stop gets no ``cancelled`` record)."""
+
+    resumed = False
+    committed_offset = 0
+    done_before = 0
+
+    def __init__(self, durable: bool) -> None:
+        self.durable = durable
+
+    async def open(self) -> None:
+        pass
+
+    async def commit(
+        self, fps: list[int], offset: int, sync_fd: int | None, links: Sequence[Link] = ()
+    ) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+class PipeSink:
+    """Records to the coordinator: encoded here (the CPU spent where the URL was
+    fetched), sent in batches with their fingerprints (0: none, a ``cancelled`` record)."""
+
+    broken = False
+    lost = 0
+
+    def __init__(self, config: SinkConfig, channel: Channel) -> None:
+        self._channel = channel
+        self._batch_records = config.batch_records
+        self._batch_bytes = config.batch_bytes
+        self._interval = min(config.flush_interval, 0.05)
+        self._buf = bytearray()
+        self._fps: list[int] = []
+        self._kick = asyncio.Event()
+        self._closing = False
+
+    async def open(self) -> None:
+        pass
+
+    def put_nowait(
+        self, record: Record, fp: int | None = None, links: list[Link] | None = None
+    ) -> None:
+        self._buf += encode(record)
+        self._fps.append(fp or 0)
+        n = len(self._fps)
+        if n == 1 or n >= self._batch_records or len(self._buf) >= self._batch_bytes:
+            self._kick.set()
+
+    @property
+    def behind(self) -> bool:
+        return self._channel.behind
+
+    async def backpressure(self) -> None:
+        await self._channel.drain()
+
+    def _send(self) -> None:
+        if self._fps:
+            data, self._buf = self._buf, bytearray()
+            fps, self._fps = self._fps, []
+            self._channel.send(shards.records_frame(fps, data))
+
+    async def run(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            if not self._closing and len(self._fps) < self._batch_records:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._interval):
+                        await self._kick.wait()
+                self._kick.clear()
+            self._send()
+            await self._channel.drain()
+            if self._closing:
+                return
+
+    def close(self) -> None:
+        self._closing = True
+        self._kick.set()
+
+    def abandon(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        self._send()
+        await self._channel.drain()
+
+
+async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    """Run the pipeline on what the coordinator sends; the exit status."""
+    from crawler.runner import Runner
+
+    kind, payload = await shards.read_frame(reader)
+    if kind != shards.CONFIG:
+        return 2
+    setup: dict[str, Any] = pickle.loads(payload)  # noqa: S301 - our own parent's frame
+    config: RunConfig = setup["config"]
+    channel = Channel(reader, writer)
+    source = PipeSource()
+    seen = RemoteSeen(channel, source)
+    sink = PipeSink(config.sink, channel)
+    stores = Stores(seen, StandInLedger(setup["durable"]), MemoryQueue(config.limits.queue_size))
+
+    def make_sink(cfg: SinkConfig, ledger: Ledger, hooks: SinkHooks) -> PipeSink:
+        return sink
+
+    runner = Runner(config, source, stores=stores, sink=make_sink)
+    engine = runner.engine
+    assert isinstance(engine, Engine)  # noqa: S101 - a worker's config has workers=1
+
+    async def listen() -> None:
+        try:
+            while True:
+                kind, payload = await shards.read_frame(reader)
+                if kind == shards.LINES:
+                    source.put(*shards.read_lines(payload))
+                elif kind == shards.ANSWER:
+                    seen.answered(*shards.read_ids(payload))
+                elif kind == shards.STOP:
+                    engine.request_stop()
+                elif kind == shards.END:
+                    source.end()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # The coordinator is gone (killed): nobody takes our records, stop now.
+            channel.gone = True
+            source.end()
+            engine.request_stop()
+            engine.request_stop()
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(_STATS_INTERVAL)
+            if hasattr(engine, "stats"):
+                channel.send(shards.pickled(shards.STATS, _tally(engine)))
+
+    listener = asyncio.ensure_future(listen())
+    reporter = asyncio.ensure_future(report())
+    try:
+        result = await runner.run()
+    finally:
+        reporter.cancel()
+    channel.send(
+        shards.pickled(
+            shards.DONE,
+            {
+                "tally": _tally(engine),
+                "interrupted": result.interrupted,
+                "timed_out": result.timed_out,
+            },
+        )
+    )
+    await channel.drain()
+    listener.cancel()
+    return 0
+
+
+def _tally(engine: Engine) -> dict[str, Any]:
+    gauges = engine.stats.gauges
+    return shards.tally(engine.stats, gauges.in_flight(), gauges.queued())
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel sends us SIGKILL if the coordinator dies (even by SIGKILL); the
+    end of our standard input says the same, but only once the loop gets to read it."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before we asked
+            os._exit(1)
+
+
+async def _main() -> int:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, out)
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    # Nothing else may write to our standard output: it carries frames.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    return await serve(reader, writer)
+
+
+def main() -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
+    use_uvloop = os.environ.get("CRAWLER_NO_UVLOOP") != "1"
+    factory = None
+    if use_uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        sys.exit(runner.run(_main()))
+
+
+if __name__ == "__main__":
+    main()
