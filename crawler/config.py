@@ -378,4 +378,7 @@ def _one_process_only(config: RunConfig) -> None:
         ("etags", fetch.etags is not None),
     ):
         if used:
-            raise ConfigError(f"workers > 1 does not work with {name} yet: use workers 1")
+            raise ConfigError(
+                f"workers > 1 does not work with {name} yet: leave workers at 1",
+                option="workers",
+            )

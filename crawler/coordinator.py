@@ -43,7 +43,7 @@ from crawler.stores import FRESH, Stores
 if TYPE_CHECKING:
     from rich.console import Console
 
-_MAX_DEATHS: Final = 3  # a worker that dies this many times ends the run (a poison URL)
+_MAX_DEATHS: Final = 3  # a worker that dies this many times ends the run (a poison URL?)
 _AHEAD: Final = 4096  # lines a worker may hold beyond its queue before intake waits
 _END_BOUND: Final = 10.0  # seconds past grace a stopped worker gets before it is killed
 
@@ -281,11 +281,11 @@ class Coordinator:
         code = await shard.proc.wait()
         if shard.tally is not None:
             self._gone.append(shard.tally)
-        lines, owed = shard.unsettled()
         index = shard.index
         self._deaths[index] += 1
         stopping = self._stops > 0 or self.timed_out
-        if stopping or self._deaths[index] >= _MAX_DEATHS:
+        if stopping or code == 2 or self._deaths[index] >= _MAX_DEATHS:
+            lines, _ = shard.unsettled()
             self._say(
                 f"worker {index} (pid {shard.pid}) ended ({how_it_ended(code)}); "
                 f"{len(lines)} of its URLs are left without a record"
@@ -293,21 +293,21 @@ class Coordinator:
             shard.done = {"tally": {}, "interrupted": True, "timed_out": False}
             shard.tally = None
             self.stats.left_by_coordinator += len(lines)
-            if not stopping:
-                raise errors.UsageError(
-                    f"worker {index} died {_MAX_DEATHS} times: the run stops "
-                    f"(last: {how_it_ended(code)})"
-                )
+            if not stopping:  # a worker that cannot run (exit 2 said why) or a poison URL
+                raise errors.UsageError(f"worker {index} failed: the run stops")
             self._check_done()
             return
+        successor = await self._start(index)
+        # From here on nothing awaits until the lines are handed over: intake sends to
+        # the successor (and one waiting for room on the dead worker moves to it).
+        self._shards[index] = successor
+        shard.room.set()
+        lines, owed = shard.unsettled()
         self._say(
             f"worker {index} (pid {shard.pid}) died ({how_it_ended(code)}); its "
-            f"{len(lines)} unfinished URLs go to a new worker"
+            f"{len(lines)} unfinished URLs go to a new worker (pid {successor.pid})"
         )
         self._owed.update(owed)
-        successor = await self._start(index)
-        self._shards[index] = successor
-        shard.room.set()  # the intake waiting on it moves to its successor
         for at in range(0, len(lines), 1024):
             self._next_batch += 1
             successor.send_lines(self._next_batch, lines[at : at + 1024])

@@ -427,6 +427,6 @@ def _workers(value: object) -> int:
         return os.cpu_count() or 1
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
-    raise ConfigError(f"workers must be a number or 'auto', got {value!r}")
+    raise ConfigError(f"workers must be a number >= 1 or 'auto', got {value!r}", option="workers")

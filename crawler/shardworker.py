@@ -326,8 +326,14 @@ def main() -> None:
             import uvloop
 
             factory = uvloop.new_event_loop
+    from crawler.errors import UsageError
+
     with asyncio.Runner(loop_factory=factory) as runner:
-        sys.exit(runner.run(_main()))
+        try:
+            sys.exit(runner.run(_main()))
+        except UsageError as exc:  # e.g. a --cacert it cannot read: one line, as the CLI
+            sys.stderr.write(f"crawler: error: {exc}\n")
+            sys.exit(2)
 
 
 if __name__ == "__main__":
