@@ -35,7 +35,7 @@ from crawler.engine import RunResult
 from crawler.inputs import Source
 from crawler.progress import show_progress
 from crawler.recordsink import SinkHooks
-from crawler.shardproc import ShardProc, how_it_ended, start
+from crawler.shardproc import WORKER_COMMAND, ShardProc, how_it_ended, start
 from crawler.sink import OutputClosed, Sink
 from crawler.stats import Snapshot, Stats
 from crawler.stores import FRESH, Stores
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 _MAX_DEATHS: Final = 3  # a worker that dies this many times ends the run (a poison URL?)
 _AHEAD: Final = 4096  # lines a worker may hold beyond its queue before intake waits
+_COUNT_WAIT: Final = 2.0  # seconds a stopped run waits, at most, to count the input left
 _END_BOUND: Final = 10.0  # seconds past grace a stopped worker gets before it is killed
 
 
@@ -63,6 +64,8 @@ def worker_config(config: RunConfig, index: int, n: int) -> RunConfig:
 
 
 class Coordinator:
+    worker_command: tuple[str, ...] = WORKER_COMMAND  # how a worker process is started
+
     def __init__(
         self,
         config: RunConfig,
@@ -93,7 +96,7 @@ class Coordinator:
         self._sent = 0  # lines routed to workers
         self._reader: asyncio.Task[None] | None = None
         self._all_done = asyncio.Event()
-        self._kill_timer: asyncio.TimerHandle | None = None
+        self._timers: list[asyncio.TimerHandle] = []
         self.interrupted = False
         self.timed_out = False
         self._sink: Sink
@@ -127,6 +130,10 @@ class Coordinator:
                 self.request_stop()
             try:
                 await self._run_tasks()
+                if (self._stops or self.timed_out) and not self._source.eof:
+                    with contextlib.suppress(TimeoutError):  # how much input is left
+                        async with asyncio.timeout(_COUNT_WAIT):
+                            await self._source.counted()
             except* OutputClosed:
                 output_closed = True
                 self._tell_all(shards.STOP, 2)
@@ -148,15 +155,17 @@ class Coordinator:
                 await asyncio.shield(sink.aclose())
             finally:
                 await asyncio.shield(ledger.aclose())
-                if self._kill_timer is not None:
-                    self._kill_timer.cancel()
+                for timer in self._timers:
+                    timer.cancel()
                 signals.give_back(loop, previous)
+        if self._stops or self.timed_out:
+            self._count_unread()
         snap = self.stats.snapshot()
         return RunResult(snap, self.interrupted, output_closed or sink.broken, self.timed_out)
 
     async def _start(self, index: int) -> ShardProc:
         setup = {**self._setup_base, "config": worker_config(self._config, index, self._n)}
-        return await start(index, setup)
+        return await start(index, setup, self.worker_command)
 
     async def _run_tasks(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -164,7 +173,7 @@ class Coordinator:
             if self._config.max_time is not None:
                 # Each worker keeps its own --max-time; the coordinator stops reading.
                 loop = asyncio.get_running_loop()
-                self._kill_timer = loop.call_later(self._config.max_time, self._time_up)
+                self._timers.append(loop.call_later(self._config.max_time, self._time_up))
             if self._progress is not None:
                 self._source.start_count()
                 lines = show_progress(self.stats, self._progress, self._progress_interval)
@@ -335,15 +344,27 @@ class Coordinator:
             self._source.start_count()
             loop = asyncio.get_running_loop()
             bound = self._config.grace + max(self._config.grace, 1.0) + _END_BOUND
-            self._kill_timer = loop.call_later(bound, self._kill_all)
+            self._timers.append(loop.call_later(bound, self._kill_all))
         else:
             self.stats.stopping = "cut"
             if hasattr(self, "_sink"):
                 self._sink.abandon()
         self._tell_all(shards.STOP)
 
+    def _count_unread(self) -> None:
+        """A stopped run: the lines never read, and those the workers never dealt with."""
+        source, stats = self._source, self.stats
+        held = sum(int((s.done or {}).get("unread", 0)) for s in self._shards)
+        if source.eof:
+            stats.not_read = held
+        elif source.lines_total is not None:
+            stats.not_read = max(0, source.lines_total - self._sent) + held
+        else:
+            stats.not_read, stats.rest_unread = None, True
+
     def _time_up(self) -> None:
         self.timed_out = True
+        self._source.start_count()
         if self._reader is not None:
             self._reader.cancel()
 

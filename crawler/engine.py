@@ -176,6 +176,11 @@ class Engine:
             stats.snapshot(), self.interrupted, output_closed or sink.broken, self.timed_out
         )
 
+    @property
+    def lines_taken(self) -> int:
+        """Input lines dealt with: a record, queued, or skipped (see Reader.taken)."""
+        return self._reading.taken if hasattr(self, "_reading") else 0
+
     async def _run_tasks(self, fetcher: Fetcher) -> None:
         max_time = self._config.max_time
         async with asyncio.TaskGroup() as tg:

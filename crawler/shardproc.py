@@ -140,15 +140,19 @@ class ShardProc:
                 self.proc.kill()
 
 
-async def start(index: int, setup: dict[str, Any]) -> ShardProc:
-    """Start worker ``index`` and send it its configuration."""
+WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "crawler.shardworker")
+
+
+async def start(
+    index: int, setup: dict[str, Any], command: tuple[str, ...] = WORKER_COMMAND
+) -> ShardProc:
+    """Start worker ``index`` (``command``: a stand-in, for benchmarks/coordinator.py)
+    and send it its configuration."""
     env = dict(os.environ)
     if not setup.get("uvloop", True):
         env["CRAWLER_NO_UVLOOP"] = "1"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "crawler.shardworker",
+        *command,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         env=env,

@@ -72,10 +72,12 @@ class PipeSource:
 
     def __init__(self) -> None:
         self.lines_read = 0
+        self.received = 0  # lines the coordinator sent
         self.current = 0
         self._batches: asyncio.Queue[tuple[int, list[str]] | None] = asyncio.Queue()
 
     def put(self, batch: int, lines: list[str]) -> None:
+        self.received += len(lines)
         self._batches.put_nowait((batch, lines))
 
     def end(self) -> None:
@@ -274,6 +276,8 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> i
                 "tally": _tally(engine),
                 "interrupted": result.interrupted,
                 "timed_out": result.timed_out,
+                # Sent to us, never dealt with (a stop): the input the run did not read.
+                "unread": source.received - engine.lines_taken,
             },
         )
     )

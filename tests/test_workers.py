@@ -190,11 +190,11 @@ async def test_sigint_stops_every_worker_each_url_at_most_once(
     urls = _urls(server, "/hang", 20)
     src = tmp_path / "urls.txt"
     src.write_text("\n".join(urls) + "\n")
-    out = tmp_path / "out.jsonl"
+    out, stats = tmp_path / "out.jsonl", tmp_path / "stats.json"
     env, token = marked_env(SEEDED)
     proc = await _start(
         tmp_path, str(src), "--workers", "2", "-c", "6", "--grace", "0.2",
-        "-o", str(out), "-q", env=env,
+        "-o", str(out), "-q", "--stats-json", str(stats), env=env,
     )  # fmt: skip
     await until(lambda: sum(server.rec.hits.values()) >= 6, 30)
     proc.send_signal(signal.SIGINT)
@@ -206,6 +206,9 @@ async def test_sigint_stops_every_worker_each_url_at_most_once(
     kinds = Counter(r["error"]["kind"] for r in records if r["error"])  # type: ignore[index]
     assert kinds["cancelled"] == len(urls)
     assert not marked_processes(token)
+    report = orjson.loads(stats.read_bytes())
+    assert report["interrupted"] and report["urls_done"] == len(records)
+    assert report["urls_done"] + report["input_not_read"] == len(urls)
 
 
 async def test_state_resumed_with_another_number_of_workers(server: Server, tmp_path: Path) -> None:
