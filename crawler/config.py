@@ -367,11 +367,10 @@ class RunConfig:
 
 def _one_process_only(config: RunConfig) -> None:
     """What --workers N does not do yet: one clear error rather than a run that would
-    be wrong (a crawl's links cross workers; a WARC, a body directory, a cookie jar or
-    an ETag file would have N writers)."""
+    be wrong (a WARC, a body directory, a cookie jar or an ETag file would have N
+    writers)."""
     store, fetch = config.store, config.fetch
     for name, used in (
-        ("crawl", config.crawl is not None),
         ("warc", store.warc is not None),
         ("save_dir", store.save_dir is not None),
         ("cookie_jar", fetch.cookie_jar is not None),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import pickle
 import sys
 import time
@@ -35,9 +34,10 @@ from crawler.engine import RunResult
 from crawler.inputs import Source
 from crawler.progress import show_progress
 from crawler.recordsink import SinkHooks
-from crawler.shardproc import WORKER_COMMAND, ShardProc, how_it_ended, start
+from crawler.shardcrawl import LinkRouter
+from crawler.shardproc import WORKER_COMMAND, ShardProc, how_it_ended, start, worker_config
+from crawler.shardstats import RunStats
 from crawler.sink import OutputClosed, Sink
-from crawler.stats import Snapshot, Stats
 from crawler.stores import FRESH, Stores
 
 if TYPE_CHECKING:
@@ -47,20 +47,6 @@ _MAX_DEATHS: Final = 3  # a worker that dies this many times ends the run (a poi
 _AHEAD: Final = 4096  # lines a worker may hold beyond its queue before intake waits
 _COUNT_WAIT: Final = 2.0  # seconds a stopped run waits, at most, to count the input left
 _END_BOUND: Final = 10.0  # seconds past grace a stopped worker gets before it is killed
-
-
-def worker_config(config: RunConfig, index: int, n: int) -> RunConfig:
-    """Worker ``index``'s share: -c and --rps divided (the remainder to the first
-    workers), per-host limits as they are (a host is in one worker). Fingerprints are
-    always computed: the coordinator settles lines by them, even with --no-dedup."""
-    limits = config.limits
-    share = limits.concurrency // n + (1 if index < limits.concurrency % n else 0)
-    return dataclasses.replace(
-        config,
-        workers=1,
-        limits=dataclasses.replace(limits, concurrency=max(1, share), rps=limits.rps / n),
-        input=dataclasses.replace(config.input, dedup=True),
-    )
 
 
 class Coordinator:
@@ -85,7 +71,12 @@ class Coordinator:
         self._progress = progress
         self._progress_interval = progress_interval
         self._clock = clock
-        self.stats = _RunStats(clock, self)
+        self.stats = RunStats(clock, self, config.crawl is not None)
+        self._links = (
+            LinkRouter(config, stores, lambda: self._shards, lambda: self._sink)
+            if config.crawl is not None
+            else None
+        )
         self._shards: list[ShardProc] = []
         self._gone: list[dict[str, Any]] = []  # last tallies of workers that died
         self._deaths: Counter[int] = Counter()
@@ -107,6 +98,8 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         await ledger.open()
         self.stats.done_before = ledger.done_before
+        if self._links is not None:
+            self._links.start(ledger.done_before)
         self._sink = sink = Sink(config.sink, ledger, SinkHooks())
         try:
             await sink.open()
@@ -126,6 +119,11 @@ class Coordinator:
             if self._handle_signals:
                 signals.take_over(loop, self.request_stop, previous)
             self._shards = [await self._start(i) for i in range(self._n)]
+            crawl = self._config.crawl
+            if crawl is not None and crawl.sitemap_urls:  # worker 0 reads them
+                scope = shards.lines_frame(0, list(crawl.sitemap_urls), shards.SCOPE)
+                for shard in self._shards[1:]:
+                    shard.send(scope)
             for _ in range(min(2, signals.take() if self._handle_signals else 0)):
                 self.request_stop()
             try:
@@ -179,6 +177,8 @@ class Coordinator:
                 lines = show_progress(self.stats, self._progress, self._progress_interval)
                 background.append(tg.create_task(lines))
             tg.create_task(self._sink.run())
+            if self._links is not None:
+                tg.create_task(self._carry_over(self._links))
             for shard in self._shards:
                 tg.create_task(self._listen(shard))
             if self._stops:
@@ -187,6 +187,8 @@ class Coordinator:
                 self._reader = tg.create_task(self._read())
             await self._all_done.wait()
             self._sink.close()
+            if self._links is not None:
+                self._links.close()
             for task in background:
                 task.cancel()
 
@@ -196,6 +198,10 @@ class Coordinator:
         route = shards.route
         try:
             async for lines in self._source.batches():
+                if self._links is not None:  # crawl: every seed is in every worker's scope
+                    scope = shards.lines_frame(0, lines, shards.SCOPE)
+                    for shard in self._shards:
+                        shard.send(scope)
                 routed: list[list[str]] = [[] for _ in range(n)]
                 for line in lines:
                     routed[route(line, n)].append(line)
@@ -222,6 +228,16 @@ class Coordinator:
         if not self._read_all:
             self._read_all = True
             self._tell_all(shards.END)
+            self._check_crawl()
+
+    async def _carry_over(self, links: LinkRouter) -> None:
+        await links.carry_over()
+        self._check_crawl()
+
+    def _check_crawl(self) -> None:
+        """Crawl mode: end it once no worker can find a link any more."""
+        if self._links is not None and self._links.may_finish(self._read_all):
+            self._tell_all(shards.FINISH)
 
     def _tell_all(self, kind: int, times: int = 1) -> None:
         for shard in self._shards:
@@ -232,7 +248,7 @@ class Coordinator:
     async def _listen(self, shard: ShardProc) -> None:
         reader = shard.proc.stdout
         assert reader is not None  # noqa: S101 - started with a pipe
-        sink = self._sink
+        sink, links = self._sink, self._links
         try:
             while True:
                 kind, payload = await shards.read_frame(reader)
@@ -240,12 +256,21 @@ class Coordinator:
                     fps, data = shards.read_records(payload)
                     sink.put_encoded(data, fps)
                     shard.recorded(fps)
+                    if links is not None:
+                        await links.deliver(shard.index)
                     if sink.behind:
                         await sink.backpressure()
+                elif kind == shards.FORWARD and links is not None:
+                    await links.forwarded(pickle.loads(payload))  # noqa: S301 - our child
+                elif kind == shards.IDLE and links is not None:
+                    links.idle(shard.index, shards.read_count(payload))
+                    self._check_crawl()
                 elif kind == shards.CLAIM:
                     batch, raw = shards.read_ids(payload)
                     fps = shards.read_fingerprints(raw)
                     answers = await self._claim(fps)
+                    if links is not None:
+                        answers = links.seeds(answers)
                     shard.claimed(batch, fps, answers)
                     shard.send(shards.ids_frame(shards.ANSWER, batch, bytes(answers)))
                 elif kind == shards.STATS:
@@ -312,9 +337,10 @@ class Coordinator:
         self._shards[index] = successor
         shard.room.set()
         lines, owed = shard.unsettled()
+        held = self._links.replaced(shard, successor) if self._links is not None else 0
         self._say(
             f"worker {index} (pid {shard.pid}) died ({how_it_ended(code)}); its "
-            f"{len(lines)} unfinished URLs go to a new worker (pid {successor.pid})"
+            f"{len(lines) + held} unfinished URLs go to a new worker (pid {successor.pid})"
         )
         self._owed.update(owed)
         for at in range(0, len(lines), 1024):
@@ -323,6 +349,7 @@ class Coordinator:
         if self._read_all:
             successor.send(shards.frame(shards.END))
         await self._listen(successor)
+        self._check_crawl()
 
     @staticmethod
     def _say(message: str) -> None:
@@ -374,7 +401,26 @@ class Coordinator:
             if shard.done is None:
                 shard.kill()
 
-    # -- statistics --------------------------------------------------------------------------
+    # -- statistics (crawler.shardstats.RunView) --------------------------------------------
+    def input_lines(self) -> int | None:
+        return self._source.lines_total
+
+    def lost(self) -> int:
+        return self._sink.lost if hasattr(self, "_sink") else 0
+
+    def link_counts(self) -> dict[str, int]:
+        links = self._links
+        if links is None:
+            return {}
+        waiting, spilled = links.waiting()
+        return {
+            "admitted": links.admitted,
+            "links_waiting": waiting,
+            "links_spilled": spilled,
+            "over_budget": links.over_budget,
+            "done_before": links.done_before,
+        }
+
     def tallies(self) -> list[dict[str, Any]]:
         return [*self._gone, *(s.tally for s in self._shards if s.tally)]
 
@@ -389,50 +435,3 @@ class Coordinator:
             }
             for s in self._shards
         ]
-
-
-class _RunStats(Stats):
-    """The whole run's statistics: the workers' tallies added up (their latency
-    histograms merged, so percentiles are the run's), plus what only the coordinator
-    knows (lines a dead worker left during a stop)."""
-
-    def __init__(self, clock: Callable[[], float], coordinator: Coordinator) -> None:
-        super().__init__(clock, _Gauges(coordinator))
-        self._coordinator = coordinator
-        self.left_by_coordinator = 0
-
-    def snapshot(self) -> Snapshot:
-        tallies = self._coordinator.tallies()
-        shards.add_up(self, tallies)
-        self.left_for_next_run += self.left_by_coordinator
-        snap = super().snapshot()
-        rss = snap.peak_rss_mib + sum(t.get("peak_rss_mib", 0.0) for t in tallies)
-        return dataclasses.replace(
-            snap, peak_rss_mib=round(rss, 1), workers=self._coordinator.worker_rows()
-        )
-
-
-class _Gauges:
-    """The whole run's levels, for the coordinator's Stats."""
-
-    def __init__(self, coordinator: Coordinator) -> None:
-        self._c = coordinator
-
-    def _sum(self, key: str) -> int:
-        return sum(int(t.get(key, 0)) for t in self._c.tallies())
-
-    def in_flight(self) -> int:
-        return self._sum("in_flight")
-
-    def queued(self) -> int:
-        return self._sum("queued")
-
-    def input_lines(self) -> int | None:
-        return self._c._source.lines_total
-
-    def lost(self) -> int:
-        sink = getattr(self._c, "_sink", None)
-        return sink.lost if sink is not None else 0
-
-    def crawl_counts(self) -> dict[str, int] | None:
-        return None

@@ -177,6 +177,11 @@ class Engine:
         )
 
     @property
+    def parts(self) -> Parts:
+        """The run's parts (once ``run()`` has made them)."""
+        return self._parts
+
+    @property
     def lines_taken(self) -> int:
         """Input lines dealt with: a record, queued, or skipped (see Reader.taken)."""
         return self._reading.taken if hasattr(self, "_reading") else 0

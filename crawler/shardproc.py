@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crawler import shards
+from crawler.config import RunConfig
+from crawler.linkqueue import Link
 from crawler.stores import FRESH
 
 
@@ -44,6 +47,7 @@ class ShardProc:
     waiting: dict[int, int] = field(default_factory=dict)  # fp -> batch, claimed FRESH
     extra: dict[int, list[int]] = field(default_factory=dict)  # a fingerprint twice (--no-dedup)
     outstanding: int = 0  # lines sent and not settled
+    links_out: dict[int, Link] = field(default_factory=dict)  # crawl: delivered, no record
     tally: dict[str, Any] | None = None  # the worker's last statistics
     done: dict[str, Any] | None = None  # its final report
     room: asyncio.Event = field(default_factory=asyncio.Event)
@@ -98,6 +102,8 @@ class ShardProc:
             else:
                 found = waiting.pop(fp, None)
                 if found is None:
+                    if self.links_out:
+                        self.links_out.pop(fp, None)
                     continue
                 batch_id = found
             batch = batches.get(batch_id)
@@ -138,6 +144,26 @@ class ShardProc:
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
+
+
+def worker_config(config: RunConfig, index: int, n: int) -> RunConfig:
+    """Worker ``index``'s share: -c and --rps divided (the remainder to the first
+    workers), per-host limits as they are (a host is in one worker). Fingerprints are
+    always computed: the coordinator settles lines by them, even with --no-dedup."""
+    limits, crawl = config.limits, config.crawl
+    share = limits.concurrency // n + (1 if index < limits.concurrency % n else 0)
+    if crawl is not None:
+        # --max-pages is counted here; --sitemap files are read by worker 0 (the others
+        # get their sites' scope in a SCOPE frame).
+        sitemaps = crawl.sitemap_urls if index == 0 else ()
+        crawl = dataclasses.replace(crawl, max_pages=None, sitemap_urls=sitemaps)
+    return dataclasses.replace(
+        config,
+        workers=1,
+        limits=dataclasses.replace(limits, concurrency=max(1, share), rps=limits.rps / n),
+        input=dataclasses.replace(config.input, dedup=True),
+        crawl=crawl,
+    )
 
 
 WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "crawler.shardworker")

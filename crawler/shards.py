@@ -32,11 +32,16 @@ LINES: Final = 2  # u64 batch id, then the batch's lines joined by "\n"
 ANSWER: Final = 3  # u64 batch id, then one byte per fingerprint (Seen.claim's answers)
 END: Final = 4  # no more lines: finish the work and report
 STOP: Final = 5  # a stop signal (a second one cuts the grace period short)
+SCOPE: Final = 6  # crawl: seed lines routed to other workers (they define the scope)
+LINKS: Final = 7  # crawl: pickled links for this worker's hosts, claimed and admitted
+FINISH: Final = 8  # crawl: every worker is idle and nothing is in transit: end
 # worker -> coordinator
 CLAIM: Final = 10  # u64 batch id, then the batch's fingerprints (u64 each)
 RECORDS: Final = 11  # u32 n, n fingerprints (0: none), then n encoded records
 STATS: Final = 12  # pickled tally (see tally())
 DONE: Final = 13  # pickled {"tally": ..., "interrupted": ..., "timed_out": ...}
+FORWARD: Final = 14  # crawl: pickled links found (in scope, within --depth), not claimed
+IDLE: Final = 15  # crawl: u64 links received so far; nothing queued or in flight here
 
 _HEAD: Final = struct.Struct("<BI")
 _ID: Final = struct.Struct("<Q")
@@ -75,8 +80,8 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return kind, await reader.readexactly(size) if size else b""
 
 
-def lines_frame(batch: int, lines: list[str]) -> bytes:
-    return frame(LINES, _ID.pack(batch) + "\n".join(lines).encode("utf-8", "surrogatepass"))
+def lines_frame(batch: int, lines: list[str], kind: int = LINES) -> bytes:
+    return frame(kind, _ID.pack(batch) + "\n".join(lines).encode("utf-8", "surrogatepass"))
 
 
 def read_lines(payload: bytes) -> tuple[int, list[str]]:
@@ -132,6 +137,14 @@ _COUNTERS: Final = (
 )
 
 
+def count_frame(kind: int, n: int) -> bytes:
+    return frame(kind, _ID.pack(n))
+
+
+def read_count(payload: bytes) -> int:
+    return int(_ID.unpack_from(payload)[0])
+
+
 def tally(stats: Stats, in_flight: int, queued: int) -> dict[str, Any]:
     """A worker's counters and histograms, raw, so the coordinator can add them up
     (percentiles of the whole run come from the summed histograms, never averaged)."""
@@ -143,6 +156,7 @@ def tally(stats: Stats, in_flight: int, queued: int) -> dict[str, Any]:
     out["in_flight"] = in_flight
     out["queued"] = queued
     out["peak_rss_mib"] = _peak_rss()
+    out["crawl"] = stats.gauges.crawl_counts()
     return out
 
 

@@ -23,16 +23,21 @@ import os
 import pickle
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
 from crawler import shards
 from crawler.config import RunConfig, SinkConfig
+from crawler.crawling import Crawling
 from crawler.engine import Engine
+from crawler.errors import InvalidURL
 from crawler.linkqueue import Link
 from crawler.records import Record, encode
 from crawler.recordsink import SinkHooks
-from crawler.stores import Ledger, MemoryQueue, Stores
+from crawler.request import parse_request_line
+from crawler.stores import FRESH, Ledger, MemoryQueue, Stores
+from crawler.urls import parse_target
 
 _STATS_INTERVAL: Final = 0.25  # seconds between the worker's statistics reports
 _HIGH_WATER: Final = 1 << 20  # bytes waiting in the pipe to the coordinator: producers wait
@@ -110,6 +115,8 @@ class RemoteSeen:
         self._waiting: dict[int, asyncio.Future[list[int]]] = {}
 
     async def claim(self, fps: list[int], *, remember_done: bool = False) -> list[int]:
+        if remember_done:  # a page's links: the coordinator claims them when forwarded
+            return [FRESH] * len(fps)
         batch = self._source.current
         answer: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._waiting[batch] = answer
@@ -123,6 +130,50 @@ class RemoteSeen:
         future = self._waiting.get(batch)
         if future is not None and not future.done():
             future.set_result(list(answers))
+
+
+class ShardQueue:
+    """Crawl mode: the links this worker finds go to the coordinator (``push``), which
+    claims them and hands each to the worker that owns its host; those handed here wait
+    in ``take``'s queue. Forwarded in a batch per loop turn, always before the records
+    that follow (``flush``): a page's record never reaches the coordinator before its
+    links."""
+
+    spilled = 0
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._links: deque[Link] = deque()
+        self._out: list[tuple[str, int, str | None, int]] = []
+        self.received = 0  # links handed to this worker
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def push(self, link: Link) -> None:
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._out.append(tuple(link))  # type: ignore[arg-type]
+
+    def flush(self) -> None:
+        if self._out:
+            out, self._out = self._out, []
+            self._channel.send(shards.pickled(shards.FORWARD, out))
+
+    def deliver(self, links: list[tuple[str, int, str | None, int]]) -> None:
+        self._links.extend(Link(*link) for link in links)
+        self.received += len(links)
+
+    async def take(self, n: int) -> list[Link]:
+        links = self._links
+        return [links.popleft() for _ in range(min(n, len(links)))]
+
+    async def carried_over(self) -> AsyncIterator[list[Link]]:
+        return  # an earlier run's waiting links are the coordinator's
+        yield
+
+    def close(self) -> None:
+        pass
 
 
 class StandInLedger:
@@ -155,8 +206,11 @@ class PipeSink:
     broken = False
     lost = 0
 
-    def __init__(self, config: SinkConfig, channel: Channel) -> None:
+    def __init__(
+        self, config: SinkConfig, channel: Channel, before: Callable[[], None] | None = None
+    ) -> None:
         self._channel = channel
+        self._before = before  # what must reach the coordinator first (a page's links)
         self._batch_records = config.batch_records
         self._batch_bytes = config.batch_bytes
         self._interval = min(config.flush_interval, 0.05)
@@ -185,6 +239,8 @@ class PipeSink:
         await self._channel.drain()
 
     def _send(self) -> None:
+        if self._before is not None:
+            self._before()
         if self._fps:
             data, self._buf = self._buf, bytearray()
             fps, self._fps = self._fps, []
@@ -211,6 +267,9 @@ class PipeSink:
     def abandon(self) -> None:
         pass
 
+    def send_now(self) -> None:
+        self._send()
+
     async def aclose(self) -> None:
         self._send()
         await self._channel.drain()
@@ -228,17 +287,47 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> i
     channel = Channel(reader, writer)
     source = PipeSource()
     seen = RemoteSeen(channel, source)
-    sink = PipeSink(config.sink, channel)
-    stores = Stores(seen, StandInLedger(setup["durable"]), MemoryQueue(config.limits.queue_size))
+    links = ShardQueue(channel)
+    crawling = config.crawl is not None
+    sink = PipeSink(config.sink, channel, links.flush if crawling else None)
+    queue = links if crawling else MemoryQueue(config.limits.queue_size)
+    stores = Stores(seen, StandInLedger(setup["durable"]), queue)
+    scope: list[str] = []  # seeds of other workers, until the crawl exists
+    finished = False  # crawl: the coordinator said every worker is idle
+    told = -1  # links received when this worker last said it was idle
+    ready = False  # the run's parts exist
+    engine: Engine  # made below, with make_sink
+
+    def may_end() -> bool:
+        """Idle here: say so (once per batch of links received); end if told to."""
+        nonlocal told
+        if not finished and told != links.received:
+            told = links.received
+            sink.send_now()
+            channel.send(shards.count_frame(shards.IDLE, told))
+        return finished
 
     def make_sink(cfg: SinkConfig, ledger: Ledger, hooks: SinkHooks) -> PipeSink:
+        nonlocal ready
+        ready = True
+        pages = engine.parts.pages
+        if pages.crawl is not None:
+            pages.crawl.may_end = may_end
+            _seed(pages, scope)
         return sink
 
     runner = Runner(config, source, stores=stores, sink=make_sink)
-    engine = runner.engine
-    assert isinstance(engine, Engine)  # noqa: S101 - a worker's config has workers=1
+    made = runner.engine
+    assert isinstance(made, Engine)  # noqa: S101 - a worker's config has workers=1
+    engine = made
+
+    def wake() -> None:
+        crawl = engine.parts.pages.crawl if ready else None
+        if crawl is not None:
+            crawl.wake.set()
 
     async def listen() -> None:
+        nonlocal finished
         try:
             while True:
                 kind, payload = await shards.read_frame(reader)
@@ -246,6 +335,18 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> i
                     source.put(*shards.read_lines(payload))
                 elif kind == shards.ANSWER:
                     seen.answered(*shards.read_ids(payload))
+                elif kind == shards.LINKS:
+                    links.deliver(pickle.loads(payload))  # noqa: S301 - our parent's
+                    wake()
+                elif kind == shards.SCOPE:
+                    lines = shards.read_lines(payload)[1]
+                    if ready:
+                        _seed(engine.parts.pages, lines)
+                    else:
+                        scope.extend(lines)
+                elif kind == shards.FINISH:
+                    finished = True
+                    wake()
                 elif kind == shards.STOP:
                     engine.request_stop()
                 elif kind == shards.END:
@@ -260,7 +361,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> i
     async def report() -> None:
         while True:
             await asyncio.sleep(_STATS_INTERVAL)
-            if hasattr(engine, "stats"):
+            if ready:
                 channel.send(shards.pickled(shards.STATS, _tally(engine)))
 
     listener = asyncio.ensure_future(listen())
@@ -284,6 +385,17 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> i
     await channel.drain()
     listener.cancel()
     return 0
+
+
+def _seed(pages: Crawling, lines: list[str]) -> None:
+    """Other workers' seeds: their sites are in this crawl's scope too."""
+    for line in lines:
+        try:
+            text = parse_request_line(line)[0] if line[:1] == "{" else line
+            url, _, host = parse_target(text)
+        except InvalidURL:
+            continue
+        pages.seed(url, host)
 
 
 def _tally(engine: Engine) -> dict[str, Any]:

@@ -189,6 +189,12 @@ class Sink:
         ):
             self._kick.set()
 
+    def put_links(self, links: list[Link]) -> None:
+        """Links waiting to be fetched that no record here carries (crawl --workers: a
+        worker forwarded them): made durable at the next checkpoint (--state)."""
+        if self._durable:
+            self._written_links += links
+
     @property
     def behind(self) -> bool:
         """True when the writer has fallen far behind and producers should wait."""
@@ -220,7 +226,7 @@ class Sink:
         cfg = self._config
         while True:
             if not self._buf and not self._closing:
-                if self._written_fps:
+                if self._written_fps or self._written_links:
                     # Records are written but not checkpointed: do not leave them
                     # uncommitted for long just because no new record arrives.
                     try:
@@ -401,7 +407,11 @@ class Sink:
         ledger = self._ledger
         if self._file is None:
             return
-        if not self._written_fps and self._offset == ledger.committed_offset:
+        if (
+            not self._written_fps
+            and not self._written_links
+            and self._offset == ledger.committed_offset
+        ):
             return
         fps, self._written_fps = self._written_fps, []
         links, self._written_links = self._written_links, []

@@ -14,10 +14,12 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
+from aiohttp import web
 
 from crawler import shards
 from crawler.stats import Histogram, Stats
@@ -232,7 +234,9 @@ async def test_state_resumed_with_another_number_of_workers(server: Server, tmp_
     assert not any(r["error"] for r in records)
 
 
-@pytest.mark.parametrize(("command", "extra"), [("crawl", ()), ("fetch", ("--warc", "x.warc.gz"))])
+@pytest.mark.parametrize(
+    ("command", "extra"), [("crawl", ("--save-dir", "b")), ("fetch", ("--warc", "x.warc.gz"))]
+)
 def test_what_workers_do_not_do_yet_is_one_line(
     tmp_path: Path, command: str, extra: tuple[str, ...]
 ) -> None:
@@ -246,3 +250,96 @@ def test_what_workers_do_not_do_yet_is_one_line(
     assert done.returncode == 2
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "workers" in lines[0], lines
+
+
+# -- crawl --------------------------------------------------------------------------------
+def _tree_app(size: int, ports: dict[str, int], delay: float) -> web.Application:
+    """/x/N on host H links to /x/2N+1 and /x/2N+2 (< size) on the next host: every link
+    crosses to another host, so to the other worker as often as not."""
+
+    async def page(request: web.Request) -> web.Response:
+        if delay:
+            await asyncio.sleep(delay)
+        n = int(request.match_info["n"])
+        host = HOSTS[(HOSTS.index(request.host.partition(":")[0]) + 1) % len(HOSTS)]
+        links = "".join(
+            f'<a href="http://{host}:{ports[host]}/x/{k}">{k}</a>'
+            for k in (2 * n + 1, 2 * n + 2)
+            if k < size
+        )
+        return web.Response(text=f"<html><body>{links}</body></html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/x/{n}", page)
+    return app
+
+
+def _tree(size: int, ports: dict[str, int]) -> set[str]:
+    """Every URL a crawl from /x/0 on each host reaches."""
+    found = set()
+    for start in HOSTS:
+        todo = [(start, 0)]
+        while todo:
+            host, n = todo.pop()
+            url = f"http://{host}:{ports[host]}/x/{n}"
+            if url in found:
+                continue
+            found.add(url)
+            nxt = HOSTS[(HOSTS.index(host) + 1) % len(HOSTS)]
+            todo += [(nxt, k) for k in (2 * n + 1, 2 * n + 2) if k < size]
+    return found
+
+
+@contextlib.asynccontextmanager
+async def _serve_tree(size: int, delay: float = 0.0) -> AsyncIterator[dict[str, int]]:
+    ports: dict[str, int] = {}
+    runner = web.AppRunner(_tree_app(size, ports, delay), access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    for host in HOSTS:
+        site = web.TCPSite(runner, host, 0)
+        await site.start()
+        ports[host] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield ports
+    finally:
+        await runner.cleanup()
+
+
+def _crawl(*args: str) -> list[str]:
+    return [*CRAWLER, "crawl", *args, "--ignore-robots", "-q"]
+
+
+async def test_a_crawl_follows_links_across_workers_once(tmp_path: Path) -> None:
+    async with _serve_tree(100) as ports:
+        seeds = [f"http://{h}:{ports[h]}/x/0" for h in HOSTS]
+        expected = _tree(100, ports)
+        out, capped = tmp_path / "out.jsonl", tmp_path / "capped.jsonl"
+        for path, extra in ((out, ()), (capped, ("--max-pages", "40"))):
+            done = await asyncio.create_subprocess_exec(
+                *_crawl(*seeds, "--workers", "2", "-o", str(path), *extra),
+                env=SEEDED, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await asyncio.wait_for(done.communicate(), 60)
+            assert done.returncode == 0, err.decode()
+    assert set(_once(_records(out))) == expected
+    capped_urls = _once(_records(capped))
+    assert len(capped_urls) == 40 and set(capped_urls) <= expected
+
+
+async def test_a_crawl_with_workers_resumes_every_page_once(tmp_path: Path) -> None:
+    out, state = tmp_path / "out.jsonl", tmp_path / "run.state"
+    async with _serve_tree(240, delay=0.01) as ports:
+        seeds = [f"http://{h}:{ports[h]}/x/0" for h in HOSTS]
+        args = _crawl(*seeds, "--workers", "2", "-c", "4", "-o", str(out), "--state", str(state))
+        with open(tmp_path / "err.txt", "ab") as err:
+            proc = await asyncio.create_subprocess_exec(*args, env=SEEDED, stderr=err)
+        await until(lambda: out.exists() and out.stat().st_size > 2000, 30)
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 130
+        first = len(_records(out))
+        with open(tmp_path / "err.txt", "ab") as err:
+            proc = await asyncio.create_subprocess_exec(*args, env=SEEDED, stderr=err)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0, (tmp_path / "err.txt").read_text()
+        expected = _tree(240, ports)
+    assert set(_once(_records(out))) == expected
+    assert 0 < first < len(expected)

@@ -239,6 +239,6 @@ Workers = Annotated[
         "--workers",
         metavar="N|auto",
         help="Worker processes (auto: the usable cores); hosts are shared out among them, "
-        "-c and --rps are divided, one process writes the output (fetch only, for now).",
+        "-c and --rps are divided, one process writes the output.",
     ),
 ]
