@@ -85,6 +85,7 @@ class Coordinator:
         self._read_all = False  # END sent: every line went out
         self._stops = 0
         self._sent = 0  # lines routed to workers
+        self._scope: list[str] = []  # crawl: the seed lines, for a successor's scope
         self._reader: asyncio.Task[None] | None = None
         self._all_done = asyncio.Event()
         self._timers: list[asyncio.TimerHandle] = []
@@ -121,6 +122,7 @@ class Coordinator:
             self._shards = [await self._start(i) for i in range(self._n)]
             crawl = self._config.crawl
             if crawl is not None and crawl.sitemap_urls:  # worker 0 reads them
+                self._scope += crawl.sitemap_urls
                 scope = shards.lines_frame(0, list(crawl.sitemap_urls), shards.SCOPE)
                 for shard in self._shards[1:]:
                     shard.send(scope)
@@ -163,7 +165,11 @@ class Coordinator:
 
     async def _start(self, index: int) -> ShardProc:
         setup = {**self._setup_base, "config": worker_config(self._config, index, self._n)}
-        return await start(index, setup, self.worker_command)
+        shard = await start(index, setup, self.worker_command)
+        if self._scope:  # a successor: the crawl's scope is every seed read so far
+            for at in range(0, len(self._scope), 4096):
+                shard.send(shards.lines_frame(0, self._scope[at : at + 4096], shards.SCOPE))
+        return shard
 
     async def _run_tasks(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -199,6 +205,7 @@ class Coordinator:
         try:
             async for lines in self._source.batches():
                 if self._links is not None:  # crawl: every seed is in every worker's scope
+                    self._scope += lines  # (kept for a worker started later)
                     scope = shards.lines_frame(0, lines, shards.SCOPE)
                     for shard in self._shards:
                         shard.send(scope)
@@ -348,6 +355,8 @@ class Coordinator:
             successor.send_lines(self._next_batch, lines[at : at + 1024])
         if self._read_all:
             successor.send(shards.frame(shards.END))
+        if self._links is not None:
+            await self._links.deliver(index)  # links that waited here for the dead one
         await self._listen(successor)
         self._check_crawl()
 

@@ -343,3 +343,27 @@ async def test_a_crawl_with_workers_resumes_every_page_once(tmp_path: Path) -> N
         expected = _tree(240, ports)
     assert set(_once(_records(out))) == expected
     assert 0 < first < len(expected)
+
+
+async def test_a_crawl_survives_a_killed_worker(tmp_path: Path) -> None:
+    """The links a killed worker held go to its successor: every page once."""
+    out = tmp_path / "out.jsonl"
+    async with _serve_tree(150, delay=0.02) as ports:
+        seeds = [f"http://{h}:{ports[h]}/x/0" for h in HOSTS]
+        with open(tmp_path / "err.txt", "ab") as err:
+            proc = await asyncio.create_subprocess_exec(
+                *_crawl(*seeds, "--workers", "2", "-c", "4", "-o", str(out)),
+                env=SEEDED, stderr=err,
+            )  # fmt: skip
+        try:
+            await until(lambda: out.exists() and out.stat().st_size > 3000, 30)
+            victim = _children(proc.pid)[1]  # worker 1: 127.0.0.2 and 127.0.0.3
+            os.kill(victim, signal.SIGKILL)
+            assert await asyncio.wait_for(proc.wait(), 60) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        expected = _tree(150, ports)
+    assert f"(pid {victim}) died" in (tmp_path / "err.txt").read_text()
+    assert set(_once(_records(out))) == expected
