@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -47,6 +48,7 @@ _MAX_DEATHS: Final = 3  # a worker that dies this many times ends the run (a poi
 _AHEAD: Final = 4096  # lines a worker may hold beyond its queue before intake waits
 _COUNT_WAIT: Final = 2.0  # seconds a stopped run waits, at most, to count the input left
 _END_BOUND: Final = 10.0  # seconds past grace a stopped worker gets before it is killed
+_EXIT_WAIT: Final = 5.0  # seconds a worker that reported its end gets to exit
 
 
 class Coordinator:
@@ -137,20 +139,16 @@ class Coordinator:
             except* OutputClosed:
                 output_closed = True
                 self._tell_all(shards.STOP, 2)
-            except* (OSError, Exception) as group:
+            except* errors.UsageError as group:
+                raise group.exceptions[0] from None
+            except* (OSError, sqlite3.Error) as group:  # the output or the state file
                 first = group.exceptions[0]
-                if isinstance(first, errors.UsageError):
-                    raise first from None
-                if isinstance(first, OSError):
-                    raise errors.UsageError(f"cannot continue: {io_message(first)}") from None
-                raise
+                raise errors.UsageError(f"cannot continue: {io_message(first)}") from None
         finally:
             self._source.stop_count()
-            for shard in self._shards:
-                shard.kill()
-            for shard in self._shards:
-                with contextlib.suppress(Exception):
-                    await shard.proc.wait()
+            if self._links is not None:
+                self._links.close()
+            await self._end_workers()
             try:
                 await asyncio.shield(sink.aclose())
             finally:
@@ -162,6 +160,20 @@ class Coordinator:
             self._count_unread()
         snap = self.stats.snapshot()
         return RunResult(snap, self.interrupted, output_closed or sink.broken, self.timed_out)
+
+    async def _end_workers(self) -> None:
+        """Workers that reported their end exit by themselves (given a moment to close
+        their sessions); any other is killed: the run is over."""
+        for shard in self._shards:
+            if shard.done is None:
+                shard.kill()
+        for shard in self._shards:
+            try:
+                async with asyncio.timeout(_EXIT_WAIT):
+                    await shard.proc.wait()
+            except TimeoutError:
+                shard.kill()
+                await shard.proc.wait()
 
     async def _start(self, index: int) -> ShardProc:
         setup = {**self._setup_base, "config": worker_config(self._config, index, self._n)}
@@ -193,8 +205,6 @@ class Coordinator:
                 self._reader = tg.create_task(self._read())
             await self._all_done.wait()
             self._sink.close()
-            if self._links is not None:
-                self._links.close()
             for task in background:
                 task.cancel()
 
@@ -418,17 +428,7 @@ class Coordinator:
         return self._sink.lost if hasattr(self, "_sink") else 0
 
     def link_counts(self) -> dict[str, int]:
-        links = self._links
-        if links is None:
-            return {}
-        waiting, spilled = links.waiting()
-        return {
-            "admitted": links.admitted,
-            "links_waiting": waiting,
-            "links_spilled": spilled,
-            "over_budget": links.over_budget,
-            "done_before": links.done_before,
-        }
+        return self._links.counts() if self._links is not None else {}
 
     def tallies(self) -> list[dict[str, Any]]:
         return [*self._gone, *(s.tally for s in self._shards if s.tally)]

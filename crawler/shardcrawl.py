@@ -172,9 +172,15 @@ class LinkRouter:
         self.finished = True
         return True
 
-    def waiting(self) -> tuple[int, int]:
-        """Links waiting here for their worker, and those of them on disk."""
-        return sum(map(len, self._waiting)), sum(q.spilled for q in self._waiting)
+    def counts(self) -> dict[str, int]:
+        """For the run's statistics (crawler.shardstats)."""
+        return {
+            "admitted": self.admitted,
+            "links_waiting": sum(map(len, self._waiting)),  # here, for their worker
+            "links_spilled": sum(q.spilled for q in self._waiting),
+            "over_budget": self.over_budget,
+            "done_before": self.done_before,
+        }
 
     def close(self) -> None:
         for queue in self._waiting:
