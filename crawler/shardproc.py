@@ -174,7 +174,7 @@ async def start(
 ) -> ShardProc:
     """Start worker ``index`` (``command``: a stand-in, for benchmarks/coordinator.py)
     and send it its configuration."""
-    env = dict(os.environ)
+    env = {**os.environ, "CRAWLER_COORDINATOR_PID": str(os.getpid())}  # shardworker's
     if not setup.get("uvloop", True):
         env["CRAWLER_NO_UVLOOP"] = "1"
     proc = await asyncio.create_subprocess_exec(

@@ -39,6 +39,7 @@ from crawler.request import parse_request_line
 from crawler.stores import FRESH, Ledger, MemoryQueue, Stores
 from crawler.urls import parse_target
 
+PARENT_ENV: Final = "CRAWLER_COORDINATOR_PID"  # set by crawler.shardproc.start
 _STATS_INTERVAL: Final = 0.25  # seconds between the worker's statistics reports
 _HIGH_WATER: Final = 1 << 20  # bytes waiting in the pipe to the coordinator: producers wait
 
@@ -403,21 +404,6 @@ def _tally(engine: Engine) -> dict[str, Any]:
     return shards.tally(engine.stats, gauges.in_flight(), gauges.queued())
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel sends us SIGKILL if the coordinator dies (even by SIGKILL); the
-    end of our standard input says the same, but only once the loop gets to read it."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before we asked
-            os._exit(1)
-
-
 async def _main() -> int:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
@@ -433,7 +419,10 @@ async def _main() -> int:
 
 
 def main() -> None:
-    _die_with_parent()
+    from crawler.lifeline import die_with_parent
+
+    # The coordinator starts us from its event loop's thread: PR_SET_PDEATHSIG holds.
+    die_with_parent(int(os.environ.get(PARENT_ENV, os.getppid())), pdeathsig=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
     use_uvloop = os.environ.get("CRAWLER_NO_UVLOOP") != "1"
     factory = None
