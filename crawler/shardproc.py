@@ -91,8 +91,10 @@ class ShardProc:
             self._settle(batch_id, batch, settled)
 
     def recorded(self, fps: list[int]) -> None:
-        """Records came back: their lines are settled (0: a record with no URL to mark)."""
-        waiting, extra, batches = self.waiting, self.extra, self.batches
+        """Records came back: their lines are settled (0: a record with no URL to mark).
+        Counted per batch first: one settling per batch a frame touches, not per record."""
+        waiting, extra, links_out = self.waiting, self.extra, self.links_out
+        touched: dict[int, int] = {}
         for fp in fps:
             if not fp:
                 continue
@@ -102,13 +104,16 @@ class ShardProc:
             else:
                 found = waiting.pop(fp, None)
                 if found is None:
-                    if self.links_out:
-                        self.links_out.pop(fp, None)
+                    if links_out:
+                        links_out.pop(fp, None)
                     continue
                 batch_id = found
+            touched[batch_id] = touched.get(batch_id, 0) + 1
+        batches = self.batches
+        for batch_id, n in touched.items():
             batch = batches.get(batch_id)
             if batch is not None:
-                self._settle(batch_id, batch, 1)
+                self._settle(batch_id, batch, n)
 
     def _settle(self, batch_id: int, batch: Batch, n: int) -> None:
         batch.open -= n
