@@ -5,6 +5,7 @@ coordinator routes to it.
     stdin  --LINES, ANSWER, STOP, END-->  PipeSource --> Reader --claims--> RemoteSeen
                                           Frontier --> Workers --> PipeSink
     stdout <--CLAIM, RECORDS, STATS, DONE--
+    crawl:  --SCOPE (seeds), LINKS, FINISH-->  ShardQueue  <--FORWARD (links), IDLE--
 
 What differs from a run on its own is behind the engine's seams: the lines come from
 the coordinator (``PipeSource``), dedup is the coordinator's (``RemoteSeen``: one round
