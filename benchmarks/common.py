@@ -20,10 +20,11 @@ from server import running
 
 
 @contextlib.contextmanager
-def local_server(kind: str = "auto", workers: int = 1) -> Iterator[tuple[str, str]]:
+def local_server(kind: str = "auto", workers: int = 1, hosts: int = 1) -> Iterator[tuple[str, str]]:
     """Yield (URL prefix, description) of a local server in its own process(es):
-    nginx when installed and kind is auto/nginx, else the aiohttp.web server of server.py."""
-    with running(kind, workers) as served:
+    nginx when installed and kind is auto/nginx, else the aiohttp.web server of server.py
+    (``hosts``: nginx answers on 127.0.0.1 .. 127.0.0.{hosts})."""
+    with running(kind, workers, hosts=hosts) as served:
         yield served
 
 

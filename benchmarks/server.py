@@ -132,8 +132,12 @@ def _uvloop_available() -> bool:
 # --------------------------------------------------------------------------- nginx
 
 
-def nginx_config(tmp: Path, port: int, workers: int, body_bytes: int) -> Path:
+def nginx_config(tmp: Path, port: int, workers: int, body_bytes: int, hosts: int = 1) -> Path:
+    """``hosts``: listen on 127.0.0.1 .. 127.0.0.{hosts} (loopback addresses all)."""
     text = body(body_bytes).decode()
+    listen = "\n        ".join(
+        f"listen 127.0.0.{i}:{port} backlog=4096 reuseport;" for i in range(1, hosts + 1)
+    )
     conf = tmp / "nginx.conf"
     conf.write_text(
         f"""
@@ -151,7 +155,7 @@ http {{
     uwsgi_temp_path {tmp};
     scgi_temp_path {tmp};
     server {{
-        listen 127.0.0.1:{port} backlog=4096 reuseport;
+        {listen}
         location / {{ default_type text/html; return 200 '{text}'; }}
         location /gzip/ {{
             gzip on; gzip_min_length 0; gzip_comp_level 1;
@@ -175,12 +179,17 @@ def nginx_version(nginx: str) -> str:
 
 @contextlib.contextmanager
 def running(
-    kind: str = "auto", workers: int = 1, port: int = 0, body_bytes: int = BODY_BYTES
+    kind: str = "auto",
+    workers: int = 1,
+    port: int = 0,
+    body_bytes: int = BODY_BYTES,
+    hosts: int = 1,
 ) -> Iterator[tuple[str, str]]:
     """Start the server in child process(es); yield (URL prefix, description); stop it.
 
     kind: ``auto`` (nginx when installed, else aiohttp), ``nginx`` or ``aiohttp``
-    (``embedded`` is an alias of ``aiohttp``)."""
+    (``embedded`` is an alias of ``aiohttp``). ``hosts`` (nginx): the prefix is
+    127.0.0.1's, and the server answers on 127.0.0.2 .. 127.0.0.{hosts} too."""
     if kind == "embedded":
         kind = "aiohttp"
     nginx = shutil.which("nginx")
@@ -194,7 +203,7 @@ def running(
     try:
         if kind == "nginx":
             assert nginx is not None
-            conf = nginx_config(tmp, port, workers, body_bytes)
+            conf = nginx_config(tmp, port, workers, body_bytes, hosts)
             procs.append(
                 subprocess.Popen(
                     [nginx, "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"],

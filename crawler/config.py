@@ -359,8 +359,31 @@ class RunConfig:
     grace: float = 5.0  # seconds in-flight requests get to finish after SIGINT/SIGTERM
     # Seconds, then stop like SIGINT but exit 0: URLs not sent get no record (fetch and crawl).
     max_time: float | None = None
+    # Worker processes, hosts sharded among them (crawler.coordinator); 1: this process.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         _non_negative("grace", self.grace)
+        _positive("workers", self.workers)
+        if self.workers > 1:
+            _one_process_only(self)
         if self.max_time is not None:
             _positive("max_time", self.max_time)
+
+
+def _one_process_only(config: RunConfig) -> None:
+    """What --workers N does not do yet: one clear error rather than a run that would
+    be wrong (a WARC, a body directory, a cookie jar or an ETag file would have N
+    writers)."""
+    store, fetch = config.store, config.fetch
+    for name, used in (
+        ("warc", store.warc is not None),
+        ("save_dir", store.save_dir is not None),
+        ("cookie_jar", fetch.cookie_jar is not None),
+        ("etags", fetch.etags is not None),
+    ):
+        if used:
+            raise ConfigError(
+                f"workers > 1 does not work with {name} yet: leave workers at 1",
+                option="workers",
+            )

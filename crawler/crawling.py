@@ -325,10 +325,11 @@ class Crawling:
             if not links:
                 # A sitemap still being read cannot add a URL once --max-pages is reached:
                 # not waited for (a slow one held the run up to --timeout per sitemap).
-                if frontier.idle and (crawl.jobs == 0 or crawl.full):
+                if frontier.idle and (crawl.jobs == 0 or crawl.full) and crawl.may_end():
                     return
                 crawl.wake.clear()
-                if not len(queue) and not (frontier.idle and (crawl.jobs == 0 or crawl.full)):
+                idle = frontier.idle and (crawl.jobs == 0 or crawl.full)
+                if not len(queue) and not (idle and crawl.may_end()):
                     await crawl.wake.wait()
                 continue
             for link in links:

@@ -103,6 +103,7 @@ class Engine:
         self.timed_out = False
         self._stopping = False  # intake stopped (signal or --max-time)
         self._signals = 0
+        self._early_stops = 0  # stops asked for before the run was set up
         self._reader: asyncio.Task[None] | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -132,10 +133,12 @@ class Engine:
         output_closed = False
         previous: dict[int, Any] = {}  # handlers replaced by ours, put back at the end
         try:
+            early = self._early_stops
             if self._install_signals:
                 signals.take_over(loop, self.request_stop, previous)
-                for _ in range(min(2, signals.take())):  # deferred by crawler.signals
-                    self.request_stop()
+                early += signals.take()  # deferred by crawler.signals
+            for _ in range(min(2, early)):
+                self.request_stop()
             async with (
                 make_session(config.fetch) as session,
                 open_fetcher(session, config.fetch, config.breaker, clock) as fetcher,
@@ -173,6 +176,16 @@ class Engine:
             stats.snapshot(), self.interrupted, output_closed or sink.broken, self.timed_out
         )
 
+    @property
+    def parts(self) -> Parts:
+        """The run's parts (once ``run()`` has made them)."""
+        return self._parts
+
+    @property
+    def lines_taken(self) -> int:
+        """Input lines dealt with: a record, queued, or skipped (see Reader.taken)."""
+        return self._reading.taken if hasattr(self, "_reading") else 0
+
     async def _run_tasks(self, fetcher: Fetcher) -> None:
         max_time = self._config.max_time
         async with asyncio.TaskGroup() as tg:
@@ -208,6 +221,9 @@ class Engine:
     def request_stop(self) -> None:
         """A stop signal: the first stops intake and starts the grace period; the second
         cuts it and gives up on an output nobody reads (the run ends now)."""
+        if not hasattr(self, "_workers"):  # still being set up: done once it is
+            self._early_stops += 1
+            return
         self._signals += 1
         self.interrupted = True
         if self._signals > 1:

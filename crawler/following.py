@@ -73,6 +73,10 @@ def _shallow(body: bytes) -> bool:
     return formatting * opened <= _INLINE_MAX_REBUILT
 
 
+def _yes() -> bool:
+    return True
+
+
 class Crawl:
     def __init__(self, config: CrawlConfig, *, seen: Seen, queue: WorkQueue, stats: Stats) -> None:
         self.config = config
@@ -87,6 +91,9 @@ class Crawl:
         self.sitemap_errors = 0
         self.parse_errors = 0  # pages whose links could not be read
         self.wake = asyncio.Event()  # a link was queued, or the frontier went idle
+        # Idle here: may the crawl end? (--workers: only once the coordinator says every
+        # worker is idle and no link is on its way; it then sets wake.)
+        self.may_end: Callable[[], bool] = _yes
         # Pages over parse_inline_bytes and sitemaps are parsed in child processes, each
         # call within config.parse_timeout (see crawler/parser.py): lexbor and expat can
         # be made to run for minutes, and a C call cannot be cancelled, only killed.

@@ -87,6 +87,10 @@ class HostOverrides(Mapping[str, HostSettings]):
     def __getitem__(self, pattern: str) -> HostSettings:
         return self._rules[pattern]
 
+    def __reduce__(self) -> tuple[type[HostOverrides], tuple[dict[str, HostSettings]]]:
+        # Sent to the workers of --workers N (pickled): its rules, not its lookup cache.
+        return (type(self), (dict(self._rules),))
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._rules)
 

@@ -75,6 +75,7 @@ class _SharedOptions(TypedDict, total=False):
     # Per-host overrides (crawler.hostrules): {"example.com": {"per_host": 2,
     # "per_host_rps": 0.5, "headers": {"Name": "value"}, "proxy": "http://..."}}
     hosts: Mapping[str, Mapping[str, object]]
+    workers: int | str  # worker processes, hosts sharded among them; "auto": usable cores
 
 
 class FetchOptions(_SharedOptions, total=False):
@@ -299,6 +300,8 @@ def run_config(
             slices[where][field_name] = not checked if negated else checked
         elif name in ("grace", "max_time"):
             run[name] = _typed(name, value, float)
+        elif name == "workers":
+            run["workers"] = _workers(value)
         elif name == "retry_on":
             slices["retry"]["retry_on"] = _retry_on(value)
         elif name == "backoff":
@@ -425,3 +428,16 @@ def run_controls(options: Mapping[str, object]) -> tuple[dict[str, object], str 
             raise ConfigError("state cannot be combined with no_dedup: resume is keyed by URL")
     handle_signals = _typed("handle_signals", options.get("handle_signals", False), bool)
     return rest, state, handle_signals
+
+
+def _workers(value: object) -> int:
+    """``N`` or ``"auto"``: the cores this process may use."""
+    if value == "auto":
+        if hasattr(os, "sched_getaffinity"):
+            return len(os.sched_getaffinity(0))
+        return os.cpu_count() or 1
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ConfigError(f"workers must be a number >= 1 or 'auto', got {value!r}", option="workers")

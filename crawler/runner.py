@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from crawler.config import ConfigError
 from crawler.paths import check_distinct, check_places, state_places
 
 if TYPE_CHECKING:
@@ -22,9 +23,9 @@ if TYPE_CHECKING:
     from crawler.config import RunConfig, SinkConfig
     from crawler.engine import RunResult
     from crawler.inputs import Source
-    from crawler.recordsink import ChannelSink, RecordSink, SinkHooks
+    from crawler.recordsink import ChannelSink, RecordSink, SinkFactory, SinkHooks
     from crawler.state import StateStore
-    from crawler.stores import Ledger
+    from crawler.stores import Ledger, Stores
 
 
 def check_state_path(config: RunConfig, state: str) -> None:
@@ -60,9 +61,10 @@ class Runner:
         progress: Console | None = None,
         progress_interval: float = 5.0,
         notice: Callable[[], None] | None = None,
+        stores: Stores | None = None,
+        sink: SinkFactory | None = None,
     ) -> None:
         from crawler.engine import Engine  # imported late: keeps `crawler --help` fast
-        from crawler.stores import Stores
 
         self.store: StateStore | None = None
         if state is not None:
@@ -80,7 +82,7 @@ class Runner:
                 },
                 owner=f"crawler {mode}",
             )
-        stores: Stores | None = None  # None: the engine's, in memory
+        # None: the engine's, in memory (a worker of --workers N brings its own)
         if self.store is not None:
             from crawler.state import resumable
 
@@ -90,6 +92,22 @@ class Runner:
         self.channel: ChannelSink | None = None
         self.opened = False  # the engine has its sink: it can be told to stop
         self.made = asyncio.Event()
+        if config.workers > 1:
+            from crawler.coordinator import Coordinator
+            from crawler.stores import memory
+
+            if channel:
+                raise ConfigError("workers > 1 writes to an output, not to a channel yet")
+            dedup = config.input.dedup
+            self.engine: Engine | Coordinator = Coordinator(
+                config,
+                source,
+                stores or memory(dedup=dedup, queue_memory=config.limits.queue_size),
+                handle_signals=handle_signals,
+                progress=progress,
+                progress_interval=progress_interval,
+            )
+            return
         self.engine = Engine(
             config,
             source,
@@ -98,7 +116,7 @@ class Runner:
             install_signal_handlers=handle_signals,
             stores=stores,
             notice=notice,
-            sink=self._sink,
+            sink=sink or self._sink,
         )
 
     def _sink(self, config: SinkConfig, ledger: Ledger, hooks: SinkHooks) -> RecordSink:

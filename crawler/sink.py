@@ -170,6 +170,31 @@ class Sink:
         if count == 1 or count >= self._batch_records or len(self._buf) >= self._batch_bytes:
             self._kick.set()
 
+    def put_encoded(self, data: bytes | memoryview, fps: list[int]) -> None:
+        """Queue records encoded elsewhere (a worker of --workers N): ``data`` holds
+        ``len(fps)`` whole lines, ``fps`` their fingerprints (0: nothing to mark done)."""
+        count = len(fps)
+        if not count:
+            return
+        self._buf += data
+        if self._durable:
+            self._fps += [fp or None for fp in fps]
+            self._links += [None] * count
+        self._count += count
+        self.records += count
+        if (
+            self._count == count
+            or self._count >= self._batch_records
+            or len(self._buf) >= self._batch_bytes
+        ):
+            self._kick.set()
+
+    def put_links(self, links: list[Link]) -> None:
+        """Links waiting to be fetched that no record here carries (crawl --workers: a
+        worker forwarded them): made durable at the next checkpoint (--state)."""
+        if self._durable:
+            self._written_links += links
+
     @property
     def behind(self) -> bool:
         """True when the writer has fallen far behind and producers should wait."""
@@ -201,7 +226,7 @@ class Sink:
         cfg = self._config
         while True:
             if not self._buf and not self._closing:
-                if self._written_fps:
+                if self._written_fps or self._written_links:
                     # Records are written but not checkpointed: do not leave them
                     # uncommitted for long just because no new record arrives.
                     try:
@@ -382,7 +407,11 @@ class Sink:
         ledger = self._ledger
         if self._file is None:
             return
-        if not self._written_fps and self._offset == ledger.committed_offset:
+        if (
+            not self._written_fps
+            and not self._written_links
+            and self._offset == ledger.committed_offset
+        ):
             return
         fps, self._written_fps = self._written_fps, []
         links, self._written_links = self._written_links, []

@@ -85,6 +85,8 @@ class Snapshot:
     input_not_read: int | None = 0  # URL lines the stop left unread (None: not known)
     input_rest_unread: bool = False  # stopped before the end of a stdin/pipe: rest not read
     eta_s: float | None = None
+    # --workers N: one row per worker (its counts, pid, restarts); None for one process.
+    workers: list[dict[str, Any]] | None = None
     # The live display only (not in to_dict()): the run is stopping, and why.
     stopping: str | None = None  # "signal", "max_time" or "cut" (grace over, flushing)
     grace_left_s: float | None = None

@@ -64,6 +64,7 @@ _DETAIL = (
     "verbose",
     "retry_on",
     "backoff",
+    "workers",
 )
 _SESSIONS = ("cookies", "cookie", "cookie_jar", "cacert", "cert", "key", "etags")
 FETCH_OPTIONS = (

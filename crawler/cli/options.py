@@ -39,6 +39,7 @@ from crawler.cli.requestopts import (
     Verbose,
     Warc,
     WarcMaxSize,
+    Workers,
     body_file,
 )
 from crawler.cli.values import parse_method, parse_size
@@ -328,6 +329,7 @@ class RunOptions:
     retry_on: str | None = None  # RetryConfig's retry_on
     backoff: str | None = None  # RetryConfig's backoff_base, backoff_cap
     hosts: Any = None  # a config file's [hosts."..."] (crawler.hostrules.HostOverrides)
+    workers: str = "1"
 
     def config(self, crawl: Mapping[str, object] | None = None) -> RunConfig:
         """The frozen config slices each component receives, built by the Python API's
@@ -426,6 +428,7 @@ OPTIONS: Final[dict[str, Any]] = {
     "verbose": Verbose,
     "retry_on": RetryOn,
     "backoff": Backoff,
+    "workers": Workers,
 }
 DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(RunOptions)}
 # The RunOptions fields that shape the run's config (the others: where and how it reports).

@@ -234,3 +234,12 @@ Backoff = Annotated[
         help="Retry back-off in seconds: BASE doubles per retry up to MAX (with jitter).",
     ),
 ]
+Workers = Annotated[
+    str,
+    typer.Option(
+        "--workers",
+        metavar="N|auto",
+        help="Worker processes (auto: the usable cores); hosts are shared out among them, "
+        "-c and --rps are divided, one process writes the output.",
+    ),
+]
