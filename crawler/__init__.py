@@ -12,10 +12,10 @@ first use.
 """
 
 import importlib
-from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+TYPE_CHECKING = False  # not typing's: ``crawler --version`` would import typing for it
 if TYPE_CHECKING:
     from crawler.api import crawl, fetch, fetch_all
     from crawler.config import ConfigError

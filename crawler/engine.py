@@ -39,9 +39,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any, Final
 
 from crawler import errors, signals
 from crawler.assembly import Parts
@@ -50,7 +48,6 @@ from crawler.crawling import Crawling, io_message
 from crawler.fetcher import Fetcher
 from crawler.frontier import Frontier
 from crawler.inputs import Source
-from crawler.progress import show_progress
 from crawler.proxied import open_fetcher
 from crawler.reader import Reader
 from crawler.recordsink import RecordSink, SinkFactory
@@ -59,6 +56,9 @@ from crawler.sink import OutputClosed, Sink
 from crawler.stats import Snapshot, Stats
 from crawler.stores import Stores, memory
 from crawler.worker import Workers
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _MIN_FLUSH_BOUND: Final = 1.0  # seconds the final flush gets after the grace period, at least
 
@@ -198,6 +198,8 @@ class Engine:
                 tg.create_task(self._workers.maintain()),
             ]
             if self._progress is not None:
+                from crawler.progress import show_progress  # rich's live display: only here
+
                 self._source.start_count()  # for the progress line's input % and ETA
                 lines = show_progress(self.stats, self._progress, self._progress_interval)
                 self._background.append(tg.create_task(lines))

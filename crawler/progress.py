@@ -16,7 +16,6 @@ import select
 import stat
 
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -76,6 +75,8 @@ async def show_progress(stats: Stats, console: Console, interval: float = 5.0) -
 
 
 async def _live(stats: Stats, console: Console) -> None:
+    from rich.live import Live  # a terminal's live line only; the summary needs none
+
     with Live(
         Text(status_line(stats.snapshot())),
         console=console,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
 from typing import Final
 
 RETRY_STATUSES: Final = frozenset((408, 425, 429, 500, 502, 503, 504))
@@ -25,6 +24,8 @@ def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time
     value = value.strip()
     if value.isdigit():
         return float(value)
+    from email.utils import parsedate_to_datetime  # ~10 ms, only for an HTTP-date
+
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.cookiejar
 import os
 import re
 import sqlite3
@@ -144,6 +143,8 @@ def load_jar(jar: aiohttp.CookieJar, path: str) -> None:
     """Add the cookies of a Netscape cookies.txt file (absent or empty: none)."""
     if not _has_content(path, "--cookie-jar"):
         return
+    import http.cookiejar  # only with --cookie-jar
+
     mozilla = http.cookiejar.MozillaCookieJar()
     try:
         # Expiry 0 is a session cookie (curl writes them so): kept; expired ones are not.
@@ -179,6 +180,8 @@ def load_jar(jar: aiohttp.CookieJar, path: str) -> None:
 def save_jar(jar: aiohttp.CookieJar, path: str) -> None:
     """Write the jar to ``path`` in Netscape format, atomically (a temporary file in the
     same directory, renamed over it)."""
+    import http.cookiejar  # only with --cookie-jar
+
     list(jar)  # drops the expired ones
     mozilla = http.cookiejar.MozillaCookieJar()
     host_only = jar.host_only_cookies

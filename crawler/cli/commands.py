@@ -4,19 +4,19 @@ they share are in ``crawler.cli.options``, the run they share in ``crawler.cli.r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from crawler.cli.app import app
 from crawler.cli.options import CRAWL_DEFAULTS, RunOptions
-from crawler.cli.run import note_terminal_stdin, run_pipeline, stdout_dashes
 from crawler.cli.signature import run_options
 from crawler.config import RunConfig
 from crawler.errors import UsageError
 from crawler.helptext import ManCommand
-from crawler.inputs import LineSource, SeedSource, split_arguments
-from crawler.paths import inputs as input_files
+
+if TYPE_CHECKING:  # a run's modules (asyncio, rich, the engine) load with it, not for --help
+    from crawler.inputs import LineSource, SeedSource
 
 # The order of the options in `--help`, after each command's own.
 _BEFORE_METHOD = (
@@ -102,6 +102,9 @@ def fetch(
     """Fetch every URL given, and every URL of the files given, once; write one JSON record
     per URL (JSONL) to standard output. With no URL or file, URLs are read from standard
     input."""
+    from crawler.cli.run import stdout_dashes
+    from crawler.inputs import LineSource, SeedSource, split_arguments
+
     if opts.state is not None and opts.no_dedup:
         raise UsageError("--state cannot be combined with --no-dedup: resume is keyed by URL")
     opts, stats_path = stdout_dashes(opts)
@@ -179,6 +182,9 @@ def crawl(
 ) -> None:
     """Crawl from the seeds: follow links within a scope, politely; one JSON record per page.
     With no seed, seed URLs are read from standard input."""
+    from crawler.cli.run import stdout_dashes
+    from crawler.inputs import LineSource, SeedSource, split_arguments
+
     opts, stats_path = stdout_dashes(opts)
 
     config = opts.config(
@@ -212,6 +218,9 @@ def _run(
 ) -> None:
     """What fetch and crawl do once their input is known: open it, say so if it is a
     terminal, run."""
+    from crawler.cli.run import note_terminal_stdin, run_pipeline
+    from crawler.paths import inputs as input_files
+
     source.open()
     note_terminal_stdin(files, opts.quiet)
     run_pipeline(

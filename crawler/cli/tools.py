@@ -8,13 +8,10 @@ import re
 import sys
 from typing import Annotated, Final
 
-import orjson
 import typer
-from rich.console import Console
 
 from crawler.cli.app import EXIT_FAILED_RECORDS, app, fail
 from crawler.cli.options import NoUvloop, RunOptions
-from crawler.cli.run import run_loop, want_uvloop
 from crawler.cli.signature import run_options
 from crawler.errors import UsageError
 from crawler.helptext import ManCommand
@@ -102,6 +99,7 @@ def serve(
     """Run the embedded test server in the foreground (no network needed); GET / lists its
     routes."""
     from crawler.bench.server import ServeOptions, serve_forever
+    from crawler.cli.run import run_loop, want_uvloop  # asyncio, rich: not for --help
 
     try:
         opts = ServeOptions(
@@ -211,9 +209,13 @@ def bench(
     """Measure throughput through the fetch pipeline against a local server.
 
     With --save-dir or --warc the embedded server gives every URL its own body."""
+    import orjson
+    from rich.console import Console
+
     from crawler.bench.report import loop_name, render
     from crawler.bench.runner import embedded_server, run_rounds, summarize, unexpected_errors
     from crawler.bench.server import ServeOptions
+    from crawler.cli.run import run_loop, want_uvloop  # asyncio, rich: not for --help
 
     if target is not None:
         _check_target(target)

@@ -1,0 +1,74 @@
+"""Start-up: what ``crawler --version`` and ``--help`` import (issue 16). A run's libraries
+(aiohttp and its SSL contexts, asyncio, rich, pydantic, the engine) load only for a run:
+checked by the modules a fresh interpreter holds afterwards, never by timing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import crawler
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Each entry: a top-level package, or a crawler module, a run needs and these paths do not.
+RUN_ONLY = (
+    "aiohttp",
+    "asyncio",
+    "rich",
+    "pydantic",
+    "uvloop",
+    "yarl",
+    "warcio",
+    "selectolax",
+    "protego",
+    "defusedxml",
+    "crawler.engine",
+    "crawler.cli.run",
+)
+
+# Calls the entry point with argv, as the console script does, then prints what is loaded.
+_PROBE = """
+import sys
+argv, wanted = sys.argv[1:-1], sys.argv[-1].split(",")
+sys.argv = ["crawler", *argv]
+from crawler.__main__ import main
+status = None
+try:
+    main()
+except SystemExit as exc:
+    status = exc.code
+loaded = sorted(w for w in wanted if any(m == w or m.startswith(w + ".") for m in sys.modules))
+print(status, ",".join(loaded), file=sys.stderr)
+"""
+
+
+def _probe(*argv: str, wanted: tuple[str, ...] = RUN_ONLY) -> tuple[str, list[str], str]:
+    """Run ``crawler ARGV`` in a fresh interpreter: its exit status, the ``wanted``
+    modules it loaded, its standard output."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, *argv, ",".join(wanted)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    status, _, loaded = proc.stderr.strip().splitlines()[-1].partition(" ")
+    return status, [m for m in loaded.split(",") if m], proc.stdout
+
+
+def test_version_loads_nothing_but_the_package() -> None:
+    status, loaded, out = _probe("--version", wanted=(*RUN_ONLY, "typer", "crawler.cli"))
+    assert (status, loaded, out) == ("0", [], f"crawler {crawler.__version__}\n")
+
+
+def test_help_loads_no_run() -> None:
+    """``--help`` needs typer and the option declarations, none of a run's libraries.
+    (Below a command, typer coerces the group's own flags through pydantic: not ours.)"""
+    not_pydantic = tuple(m for m in RUN_ONLY if m != "pydantic")
+    for argv, wanted in ((["--help"], RUN_ONLY), (["fetch", "--help"], not_pydantic)):
+        status, loaded, out = _probe(*argv, wanted=wanted)
+        assert (status, loaded) == ("0", []), argv
+        assert "Usage: crawler" in out
