@@ -26,6 +26,11 @@ URL always has a request of its host in flight, a URL of its host in ``ready``, 
 host in the wake-up heap: it cannot be stranded, and no worker ever sleeps for a pacer.
 Without any pacer (``HostTable.paced`` false) none of this runs.
 
+Idle connections: ``waiting`` maps each host name with a URL still queued (or a retry
+waiting) to the last such URL put; the fetcher pools a finished request's connection
+only for a host found there (Fetcher.keep_idle_for), so a host whose work is done leaves
+no idle socket behind, and a host with more work queued reuses its connection.
+
 All of this is synchronous state change between awaits; the only awaits are the waits of
 ``get`` (nothing runnable) and ``put`` (queue full), implemented with plain futures.
 """
@@ -81,6 +86,9 @@ class Frontier:
         # Called once, the first time a worker has to wait while URLs are parked: the
         # per-host limit, not the number of workers, is what bounds the run then.
         self._on_host_bound = on_host_bound
+        # Host name -> its last URL put and not yet handed out (see the module's docstring;
+        # by name, not host key: the fetcher has the name of a URL at hand, not its key).
+        self.waiting: dict[str | None, Item] = {}
 
     # -- sizes, for stats and tests -------------------------------------------------
     @property
@@ -120,6 +128,7 @@ class Frontier:
         if len(self._fresh) + self._parked >= self._maxsize:
             return False
         self._fresh.append(item)
+        self.waiting[item.url.raw_host] = item
         if self._getters:
             self._getters.wake_one()
         return True
@@ -137,6 +146,7 @@ class Frontier:
         if self._stopped:
             return
         self._fresh.append(item)
+        self.waiting[item.url.raw_host] = item
         self._getters.wake_one()
 
     def close_input(self) -> None:
@@ -153,6 +163,8 @@ class Frontier:
         item = self._take()
         if item is not None:
             self.in_flight += 1
+            if self.waiting.get(item.url.raw_host) is item:  # its host's last URL
+                del self.waiting[item.url.raw_host]
             if self._getters and self._runnable():
                 self._getters.wake_one()
         return item
@@ -348,6 +360,7 @@ class Frontier:
         self._release_slot(item)
         if self._stopped:
             return False
+        self.waiting.setdefault(item.url.raw_host, item)  # its host has work waiting again
         loop = asyncio.get_running_loop()
         due = loop.time() + delay
         heapq.heappush(self._delayed, (due, next(self._seq), item))
@@ -366,6 +379,7 @@ class Frontier:
         if self._stopped:
             return False
         self._due.append(item)
+        self.waiting.setdefault(item.url.raw_host, item)
         self._getters.wake_one()
         return True
 
@@ -424,6 +438,7 @@ class Frontier:
         self._fresh.clear()
         self._delayed.clear()
         self._parked = 0
+        self.waiting.clear()
         self._getters.wake_all()
         self._putters.wake_all()
         return left
