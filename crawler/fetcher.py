@@ -164,14 +164,14 @@ class Fetcher:
         # Bugs already reported on stderr (errormap.report_bug): (type, file, line) of each.
         self._bugs: set[tuple[str, str, int]] = set()
         # Which connections stay pooled after their response (see keep_idle_for).
-        self._work: HostWork | None = None
+        self._waiting: dict[str | None, Any] | None = None
         self._sockets = open_sockets(connector)
 
     def keep_idle_for(self, work: HostWork) -> None:
         """Pool a response's connection only if its host has work waiting in ``work``
         (the frontier), else close it once the response is read; a connection opened
         while more sockets than the idle cap are idle serves one request (crawler.session)."""
-        self._work = work
+        self._waiting = work.waiting
         if self._sockets is not None:
             self._sockets.work = work
 
@@ -430,8 +430,8 @@ class Fetcher:
                 except BaseException:
                     resp.close()
                     raise
-                work = self._work
-                if work is not None and url.raw_host not in work.waiting:
+                waiting = self._waiting
+                if waiting is not None and url.raw_host not in waiting:
                     if resp.connection is None:  # read whole, pooled: no task has it yet
                         protocol.close()
                     else:

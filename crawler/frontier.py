@@ -160,13 +160,22 @@ class Frontier:
         """The next runnable URL if there is one right now (its slot held), else None."""
         if self._stopped:
             return None
-        item = self._take()
-        if item is not None:
-            self.in_flight += 1
-            if self.waiting.get(item.url.raw_host) is item:  # its host's last URL
-                del self.waiting[item.url.raw_host]
-            if self._getters and self._runnable():
-                self._getters.wake_one()
+        item: Item | None
+        if self._hosts.paced:
+            item = self._take_paced()
+        elif self._ready:
+            item = self._ready.popleft()
+        else:
+            item = self._take_queued()
+        if item is None:
+            return None
+        if self._putters and len(self._fresh) + self._parked <= self._low_water:
+            self._putters.wake_one()
+        self.in_flight += 1
+        if self.waiting.get(item.url.raw_host) is item and self._gated(item):
+            del self.waiting[item.url.raw_host]  # its host's last URL (not a robots check)
+        if self._getters and self._runnable():
+            self._getters.wake_one()
         return item
 
     async def get(self) -> Item | None:
@@ -193,22 +202,6 @@ class Frontier:
     def _runnable(self) -> bool:
         return bool(self._ready or self._due or self._fresh)
 
-    def _take(self) -> Item | None:
-        item: Item | None
-        if self._hosts.paced:
-            item = self._take_paced()
-            if item is None:
-                return None
-        elif self._ready:
-            item = self._ready.popleft()
-        else:
-            item = self._take_queued()
-            if item is None:
-                return None
-        if self._putters and len(self._fresh) + self._parked <= self._low_water:
-            self._putters.wake_one()
-        return item
-
     def _take_queued(self) -> Item | None:
         """The first due retry or fresh URL whose host has room, its slot now held;
         the ones before it whose host is full are parked on their host."""
@@ -232,7 +225,7 @@ class Frontier:
         return not self.checks_first or item.attempts > 0 or item.checked
 
     def _take_paced(self) -> Item | None:
-        """``_take`` when some pacer exists: only a URL whose request may start now."""
+        """``get_nowait`` when some pacer exists: only a URL whose request may start now."""
         hosts = self._hosts
         now = hosts.now()
         glob = hosts.global_pacer
