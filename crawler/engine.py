@@ -144,6 +144,7 @@ class Engine:
                 open_fetcher(session, config.fetch, config.breaker, clock) as fetcher,
             ):
                 pages.start(fetcher)
+                fetcher.keep_idle_for(frontier)  # idle connections: hosts with work only
                 try:
                     await self._run_tasks(fetcher)
                     if self._stopping and not source.eof and self._signals < 2:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Protocol
 
 import aiohttp
 from aiohttp import ClientTimeout, client_exceptions
@@ -25,7 +25,7 @@ from crawler.config import FetchConfig
 from crawler.errormap import map_exception, report_bug
 from crawler.request import Request
 from crawler.response import KEEP_NONE, Response
-from crawler.session import address_policy, sensitive_names
+from crawler.session import address_policy, open_sockets, sensitive_names
 from crawler.urls import redirect_target
 
 _REDIRECTS: Final = frozenset((301, 302, 303, 307, 308))
@@ -69,6 +69,13 @@ def _direct_requests_work() -> bool:
 
 
 DIRECT_REQUESTS: Final = _direct_requests_work()
+
+
+class HostWork(Protocol):
+    """What the fetcher asks the frontier (crawler.frontier) to keep a connection."""
+
+    waiting: dict[str | None, Any]  # host name -> its last URL queued (or a retry waiting)
+    in_flight: int
 
 
 class Fetcher:
@@ -153,8 +160,20 @@ class Fetcher:
         # A request that is not idempotent goes again on a fresh connection, after a
         # pooled one turned out closed, only with --retry-unsafe (see _send).
         self._retry_unsafe = config.retry_unsafe
+        self._max_header = config.max_header_bytes
         # Bugs already reported on stderr (errormap.report_bug): (type, file, line) of each.
         self._bugs: set[tuple[str, str, int]] = set()
+        # Which connections stay pooled after their response (see keep_idle_for).
+        self._waiting: dict[str | None, Any] | None = None
+        self._sockets = open_sockets(connector)
+
+    def keep_idle_for(self, work: HostWork) -> None:
+        """Pool a response's connection only if its host has work waiting in ``work``
+        (the frontier), else close it once the response is read; a connection opened
+        while more sockets than the idle cap are idle serves one request (crawler.session)."""
+        self._waiting = work.waiting
+        if self._sockets is not None:
+            self._sockets.work = work
 
     @property
     def has_credentials(self) -> bool:
@@ -402,8 +421,8 @@ class Fetcher:
                 skip_payload=method == "HEAD",
                 read_until_eof=True,
                 auto_decompress=False,  # _Decoder decodes
-                max_line_size=self._config.max_header_bytes,
-                max_field_size=self._config.max_header_bytes,
+                max_line_size=self._max_header,
+                max_field_size=self._max_header,
             )
             try:
                 resp = await req.send(conn)
@@ -412,6 +431,12 @@ class Fetcher:
                 except BaseException:
                     resp.close()
                     raise
+                waiting = self._waiting
+                if waiting is not None and url.raw_host not in waiting:
+                    if resp.connection is None:  # read whole, pooled: no task has it yet
+                        protocol.close()
+                    else:
+                        protocol.force_close()  # closed when the body has been read
             except (client_exceptions.ClientOSError, client_exceptions.ServerDisconnectedError):
                 conn.close()
                 if not retry:

@@ -26,6 +26,11 @@ URL always has a request of its host in flight, a URL of its host in ``ready``, 
 host in the wake-up heap: it cannot be stranded, and no worker ever sleeps for a pacer.
 Without any pacer (``HostTable.paced`` false) none of this runs.
 
+Idle connections: ``waiting`` maps each host name with a URL still queued (or a retry
+waiting) to the last such URL put; the fetcher pools a finished request's connection
+only for a host found there (Fetcher.keep_idle_for), so a host whose work is done leaves
+no idle socket behind, and a host with more work queued reuses its connection.
+
 All of this is synchronous state change between awaits; the only awaits are the waits of
 ``get`` (nothing runnable) and ``put`` (queue full), implemented with plain futures.
 """
@@ -81,6 +86,9 @@ class Frontier:
         # Called once, the first time a worker has to wait while URLs are parked: the
         # per-host limit, not the number of workers, is what bounds the run then.
         self._on_host_bound = on_host_bound
+        # Host name -> its last URL put and not yet handed out (see the module's docstring;
+        # by name, not host key: the fetcher has the name of a URL at hand, not its key).
+        self.waiting: dict[str | None, Item] = {}
 
     # -- sizes, for stats and tests -------------------------------------------------
     @property
@@ -120,6 +128,7 @@ class Frontier:
         if len(self._fresh) + self._parked >= self._maxsize:
             return False
         self._fresh.append(item)
+        self.waiting[item.url.raw_host] = item
         if self._getters:
             self._getters.wake_one()
         return True
@@ -137,6 +146,7 @@ class Frontier:
         if self._stopped:
             return
         self._fresh.append(item)
+        self.waiting[item.url.raw_host] = item
         self._getters.wake_one()
 
     def close_input(self) -> None:
@@ -150,11 +160,22 @@ class Frontier:
         """The next runnable URL if there is one right now (its slot held), else None."""
         if self._stopped:
             return None
-        item = self._take()
-        if item is not None:
-            self.in_flight += 1
-            if self._getters and self._runnable():
-                self._getters.wake_one()
+        item: Item | None
+        if self._hosts.paced:
+            item = self._take_paced()
+        elif self._ready:
+            item = self._ready.popleft()
+        else:
+            item = self._take_queued()
+        if item is None:
+            return None
+        if self._putters and len(self._fresh) + self._parked <= self._low_water:
+            self._putters.wake_one()
+        self.in_flight += 1
+        if self.waiting.get(item.url.raw_host) is item and self._gated(item):
+            del self.waiting[item.url.raw_host]  # its host's last URL (not a robots check)
+        if self._getters and self._runnable():
+            self._getters.wake_one()
         return item
 
     async def get(self) -> Item | None:
@@ -181,22 +202,6 @@ class Frontier:
     def _runnable(self) -> bool:
         return bool(self._ready or self._due or self._fresh)
 
-    def _take(self) -> Item | None:
-        item: Item | None
-        if self._hosts.paced:
-            item = self._take_paced()
-            if item is None:
-                return None
-        elif self._ready:
-            item = self._ready.popleft()
-        else:
-            item = self._take_queued()
-            if item is None:
-                return None
-        if self._putters and len(self._fresh) + self._parked <= self._low_water:
-            self._putters.wake_one()
-        return item
-
     def _take_queued(self) -> Item | None:
         """The first due retry or fresh URL whose host has room, its slot now held;
         the ones before it whose host is full are parked on their host."""
@@ -220,7 +225,7 @@ class Frontier:
         return not self.checks_first or item.attempts > 0 or item.checked
 
     def _take_paced(self) -> Item | None:
-        """``_take`` when some pacer exists: only a URL whose request may start now."""
+        """``get_nowait`` when some pacer exists: only a URL whose request may start now."""
         hosts = self._hosts
         now = hosts.now()
         glob = hosts.global_pacer
@@ -348,6 +353,7 @@ class Frontier:
         self._release_slot(item)
         if self._stopped:
             return False
+        self.waiting.setdefault(item.url.raw_host, item)  # its host has work waiting again
         loop = asyncio.get_running_loop()
         due = loop.time() + delay
         heapq.heappush(self._delayed, (due, next(self._seq), item))
@@ -366,6 +372,7 @@ class Frontier:
         if self._stopped:
             return False
         self._due.append(item)
+        self.waiting.setdefault(item.url.raw_host, item)
         self._getters.wake_one()
         return True
 
@@ -424,6 +431,7 @@ class Frontier:
         self._fresh.clear()
         self._delayed.clear()
         self._parked = 0
+        self.waiting.clear()
         self._getters.wake_all()
         self._putters.wake_all()
         return left

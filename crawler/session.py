@@ -1,5 +1,6 @@
 """The one pooled aiohttp session of a run: its connector (pool, DNS cache, TLS, the
-address policy's resolver), its headers, and the bound on informational responses.
+address policy's resolver), its headers, the bound on informational responses, and the
+count of its open sockets that keeps them below the file-descriptor limit.
 """
 
 from __future__ import annotations
@@ -7,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import resource
 import ssl
+import weakref
 from typing import Any, Final
 
 import aiohttp
@@ -16,7 +19,7 @@ from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest
 from multidict import CIMultiDict
 
-from crawler.config import FetchConfig
+from crawler.config import MAX_CONCURRENCY, FetchConfig
 from crawler.errors import UsageError
 from crawler.netpolicy import AddressPolicy, PolicyResolver
 
@@ -32,6 +35,56 @@ _ENCODINGS: Final = "gzip, deflate"
 _ASK_ENCODINGS: Final = (
     getattr(ClientRequest, "DEFAULT_HEADERS", {}).get(hdrs.ACCEPT_ENCODING) != _ENCODINGS
 )
+# Idle pooled connections kept at most beyond the requests in flight (see Fetcher), and
+# file descriptors left for everything that is not a socket (outputs, state, bodies, pipes).
+IDLE_CAP: Final = 512
+FD_RESERVE: Final = 128
+
+
+class Sockets:
+    """How many connections of one connector are open now (counted by its protocols,
+    once per connection), and the cap on those not in flight: with ``work`` (the
+    frontier, whose ``in_flight`` bounds the connections in use) set by the fetcher, a
+    connection opened while more than ``idle_cap`` are idle serves one request only."""
+
+    __slots__ = ("idle_cap", "open", "work")
+
+    def __init__(self, idle_cap: int) -> None:
+        self.open = 0
+        self.idle_cap = idle_cap
+        self.work: Any = None
+
+
+def fd_budget() -> int:
+    """Sockets this process may open: its RLIMIT_NOFILE soft limit, raised to the hard
+    limit first (a crawl at many hosts needs more than the usual 1,024), less FD_RESERVE."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (OSError, ValueError):
+                pass
+    except (OSError, ValueError):  # pragma: no cover - no such limit here
+        return 1 << 20
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(16, soft - FD_RESERVE)
+
+
+def socket_limits(config: FetchConfig) -> tuple[int, int]:
+    """(the connector's limit on connections in use, 0 for none; the idle cap). Requests
+    in flight are bounded by the engine; the connector's own limit is only set when the
+    descriptors could run out before it (a wait there costs every release, see RESULTS)."""
+    budget = fd_budget()
+    idle_cap = min(IDLE_CAP, budget // 4)
+    in_use = budget - idle_cap
+    limit = config.pool_size
+    if limit == 0 or limit > in_use:
+        limit = in_use if in_use < MAX_CONCURRENCY else 0
+    return limit, idle_cap
 
 
 def make_session(
@@ -45,7 +98,7 @@ def make_session(
             **connector_options(config),
             resolver=PolicyResolver(policy) if policy.active else None,
         )
-    _bound_informational(connector)
+    _bound_informational(connector, Sockets(socket_limits(config)[1]))
     headers = CIMultiDict({"User-Agent": config.user_agent})
     if _ASK_ENCODINGS:
         headers["Accept-Encoding"] = _ENCODINGS
@@ -71,7 +124,7 @@ def connector_options(config: FetchConfig) -> dict[str, Any]:
     """What every connector of a run is made with (the resolver apart: a proxy's
     connector resolves its own way, see crawler.proxied)."""
     return {
-        "limit": config.pool_size,
+        "limit": socket_limits(config)[0],
         "limit_per_host": 0,  # per-host limits are enforced by the frontier, not here
         "ttl_dns_cache": config.dns_cache_ttl,
         "ssl": tls_context(config),
@@ -132,9 +185,27 @@ class _BoundedHandler(ResponseHandler):
     queue is not empty, so the deadline's cancellation cannot land. After
     MAX_INFORMATIONAL of them in a row the connection is closed with a protocol error."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, sockets: Sockets | None = None) -> None:
         super().__init__(loop)
         self.informational = 0
+        self.sockets = sockets
+        self.counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sockets = self.sockets
+        if sockets is not None:
+            sockets.open += 1
+            self.counted = True
+            work = sockets.work
+            if work is not None and sockets.open - work.in_flight > sockets.idle_cap:
+                self.force_close()  # the idle pool is full: not pooled after its request
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.counted and self.sockets is not None:
+            self.counted = False
+            self.sockets.open -= 1
+        super().connection_lost(exc)
 
     def feed_data(self, data: Any, size: int = 0) -> None:
         # Once per response: the final one (the usual case) costs a compare and a call.
@@ -163,14 +234,27 @@ class _BoundedHandler(ResponseHandler):
 _feed_data: Final = ResponseHandler.feed_data  # without super()'s lookup, per response
 
 
-def _bound_informational(connector: aiohttp.BaseConnector) -> None:
-    """Make the connector build _BoundedHandler protocols. aiohttp has no public hook
-    for this: its protocol factory is the ``_factory`` attribute (aiohttp 1.x to 3.14);
-    if it is not there as expected, the connector is left as it is."""
+def _bound_informational(connector: aiohttp.BaseConnector, sockets: Sockets) -> None:
+    """Make the connector build _BoundedHandler protocols, which count its open sockets
+    (``open_sockets``). aiohttp has no public hook for this: its protocol factory is the
+    ``_factory`` attribute (aiohttp 1.x to 3.14); if it is not there as expected, the
+    connector is left as it is (and its idle connections are not capped)."""
     factory = getattr(connector, "_factory", None)
     if isinstance(factory, functools.partial) and factory.func is ResponseHandler:
-        bounded = functools.partial(_BoundedHandler, *factory.args, **factory.keywords)
+        keywords = {**factory.keywords, "sockets": sockets}
+        bounded = functools.partial(_BoundedHandler, *factory.args, **keywords)
         setattr(connector, "_factory", bounded)  # noqa: B010 - a private attribute
+        _SOCKETS[connector] = sockets
+
+
+_SOCKETS: Final[weakref.WeakKeyDictionary[aiohttp.BaseConnector, Sockets]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def open_sockets(connector: aiohttp.BaseConnector) -> Sockets | None:
+    """The count of ``connector``'s open sockets, if its protocols keep one."""
+    return _SOCKETS.get(connector)
 
 
 def address_policy(config: FetchConfig) -> AddressPolicy:
