@@ -13,6 +13,7 @@ URLs/s (whole process, startup included) and CPU µs per URL:
 
     python benchmarks/many_hosts.py --addresses 10000 -c 200 --rounds 3
     python benchmarks/many_hosts.py --addresses 5000 -c 200 --rounds 3 --tls
+    python benchmarks/many_hosts.py --addresses 10000 -c 200 --rounds 3 --workers 2
 
 Host names h0.test … h9999.test are mapped to 127.0.0.1 with `--resolve '*:127.0.0.1'`,
 so nothing leaves the machine. URLs are interleaved across hosts (host = i % hosts). RSS
@@ -129,6 +130,16 @@ def by_address(args: argparse.Namespace) -> None:
             "crawler fetch (asyncio)": [*crawler, "--no-uvloop"],
             "bare aiohttp (uvloop)": [*bare, "--uvloop"],
             "bare aiohttp (asyncio)": bare,
+            **{
+                f"crawler fetch --workers {n} (uvloop)": [
+                    *crawler,
+                    "--workers",
+                    str(n),
+                    "--stats-json",
+                    str(Path(tmp) / f"w{n}.json"),
+                ]
+                for n in args.workers
+            },
             "curl --parallel": [
                 "curl",
                 "-s",
@@ -144,6 +155,9 @@ def by_address(args: argparse.Namespace) -> None:
         for _ in range(args.rounds):
             for name, cmd in clients.items():
                 elapsed, rss, _, cpu = timed_cpu(cmd)
+                if "--workers" in cmd:  # a process tree: the sum of its processes' peaks
+                    stats = Path(cmd[cmd.index("--stats-json") + 1])
+                    rss = json.loads(stats.read_text())["peak_rss_mib"]
                 runs[name].append((rss, args.addresses / elapsed, cpu / args.addresses * 1e6))
                 print(f"{name}: {runs[name][-1]}", file=sys.stderr)
     report = {
@@ -174,6 +188,10 @@ def main() -> None:
     ap.add_argument("--addresses", type=int, default=0, help="one URL on each of N addresses")
     ap.add_argument("--tls", action="store_true", help="with --addresses: https://")
     ap.add_argument("--rounds", type=int, default=1, help="with --addresses: interleaved")
+    ap.add_argument(
+        "--workers", type=int, nargs="*", default=[],
+        help="with --addresses: also crawler fetch --workers N (peak RSS: its processes' sum)",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.addresses:
         by_address(args)

@@ -432,6 +432,10 @@ def main() -> None:
             import uvloop
 
             factory = uvloop.new_event_loop
+    if factory is None:
+        from crawler.session import small_tls_reads
+
+        small_tls_reads()
     from crawler.errors import UsageError
 
     with asyncio.Runner(loop_factory=factory) as runner:

@@ -315,6 +315,10 @@ def run_loop(
             pass
         else:
             factory = uvloop.new_event_loop
+    if factory is None:
+        from crawler.session import small_tls_reads
+
+        small_tls_reads()
     # Everything allocated so far (imports, option parsing) lives for the whole run:
     # freezing it keeps the garbage collector from rescanning it over and over.
     gc.collect()
