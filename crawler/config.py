@@ -373,12 +373,9 @@ class RunConfig:
 
 def _one_process_only(config: RunConfig) -> None:
     """What --workers N does not do yet: one clear error rather than a run that would
-    be wrong (a WARC, a body directory, a cookie jar or an ETag file would have N
-    writers)."""
-    store, fetch = config.store, config.fetch
+    be wrong (a cookie jar or an ETag file would have N writers)."""
+    fetch = config.fetch
     for name, used in (
-        ("warc", store.warc is not None),
-        ("save_dir", store.save_dir is not None),
         ("cookie_jar", fetch.cookie_jar is not None),
         ("etags", fetch.etags is not None),
     ):

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import pickle
 import sqlite3
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -36,7 +35,15 @@ from crawler.inputs import Source
 from crawler.progress import show_progress
 from crawler.recordsink import SinkHooks
 from crawler.shardcrawl import LinkRouter
-from crawler.shardproc import WORKER_COMMAND, ShardProc, how_it_ended, start, worker_config
+from crawler.shardproc import (
+    WORKER_COMMAND,
+    ShardProc,
+    how_it_ended,
+    one_writer_each,
+    say,
+    start,
+    worker_config,
+)
 from crawler.shardstats import RunStats
 from crawler.sink import OutputClosed, Sink
 from crawler.stores import FRESH, Stores
@@ -99,6 +106,7 @@ class Coordinator:
     async def run(self) -> RunResult:
         config, ledger = self._config, self._stores.ledger
         loop = asyncio.get_running_loop()
+        one_writer_each(config)
         await ledger.open()
         self.stats.done_before = ledger.done_before
         if self._links is not None:
@@ -114,6 +122,7 @@ class Coordinator:
             raise
         self._setup_base = {
             "durable": ledger.durable,
+            "resumed": ledger.resumed,
             "uvloop": type(loop).__module__.startswith("uvloop"),
         }
         previous: dict[int, Any] = {}
@@ -337,7 +346,7 @@ class Coordinator:
         stopping = self._stops > 0 or self.timed_out
         if stopping or code == 2 or self._deaths[index] >= _MAX_DEATHS:
             lines, _ = shard.unsettled()
-            self._say(
+            say(
                 f"worker {index} (pid {shard.pid}) ended ({how_it_ended(code)}); "
                 f"{len(lines)} of its URLs are left without a record"
             )
@@ -355,7 +364,7 @@ class Coordinator:
         shard.room.set()
         lines, owed = shard.unsettled()
         held = self._links.replaced(shard, successor) if self._links is not None else 0
-        self._say(
+        say(
             f"worker {index} (pid {shard.pid}) died ({how_it_ended(code)}); its "
             f"{len(lines) + held} unfinished URLs go to a new worker (pid {successor.pid})"
         )
@@ -369,12 +378,6 @@ class Coordinator:
             await self._links.deliver(index)  # links that waited here for the dead one
         await self._listen(successor)
         self._check_crawl()
-
-    @staticmethod
-    def _say(message: str) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write(f"crawler: {message}\n")
-            sys.stderr.flush()
 
     # -- shutdown ----------------------------------------------------------------------------
     def request_stop(self) -> None:

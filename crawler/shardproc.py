@@ -25,6 +25,7 @@ from typing import Any
 
 from crawler import shards
 from crawler.config import RunConfig
+from crawler.errors import UsageError
 from crawler.linkqueue import Link
 from crawler.stores import FRESH
 
@@ -162,13 +163,36 @@ def worker_config(config: RunConfig, index: int, n: int) -> RunConfig:
         # get their sites' scope in a SCOPE frame).
         sitemaps = crawl.sitemap_urls if index == 0 else ()
         crawl = dataclasses.replace(crawl, max_pages=None, sitemap_urls=sitemaps)
+    store = config.store
+    if store.warc is not None:  # one writer per file: the worker's own
+        store = dataclasses.replace(store, warc=worker_warc(store.warc, index))
     return dataclasses.replace(
         config,
         workers=1,
+        store=store,
         limits=dataclasses.replace(limits, concurrency=max(1, share), rps=limits.rps / n),
         input=dataclasses.replace(config.input, dedup=True),
         crawl=crawl,
     )
+
+
+def worker_warc(path: str, index: int) -> str:
+    """Worker ``index``'s WARC file: ``out.warc.gz`` is ``out-w1.warc.gz`` for worker 1
+    (rotated: ``out-w1-00001.warc.gz``, ...), so no two processes write one file."""
+    for ext in (".warc.gz", ".warc"):
+        if path.endswith(ext):
+            return f"{path[: -len(ext)]}-w{index}{ext}"
+    return f"{path}-w{index}"
+
+
+def one_writer_each(config: RunConfig) -> None:
+    """--warc to a stream (/dev/stdout, a FIFO) would have N writers: refused."""
+    warc = config.store.warc
+    if warc is not None and os.path.exists(warc) and not os.path.isfile(warc):
+        raise UsageError(
+            f"--warc {warc!r} is not a regular file: with --workers each worker writes "
+            "its own WARC file (leave --workers at 1 to write a stream)"
+        )
 
 
 WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "crawler.shardworker")
@@ -206,3 +230,10 @@ def how_it_ended(returncode: int | None) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exit status {returncode}"
+
+
+def say(message: str) -> None:
+    """One line on stderr about the workers (a worker died, was replaced)."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"crawler: {message}\n")
+        sys.stderr.flush()

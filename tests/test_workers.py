@@ -21,6 +21,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp import web
+from warcio.archiveiterator import ArchiveIterator
 
 from crawler import shards
 from crawler.options import run_config
@@ -262,7 +263,8 @@ async def test_state_resumed_with_another_number_of_workers(server: Server, tmp_
 
 
 @pytest.mark.parametrize(
-    ("command", "extra"), [("crawl", ("--save-dir", "b")), ("fetch", ("--warc", "x.warc.gz"))]
+    ("command", "extra"),
+    [("crawl", ("--cookie-jar", "jar.txt")), ("fetch", ("--etags", "tags.db"))],
 )
 def test_what_workers_do_not_do_yet_is_one_line(
     tmp_path: Path, command: str, extra: tuple[str, ...]
@@ -394,3 +396,30 @@ async def test_a_crawl_survives_a_killed_worker(tmp_path: Path) -> None:
         expected = _tree(150, ports)
     assert f"(pid {victim}) died" in (tmp_path / "err.txt").read_text()
     assert set(_once(_records(out))) == expected
+
+
+async def test_bodies_and_warc_have_one_writer_each(server: Server, tmp_path: Path) -> None:
+    """--save-dir: every worker writes into it (unique temporary names, content-addressed
+    files); --warc: each worker its own file (out-w0, out-w1); every URL once in them."""
+    urls = _urls(server, "/ok", 8)
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(urls) + "\n")
+    out, bodies, warc = tmp_path / "out.jsonl", tmp_path / "bodies", tmp_path / "out.warc.gz"
+    proc = await _start(
+        tmp_path, str(src), "--workers", "2", "-o", str(out), "-q",
+        "--save-dir", str(bodies), "--warc", str(warc),
+    )  # fmt: skip
+    assert await asyncio.wait_for(proc.wait(), 60) == 0, (tmp_path / "err.txt").read_text()
+    records = _records(out)
+    assert set(_once(records)) == set(urls)
+    for record in records:  # each body on disk before its record was written
+        assert Path(str(record["body_path"])).is_file()
+    files = sorted(p.name for p in tmp_path.glob("out*.warc.gz"))
+    assert files == ["out-w0.warc.gz", "out-w1.warc.gz"]
+    targets: Counter[str] = Counter()
+    for name in files:
+        with (tmp_path / name).open("rb") as fh:
+            for rec in ArchiveIterator(fh):
+                if rec.rec_type == "response":
+                    targets[rec.rec_headers.get_header("WARC-Target-URI")] += 1
+    assert targets == Counter(set(urls))
