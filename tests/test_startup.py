@@ -72,3 +72,14 @@ def test_help_loads_no_run() -> None:
         status, loaded, out = _probe(*argv, wanted=wanted)
         assert (status, loaded) == ("0", []), argv
         assert "Usage: crawler" in out
+
+
+def test_quiet_fetch_loads_no_rich() -> None:
+    """``fetch -q`` shows no progress and no summary: rich (the console they write to) is
+    never imported. Without ``-q`` the summary needs it. (Port 9 on loopback refuses: the
+    run is a whole one, its one record an error.)"""
+    url = "http://127.0.0.1:9/"
+    status, loaded, out = _probe("fetch", url, "-q", "--retries", "0", wanted=("rich",))
+    assert (status, loaded) == ("0", []) and '"error"' in out
+    status, loaded, _ = _probe("fetch", url, "--retries", "0", wanted=("rich",))
+    assert (status, loaded) == ("0", ["rich"])
