@@ -72,3 +72,41 @@ def test_help_loads_no_run() -> None:
         status, loaded, out = _probe(*argv, wanted=wanted)
         assert (status, loaded) == ("0", []), argv
         assert "Usage: crawler" in out
+
+
+def test_quiet_fetch_loads_no_rich() -> None:
+    """``fetch -q`` shows no progress and no summary: rich (the console they write to) is
+    never imported. Without ``-q`` the summary needs it. (Port 9 on loopback refuses: the
+    run is a whole one, its one record an error.)"""
+    url = "http://127.0.0.1:9/"
+    status, loaded, out = _probe("fetch", url, "-q", "--retries", "0", wanted=("rich",))
+    assert (status, loaded) == ("0", []) and '"error"' in out
+    status, loaded, _ = _probe("fetch", url, "--retries", "0", wanted=("rich",))
+    assert (status, loaded) == ("0", ["rich"])
+
+
+_GC_PROBE = """
+import gc, sys
+sys.argv = ["crawler", *sys.argv[1:]]
+from crawler.__main__ import main
+try:
+    main()
+except SystemExit:
+    pass
+full_passes = gc.get_stats()[2]["collections"]
+print(gc.isenabled(), gc.get_freeze_count() > 10_000, full_passes, file=sys.stderr)
+"""
+
+
+def test_start_up_is_not_garbage_collected() -> None:
+    """The collector is off while a run starts (imports, options: all of it lives for the
+    run), then what start-up made is frozen and the collector is back on: no full pass."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _GC_PROBE, "fetch", "http://127.0.0.1:9/", "-q", "--retries", "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert proc.stderr.split() == ["True", "True", "0"]

@@ -14,14 +14,13 @@ import stat
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 import typer
-from rich.console import Console
 
 from crawler import signals
-from crawler.cli.app import EXIT_FAILED_RECORDS, EXIT_INTERRUPTED, EXIT_OK, drop_stderr
+from crawler.cli.app import EXIT_FAILED_RECORDS, EXIT_INTERRUPTED, EXIT_OK
 from crawler.cli.options import NO_UVLOOP_ENV, RunOptions
 from crawler.config import RunConfig
 from crawler.errors import UsageError
@@ -35,6 +34,9 @@ from crawler.paths import (
     stdio,
 )
 from crawler.runner import Runner
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 PROGRESS_INTERVAL_ENV: Final = "CRAWLER_PROGRESS_INTERVAL"  # seconds between status lines
 
@@ -96,11 +98,11 @@ def note_terminal_stdin(files: list[str], quiet: bool) -> None:
             sys.stderr.flush()
 
 
-def _per_host_notice(config: RunConfig, console: Console, quiet: bool) -> Callable[[], None] | None:
+def _per_host_notice(config: RunConfig, console: Console) -> Callable[[], None] | None:
     """A one-line note, once a run, when workers wait while URLs wait for a busy host:
     ``-c 200`` on a one-host list shows 8 in flight, and the user should know why."""
     limits = config.limits
-    if quiet or not (limits.adaptive or 0 < limits.per_host < limits.concurrency):
+    if not (limits.adaptive or 0 < limits.per_host < limits.concurrency):
         return None
     bound = f"--per-host {limits.per_host}" if limits.per_host else "no --per-host"
     if limits.adaptive:
@@ -137,8 +139,12 @@ def run_pipeline(
     event loop with the CLI's progress and notes, then the summary and exit status."""
     state, quiet = opts.state, opts.quiet
     _check_paths(config, inputs, state=state, stats_json=stats_json)
-    console = _StderrConsole(stderr=True)
-    show_progress = _progress_wanted(config, console, opts.progress, quiet)
+    console = None
+    if not quiet:  # rich (~30 ms): only for a progress display or the summary
+        from crawler.cli.console import StderrConsole
+
+        console = StderrConsole(stderr=True)
+    show_progress = console is not None and _progress_wanted(config, console, opts.progress)
 
     runner = Runner(
         config,
@@ -148,10 +154,14 @@ def run_pipeline(
         handle_signals=True,
         progress=console if show_progress else None,
         progress_interval=_progress_interval(),
-        notice=_per_host_notice(config, console, quiet),
+        notice=None if console is None else _per_host_notice(config, console),
     )
     result = run_loop(runner.run, use_uvloop=want_uvloop(opts.no_uvloop), takes_signals=True)
-    if not quiet and not result.output_closed and not _summary_would_block(config, result):
+    if (
+        console is not None
+        and not result.output_closed
+        and not _summary_would_block(config, result)
+    ):
         from crawler.progress import render_summary
 
         render_summary(
@@ -183,16 +193,14 @@ def run_pipeline(
         raise typer.Exit(EXIT_FAILED_RECORDS)
 
 
-def _progress_wanted(
-    config: RunConfig, console: Console, progress: bool | None, quiet: bool
-) -> bool:
+def _progress_wanted(config: RunConfig, console: Console, progress: bool | None) -> bool:
     """Progress on stderr: by default when it is a terminal (a live line), with
     --progress also when it is not (a status line every few seconds). Never while the
     records go to that same terminal: a line redrawn in place, or one written between
     two partial writes of a record, would splice into the records."""
     if progress is None:  # -v writes heads on stderr: a live line would tear them
         progress = console.is_terminal and not config.fetch.verbose
-    if quiet or not progress:
+    if not progress:
         return False
     if _same_terminal(config.sink.output):
         if progress:
@@ -320,9 +328,11 @@ def run_loop(
 
         small_tls_reads()
     # Everything allocated so far (imports, option parsing) lives for the whole run:
-    # freezing it keeps the garbage collector from rescanning it over and over.
-    gc.collect()
+    # freezing it keeps the garbage collector from rescanning it over and over. Not
+    # collected first: a full pass costs ~50 ms for ~0.4 MiB of start-up's garbage (class
+    # building's); the collector is off until now when started as ``crawler`` (__main__).
     gc.freeze()
+    gc.enable()
     if not takes_signals:
         signals.restore()
         if signals.take():
@@ -340,13 +350,3 @@ def run_loop(
 
 def want_uvloop(no_uvloop: bool) -> bool:
     return not (no_uvloop or os.environ.get(NO_UVLOOP_ENV))
-
-
-class _StderrConsole(Console):
-    """The progress display and summary, on stderr. When nobody reads stderr any more
-    (``2>&1 | head -1``), rich's default points fd 1 (our records!) at /dev/null and
-    exits 1 (also mid-run); this one only stops talking, and the run's status stands."""
-
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-        drop_stderr()
