@@ -5,7 +5,7 @@
     claims: worker --CLAIM--> Seen (memory, or the --state file) --ANSWER--> worker
 
 The coordinator reads the input lazily, routes each line to the worker that owns its
-host (``crawler.shards.route``) in batches, answers the workers' dedup claims, and is the
+host (``crawler.shards.Router``) in batches, answers the workers' dedup claims, and is the
 only writer of the output and the only owner of ``--state``: the records come back
 ready-encoded with their fingerprints, and its Sink writes and commits them as in one
 process. So a run resumed with another N still gives each URL exactly one record.
@@ -81,8 +81,9 @@ class Coordinator:
         self._progress_interval = progress_interval
         self._clock = clock
         self.stats = RunStats(clock, self, config.crawl is not None)
+        self._router = shards.Router(self._n)
         self._links = (
-            LinkRouter(config, stores, lambda: self._shards, lambda: self._sink)
+            LinkRouter(config, stores, self._router, lambda: self._shards, lambda: self._sink)
             if config.crawl is not None
             else None
         )
@@ -220,7 +221,7 @@ class Coordinator:
     # -- intake ------------------------------------------------------------------------------
     async def _read(self) -> None:
         n = self._n
-        route = shards.route
+        route = self._router.route
         try:
             async for lines in self._source.batches():
                 if self._links is not None:  # crawl: every seed is in every worker's scope
@@ -230,7 +231,7 @@ class Coordinator:
                         shard.send(scope)
                 routed: list[list[str]] = [[] for _ in range(n)]
                 for line in lines:
-                    routed[route(line, n)].append(line)
+                    routed[route(line)].append(line)
                 for index, batch in enumerate(routed):
                     if batch:
                         await self._send(index, batch)

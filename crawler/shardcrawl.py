@@ -37,12 +37,14 @@ class LinkRouter:
         self,
         config: RunConfig,
         stores: Stores,
+        router: shards.Router,
         workers: Callable[[], list[ShardProc]],
         sink: Callable[[], Sink],
     ) -> None:
         assert config.crawl is not None  # noqa: S101 - crawl mode only
         self._n = config.workers
         self._stores = stores
+        self._router = router
         self._workers = workers
         self._sink = sink
         self._budget = config.crawl.max_pages
@@ -114,10 +116,10 @@ class LinkRouter:
             return
         if durable:
             self._sink().put_links(fresh)  # --state: they wait there, with what found them
-        n = self._n
+        route = self._router.route
         touched = set()
         for link in fresh:
-            index = shards.route(link.url, n)
+            index = route(link.url)
             self._waiting[index].push(link)
             touched.add(index)
         for index in touched:

@@ -2,9 +2,9 @@
 goes to, the frames they exchange on the worker's standard input and output, and the
 statistics a worker reports.
 
-A host belongs to exactly one worker for the whole run: ``route`` sends every line whose
-URL has that host name to the same worker, so its per-host slots, pacer, breaker,
-robots.txt and dedup stay in one process. The route is read off the line cheaply (one
+A host belongs to exactly one worker for the whole run: ``Router.route`` sends every line
+whose URL has that host name to the same worker, so its per-host slots, pacer, breaker,
+robots.txt and dedup stay in one process. The host is read off the line cheaply (one
 regex on a plain URL, the full parse only for anything else) and agrees with the host of
 the URL's fingerprint (``crawler.urls.parse_target``): two lines with one fingerprint
 have one host name, so they meet in one worker.
@@ -52,13 +52,44 @@ _COUNT: Final = struct.Struct("<I")
 _PLAIN_HOST: Final = re.compile(r"https?://([a-z0-9_.-]+)(?:[:/?#]|\Z)", re.ASCII)
 
 
-def route(line: str, workers: int) -> int:
-    """The worker (0..workers-1) that owns the host of ``line``'s URL."""
-    match = _PLAIN_HOST.match(line)
-    return hash(match.group(1) if match is not None else _host_of(line)) % workers
+# Hosts whose worker is remembered (about 100 bytes each); hosts first seen after that many
+# go by their name's hash, which needs no memory.
+REMEMBERED_HOSTS: Final = 200_000
 
 
-def _host_of(line: str) -> str:
+class Router:
+    """Which worker owns a host, for the whole run: a host seen for the first time goes
+    to the worker that has been given the fewest lines so far (a list of few hosts is
+    shared out evenly, which a hash of 8 names rarely is), and stays there. Past
+    ``remembered`` hosts, a new host goes by its name's hash instead."""
+
+    __slots__ = ("_load", "_n", "_owner", "_remembered")
+
+    def __init__(self, workers: int, remembered: int = REMEMBERED_HOSTS) -> None:
+        self._n = workers
+        self._owner: dict[str, int] = {}
+        self._load = [0] * workers  # lines routed to each worker
+        self._remembered = remembered
+
+    def route(self, line: str) -> int:
+        """The worker that owns the host of ``line``'s URL."""
+        match = _PLAIN_HOST.match(line)
+        host = match.group(1) if match is not None else host_of(line)
+        owner = self._owner.get(host)
+        if owner is None:
+            owner = self._assign(host)
+        self._load[owner] += 1
+        return owner
+
+    def _assign(self, host: str) -> int:
+        if len(self._owner) >= self._remembered:
+            return hash(host) % self._n
+        load = self._load
+        owner = self._owner[host] = load.index(min(load))
+        return owner
+
+
+def host_of(line: str) -> str:
     """The host name of a line's URL, fully parsed; an invalid line is its own key (its
     ``invalid_url`` record is made by whichever worker gets it, once per distinct line)."""
     try:

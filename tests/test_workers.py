@@ -1,8 +1,9 @@
 """--workers N: hosts sharded across worker processes, one coordinator writing the output.
 
-Real subprocesses against the in-process test server. PYTHONHASHSEED=0 makes the route
-of the test's hosts known: 127.0.0.1 goes to worker 0, 127.0.0.2 and 127.0.0.3 to
-worker 1 (checked by test_both_workers_get_hosts), so both workers always hold work.
+Real subprocesses against the in-process test server. A host goes to the worker given the
+fewest lines when it is first seen (crawler.shards.Router): the tests' lines take the
+three hosts in turn, so 127.0.0.1 and 127.0.0.3 go to worker 0 and 127.0.0.2 to worker
+1, and both workers always hold work (checked by test_both_workers_get_hosts).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def _once(records: list[dict[str, object]]) -> Counter[object]:
 
 def test_route_agrees_with_the_fingerprints_host() -> None:
     """Two lines of one host meet in one worker, however the host is spelled, so dedup
-    and per-host limits stay exact; the cheap route agrees with the full parse."""
+    and per-host limits stay exact: the cheap host read agrees with the full parse."""
     lines = [
         "http://example.com/a",
         "HTTP://EXAMPLE.com/b",
@@ -94,10 +95,20 @@ def test_route_agrees_with_the_fingerprints_host() -> None:
         "http://bücher.de/",
     ]
     for n in (2, 3, 7):
-        for line in lines:
+        router = shards.Router(n, remembered=2)  # most hosts past the cap: hashed
+        seen: dict[str, int] = {}
+        for line in [*lines, *reversed(lines)]:
             text = line if line[0] != "{" else orjson.loads(line)["url"]
             host = parse_target(text)[2].rpartition(":")[0]
-            assert shards.route(line, n) == hash(host) % n, line
+            assert seen.setdefault(host, router.route(line)) == router.route(line), line
+
+
+def test_a_few_hosts_are_shared_out_evenly() -> None:
+    """8 hosts over 2 workers: 4 each, whatever their names hash to."""
+    router = shards.Router(2)
+    owners = [router.route(f"http://h{i}.example/") for i in range(8)]
+    assert sorted(owners) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert [router.route(f"http://h{i}.example/x") for i in range(8)] == owners
 
 
 def test_every_option_reaches_a_worker() -> None:
@@ -386,7 +397,7 @@ async def test_a_crawl_survives_a_killed_worker(tmp_path: Path) -> None:
             )  # fmt: skip
         try:
             await until(lambda: out.exists() and out.stat().st_size > 3000, 30)
-            victim = _children(proc.pid)[1]  # worker 1: 127.0.0.2 and 127.0.0.3
+            victim = _children(proc.pid)[1]  # worker 1: 127.0.0.2
             os.kill(victim, signal.SIGKILL)
             assert await asyncio.wait_for(proc.wait(), 60) == 0
         finally:
