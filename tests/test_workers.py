@@ -434,3 +434,26 @@ async def test_bodies_and_warc_have_one_writer_each(server: Server, tmp_path: Pa
                 if rec.rec_type == "response":
                     targets[rec.rec_headers.get_header("WARC-Target-URI")] += 1
     assert targets == Counter(set(urls))
+
+
+async def test_a_sigkilled_coordinator_resumes_every_url_once(
+    server: Server, tmp_path: Path
+) -> None:
+    """Killed mid-run with everything it holds (and its workers with it), the job resumes
+    from --state: every URL exactly one record, the torn tail cut off."""
+    urls = _urls(server, "/slow", 60)
+    src = tmp_path / "urls.txt"
+    src.write_text("\n".join(u + "?s=0.01" for u in urls) + "\n")
+    out, state = tmp_path / "out.jsonl", tmp_path / "run.state"
+    common = ("-o", str(out), "--state", str(state), "-q", "-c", "6", "--workers", "2")
+    env, token = marked_env(SEEDED)
+    proc = await _start(tmp_path, str(src), *common, env=env)
+    await until(lambda: out.exists() and out.stat().st_size > 4000, 30)
+    proc.kill()
+    await proc.wait()
+    await until(lambda: not marked_processes(token), 15)  # its workers end with it
+    proc = await _start(tmp_path, str(src), *common)
+    assert await asyncio.wait_for(proc.wait(), 60) == 0, (tmp_path / "err.txt").read_text()
+    records = _records(out)
+    assert set(_once(records)) == {u + "?s=0.01" for u in urls}
+    assert not any(r["error"] for r in records)
