@@ -13,6 +13,7 @@ from typing import Final
 
 from crawler import shards
 from crawler.config import SinkConfig
+from crawler.inputs import Uncounted
 from crawler.linkqueue import Link
 from crawler.records import Record, encode
 from crawler.recordsink import SinkHooks
@@ -46,7 +47,7 @@ class Channel:
             self.gone = True
 
 
-class PipeSource:
+class PipeSource(Uncounted):
     """The lines the coordinator sends, batch by batch; ``current`` names the batch the
     reader is working on (its claim goes with that id)."""
 
@@ -72,15 +73,6 @@ class PipeSource:
             self.lines_read += len(lines)
             yield lines
         self.eof = True
-
-    def start_count(self) -> None:
-        pass
-
-    async def counted(self) -> None:
-        pass
-
-    def stop_count(self) -> None:
-        pass
 
 
 class RemoteSeen:
