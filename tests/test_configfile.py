@@ -187,3 +187,24 @@ async def test_cli_file_applies_flags_win_env_names_it(tmp_path: Path, server: S
     assert rec["ok"] and rec["headers"] is not None  # include_headers from the file
     (seen,) = server.rec.headers
     assert seen["User-Agent"] == "from-flag" and seen["X-File"] == "1"
+
+
+def test_a_flag_overrides_the_files_alternative_to_it(tmp_path: Path) -> None:
+    """The file's `proxy` gives way to a typed --proxy-file (a run takes one of them), as
+    any file value gives way to its own flag."""
+    import subprocess
+
+    from tests.faultserver import closed_port
+
+    port = closed_port()
+    path, pool = tmp_path / "c.toml", tmp_path / "proxies.txt"
+    path.write_text('proxy = "http://127.0.0.1:9/"\n')
+    pool.write_text(f"http://127.0.0.1:{port}\n")
+    done = subprocess.run(
+        [*CRAWLER, "fetch", "http://127.0.0.2:1/x", "--config", str(path),
+         "--proxy-file", str(pool), "--retries", "0", "-q"],
+        capture_output=True, env=ENV, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (rec,) = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert rec["error"]["kind"] == "proxy" and rec["proxy"] == f"http://127.0.0.1:{port}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import typer
 
@@ -85,6 +85,10 @@ def run_options(*names: str, **defaults: Any) -> Callable[[Command], Command]:
     return decorate
 
 
+# Options of which a run takes one at most: a flag typed overrides the file's other one.
+_EITHER: Final = (frozenset(("proxy", "proxy_file")), frozenset(("data", "json")))
+
+
 def _from_config_file(
     path: str | None, fields: dict[str, Any], own: dict[str, Any], crawl_own: frozenset[str]
 ) -> None:
@@ -104,6 +108,9 @@ def _from_config_file(
     ctx = get_current_context()
     takes = {*fields, *crawl_own, "hosts"}
     typed = {n for n in takes if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE}
+    for group in _EITHER:  # a flag of one of them typed: the file's others give way too
+        if typed & group:
+            typed |= group
     for name, value in file.taken(takes - typed).items():
         if name in crawl_own:
             own[name] = value
