@@ -46,9 +46,9 @@ from crawler.assembly import Parts
 from crawler.config import RunConfig
 from crawler.crawling import Crawling, io_message
 from crawler.fetcher import Fetcher
+from crawler.fetchers import open_fetcher
 from crawler.frontier import Frontier
 from crawler.inputs import Source
-from crawler.proxied import open_fetcher
 from crawler.reader import Reader
 from crawler.recordsink import RecordSink, SinkFactory
 from crawler.session import make_session

@@ -1,6 +1,6 @@
 """Per-host headers and proxies (``[hosts."..."]`` in the config file, crawler.hostrules):
 ``HostsFetcher`` wraps the run's fetcher, only in a run that has such overrides (decided
-once, by crawler.proxied.open_fetcher), so a run without them runs what it always did.
+once, by crawler.fetchers.open_fetcher), so a run without them runs what it always did.
 
     HostsFetcher.fetch(url): its host's settings (looked up once per host and port, cached)
         none               --> the run's fetcher, unchanged
@@ -26,6 +26,7 @@ from yarl import URL
 from crawler.config import BreakerConfig, FetchConfig
 from crawler.fetcher import Fetcher
 from crawler.hostrules import HostOverrides, HostSettings
+from crawler.proxied import ProxiedFetcher
 from crawler.request import Request
 from crawler.response import KEEP_NONE, Response
 from crawler.sessions import SessionState, make_fetcher
@@ -121,8 +122,6 @@ class HostsFetcher(Fetcher):
             return self._direct_fetcher
         fetcher = self._proxied.get(proxy)
         if fetcher is None:
-            from crawler.proxied import ProxiedFetcher
-
             config = dataclasses.replace(self._own_config, proxies=(proxy,))
             fetcher = ProxiedFetcher(
                 self._session, config, self._breaker_config, self._clock, state

@@ -332,7 +332,7 @@ def run_config(
             pairs = (p.strip() for text in _strings(name, value) for p in text.split(";"))
             slices["fetch"]["cookie"] = tuple(p for p in pairs if p)
         elif name == "hosts":
-            from crawler.hostrules import host_overrides
+            from crawler.hostoptions import host_overrides
 
             try:
                 overrides = host_overrides(value)

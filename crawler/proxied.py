@@ -1,6 +1,6 @@
-"""Requests through proxies: ``open_fetcher`` gives the run its fetcher, a plain Fetcher
-when no proxy is configured (decided once per run: the plain path does not change), else a
-``ProxiedFetcher`` that sends each URL through the proxy its host sticks to.
+"""Requests through proxies: with a proxy configured, the run's fetcher
+(``crawler.fetchers.open_fetcher``, decided once per run: the plain path does not change)
+is a ``ProxiedFetcher``, which sends each URL through the proxy its host sticks to.
 
     ProxiedFetcher.fetch(url): --noproxy or no proxy for its scheme --> the run's session,
         direct; else Pool.pick(host) (crawler.proxies) --> that proxy's Fetcher, made on
@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from aiohttp import client_exceptions
@@ -48,10 +47,7 @@ from crawler.records import Answer, Failure, Record, Records, Task
 from crawler.request import Request
 from crawler.response import KEEP_NONE, Response
 from crawler.session import address_policy, connector_options, make_session
-from crawler.sessions import SessionState, make_fetcher, session_state
-
-if TYPE_CHECKING:
-    from crawler.hostfetch import HostsFetcher
+from crawler.sessions import SessionState, make_fetcher
 
 # A proxy is benched after this many consecutive failures when --breaker-threshold is 0
 # (no host breakers): a dead proxy must still stop taking every host's requests.
@@ -242,37 +238,3 @@ class _TunnelConnector(aiohttp.TCPConnector):
             raise client_exceptions.ClientProxyConnectionError(
                 req.connection_key, OSError(f"malformed answer to CONNECT: {exc.message}")
             ) from exc
-
-
-@contextlib.asynccontextmanager
-async def open_fetcher(
-    session: aiohttp.ClientSession,
-    config: FetchConfig,
-    breaker: BreakerConfig,
-    clock: Callable[[], float] = time.monotonic,
-) -> AsyncIterator[Fetcher]:
-    """The run's fetcher over ``session``: plain, with cookies or validators
-    (crawler.sessions: loaded here, saved at the end), through proxies (their sessions
-    closed at the end), or both. Closing is shielded: a cancellation cannot skip it."""
-    state = session_state(config)
-    if state is not None:
-        await state.open()
-    try:
-        if not config.proxied and not config.hosts.requests:
-            yield make_fetcher(session, config, state)
-            return
-        fetcher: ProxiedFetcher | HostsFetcher
-        if config.proxied:
-            fetcher = ProxiedFetcher(session, config, breaker, clock, state)
-        if config.hosts.requests:  # per-host headers or proxies, around the run's fetcher
-            from crawler.hostfetch import HostsFetcher
-
-            inner = fetcher if config.proxied else make_fetcher(session, config, state)
-            fetcher = HostsFetcher(inner, session, config, breaker, clock, state)
-        try:
-            yield fetcher
-        finally:
-            await asyncio.shield(fetcher.aclose())
-    finally:
-        if state is not None:
-            await asyncio.shield(state.aclose())

@@ -14,7 +14,7 @@ import pytest
 from crawler.cli.app import _main
 from crawler.config import LimitConfig, SinkConfig
 from crawler.engine import Engine
-from crawler.hostrules import host_overrides
+from crawler.hostoptions import host_overrides
 from crawler.inputs import LineSource
 from crawler.limiter import HostTable
 from crawler.options import run_config

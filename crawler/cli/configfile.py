@@ -145,7 +145,7 @@ def _value(config: ConfigFile, key: str, value: object) -> object:
     elif key in _LISTS and isinstance(value, str):
         return [value]
     elif key == "hosts":
-        from crawler.hostrules import host_overrides
+        from crawler.hostoptions import host_overrides
 
         try:
             return host_overrides(value)
@@ -157,7 +157,7 @@ def _value(config: ConfigFile, key: str, value: object) -> object:
 def effective(file: ConfigFile | None, command: str) -> dict[str, object]:
     """The options of ``command`` (fetch or crawl) as a run would take them: the
     defaults, overridden by ``file``. Unset ones (no proxy, ...) are None."""
-    from crawler.cli.commands import CRAWL_OPTIONS, FETCH_OPTIONS
+    from crawler.cli.optionlists import CRAWL_OPTIONS, FETCH_OPTIONS
 
     crawl = command == "crawl"
     names = [*(sorted(CRAWL_OWN) if crawl else ()), *(CRAWL_OPTIONS if crawl else FETCH_OPTIONS)]
