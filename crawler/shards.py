@@ -21,6 +21,8 @@ import struct
 from array import array
 from typing import Any, Final
 
+from yarl import URL
+
 from crawler import errors
 from crawler.request import parse_request_line
 from crawler.stats import Histogram, Stats
@@ -89,12 +91,19 @@ class Router:
         return owner
 
 
+def target_of(line: str) -> tuple[URL, str]:
+    """A line's URL (a JSON request line's ``url``) and its host key, as the reader
+    parses them; InvalidURL if it has none."""
+    text = parse_request_line(line)[0] if line[:1] == "{" else line
+    url, _, host = parse_target(text)
+    return url, host
+
+
 def host_of(line: str) -> str:
     """The host name of a line's URL, fully parsed; an invalid line is its own key (its
     ``invalid_url`` record is made by whichever worker gets it, once per distinct line)."""
     try:
-        text = parse_request_line(line)[0] if line[:1] == "{" else line
-        return parse_target(text)[2].rpartition(":")[0]
+        return target_of(line)[1].rpartition(":")[0]
     except errors.InvalidURL:
         return line
 

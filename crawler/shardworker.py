@@ -32,10 +32,8 @@ from crawler.crawling import Crawling
 from crawler.engine import Engine
 from crawler.errors import InvalidURL
 from crawler.recordsink import SinkHooks
-from crawler.request import parse_request_line
 from crawler.shardio import Channel, PipeSink, PipeSource, RemoteSeen, ShardQueue, StandInLedger
 from crawler.stores import Ledger, MemoryQueue, Stores
-from crawler.urls import parse_target
 
 PARENT_ENV: Final = "CRAWLER_COORDINATOR_PID"  # set by crawler.shardproc.start
 _STATS_INTERVAL: Final = 0.25  # seconds between the worker's statistics reports
@@ -159,8 +157,7 @@ def _seed(pages: Crawling, lines: list[str]) -> None:
     """Other workers' seeds: their sites are in this crawl's scope too."""
     for line in lines:
         try:
-            text = parse_request_line(line)[0] if line[:1] == "{" else line
-            url, _, host = parse_target(text)
+            url, host = shards.target_of(line)
         except InvalidURL:
             continue
         pages.seed(url, host)
