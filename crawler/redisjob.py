@@ -1,0 +1,342 @@
+"""A job shared through Redis (``--redis URL --job NAME``): its keys, and the few atomic
+steps every command of the distributed mode is made of.
+
+    enqueue --lines--> [dedup bucket + XADD] --> q:<shard>  (one stream per host shard)
+    worker  --lease(shard)--> XREADGROUP q:<shard> --> the pipeline
+            --commit--> [lease check + XACK + XADD out + XDEL + links enqueued]
+    collect <--XREAD-- out
+
+Keys (all under ``crawler:{NAME}:``; the braces keep a job's keys in one Cluster slot):
+
+    meta        hash: mode (fetch|crawl), shards, options (JSON), version
+    n           hash: enqueued, done, failed, dead (dead-lettered), refused (stale commits)
+    q:<s>       stream of shard s (group ``g``); entry: u=line, d=depth (crawl), p=parent
+    d:<b>       dedup bucket: 64-bit fingerprints whose top 16 bits are b (an intset)
+    lease:<s>   the owner's token ``worker:epoch`` with a TTL; epoch:<s> counts the owners
+    workers     zset: worker id -> heartbeat deadline (Redis TIME, ms)
+    feeders     zset: enqueue id -> heartbeat deadline (ms): while one lives, the job is open
+    out         stream of records (r=encoded JSON line), read by ``crawler collect``
+    seeds       list: a crawl's seeds (every worker's scope)
+
+Why these shapes:
+- A host belongs to one shard (``shard_of``), a shard to one worker at a time (its lease),
+  so per-host politeness stays inside one process with no round trip per request.
+- Entries are never popped destructively: a worker reads through the consumer group, so a
+  worker that dies leaves its entries pending, and the next owner of the shard claims them.
+- A commit is one script: it is refused unless the caller's lease token is the current one
+  (fencing: a stale owner, paused past its TTL, cannot write), and only an entry still
+  pending (``XACK`` returns 1) gets its record: a URL fetched twice is written once.
+- Dedup keeps 8 bytes a URL: a Redis set of integers stays an intset (8 bytes a member)
+  while it holds at most ``set-max-intset-entries`` (512) members, so fingerprints go to
+  65,536 buckets by their top bits: up to ~2*10^7 URLs a job stay intset-encoded.
+
+The scripts compute their keys from the job's prefix, so a job lives on one Redis server
+(or one Cluster slot), as the braces say.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from crawler import __version__
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+DEFAULT_SHARDS: Final = 256
+DEFAULT_LEASE_MS: Final = 10_000
+GROUP: Final = "g"
+BUCKET_SHIFT: Final = 48  # a fingerprint's top 16 bits name its dedup bucket
+MODES: Final = ("fetch", "crawl")
+
+
+class JobError(Exception):
+    """A job that cannot be used as asked (one line for the user, exit 2)."""
+
+
+def prefix(job: str) -> str:
+    return f"crawler:{{{job}}}:"
+
+
+def shard_of(host: str, shards: int) -> int:
+    """The shard of a host: stable across processes and machines (not Python's hash)."""
+    digest = hashlib.blake2b(host.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % shards
+
+
+def signed(fp: int) -> int:
+    """A 64-bit fingerprint as Redis stores an integer (signed)."""
+    return fp - (1 << 64) if fp >= 1 << 63 else fp
+
+
+def bucket_of(fp: int) -> int:
+    return fp >> BUCKET_SHIFT
+
+
+def worker_id() -> str:
+    """A name unique to this process on any machine: host, pid and 32 random bits."""
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
+
+
+def rendezvous(shard: int, workers: Sequence[str]) -> str | None:
+    """The live worker that should own ``shard`` (highest random weight): when a worker
+    joins or leaves, only the shards it wins or held change hands."""
+    best: tuple[bytes, str] | None = None
+    for worker in workers:
+        weight = hashlib.blake2b(f"{shard}\0{worker}".encode(), digest_size=8).digest()
+        if best is None or weight > best[0]:
+            best = (weight, worker)
+    return None if best is None else best[1]
+
+
+# -- scripts ---------------------------------------------------------------------------------
+# ARGV[1] = the job's prefix, then one (fingerprint, bucket, shard, line, depth, parent) per
+# URL. A URL already in its bucket is not added again.
+_ENQUEUE: Final = """
+local p = ARGV[1]
+local added = 0
+for i = 2, #ARGV, 6 do
+  if redis.call('SADD', p .. 'd:' .. ARGV[i + 1], ARGV[i]) == 1 then
+    local q = p .. 'q:' .. ARGV[i + 2]
+    if ARGV[i + 4] == '' then
+      redis.call('XADD', q, '*', 'u', ARGV[i + 3])
+    else
+      redis.call('XADD', q, '*', 'u', ARGV[i + 3], 'd', ARGV[i + 4], 'p', ARGV[i + 5])
+    end
+    added = added + 1
+  end
+end
+if added > 0 then redis.call('HINCRBY', p .. 'n', 'enqueued', added) end
+return added
+"""
+
+# Make a job, atomically: KEYS meta; ARGV prefix, mode, shards, options, version.
+# 0 if it exists (its settings stay as they are).
+_CREATE: Final = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for s = 0, tonumber(ARGV[3]) - 1 do
+  redis.call('XGROUP', 'CREATE', ARGV[1] .. 'q:' .. s, 'g', '0', 'MKSTREAM')
+end
+redis.call('HSET', KEYS[1], 'mode', ARGV[2], 'shards', ARGV[3], 'options', ARGV[4],
+  'version', ARGV[5])
+return 1
+"""
+
+# Take a shard: KEYS lease, epoch; ARGV worker, ttl ms. The token, or false if owned.
+_ACQUIRE: Final = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local token = ARGV[1] .. ':' .. redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+return token
+"""
+
+# Keep a shard: KEYS lease; ARGV token, ttl ms. 1 if still ours, else 0.
+_RENEW: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# Give a shard back: KEYS lease; ARGV token.
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Commit: KEYS lease; ARGV prefix, token, shard, then per entry: id, record, ok (1|0|d:
+# dead-lettered),
+# number of links L, then L x (fingerprint, bucket, shard, line, depth, parent).
+# Returns -1 (the lease is not ours: nothing written) or the number of records written.
+_COMMIT: Final = """
+local p = ARGV[1]
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then
+  redis.call('HINCRBY', p .. 'n', 'refused', 1)
+  return -1
+end
+local q = p .. 'q:' .. ARGV[3]
+local out = p .. 'out'
+local written, failed, dead, added = 0, 0, 0, 0
+local i = 4
+while i <= #ARGV do
+  local id, record, ok, nlinks = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  i = i + 4
+  local fresh = redis.call('XACK', q, 'g', id) == 1
+  if fresh then
+    redis.call('XADD', out, '*', 'r', record)
+    redis.call('XDEL', q, id)
+    if ok == 'd' then dead = dead + 1 else written = written + 1 end
+    if ok ~= '1' then failed = failed + 1 end
+  end
+  for j = 1, nlinks do
+    if fresh and redis.call('SADD', p .. 'd:' .. ARGV[i + 1], ARGV[i]) == 1 then
+      local lq = p .. 'q:' .. ARGV[i + 2]
+      redis.call('XADD', lq, '*', 'u', ARGV[i + 3], 'd', ARGV[i + 4], 'p', ARGV[i + 5])
+      added = added + 1
+    end
+    i = i + 6
+  end
+end
+local n = p .. 'n'
+if written > 0 then redis.call('HINCRBY', n, 'done', written) end
+if failed > 0 then redis.call('HINCRBY', n, 'failed', failed) end
+if dead > 0 then redis.call('HINCRBY', n, 'dead', dead) end
+if added > 0 then redis.call('HINCRBY', n, 'enqueued', added) end
+return written + dead
+"""
+
+# Heartbeat of a worker or feeder: KEYS zset; ARGV id, ttl ms. Drops the expired ones
+# and returns the live ids.
+_BEAT: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[2] ~= '0' then redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+else redis.call('ZREM', KEYS[1], ARGV[1]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One URL to enqueue: its fingerprint (as ``crawler.dedup.fingerprint`` of its key),
+    its host's shard, the input line, and in a crawl its depth and parent page."""
+
+    fp: int
+    shard: int
+    line: str
+    depth: int | None = None
+    parent: str | None = None
+
+    def args(self) -> list[Any]:
+        fp = signed(self.fp)
+        depth = "" if self.depth is None else self.depth
+        return [fp, bucket_of(self.fp), self.shard, self.line, depth, self.parent or ""]
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """One committed URL: its stream entry, its encoded record, whether it is ok, and in a
+    crawl the links its page gave (enqueued with it, atomically)."""
+
+    entry: str
+    record: bytes
+    ok: bool
+    links: Sequence[Target] = ()
+    dead: bool = False  # delivered too often without a record: dead-lettered
+
+
+class Job:
+    """One job on one Redis server: the keys above and the scripts that change them."""
+
+    def __init__(self, redis: Redis, name: str) -> None:
+        self.redis = redis
+        self.name = name
+        self.prefix = prefix(name)
+        self.mode = "fetch"
+        self.shards = DEFAULT_SHARDS
+        self.options: dict[str, Any] = {}
+        self._create = redis.register_script(_CREATE)
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self._commit = redis.register_script(_COMMIT)
+        self._beat = redis.register_script(_BEAT)
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def stream(self, shard: int) -> str:
+        return f"{self.prefix}q:{shard}"
+
+    # -- the job itself ------------------------------------------------------------------
+    async def create(
+        self, mode: str, options: dict[str, Any], shards: int = DEFAULT_SHARDS
+    ) -> bool:
+        """Make the job if it does not exist (True), or check that the one there is of the
+        same mode (False); its options are those it was made with."""
+        if mode not in MODES:
+            raise JobError(f"unknown job mode {mode!r}")
+        options_json = orjson.dumps(options)
+        made = await self._create(
+            keys=[self.key("meta")], args=[self.prefix, mode, shards, options_json, __version__]
+        )
+        await self.open(mode)
+        return bool(made)
+
+    async def open(self, mode: str | None = None) -> None:
+        """Read the job's settings; a missing job, or one of another mode, is a JobError."""
+        meta: dict[bytes, bytes] = await self.redis.hgetall(self.key("meta"))  # type: ignore[assignment]
+        if not meta or b"shards" not in meta:
+            raise JobError(f"no job {self.name!r} on this Redis server")
+        self.mode = meta[b"mode"].decode()
+        if mode is not None and mode != self.mode:
+            raise JobError(f"job {self.name!r} is a {self.mode} job, not a {mode} job")
+        self.shards = int(meta[b"shards"])
+        self.options = orjson.loads(meta.get(b"options", b"{}"))
+
+    async def counts(self) -> dict[str, int]:
+        raw: dict[bytes, bytes] = await self.redis.hgetall(self.key("n"))  # type: ignore[assignment]
+        counts = {"enqueued": 0, "done": 0, "failed": 0, "dead": 0, "refused": 0}
+        counts.update({k.decode(): int(v) for k, v in raw.items()})
+        return counts
+
+    async def finished(self) -> bool:
+        """Nothing queued or pending (every URL enqueued has its record or was
+        dead-lettered) and no enqueue still feeding the job."""
+        counts = await self.counts()
+        if counts["done"] + counts["dead"] < counts["enqueued"]:
+            return False
+        return not await self.live("feeders")
+
+    # -- enqueue -------------------------------------------------------------------------
+    async def enqueue(self, targets: Iterable[Target]) -> int:
+        """Add the URLs not seen before to their shards' streams, atomically per batch;
+        how many were new."""
+        args: list[Any] = [self.prefix]
+        for target in targets:
+            args.extend(target.args())
+        if len(args) == 1:
+            return 0
+        return int(await self._enqueue(args=args))
+
+    # -- leases --------------------------------------------------------------------------
+    async def acquire(self, shard: int, worker: str, ttl_ms: int) -> str | None:
+        keys = [self.key(f"lease:{shard}"), self.key(f"epoch:{shard}")]
+        token = await self._acquire(keys=keys, args=[worker, ttl_ms])
+        return None if token is None else token.decode()
+
+    async def renew(self, shard: int, token: str, ttl_ms: int) -> bool:
+        return bool(await self._renew(keys=[self.key(f"lease:{shard}")], args=[token, ttl_ms]))
+
+    async def release(self, shard: int, token: str) -> None:
+        await self._release(keys=[self.key(f"lease:{shard}")], args=[token])
+
+    async def beat(self, zset: str, member: str, ttl_ms: int) -> list[str]:
+        """Say ``member`` lives for ``ttl_ms`` more (0: it left); the live members."""
+        live = await self._beat(keys=[self.key(zset)], args=[member, ttl_ms])
+        return [m.decode() for m in live]
+
+    async def live(self, zset: str) -> list[str]:
+        return await self.beat(zset, "", 0)
+
+    # -- commit --------------------------------------------------------------------------
+    async def commit(self, shard: int, token: str, done: Sequence[Done]) -> int:
+        """Write the records of ``done`` (and enqueue their links) if the lease on
+        ``shard`` is still ``token``'s: the number written, or -1 if refused."""
+        args: list[Any] = [self.prefix, token, shard]
+        for item in done:
+            ok = "d" if item.dead else 1 if item.ok else 0
+            args += [item.entry, item.record, ok, len(item.links)]
+            for link in item.links:
+                args.extend(link.args())
+        return int(await self._commit(keys=[self.key(f"lease:{shard}")], args=args))
