@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,48 @@ MODES: Final = ("fetch", "crawl")
 
 class JobError(Exception):
     """A job that cannot be used as asked (one line for the user, exit 2)."""
+
+
+_JOB_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
+
+
+def check_name(job: str) -> str:
+    """A job name: letters, digits, ``_ . : -`` (it is part of every key)."""
+    if not _JOB_NAME.fullmatch(job):
+        raise JobError(f"invalid --job {job!r}: use letters, digits, '_', '.', ':' or '-'")
+    return job
+
+
+async def connect(url: str, *, block_ms: int = 0) -> Redis:
+    """A client for ``url`` (redis://, rediss://, unix://), checked with a PING. Its
+    socket timeout is longer than the longest blocking read it will make (redis-py #3138:
+    a timeout shorter than XREADGROUP's BLOCK breaks the connection). Any failure is one
+    JobError naming the server without its password."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    shown = _without_password(url)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise JobError(f"invalid --redis {shown!r}: expected redis://HOST[:PORT][/DB]")
+    try:
+        client = Redis.from_url(
+            url,
+            socket_timeout=block_ms / 1000 + 10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise JobError(f"invalid --redis {shown!r}: {exc}") from None
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise JobError(f"cannot reach Redis at {shown}: {exc}") from None
+    return client
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def prefix(job: str) -> str:
