@@ -136,7 +136,7 @@ async def test_collect_killed_and_resumed(job: Job, redis_url: str, tmp_path: Pa
     finally:
         await asyncio.to_thread(proc.wait, 30)
     with out.open("ab") as f:
-        f.write(b'{"url": "torn')  # an unrecorded tail, as a kill during a write leaves
+        f.write(b'{"url": "torn' + b"x" * 100_000)  # an unrecorded tail: a kill mid-write
     await _work(job)  # the last URL: the job finishes
     code, _, err = await _arun(*args)
     assert code == 0, err
