@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ class Output:
         self.path = path
         self.job = job
         self.mark = Mark(job)
-        self.fd = 1
+        self.fd = 1 if path is None else -1
         self.closed = False  # standard output's reader went away
 
     # -- the file and its sidecar ---------------------------------------------------------
@@ -73,39 +74,40 @@ class Output:
         if self.path is None:
             return
         path, sidecar = self.path, self.path + SIDECAR
-        mark = _read_mark(sidecar)
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            size = None
+        try:  # opened without truncation: nothing changes before the checks
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise JobError(f"cannot use -o {path}: {exc.strerror}") from None
+            raise JobError(f"cannot write -o {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise JobError(f"another crawler collect is writing {path}") from None
+        size = os.fstat(self.fd).st_size
+        mark = _read_mark(sidecar)
         if mark is None:
             if size:
                 raise JobError(
                     f"{path} exists and was not written by crawler collect (no {sidecar}): "
                     "not altering it; give another -o PATH"
                 )
-            mark = Mark(self.job)
-            self.mark = mark
+            mark = self.mark = Mark(self.job)
             self._save()  # before the first byte: a file without a sidecar is never ours
         elif mark.job != self.job:
             raise JobError(f"{path} holds the records of job {mark.job!r}, not {self.job!r}")
-        elif (size or 0) < mark.size:
+        elif size < mark.size:
             raise JobError(
-                f"{path} is shorter ({size or 0} bytes) than the {mark.size} bytes "
+                f"{path} is shorter ({size} bytes) than the {mark.size} bytes "
                 f"{sidecar} says were collected into it: remove both to start again"
             )
         self.mark = mark
         try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
             os.ftruncate(self.fd, mark.size)  # a torn or unrecorded tail goes
             os.lseek(self.fd, mark.size, os.SEEK_SET)
         except OSError as exc:
             raise JobError(f"cannot write -o {path}: {exc.strerror}") from None
 
     def close(self) -> None:
-        if self.path is not None and self.fd > 2:
+        if self.fd > 2:
             os.close(self.fd)
             self.fd = -1
 
@@ -193,8 +195,8 @@ async def collect(url: str, name: str, path: str | None, *, batch: int = DEFAULT
     try:
         job = Job(redis, name)
         await _guarded(job.open())
-        out.open()
         try:
+            out.open()
             return await _run(redis, job, out, batch)
         finally:
             out.close()

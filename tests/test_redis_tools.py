@@ -159,6 +159,9 @@ async def test_collect_interrupted_finishes_its_batch(
     proc = _cli("collect", "--redis", redis_url, "--job", "j1", "-o", str(out))
     try:
         await until(lambda: sidecar.exists() and orjson.loads(sidecar.read_bytes())["size"] > 0)
+        # A second collect into the same file while this one writes it: refused.
+        code, _, err = await _arun("collect", "--redis", redis_url, "--job", "j1", "-o", str(out))
+        assert code == 2 and b"another crawler collect" in err, err
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.to_thread(proc.communicate, None, 30)
     finally:
