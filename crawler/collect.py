@@ -220,7 +220,7 @@ async def _run(redis: Redis, job: Job, out: Output, batch: int) -> int:
             block = None if finished else BLOCK_MS
             read = redis.xread({stream: out.mark.last}, count=batch, block=block)
             reply: Any = await _unless(stop, read)
-            if reply is None:
+            if reply is None and stop.is_set():
                 break  # stopped while waiting: nothing read, nothing lost
             entries: Entries = reply[0][1] if reply else []  # RESP2: [[stream, entries]]
             if not entries:
