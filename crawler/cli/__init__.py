@@ -2,10 +2,11 @@
 
 ``app`` (the typer app and entry point) · ``options`` (the options ``fetch``, ``crawl``
 and ``bench`` share, declared once) · ``commands`` (``fetch``, ``crawl``) · ``tools``
-(``serve``, ``bench``) · ``run`` (a run from its config, its summary, its exit status).
+(``serve``, ``bench``) · ``collectcmd``, ``statuscmd`` (a Redis job's records and
+state) · ``run`` (a run from its config, its summary, its exit status).
 """
 
-from crawler.cli import commands, configcmd, tools
+from crawler.cli import collectcmd, commands, configcmd, statuscmd, tools
 from crawler.cli.app import app, main
 
-__all__ = ["app", "commands", "configcmd", "main", "tools"]
+__all__ = ["app", "collectcmd", "commands", "configcmd", "main", "statuscmd", "tools"]
