@@ -274,6 +274,26 @@ def open_sockets(connector: aiohttp.BaseConnector) -> Sockets | None:
     return _SOCKETS.get(connector)
 
 
+def close_pooled(connector: aiohttp.BaseConnector, key: Any, protocol: ResponseHandler) -> None:
+    """Close a connection that aiohttp has already put back in its pool (the response was
+    read whole), and take it out of the pool. aiohttp would keep the closed connection
+    there, with its protocol, its host's queue of idle connections and the error its close
+    left, until the pool's keep-alive cleanup (15 s) or the next request to that host:
+    ~2.5 KB per host, for as long as a run at one URL per host lasts (RESULTS.md, "Round
+    2: per-host memory"). The pool is aiohttp's ``_conns`` (1.x to 3.14); if it is not
+    there as expected, only the close is done."""
+    protocol.close()
+    pool: Any = getattr(connector, "_conns", None)
+    if not isinstance(pool, dict) or (conns := pool.get(key)) is None:
+        return
+    for i in range(len(conns) - 1, -1, -1):  # the newest first: it was just put there
+        if conns[i][0] is protocol:
+            del conns[i]
+            break
+    if not conns:
+        del pool[key]
+
+
 def address_policy(config: FetchConfig) -> AddressPolicy:
     return AddressPolicy(
         block_private=config.block_private, allow_only=config.allow_only, resolve=config.resolve
