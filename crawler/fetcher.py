@@ -434,7 +434,7 @@ class Fetcher:
                 waiting = self._waiting
                 if waiting is not None and url.raw_host not in waiting:
                     if resp.connection is None:  # read whole, pooled: no task has it yet
-                        close_pooled(self._connector, req.connection_key, protocol)
+                        close_pooled(self._connector, conn, protocol)
                     else:
                         protocol.force_close()  # closed when the body has been read
             except (client_exceptions.ClientOSError, client_exceptions.ServerDisconnectedError):
