@@ -8,8 +8,9 @@ real host each: one connection each), against nginx listening on every address (
 the port on 0.0.0.0 for the run), and the same list fetched by ``crawler fetch`` on
 uvloop and on asyncio's loop, bare aiohttp (benchmarks/bare_aiohttp.py) on both, and
 ``curl --parallel``, in interleaved rounds; ``--tls`` makes them https:// (a self-signed
-certificate, not verified by any client). Reports per client the medians of peak RSS,
-URLs/s (whole process, startup included) and CPU µs per URL:
+certificate, not verified by any client); ``--baseline DIR`` adds the ``crawler`` package
+found in DIR (another commit's, for before/after in the same rounds). Reports per client
+the medians of peak RSS, URLs/s (whole process, startup included) and CPU µs per URL:
 
     python benchmarks/many_hosts.py --addresses 10000 -c 200 --rounds 3
     python benchmarks/many_hosts.py --addresses 5000 -c 200 --rounds 3 --tls
@@ -125,9 +126,22 @@ def by_address(args: argparse.Namespace) -> None:
                 "aiohttp.TCPConnector = functools.partial(aiohttp.TCPConnector, ssl=False); "
                 "import bare_aiohttp; sys.argv[0] = 'bare'; bare_aiohttp.cli()",
                 str(urls), "-c", str(args.c)]  # fmt: skip
+        # --baseline DIR: the crawler package found in DIR (another commit's), same flags.
+        before = [sys.executable, "-c",
+                  f"import sys, runpy; sys.path.insert(0, {args.baseline!r}); "
+                  "sys.argv[0] = 'crawler'; runpy.run_module('crawler', run_name='__main__')",
+                  *crawler[3:]]  # fmt: skip
         clients = {
             "crawler fetch (uvloop)": crawler,
             "crawler fetch (asyncio)": [*crawler, "--no-uvloop"],
+            **(
+                {
+                    "baseline crawler fetch (uvloop)": before,
+                    "baseline crawler fetch (asyncio)": [*before, "--no-uvloop"],
+                }
+                if args.baseline
+                else {}
+            ),
             "bare aiohttp (uvloop)": [*bare, "--uvloop"],
             "bare aiohttp (asyncio)": bare,
             **{
@@ -191,6 +205,11 @@ def main() -> None:
     ap.add_argument(
         "--workers", type=int, nargs="*", default=[],
         help="with --addresses: also crawler fetch --workers N (peak RSS: its processes' sum)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--baseline", default="",
+        help="with --addresses: also the crawler package in this directory (e.g. `git archive "
+             "BASE crawler | tar -x -C DIR`), on both loops, in the same rounds",
     )  # fmt: skip
     args = ap.parse_args()
     if args.addresses:

@@ -25,7 +25,7 @@ from crawler.config import FetchConfig
 from crawler.errormap import map_exception, report_bug
 from crawler.request import Request
 from crawler.response import KEEP_NONE, Response
-from crawler.session import address_policy, open_sockets, sensitive_names
+from crawler.session import address_policy, close_pooled, open_sockets, sensitive_names
 from crawler.urls import redirect_target
 
 _REDIRECTS: Final = frozenset((301, 302, 303, 307, 308))
@@ -434,7 +434,7 @@ class Fetcher:
                 waiting = self._waiting
                 if waiting is not None and url.raw_host not in waiting:
                     if resp.connection is None:  # read whole, pooled: no task has it yet
-                        protocol.close()
+                        close_pooled(self._connector, conn, protocol)
                     else:
                         protocol.force_close()  # closed when the body has been read
             except (client_exceptions.ClientOSError, client_exceptions.ServerDisconnectedError):

@@ -274,6 +274,31 @@ def open_sockets(connector: aiohttp.BaseConnector) -> Sockets | None:
     return _SOCKETS.get(connector)
 
 
+def close_pooled(connector: aiohttp.BaseConnector, conn: Any, protocol: ResponseHandler) -> None:
+    """Close a connection that aiohttp has already put back in its pool (the response was
+    read whole), and take it out of the pool. aiohttp would keep the closed connection
+    there, with its protocol, its host's queue of idle connections and the error its close
+    left, until the pool's keep-alive cleanup (15 s) or the next request to that host:
+    ~2.5 KB per host, for as long as a run at one URL per host lasts (RESULTS.md, "Round
+    2: per-host memory"). The pool is aiohttp's ``_conns`` and ``conn`` (an aiohttp
+    Connection) has its ``_key`` (aiohttp 3.x to 3.14); if not, only the close is done."""
+    protocol.close()
+    pool: Any = getattr(connector, "_conns", None)
+    key = getattr(conn, "_key", None)
+    conns = pool.get(key) if isinstance(pool, dict) else None
+    if not conns:
+        return
+    if conns[-1][0] is protocol:  # as a rule: it was put there just now
+        conns.pop()
+    else:
+        for i, (pooled, _) in enumerate(conns):
+            if pooled is protocol:
+                del conns[i]
+                break
+    if not conns:
+        del pool[key]
+
+
 def address_policy(config: FetchConfig) -> AddressPolicy:
     return AddressPolicy(
         block_private=config.block_private, allow_only=config.allow_only, resolve=config.resolve
