@@ -5,7 +5,7 @@ and ``bench`` share, declared once) · ``commands`` (``fetch``, ``crawl``) · ``
 (``serve``, ``bench``) · ``run`` (a run from its config, its summary, its exit status).
 """
 
-from crawler.cli import commands, configcmd, tools
+from crawler.cli import commands, configcmd, rediswork, tools
 from crawler.cli.app import app, main
 
-__all__ = ["app", "commands", "configcmd", "main", "tools"]
+__all__ = ["app", "commands", "configcmd", "main", "rediswork", "tools"]
