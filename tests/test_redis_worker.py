@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from tests.conftest import HOSTS, Server
+from tests.conftest import HOSTS, Server, until
 from tests.redisserver import redis_url  # noqa: F401
 from tests.test_cli import ENV
 
@@ -105,4 +105,57 @@ async def test_two_workers_every_url_once(server: Server, redis_url: str) -> Non
     recs = await records(redis_url, "j")
     once_each(recs, [*urls, "not a url"])
     assert all(r["ok"] for r in recs if r["url"] != "not a url")
+    assert max(server.rec.peak.values()) <= 2
+
+
+async def test_bad_redis_and_missing_job_one_line(redis_url: str) -> None:  # noqa: F811
+    for args in (
+        ["worker", "--redis", "http://x", "--job", "j"],
+        ["worker", "--redis", "redis://127.0.0.1:1/0", "--job", "j"],
+        ["worker", "--redis", redis_url, "--job", "missing"],
+        ["worker", "--redis", redis_url, "--job", "bad name"],
+    ):
+        code, err = await finish(await start(*args))
+        assert code == 2, err
+        assert err.startswith("crawler: error: ") and err.count("\n") == 1, err
+
+
+async def test_poison_url_dead_lettered(server: Server, redis_url: str) -> None:  # noqa: F811
+    url = server.url("/ok/poison")
+    code, err = await enqueue(redis_url, "p", [url])
+    assert code == 0, err
+    client = Redis.from_url(redis_url)
+    try:
+        streams = [k for k in await client.keys("crawler:{p}:q:*") if await client.xlen(k)]
+        [key] = streams
+        [[_, [(eid, _)]]] = await client.xreadgroup("g", "dead-1", {key: ">"})
+        for n in range(2, 4):  # two more owners took it and died: delivered 3 times
+            await client.xclaim(key, "g", f"dead-{n}", 0, [eid])
+    finally:
+        await client.aclose()
+    code, err = await finish(await worker(redis_url, "p", "--max-deliveries", "3"))
+    assert code == 0, err
+    [rec] = await records(redis_url, "p")
+    assert rec["error"]["kind"] == "dead_letter" and "4" in rec["error"]["message"]
+    assert server.rec.hits["/ok/poison"] == 0
+
+
+@pytest.mark.slow  # ~50 s on a loaded 2-core machine (leases of 256 shards at a 1 s TTL)
+async def test_sigkill_a_worker_nothing_lost_or_doubled(
+    server: Server,
+    redis_url: str,  # noqa: F811
+) -> None:
+    urls = urls_of(server, 240, "/slow/{i}?s=0.02")
+    code, err = await enqueue(redis_url, "k", urls, "--per-host", "2")
+    assert code == 0, err
+    ttl = ("--lease-ttl", "1")
+    procs = [await worker(redis_url, "k", *ttl) for _ in range(3)]
+    await until(lambda: sum(server.rec.hits.values()) >= 40, timeout=60)
+    procs[0].kill()
+    await procs[0].wait()
+    procs.append(await worker(redis_url, "k", *ttl))
+    for proc in procs[1:]:
+        code, err = await finish(proc)
+        assert code == 0, err
+    once_each(await records(redis_url, "k"), urls)
     assert max(server.rec.peak.values()) <= 2
