@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import HOSTS, Server, until
