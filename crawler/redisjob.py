@@ -133,10 +133,38 @@ def rendezvous(shard: int, workers: Sequence[str]) -> str | None:
     joins or leaves, only the shards it wins or held change hands."""
     best: tuple[bytes, str] | None = None
     for worker in workers:
-        weight = hashlib.blake2b(f"{shard}\0{worker}".encode(), digest_size=8).digest()
+        weight = _weight(shard, worker)
         if best is None or weight > best[0]:
             best = (weight, worker)
     return None if best is None else best[1]
+
+
+def assign(shards: int, workers: Sequence[str]) -> dict[int, str]:
+    """Who should own each shard: rendezvous hashing with bounded load. Each (shard,
+    worker) pair has a random weight; taken from the heaviest down, a shard goes to its
+    first worker that has fewer than ceil(shards / workers) shards. Every worker computes
+    the same map from the same live list; a join or a leave moves few shards, and no
+    worker gets more than its share (plain rendezvous hashing gives 4 workers 64 +/- 7 of
+    256 shards each: the busiest sets the pace of a job).
+    """
+    if not workers:
+        return {}
+    cap = -(-shards // len(workers))
+    pairs = sorted(
+        ((_weight(shard, worker), shard, worker) for shard in range(shards) for worker in workers),
+        reverse=True,
+    )
+    owner: dict[int, str] = {}
+    load = dict.fromkeys(workers, 0)
+    for _, shard, worker in pairs:
+        if shard not in owner and load[worker] < cap:
+            owner[shard] = worker
+            load[worker] += 1
+    return owner
+
+
+def _weight(shard: int, worker: str) -> bytes:
+    return hashlib.blake2b(f"{shard}\0{worker}".encode(), digest_size=8).digest()
 
 
 # -- scripts ---------------------------------------------------------------------------------
