@@ -23,171 +23,95 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Final
 
-from crawler.errors import DeadLetter, HandBack
+from crawler.errors import DeadLetter
 from crawler.inputs import Uncounted
 from crawler.records import Records, encode
-from crawler.redisjob import GROUP, Done, Job, rendezvous
+from crawler.redisjob import GROUP, Done, Job, Target, shard_of
+from crawler.redislease import GatedFetcher, Leases, redis_errors
 from crawler.stores import FRESH
 from crawler.urls import host_key
 
 if TYPE_CHECKING:
-    from yarl import URL
-
     from crawler.config import RunConfig
     from crawler.engine import RunResult
-    from crawler.fetcher import Fetcher
     from crawler.linkqueue import Link
     from crawler.records import Record
 
-_BLOCK_MS: Final = 500  # XREADGROUP's wait when nothing is queued
+_POLL_MS: Final = 250  # XREADGROUP's wait when nothing is queued
+_SWEEP: Final = 1.0  # seconds between looks for stray pending entries
 _RETRY: Final = 0.25  # seconds between tries while Redis does not answer
 _BATCH: Final = 256  # entries read at a time
 Entry = tuple[int, str]  # (shard, stream entry id)
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    from redis.exceptions import RedisError
+class Intake:
+    """Entries of the shards this worker holds: a newly held shard's pending entries
+    first (XAUTOCLAIM: a previous owner's), then new ones (XREADGROUP). When it finds
+    nothing, it looks (at most every _SWEEP s) for entries pending on a held shard it is
+    not working on (handed back, or delivered to a stale owner's late read) and takes
+    them again."""
 
-    return (RedisError, OSError)
-
-
-class Leases:
-    """The shards this worker owns, renewed by ``run()`` every TTL/3; rendezvous hashing
-    over the live workers says which it should own."""
-
-    def __init__(self, job: Job, me: str, ttl: float) -> None:
-        self.job = job
-        self.me = me
-        self.ttl = ttl
-        self.margin = ttl / 5
-        self.held: dict[int, tuple[str, float]] = {}  # shard -> (token, deadline)
-        self.outstanding: defaultdict[int, int] = defaultdict(int)  # entries being done
-        self.claims: list[int] = []  # shards acquired whose old pending entries to take
-        self.changed = asyncio.Event()
-        self.stopping = False
-
-    def valid(self, shard: int) -> bool:
-        held = self.held.get(shard)
-        return held is not None and time.monotonic() < held[1]
-
-    def token(self, shard: int) -> str | None:
-        held = self.held.get(shard)
-        return None if held is None else held[0]
-
-    async def beat(self) -> None:
-        job, me, ttl_ms = self.job, self.me, int(self.ttl * 1000)
-        live = await job.beat("workers", me, ttl_ms)
-        if me not in live:
-            live.append(me)
-        for shard in range(job.shards):
-            wanted = rendezvous(shard, live) == me and not self.stopping
-            held = self.held.get(shard)
-            started = time.monotonic()
-            if held is not None:
-                if not wanted and self.outstanding[shard] <= 0:
-                    del self.held[shard]
-                    await job.release(shard, held[0])
-                elif await job.renew(shard, held[0], ttl_ms):
-                    self.held[shard] = (held[0], started + self.ttl - self.margin)
-                else:
-                    del self.held[shard]  # lost: the gate hands its URLs back
-            elif wanted:
-                token = await job.acquire(shard, me, ttl_ms)
-                if token is not None:
-                    self.held[shard] = (token, started + self.ttl - self.margin)
-                    self.claims.append(shard)
-                    self.changed.set()
-
-    async def run(self) -> None:
-        while True:
-            with contextlib.suppress(*_redis_errors()):
-                await self.beat()
-            await asyncio.sleep(self.ttl / 3)
-
-    async def leave(self) -> None:
-        """Give every shard back and leave the live workers."""
-        for shard, (token, _) in list(self.held.items()):
-            with contextlib.suppress(*_redis_errors()):
-                await self.job.release(shard, token)
-        self.held.clear()
-        with contextlib.suppress(*_redis_errors()):
-            await self.job.beat("workers", self.me, 0)
-
-
-class RedisSource(Uncounted):
-    """The lines of the shards this worker holds, batch by batch; ``current`` says which
-    (shard, entry) each line of the batch is."""
-
-    lines_total: int | None = None
-    eof = False
-
-    def __init__(
-        self,
-        leases: Leases,
-        sink: RedisSink,
-        *,
-        batch: int,
-        wait: bool,
-        max_deliveries: int,
-    ) -> None:
+    def __init__(self, leases: Leases, sink: RedisSink, *, max_deliveries: int) -> None:
         self.leases = leases
         self.job = leases.job
         self.sink = sink
-        self.batch = batch
-        self.wait = wait
         self.max_deliveries = max_deliveries
-        self.lines_read = 0
-        self.current: list[Entry] = []
         self.mine: set[Entry] = set()  # read and not yet committed or handed back
         self._records = Records()
+        self._swept = 0.0
 
-    async def batches(self) -> AsyncIterator[list[str]]:
-        while True:
-            try:
-                got = await self._next()
-            except _redis_errors():
-                await asyncio.sleep(_RETRY)  # Redis away: try again, the leases run out
-                continue
-            if got is None:
-                break
-            if got:
-                self.lines_read += len(got)
-                yield got
-        self.eof = True
-
-    async def _next(self) -> list[str] | None:
-        """A batch (maybe empty), or None: the job is finished."""
+    async def read(self, count: int, block_ms: int) -> list[tuple[Entry, dict[bytes, bytes]]]:
+        """Up to ``count`` entries (maybe none, after waiting up to ``block_ms``)."""
         leases = self.leases
         while leases.claims:
             shard = leases.claims[0]
-            lines = await self._reclaim(shard) if leases.valid(shard) else []
-            if lines:
-                return lines
-            leases.claims.pop(0)
-        held = [s for s in leases.held if leases.valid(s)]
-        if held:
-            redis = self.job.redis
-            streams: dict[Any, Any] = {self.job.stream(s): ">" for s in held}
-            got = await redis.xreadgroup(
-                GROUP, leases.me, streams, count=self.batch, block=_BLOCK_MS
-            )
+            got = await self._reclaim(shard, count) if leases.valid(shard) else []
             if got:
-                return self._take(got)
-        else:
+                return got
+            leases.claims.pop(0)
+        readable = leases.readable()
+        if readable:
+            # Not past the earliest lease deadline: a read answered after it would
+            # give entries to a stale owner.
+            left = min(leases.held[s][1] for s in readable) - time.monotonic()
+            block = max(1, min(block_ms, int(left * 1000) - 1)) if block_ms else None
+            streams: dict[Any, Any] = {self.job.stream(s): ">" for s in readable}
+            read: Any = await self.job.redis.xreadgroup(
+                GROUP, leases.me, streams, count=count, block=block
+            )
+            if read:
+                return self._take(read)
+            await self._sweep(readable)
+        elif block_ms:
             leases.changed.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_BLOCK_MS / 1000):
+                async with asyncio.timeout(block_ms / 1000):
                     await leases.changed.wait()
-        if not self.wait and not self.mine and await self.job.finished():
-            return None
         return []
 
-    def _take(self, got: Any) -> list[str]:
-        lines: list[str] = []
-        current: list[Entry] = []
+    async def finished(self) -> bool:
+        return not self.mine and await self.job.finished()
+
+    async def _sweep(self, readable: list[int]) -> None:
+        now = time.monotonic()
+        if now - self._swept < _SWEEP:
+            return
+        self._swept = now
+        idle = [s for s in readable if self.leases.outstanding[s] <= 0]
+        if not idle:
+            return
+        pipe = self.job.redis.pipeline(transaction=False)
+        for shard in idle:
+            pipe.xpending(self.job.stream(shard), GROUP)
+        for shard, summary in zip(idle, await pipe.execute(), strict=True):
+            if summary["pending"]:
+                self.leases.claims.append(shard)
+
+    def _take(self, got: Any) -> list[tuple[Entry, dict[bytes, bytes]]]:
+        taken: list[tuple[Entry, dict[bytes, bytes]]] = []
         prefix = len(self.job.stream(0)) - 1
         for name, entries in got:
             shard = int(name[prefix:])
@@ -196,21 +120,23 @@ class RedisSource(Uncounted):
                 if entry in self.mine or b"u" not in fields:
                     continue
                 self._mine(entry)
-                current.append(entry)
-                lines.append(fields[b"u"].decode("utf-8", "surrogateescape"))
-        self.current = current
-        return lines
+                taken.append((entry, fields))
+        return taken
 
     def _mine(self, entry: Entry) -> None:
         self.mine.add(entry)
         self.leases.outstanding[entry[0]] += 1
 
-    async def _reclaim(self, shard: int) -> list[str]:
-        """The previous owner's pending entries of ``shard`` (the lease is ours, so any
-        idle time is safe); those delivered too often get a dead-letter record."""
+    def forget(self, entry: Entry) -> None:
+        self.mine.discard(entry)
+        self.leases.outstanding[entry[0]] -= 1
+
+    async def _reclaim(self, shard: int, count: int) -> list[tuple[Entry, dict[bytes, bytes]]]:
+        """The pending entries of ``shard`` not being done here (the lease is ours, so
+        any idle time is safe); those delivered too often get a dead-letter record."""
         redis, key, me = self.job.redis, self.job.stream(shard), self.leases.me
-        _, entries, *_ = await redis.xautoclaim(key, GROUP, me, 0, "0-0", count=self.batch)
-        entries = [(eid, fields) for eid, fields in entries if fields]
+        _, entries, *_ = await redis.xautoclaim(key, GROUP, me, 0, "0-0", count=count)
+        entries = [(e, f) for e, f in entries if f and (shard, e.decode()) not in self.mine]
         if not entries:
             return []
         ids = [eid for eid, _ in entries]
@@ -218,11 +144,9 @@ class RedisSource(Uncounted):
         counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
         fresh: list[tuple[bytes, dict[bytes, bytes]]] = []
         for eid, fields in entries:
-            entry = (shard, eid.decode())
-            if entry in self.mine:
-                continue
             delivered: int = counts.get(eid, 1)
             if delivered > self.max_deliveries:
+                entry = (shard, eid.decode())
                 self._mine(entry)
                 line = fields[b"u"].decode("utf-8", "surrogateescape")
                 error = DeadLetter(
@@ -235,12 +159,44 @@ class RedisSource(Uncounted):
         return self._take([(key.encode(), fresh)]) if fresh else []
 
 
+class RedisSource(Uncounted):
+    """Fetch mode: the lines of the entries the intake reads, batch by batch; ``current``
+    says which (shard, entry) each line of the batch is."""
+
+    lines_total: int | None = None
+    eof = False
+
+    def __init__(self, intake: Intake, *, batch: int, wait: bool) -> None:
+        self.intake = intake
+        self.batch = batch
+        self.wait = wait
+        self.lines_read = 0
+        self.current: list[Entry] = []
+
+    async def batches(self) -> AsyncIterator[list[str]]:
+        intake = self.intake
+        while True:
+            try:
+                got = await intake.read(self.batch, _POLL_MS)
+                if not got and not self.wait and await intake.finished():
+                    break
+            except redis_errors():
+                await asyncio.sleep(_RETRY)  # Redis away: try again, the leases run out
+                continue
+            if got:
+                self.current = [entry for entry, _ in got]
+                lines = [f[b"u"].decode("utf-8", "surrogateescape") for _, f in got]
+                self.lines_read += len(lines)
+                yield lines
+        self.eof = True
+
+
 class RedisSeen:
     """Every line is new (dedup happened at enqueue); notes which entry each
     fingerprint of the batch is, for the record's commit."""
 
-    def __init__(self, source: RedisSource, sink: RedisSink) -> None:
-        self._source = source
+    def __init__(self, source: Any, sink: RedisSink) -> None:
+        self._source = source  # its ``current``: the entries of the batch read
         self._sink = sink
 
     async def claim(self, fps: list[int], *, remember_done: bool = False) -> list[int]:
@@ -263,7 +219,8 @@ class RedisSink:
 
     def __init__(self, leases: Leases, interval: float = 0.05) -> None:
         self.leases = leases
-        self.source: RedisSource | None = None
+        self.intake: Intake | None = None
+        self.shards = leases.job.shards
         self.waiting: defaultdict[int, list[Entry]] = defaultdict(list)  # fp -> entries
         self._done: defaultdict[int, list[Done]] = defaultdict(list)
         self._interval = interval
@@ -285,8 +242,16 @@ class RedisSink:
         shard, eid = entries.pop(0)
         if not entries:
             del self.waiting[fp or 0]
-        self._done[shard].append(Done(eid, encode(record), record.ok))
+        targets = [self._target(link) for link in links] if links else ()
+        self._done[shard].append(Done(eid, encode(record), record.ok, targets))
         self._kick.set()
+
+    def _target(self, link: Link) -> Target:
+        """A link as the job enqueues it (in its host's shard), with its page's record."""
+        from yarl import URL
+
+        shard = shard_of(host_key(URL(link.url)), self.shards)
+        return Target(link.fp, shard, link.url, link.depth, link.parent)
 
     def dead(self, entry: Entry, record: Record) -> None:
         self._done[entry[0]].append(Done(entry[1], encode(record), False, dead=True))
@@ -301,9 +266,8 @@ class RedisSink:
                 del self.waiting[fp]
 
     def _forget(self, entry: Entry) -> None:
-        if self.source is not None:
-            self.source.mine.discard(entry)
-        self.leases.outstanding[entry[0]] -= 1
+        if self.intake is not None:
+            self.intake.forget(entry)
 
     async def backpressure(self) -> None:
         pass
@@ -315,7 +279,7 @@ class RedisSink:
             while token is not None:
                 try:
                     n = await self.leases.job.commit(shard, token, items)
-                except _redis_errors():
+                except redis_errors():
                     if self._closing and not self.leases.valid(shard):
                         break  # ending, and the shard is no longer surely ours
                     await asyncio.sleep(_RETRY)  # a repeated commit writes nothing twice
@@ -350,35 +314,6 @@ class RedisSink:
         await self._flush()
 
 
-class GatedFetcher:
-    """The run's fetcher behind the leases: an attempt at a host whose shard lease is not
-    valid now is not sent (HandBack)."""
-
-    def __init__(self, inner: Fetcher, leases: Leases) -> None:
-        self._inner = inner
-        self._leases = leases
-        self._shards: dict[str, int] = {}
-
-    def fetch(
-        self,
-        url: URL,
-        budget: float,
-        keep: int,
-        follow: Callable[[URL], bool] | None,
-        credentials: bool,
-        request: Any,
-    ) -> Any:
-        key = host_key(url)
-        shard = self._shards.get(key)
-        if shard is None:
-            from crawler.redisjob import shard_of
-
-            shard = self._shards[key] = shard_of(key, self._leases.job.shards)
-        if not self._leases.valid(shard):
-            raise HandBack(key)
-        return self._inner.fetch(url, budget, keep, follow, credentials, request)
-
-
 async def work(
     job: Job,
     me: str,
@@ -391,22 +326,38 @@ async def work(
     """Work on ``job`` until it is finished (``wait``: until stopped); the run's result
     and its sink (what it committed)."""
     from crawler.engine import Engine
+    from crawler.recordsink import SinkHooks
     from crawler.shardio import StandInLedger
-    from crawler.stores import MemoryQueue, Stores
+    from crawler.stores import Ledger, MemoryQueue, Stores, WorkQueue
 
     leases = Leases(job, me, ttl)
     sink = RedisSink(leases)
-    source = RedisSource(leases, sink, batch=_BATCH, wait=wait, max_deliveries=max_deliveries)
-    sink.source = source
+    intake = sink.intake = Intake(leases, sink, max_deliveries=max_deliveries)
+    source: Any
+    queue: WorkQueue
+    crawl = None
+    if config.crawl is not None:
+        from crawler.rediscrawl import CrawlIntake, NoInput, crawl_config
+
+        config = crawl_config(config)
+        source = NoInput()
+        queue = crawl = CrawlIntake(intake, await job.seeds(), wait=wait)
+    else:
+        source = RedisSource(intake, batch=_BATCH, wait=wait)
+        queue = MemoryQueue(config.limits.queue_size)
     # Durable: a URL the stop cuts off gets no record, it stays pending for another owner.
-    stores = Stores(
-        RedisSeen(source, sink), StandInLedger(True, False), MemoryQueue(config.limits.queue_size)
-    )
+    stores = Stores(RedisSeen(source, sink), StandInLedger(True, False), queue)
+
+    def make_sink(cfg: Any, ledger: Ledger, hooks: SinkHooks) -> RedisSink:
+        if crawl is not None:
+            crawl.attach(engine.parts.pages)
+        return sink
+
     engine = Engine(
         config,
         source,
         stores=stores,
-        sink=lambda cfg, ledger, hooks: sink,
+        sink=make_sink,
         gate=lambda fetcher: GatedFetcher(fetcher, leases),
     )
     beating = asyncio.ensure_future(leases.run())
@@ -414,6 +365,7 @@ async def work(
         result = await engine.run()
     finally:
         beating.cancel()
-        leases.stopping = True
+        if crawl is not None:
+            crawl.close()
         await leases.leave()
     return result, sink

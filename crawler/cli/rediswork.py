@@ -117,6 +117,56 @@ def enqueue(
     sys.stderr.write(f"crawler enqueue: job {job}: {new} new, {repeated} duplicates\n")
 
 
+def make_crawl(
+    redis: str | None, job: str | None, seeds: list[str], own: dict[str, Any], opts: RunOptions
+) -> None:
+    """``crawler crawl SEEDS --redis URL --job NAME``: make the crawl job (its options,
+    the crawl's own under ``crawl``), keep its seeds (every worker's scope) and enqueue
+    them at depth 0; workers crawl it."""
+    from crawler.errors import InvalidURL
+    from crawler.inputs import LineSource, SeedSource, split_arguments
+    from crawler.redisfeed import target
+
+    if redis is None or job is None:
+        raise UsageError("--redis and --job go together")
+    if own.get("sitemaps") or own.get("sitemap"):
+        raise UsageError("--sitemap and --sitemaps cannot be combined with --redis")
+    opts.config(crawl=own)  # a bad option: one line now, not in every worker
+    urls, files = split_arguments(seeds)
+    if not urls and not files:
+        files = ["-"]
+    source = SeedSource(urls, [LineSource(f) for f in files])
+    source.open()
+    crawl = {k: v for k, v in own.items() if v not in (None, False)}
+    crawl.pop("sitemaps", None)
+
+    async def go() -> tuple[int, int]:
+        from crawler.redisjob import Target
+        from crawler.shards import target_of
+
+        lines: list[str] = []
+        async for batch in source.batches():
+            lines += [line for line in batch if line]
+        for line in lines:
+            try:
+                target_of(line)
+            except InvalidURL:
+                raise UsageError(f"invalid seed {line!r}") from None
+        shared = await _open(redis, job)
+        try:
+            await shared.create("crawl", {**job_options(opts), "crawl": crawl})
+            if lines:
+                await shared.redis.rpush(shared.key("seeds"), *lines)
+            made = (target(line, shared.shards) for line in lines)
+            new = await shared.enqueue(Target(t.fp, t.shard, t.line, 0) for t in made)
+            return new, len(lines)
+        finally:
+            await shared.redis.aclose()
+
+    new, given = _run_job(go())
+    sys.stderr.write(f"crawler crawl: job {job}: {given} seeds, {new} enqueued\n")
+
+
 @app.command(cls=ManCommand, short_help="Work on a job shared through Redis.")
 def worker(
     *,
@@ -140,8 +190,9 @@ def worker(
         ),
     ] = 3,
 ) -> None:
-    """Fetch the URLs of job NAME on Redis with the job's options, with other workers on
-    this or other machines, until the job is finished (nothing queued or in flight)."""
+    """Fetch the URLs of job NAME on Redis with the job's options (a crawl job: crawl
+    from its seeds), with other workers on this or other machines, until the job is
+    finished (nothing queued or in flight)."""
     from crawler.redisworker import work
 
     async def go() -> tuple[Any, Any]:
@@ -149,8 +200,10 @@ def worker(
 
         shared = await _open(redis, job, block_ms=500)
         try:
-            await shared.open("fetch")
-            config = from_job(shared.options, concurrency=concurrency, grace=grace).config()
+            await shared.open()
+            opts = from_job(shared.options, concurrency=concurrency, grace=grace)
+            crawl = shared.options.get("crawl") if shared.mode == "crawl" else None
+            config = opts.config(crawl=crawl)
             return await work(
                 shared,
                 worker_id(),
