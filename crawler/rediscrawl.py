@@ -21,7 +21,7 @@ import asyncio
 import dataclasses
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from crawler.dedup import fingerprint
 from crawler.errors import InvalidURL
@@ -34,9 +34,18 @@ from crawler.urls import parse_target
 if TYPE_CHECKING:
     from crawler.config import RunConfig
     from crawler.crawling import Crawling
-    from crawler.redisworker import Intake
 
 _TICK: Final = 0.2  # seconds between looks at the job while nothing is queued here
+
+
+class Intake(Protocol):
+    """What crawler.redisworker.Intake gives a crawl (not imported: it imports us)."""
+
+    sink: Any  # its ``waiting``: fingerprint -> entries, for the records' commits
+
+    async def read(self, count: int, block_ms: int) -> list[tuple[Any, dict[bytes, bytes]]]: ...
+
+    async def finished(self) -> bool: ...
 
 
 def crawl_config(config: RunConfig) -> RunConfig:

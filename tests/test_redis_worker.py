@@ -228,6 +228,13 @@ async def test_crawl_job_two_workers_each_page_once(redis_url: str) -> None:  # 
         assert max(r.get("depth", 0) for r in recs) == 3  # /p/15.. are at depth 4
         counts = await job_counts(redis_url, "c")
         assert counts["enqueued"] == counts["done"] == len(want)
+        # --max-pages is the job's: exact however many pages the workers find at once.
+        opts = ("--redis", redis_url, "--job", "m", "--max-pages", "7", "--ignore-robots")
+        code, err = await finish(await start("crawl", *seeds, *opts))
+        assert code == 0, err
+        code, err = await finish(await worker(redis_url, "m"))
+        assert code == 0, err
+        assert len(await records(redis_url, "m")) == 7
     finally:
         await runner.cleanup()
 
