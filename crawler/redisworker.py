@@ -327,6 +327,7 @@ async def work(
     and its sink (what it committed)."""
     from crawler.engine import Engine
     from crawler.recordsink import SinkHooks
+    from crawler.runner import Runner
     from crawler.shardio import StandInLedger
     from crawler.stores import Ledger, MemoryQueue, Stores, WorkQueue
 
@@ -353,16 +354,20 @@ async def work(
             crawl.attach(engine.parts.pages)
         return sink
 
-    engine = Engine(
+    runner = Runner(
         config,
         source,
         stores=stores,
         sink=make_sink,
+        handle_signals=True,
         gate=lambda fetcher: GatedFetcher(fetcher, leases),
     )
+    made = runner.engine
+    assert isinstance(made, Engine)  # noqa: S101 - a worker's config has workers=1
+    engine = made
     beating = asyncio.ensure_future(leases.run())
     try:
-        result = await engine.run()
+        result = await runner.run()
     finally:
         beating.cancel()
         if crawl is not None:
