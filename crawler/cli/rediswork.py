@@ -6,7 +6,6 @@ URLs; each ``worker`` takes those options, its own flags winning, and works on t
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import sys
 from pathlib import Path
@@ -71,6 +70,8 @@ async def _open(url: str, name: str, *, block_ms: int = 0) -> Job:
 
 
 def _run_job(coro: Any) -> Any:
+    import asyncio  # here: `crawler --help` loads no run
+
     from crawler.redisjob import JobError
 
     try:
