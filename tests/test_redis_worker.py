@@ -14,7 +14,6 @@ from collections import Counter
 from typing import Any
 
 import orjson
-import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
@@ -144,7 +143,6 @@ async def test_poison_url_dead_lettered(server: Server, redis_url: str) -> None:
     assert server.rec.hits["/ok/poison"] == 0
 
 
-@pytest.mark.slow  # ~50 s on a loaded 2-core machine (leases of 256 shards at a 1 s TTL)
 async def test_sigkill_a_worker_nothing_lost_or_doubled(
     server: Server,
     redis_url: str,  # noqa: F811
