@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from crawler import errors, signals
 from crawler.assembly import Parts
+from crawler.attempts import Fetches
 from crawler.config import RunConfig
 from crawler.crawling import Crawling, io_message
 from crawler.fetcher import Fetcher
@@ -84,8 +85,10 @@ class Engine:
         stores: Stores | None = None,
         notice: Callable[[], None] | None = None,
         sink: SinkFactory = Sink,
+        gate: Callable[[Fetcher], Fetches] | None = None,
     ) -> None:
         self._config = config
+        self._gate = gate  # what the workers fetch through instead (a shared job's worker)
         self._sink_factory = sink  # where records go: the output's bytes, or the API's channel
         self._notice = notice  # the per-host limit binds (see Frontier.on_host_bound)
         self._source = source
@@ -210,7 +213,7 @@ class Engine:
                 self._frontier.close_input()
             else:
                 self._reader = tg.create_task(self._reading.run())
-            self._workers.start(tg, fetcher)
+            self._workers.start(tg, fetcher if self._gate is None else self._gate(fetcher))
         # Leaving the group: the last worker closed the sink (the writer then wrote the
         # rest and returned) and cancelled the background tasks; see _workers_gone().
 

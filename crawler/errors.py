@@ -147,6 +147,19 @@ class Cancelled(FetchError):  # noqa: N818
     kind = "cancelled"
 
 
+class DeadLetter(FetchError):  # noqa: N818 - named after the contract's kind
+    """A URL of a shared job (crawler.redisworker) delivered to workers too often without
+    getting its record (each died or lost the job's shard while on it)."""
+
+    kind = "dead_letter"
+
+
+class HandBack(Exception):  # noqa: N818 - not an error: an instruction
+    """Raised before an attempt by a fetcher that may no longer fetch the URL's host (a
+    shared job's worker lost the host's shard): the URL gets no record, it is left for the
+    shard's next owner (crawler.worker settles it like a durable run's unsent URL)."""
+
+
 class InternalError(FetchError):
     """An exception crawler did not expect while fetching a URL: a bug. The URL gets an
     ``internal`` record and the run goes on; the fetcher prints the traceback once."""

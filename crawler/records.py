@@ -32,6 +32,7 @@ class ErrorKind(StrEnum):
     BLOCKED = "blocked"
     PROXY = "proxy"
     INTERNAL = "internal"
+    DEAD_LETTER = "dead_letter"
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,8 +173,9 @@ def _weight(shard: int, worker: str) -> bytes:
 _ENQUEUE: Final = """
 local p = ARGV[1]
 local added = 0
+local room = _room(p)
 for i = 2, #ARGV, 6 do
-  if redis.call('SADD', p .. 'd:' .. ARGV[i + 1], ARGV[i]) == 1 then
+  if added < room and redis.call('SADD', p .. 'd:' .. ARGV[i + 1], ARGV[i]) == 1 then
     local q = p .. 'q:' .. ARGV[i + 2]
     if ARGV[i + 4] == '' then
       redis.call('XADD', q, '*', 'u', ARGV[i + 3])
@@ -188,8 +189,8 @@ if added > 0 then redis.call('HINCRBY', p .. 'n', 'enqueued', added) end
 return added
 """
 
-# Make a job, atomically: KEYS meta; ARGV prefix, mode, shards, options, version.
-# 0 if it exists (its settings stay as they are).
+# Make a job, atomically: KEYS meta; ARGV prefix, mode, shards, options, version,
+# budget (a crawl's --max-pages, or ''). 0 if it exists (its settings stay as they are).
 _CREATE: Final = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 for s = 0, tonumber(ARGV[3]) - 1 do
@@ -197,7 +198,18 @@ for s = 0, tonumber(ARGV[3]) - 1 do
 end
 redis.call('HSET', KEYS[1], 'mode', ARGV[2], 'shards', ARGV[3], 'options', ARGV[4],
   'version', ARGV[5])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'budget', ARGV[6]) end
 return 1
+"""
+
+# How many more URLs the job may take: a crawl's --max-pages (meta budget) less those
+# enqueued so far, or (no budget) as many as are given.
+_ROOM: Final = """
+local function _room(p)
+  local budget = redis.call('HGET', p .. 'meta', 'budget')
+  if not budget then return math.huge end
+  return tonumber(budget) - tonumber(redis.call('HGET', p .. 'n', 'enqueued') or '0')
+end
 """
 
 # Take a shard: KEYS lease, epoch; ARGV worker, ttl ms. The token, or false if owned.
@@ -235,6 +247,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[2] then
 end
 local q = p .. 'q:' .. ARGV[3]
 local out = p .. 'out'
+local room = _room(p)
 local written, failed, dead, added = 0, 0, 0, 0
 local i = 4
 while i <= #ARGV do
@@ -248,7 +261,8 @@ while i <= #ARGV do
     if ok ~= '1' then failed = failed + 1 end
   end
   for j = 1, nlinks do
-    if fresh and redis.call('SADD', p .. 'd:' .. ARGV[i + 1], ARGV[i]) == 1 then
+    if fresh and added < room and redis.call('SADD', p .. 'd:' .. ARGV[i + 1], ARGV[i]) == 1
+    then
       local lq = p .. 'q:' .. ARGV[i + 2]
       redis.call('XADD', lq, '*', 'u', ARGV[i + 3], 'd', ARGV[i + 4], 'p', ARGV[i + 5])
       added = added + 1
@@ -316,11 +330,11 @@ class Job:
         self.shards = DEFAULT_SHARDS
         self.options: dict[str, Any] = {}
         self._create = redis.register_script(_CREATE)
-        self._enqueue = redis.register_script(_ENQUEUE)
+        self._enqueue = redis.register_script(_ROOM + _ENQUEUE)
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
-        self._commit = redis.register_script(_COMMIT)
+        self._commit = redis.register_script(_ROOM + _COMMIT)
         self._beat = redis.register_script(_BEAT)
 
     def key(self, name: str) -> str:
@@ -338,9 +352,9 @@ class Job:
         if mode not in MODES:
             raise JobError(f"unknown job mode {mode!r}")
         options_json = orjson.dumps(options)
-        made = await self._create(
-            keys=[self.key("meta")], args=[self.prefix, mode, shards, options_json, __version__]
-        )
+        budget = options.get("crawl", {}).get("max_pages") if mode == "crawl" else None
+        args = [self.prefix, mode, shards, options_json, __version__, budget or ""]
+        made = await self._create(keys=[self.key("meta")], args=args)
         await self.open(mode)
         return bool(made)
 
@@ -354,6 +368,11 @@ class Job:
             raise JobError(f"job {self.name!r} is a {self.mode} job, not a {mode} job")
         self.shards = int(meta[b"shards"])
         self.options = orjson.loads(meta.get(b"options", b"{}"))
+
+    async def seeds(self) -> list[str]:
+        """A crawl's seeds (its scope)."""
+        raw: list[Any] = await self.redis.lrange(self.key("seeds"), 0, -1)
+        return [bytes(seed).decode("utf-8", "surrogateescape") for seed in raw]
 
     async def counts(self) -> dict[str, int]:
         raw: dict[bytes, bytes] = await self.redis.hgetall(self.key("n"))  # type: ignore[assignment]

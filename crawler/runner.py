@@ -20,8 +20,10 @@ from crawler.paths import check_distinct, check_places, state_places
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from crawler.attempts import Fetches
     from crawler.config import RunConfig, SinkConfig
     from crawler.engine import RunResult
+    from crawler.fetcher import Fetcher
     from crawler.inputs import Source
     from crawler.recordsink import ChannelSink, RecordSink, SinkFactory, SinkHooks
     from crawler.state import StateStore
@@ -63,6 +65,7 @@ class Runner:
         notice: Callable[[], None] | None = None,
         stores: Stores | None = None,
         sink: SinkFactory | None = None,
+        gate: Callable[[Fetcher], Fetches] | None = None,
     ) -> None:
         from crawler.engine import Engine  # imported late: keeps `crawler --help` fast
 
@@ -117,6 +120,7 @@ class Runner:
             stores=stores,
             notice=notice,
             sink=sink or self._sink,
+            gate=gate,
         )
 
     def _sink(self, config: SinkConfig, ledger: Ledger, hooks: SinkHooks) -> RecordSink:

@@ -108,6 +108,8 @@ class Workers:
                     busy[task] = item
                     try:
                         await self._process(item, attempts)
+                    except errors.HandBack:  # a shared job's host no longer ours
+                        self._handed_back(item)
                     except asyncio.CancelledError:
                         # Cancelled by the end of the grace period: the URL gets its
                         # `cancelled` record and the worker ends quietly. Any other
@@ -262,6 +264,19 @@ class Workers:
             self._sink.put_nowait(record)
         else:
             self.stats.cancel(recorded=False)
+
+    def _handed_back(self, item: Item) -> None:
+        """Its host is no longer this process's to fetch (crawler.errors.HandBack): no
+        record; the sink is told, if it wants to know (a shared job's: the URL stays
+        pending for the host's next owner)."""
+        item.finished = True
+        if item.host is not None:
+            item.host.abandon()  # the attempt never went: no verdict for its breaker
+        self.stats.cancel(recorded=False)
+        left = getattr(self._sink, "left", None)
+        if left is not None:
+            left(item.fp)
+        self._frontier.done(item)
 
     def _not_sent(self) -> None:
         """--max-time: a URL never sent gets no record: with --state it is left for the

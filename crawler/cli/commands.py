@@ -115,29 +115,42 @@ def crawl(
         list[str] | None,
         typer.Option("--sitemap", metavar="URL", help="Seed from this sitemap."),
     ] = None,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            "--redis", metavar="URL", help="Make a crawl job on this Redis server (see worker)."
+        ),
+    ] = None,
+    job: Annotated[
+        str | None, typer.Option("--job", metavar="NAME", help="The Redis job's name.")
+    ] = None,
     *,
     opts: RunOptions,
 ) -> None:
     """Crawl from the seeds: follow links within a scope, politely; one JSON record per page.
-    With no seed, seed URLs are read from standard input."""
+    With no seed, seed URLs are read from standard input. With --redis and --job, make a
+    crawl job of the seeds for workers (crawler worker) instead."""
     from crawler.cli.run import stdout_dashes
     from crawler.inputs import LineSource, SeedSource, split_arguments
 
     opts, stats_path = stdout_dashes(opts)
+    own = {
+        "scope": scope,
+        "include": include,
+        "exclude": exclude,
+        "depth": depth,
+        "max_pages": max_pages,
+        "assets": assets,
+        "ignore_robots": ignore_robots,
+        "sitemaps": sitemaps,
+        "sitemap": sitemap,
+    }
+    if redis is not None or job is not None:
+        from crawler.cli.rediswork import make_crawl
 
-    config = opts.config(
-        crawl={
-            "scope": scope,
-            "include": include,
-            "exclude": exclude,
-            "depth": depth,
-            "max_pages": max_pages,
-            "assets": assets,
-            "ignore_robots": ignore_robots,
-            "sitemaps": sitemaps,
-            "sitemap": sitemap,
-        }
-    )
+        make_crawl(redis, job, seeds or [], own, opts)
+        return
+    config = opts.config(crawl=own)
     urls, files = split_arguments(seeds or ())
     if not urls and not files and not sitemap:
         files = ["-"]

@@ -1,0 +1,235 @@
+"""A worker's shard leases (``crawler worker``; keys in crawler.redisjob), and the gate
+that keeps its requests inside them.
+
+    Leases.run: every TTL/3, one heartbeat (the live workers), then ONE script call that
+        renews, releases and acquires every shard of this beat (redisjob.assign says which
+        shards this worker should hold: an equal share each)
+    GatedFetcher: an attempt at a host whose shard lease is not valid on this process's
+        clock is not sent (HandBack); one that is in flight when the lease's deadline
+        passes (or the lease is lost) is cancelled and handed back too
+
+A lease's deadline on this process's monotonic clock is the start of the call that took
+or renewed it + TTL - a margin (TTL/5): Redis expires the key no earlier than TTL after
+the call reached it, so this worker stops a shard's hosts before a new owner can start
+on them, and per-host politeness holds across an ownership change. One timer per worker
+(not per URL, not per shard) watches the earliest deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from crawler.errors import HandBack
+from crawler.redisjob import Job, assign, shard_of
+from crawler.urls import host_key
+
+if TYPE_CHECKING:
+    from yarl import URL
+
+    from crawler.fetcher import Fetcher
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError)
+
+
+# Leases of one beat: ARGV prefix, worker, ttl ms, then per shard (op, shard, token): op
+# a (acquire: the new token, or '' if owned), r (renew: '1' if still ours, else ''),
+# x (release). One answer per shard, in order.
+_LEASES: Final = """
+local p, me, ttl = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+for i = 4, #ARGV, 3 do
+  local op, s, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local lease = p .. 'lease:' .. s
+  local r = ''
+  if op == 'a' then
+    if redis.call('EXISTS', lease) == 0 then
+      r = me .. ':' .. redis.call('INCR', p .. 'epoch:' .. s)
+      redis.call('SET', lease, r, 'PX', ttl)
+    end
+  elseif redis.call('GET', lease) == token then
+    if op == 'r' then
+      redis.call('PEXPIRE', lease, ttl)
+      r = '1'
+    else
+      redis.call('DEL', lease)
+    end
+  end
+  out[#out + 1] = r
+end
+return out
+"""
+
+
+class Leases:
+    """The shards this worker holds (token and deadline each), renewed by ``run()``."""
+
+    def __init__(self, job: Job, me: str, ttl: float) -> None:
+        self.job = job
+        self.me = me
+        self.ttl = ttl
+        self.margin = ttl / 5
+        self.held: dict[int, tuple[str, float]] = {}  # shard -> (token, deadline)
+        self.wanted: set[int] = set()  # the shards assign() gives this worker now
+        self.outstanding: defaultdict[int, int] = defaultdict(int)  # entries being done
+        self.claims: list[int] = []  # shards acquired whose old pending entries to take
+        self.changed = asyncio.Event()
+        self.stopping = False
+        # Requests in flight per shard (worker tasks), cut when its lease lapses.
+        self.inflight: defaultdict[int, set[asyncio.Task[Any]]] = defaultdict(set)
+        self.cut: set[asyncio.Task[Any]] = set()
+        self._script = job.redis.register_script(_LEASES)
+        self._live: tuple[str, ...] = ()
+        self._owner: dict[int, str] = {}
+        self._watch: asyncio.TimerHandle | None = None
+
+    def valid(self, shard: int) -> bool:
+        held = self.held.get(shard)
+        return held is not None and time.monotonic() < held[1]
+
+    def token(self, shard: int) -> str | None:
+        held = self.held.get(shard)
+        return None if held is None else held[0]
+
+    def readable(self) -> list[int]:
+        """The shards to read new entries from: held, valid and still wanted."""
+        now = time.monotonic()
+        wanted = self.wanted
+        return [s for s, (_, end) in self.held.items() if now < end and s in wanted]
+
+    async def beat(self) -> None:
+        job, me, ttl_ms = self.job, self.me, int(self.ttl * 1000)
+        live = await job.beat("workers", me, 0 if self.stopping else ttl_ms)
+        if not self.stopping and me not in live:
+            live.append(me)
+        key = tuple(sorted(live))
+        if key != self._live:
+            self._live, self._owner = key, assign(job.shards, key)
+        owner = self._owner
+        wanted = set() if self.stopping else {s for s, w in owner.items() if w == me}
+        self.wanted = wanted
+        ops: list[tuple[str, int, str]] = []
+        for shard, (token, _) in self.held.items():
+            keep = shard in wanted or self.outstanding[shard] > 0
+            ops.append(("r" if keep else "x", shard, token))
+        ops += [("a", shard, "") for shard in wanted if shard not in self.held]
+        if not ops:
+            return
+        started = time.monotonic()
+        args: list[Any] = [job.prefix, me, ttl_ms]
+        for each in ops:
+            args.extend(each)
+        answers = await self._script(args=args)
+        deadline = started + self.ttl - self.margin
+        lost = False
+        for (op, shard, token), answer in zip(ops, answers, strict=True):
+            got: str = answer.decode()
+            if op == "a":
+                if got:
+                    self.held[shard] = (got, deadline)
+                    self.claims.append(shard)
+                    self.changed.set()
+            elif op == "r" and got and self.token(shard) == token:
+                self.held[shard] = (token, deadline)
+            else:
+                self.held.pop(shard, None)  # released, or lost: the gate hands it back
+                lost = True
+        if lost:
+            self._expire()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """One timer at the earliest deadline of a held shard."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if self.held:
+            loop = asyncio.get_running_loop()
+            first = min(end for _, end in self.held.values())
+            delay = max(0.0, first - time.monotonic())
+            self._watch = loop.call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        self._watch = None
+        self._expire()
+        now = time.monotonic()
+        if any(end > now for _, end in self.held.values()):
+            self._schedule()
+
+    def _expire(self) -> None:
+        """Cut the requests in flight on shards no longer valid (handed back)."""
+        for shard, tasks in self.inflight.items():
+            if tasks and not self.valid(shard):
+                for task in tasks:
+                    if task not in self.cut:
+                        self.cut.add(task)
+                        task.cancel()
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(*redis_errors()):
+                await self.beat()
+            await asyncio.sleep(self.ttl / 3)
+
+    async def leave(self) -> None:
+        """Give every shard back and leave the live workers."""
+        if self._watch is not None:
+            self._watch.cancel()
+        self.stopping = True
+        with contextlib.suppress(*redis_errors()):
+            self.outstanding.clear()
+            await self.beat()
+        self.held.clear()
+
+
+class GatedFetcher:
+    """The run's fetcher behind the leases: an attempt at a host whose shard lease is not
+    valid now is not sent, and one in flight when it lapses is cancelled (HandBack)."""
+
+    def __init__(self, inner: Fetcher, leases: Leases) -> None:
+        self._inner = inner
+        self._leases = leases
+        self._shards: dict[str, int] = {}
+
+    def fetch(
+        self,
+        url: URL,
+        budget: float,
+        keep: int,
+        follow: Callable[[URL], bool] | None,
+        credentials: bool,
+        request: Any,
+    ) -> Any:
+        key = host_key(url)
+        shard = self._shards.get(key)
+        if shard is None:
+            shard = self._shards[key] = shard_of(key, self._leases.job.shards)
+        if not self._leases.valid(shard):
+            raise HandBack(key)
+        pending = self._inner.fetch(url, budget, keep, follow, credentials, request)
+        return self._guarded(shard, key, pending)
+
+    async def _guarded(self, shard: int, key: str, pending: Any) -> Any:
+        leases = self._leases
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101
+        tasks = leases.inflight[shard]
+        tasks.add(task)
+        try:
+            return await pending
+        except asyncio.CancelledError:
+            if task in leases.cut and task.cancelling() <= 1:
+                task.uncancel()
+                raise HandBack(key) from None
+            raise
+        finally:
+            tasks.discard(task)
+            leases.cut.discard(task)

@@ -1,0 +1,376 @@
+"""``crawler worker --redis URL --job NAME``: one worker of a job shared through Redis
+(crawler.redisjob), the same pipeline as a run on its own with another world behind the
+engine's seams (as ``crawler.shardworker`` is for ``--workers N``):
+
+    Leases (heartbeat) --which shards are ours--> RedisSource: XAUTOCLAIM (a previous
+        owner's pending entries first), then XREADGROUP --lines--> Reader --claim-->
+        RedisSeen (every line FRESH: dedup happened at enqueue; it notes fp -> entry)
+    Frontier --> Workers --GatedFetcher: the host's shard lease still valid?-->
+        RedisSink: records grouped by shard, one commit script per shard per batch
+
+A URL is never popped: it stays pending until a commit with the shard's current lease
+token writes its record (a stale owner's commit is refused), so a worker that dies, is
+paused past its lease or loses Redis loses nothing; the next owner does those URLs again
+and their records are written once. Before each attempt the gate checks that the lease
+on the URL's shard is still valid on this process's own monotonic clock (its deadline is
+the start of the acquire/renew call + TTL - a margin): if not, the URL is handed back
+(no record; crawler.errors.HandBack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Final
+
+from crawler.errors import DeadLetter
+from crawler.inputs import Uncounted
+from crawler.records import Records, encode
+from crawler.redisjob import GROUP, Done, Job, Target, shard_of
+from crawler.redislease import GatedFetcher, Leases, redis_errors
+from crawler.stores import FRESH
+from crawler.urls import host_key
+
+if TYPE_CHECKING:
+    from crawler.config import RunConfig
+    from crawler.engine import RunResult
+    from crawler.linkqueue import Link
+    from crawler.records import Record
+
+_POLL_MS: Final = 250  # XREADGROUP's wait when nothing is queued
+_SWEEP: Final = 1.0  # seconds between looks for stray pending entries
+_RETRY: Final = 0.25  # seconds between tries while Redis does not answer
+_BATCH: Final = 256  # entries read at a time
+Entry = tuple[int, str]  # (shard, stream entry id)
+
+
+class Intake:
+    """Entries of the shards this worker holds: a newly held shard's pending entries
+    first (XAUTOCLAIM: a previous owner's), then new ones (XREADGROUP). When it finds
+    nothing, it looks (at most every _SWEEP s) for entries pending on a held shard it is
+    not working on (handed back, or delivered to a stale owner's late read) and takes
+    them again."""
+
+    def __init__(self, leases: Leases, sink: RedisSink, *, max_deliveries: int) -> None:
+        self.leases = leases
+        self.job = leases.job
+        self.sink = sink
+        self.max_deliveries = max_deliveries
+        self.mine: set[Entry] = set()  # read and not yet committed or handed back
+        self._records = Records()
+        self._swept = 0.0
+
+    async def read(self, count: int, block_ms: int) -> list[tuple[Entry, dict[bytes, bytes]]]:
+        """Up to ``count`` entries (maybe none, after waiting up to ``block_ms``)."""
+        leases = self.leases
+        while leases.claims:
+            shard = leases.claims[0]
+            got = await self._reclaim(shard, count) if leases.valid(shard) else []
+            if got:
+                return got
+            leases.claims.pop(0)
+        readable = leases.readable()
+        if readable:
+            # Not past the earliest lease deadline: a read answered after it would
+            # give entries to a stale owner.
+            left = min(leases.held[s][1] for s in readable) - time.monotonic()
+            block = max(1, min(block_ms, int(left * 1000) - 1)) if block_ms else None
+            streams: dict[Any, Any] = {self.job.stream(s): ">" for s in readable}
+            read: Any = await self.job.redis.xreadgroup(
+                GROUP, leases.me, streams, count=count, block=block
+            )
+            if read:
+                return self._take(read)
+            await self._sweep(readable)
+        elif block_ms:
+            leases.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(block_ms / 1000):
+                    await leases.changed.wait()
+        return []
+
+    async def finished(self) -> bool:
+        return not self.mine and await self.job.finished()
+
+    async def _sweep(self, readable: list[int]) -> None:
+        now = time.monotonic()
+        if now - self._swept < _SWEEP:
+            return
+        self._swept = now
+        idle = [s for s in readable if self.leases.outstanding[s] <= 0]
+        if not idle:
+            return
+        pipe = self.job.redis.pipeline(transaction=False)
+        for shard in idle:
+            pipe.xpending(self.job.stream(shard), GROUP)
+        for shard, summary in zip(idle, await pipe.execute(), strict=True):
+            if summary["pending"]:
+                self.leases.claims.append(shard)
+
+    def _take(self, got: Any) -> list[tuple[Entry, dict[bytes, bytes]]]:
+        taken: list[tuple[Entry, dict[bytes, bytes]]] = []
+        prefix = len(self.job.stream(0)) - 1
+        for name, entries in got:
+            shard = int(name[prefix:])
+            for eid, fields in entries:
+                entry = (shard, eid.decode())
+                if entry in self.mine or b"u" not in fields:
+                    continue
+                self._mine(entry)
+                taken.append((entry, fields))
+        return taken
+
+    def _mine(self, entry: Entry) -> None:
+        self.mine.add(entry)
+        self.leases.outstanding[entry[0]] += 1
+
+    def forget(self, entry: Entry) -> None:
+        self.mine.discard(entry)
+        self.leases.outstanding[entry[0]] -= 1
+
+    async def _reclaim(self, shard: int, count: int) -> list[tuple[Entry, dict[bytes, bytes]]]:
+        """The pending entries of ``shard`` not being done here (the lease is ours, so
+        any idle time is safe); those delivered too often get a dead-letter record."""
+        redis, key, me = self.job.redis, self.job.stream(shard), self.leases.me
+        _, entries, *_ = await redis.xautoclaim(key, GROUP, me, 0, "0-0", count=count)
+        entries = [(e, f) for e, f in entries if f and (shard, e.decode()) not in self.mine]
+        if not entries:
+            return []
+        ids = [eid for eid, _ in entries]
+        pending = await redis.xpending_range(key, GROUP, ids[0], ids[-1], len(ids) * 2, me)
+        counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        fresh: list[tuple[bytes, dict[bytes, bytes]]] = []
+        for eid, fields in entries:
+            delivered: int = counts.get(eid, 1)
+            if delivered > self.max_deliveries:
+                entry = (shard, eid.decode())
+                self._mine(entry)
+                line = fields[b"u"].decode("utf-8", "surrogateescape")
+                error = DeadLetter(
+                    f"delivered {delivered} times (--max-deliveries {self.max_deliveries})"
+                    " without a record: each worker died or lost its shard"
+                )
+                self.sink.dead(entry, self._records.invalid(line, error))
+            else:
+                fresh.append((eid, fields))
+        return self._take([(key.encode(), fresh)]) if fresh else []
+
+
+class RedisSource(Uncounted):
+    """Fetch mode: the lines of the entries the intake reads, batch by batch; ``current``
+    says which (shard, entry) each line of the batch is."""
+
+    lines_total: int | None = None
+    eof = False
+
+    def __init__(self, intake: Intake, *, batch: int, wait: bool) -> None:
+        self.intake = intake
+        self.batch = batch
+        self.wait = wait
+        self.lines_read = 0
+        self.current: list[Entry] = []
+
+    async def batches(self) -> AsyncIterator[list[str]]:
+        intake = self.intake
+        while True:
+            try:
+                got = await intake.read(self.batch, _POLL_MS)
+                if not got and not self.wait and await intake.finished():
+                    break
+            except redis_errors():
+                await asyncio.sleep(_RETRY)  # Redis away: try again, the leases run out
+                continue
+            if got:
+                self.current = [entry for entry, _ in got]
+                lines = [f[b"u"].decode("utf-8", "surrogateescape") for _, f in got]
+                self.lines_read += len(lines)
+                yield lines
+        self.eof = True
+
+
+class RedisSeen:
+    """Every line is new (dedup happened at enqueue); notes which entry each
+    fingerprint of the batch is, for the record's commit."""
+
+    def __init__(self, source: Any, sink: RedisSink) -> None:
+        self._source = source  # its ``current``: the entries of the batch read
+        self._sink = sink
+
+    async def claim(self, fps: list[int], *, remember_done: bool = False) -> list[int]:
+        if not remember_done:
+            entries = self._source.current
+            waiting = self._sink.waiting
+            for fp, entry in zip(fps, entries, strict=True):
+                waiting[fp].append(entry)
+        return [FRESH] * len(fps)
+
+
+class RedisSink:
+    """Records to the job's ``out`` stream, committed per shard with the lease token
+    (crawler.redisjob.Job.commit); a refused commit drops its records (the shard's new
+    owner does those URLs again)."""
+
+    broken = False
+    lost = 0
+    behind = False
+
+    def __init__(self, leases: Leases, interval: float = 0.05) -> None:
+        self.leases = leases
+        self.intake: Intake | None = None
+        self.shards = leases.job.shards
+        self.waiting: defaultdict[int, list[Entry]] = defaultdict(list)  # fp -> entries
+        self._done: defaultdict[int, list[Done]] = defaultdict(list)
+        self._interval = interval
+        self._kick = asyncio.Event()
+        self._closing = False
+        self.committed = 0
+        self.refused = 0
+
+    async def open(self) -> None:
+        pass
+
+    def put_nowait(
+        self, record: Record, fp: int | None = None, links: list[Link] | None = None
+    ) -> None:
+        entries = self.waiting.get(fp or 0)
+        if not entries:  # no entry (a record with no fingerprint): not the job's
+            self.lost += 1
+            return
+        shard, eid = entries.pop(0)
+        if not entries:
+            del self.waiting[fp or 0]
+        targets = [self._target(link) for link in links] if links else ()
+        self._done[shard].append(Done(eid, encode(record), record.ok, targets))
+        self._kick.set()
+
+    def _target(self, link: Link) -> Target:
+        """A link as the job enqueues it (in its host's shard), with its page's record."""
+        from yarl import URL
+
+        shard = shard_of(host_key(URL(link.url)), self.shards)
+        return Target(link.fp, shard, link.url, link.depth, link.parent)
+
+    def dead(self, entry: Entry, record: Record) -> None:
+        self._done[entry[0]].append(Done(entry[1], encode(record), False, dead=True))
+        self._kick.set()
+
+    def left(self, fp: int) -> None:
+        """A URL handed back (its shard is no longer ours): it stays pending."""
+        entries = self.waiting.get(fp)
+        if entries:
+            self._forget(entries.pop(0))
+            if not entries:
+                del self.waiting[fp]
+
+    def _forget(self, entry: Entry) -> None:
+        if self.intake is not None:
+            self.intake.forget(entry)
+
+    async def backpressure(self) -> None:
+        pass
+
+    async def _flush(self) -> None:
+        done, self._done = self._done, defaultdict(list)
+        for shard, items in done.items():
+            token = self.leases.token(shard)
+            while token is not None:
+                try:
+                    n = await self.leases.job.commit(shard, token, items)
+                except redis_errors():
+                    if self._closing and not self.leases.valid(shard):
+                        break  # ending, and the shard is no longer surely ours
+                    await asyncio.sleep(_RETRY)  # a repeated commit writes nothing twice
+                    continue
+                if n < 0:
+                    self.refused += len(items)
+                else:
+                    self.committed += len(items)
+                break
+            for item in items:
+                self._forget((shard, item.entry))
+
+    async def run(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            if not self._closing:
+                await asyncio.sleep(self._interval)  # gather a batch
+            await self._flush()
+            if self._closing:
+                return
+
+    def close(self) -> None:
+        self._closing = True
+        self._kick.set()
+
+    def abandon(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        self._closing = True
+        await self._flush()
+
+
+async def work(
+    job: Job,
+    me: str,
+    config: RunConfig,
+    *,
+    wait: bool,
+    ttl: float,
+    max_deliveries: int,
+) -> tuple[RunResult, RedisSink]:
+    """Work on ``job`` until it is finished (``wait``: until stopped); the run's result
+    and its sink (what it committed)."""
+    from crawler.engine import Engine
+    from crawler.recordsink import SinkHooks
+    from crawler.runner import Runner
+    from crawler.shardio import StandInLedger
+    from crawler.stores import Ledger, MemoryQueue, Stores, WorkQueue
+
+    leases = Leases(job, me, ttl)
+    sink = RedisSink(leases)
+    intake = sink.intake = Intake(leases, sink, max_deliveries=max_deliveries)
+    source: Any
+    queue: WorkQueue
+    crawl = None
+    if config.crawl is not None:
+        from crawler.rediscrawl import CrawlIntake, NoInput, crawl_config
+
+        config = crawl_config(config)
+        source = NoInput()
+        queue = crawl = CrawlIntake(intake, await job.seeds(), wait=wait)
+    else:
+        source = RedisSource(intake, batch=_BATCH, wait=wait)
+        queue = MemoryQueue(config.limits.queue_size)
+    # Durable: a URL the stop cuts off gets no record, it stays pending for another owner.
+    stores = Stores(RedisSeen(source, sink), StandInLedger(True, False), queue)
+
+    def make_sink(cfg: Any, ledger: Ledger, hooks: SinkHooks) -> RedisSink:
+        if crawl is not None:
+            crawl.attach(engine.parts.pages)
+        return sink
+
+    runner = Runner(
+        config,
+        source,
+        stores=stores,
+        sink=make_sink,
+        handle_signals=True,
+        gate=lambda fetcher: GatedFetcher(fetcher, leases),
+    )
+    made = runner.engine
+    assert isinstance(made, Engine)  # noqa: S101 - a worker's config has workers=1
+    engine = made
+    beating = asyncio.ensure_future(leases.run())
+    try:
+        result = await runner.run()
+    finally:
+        beating.cancel()
+        if crawl is not None:
+            crawl.close()
+        await leases.leave()
+    return result, sink
