@@ -166,6 +166,15 @@ def _write_epilog(name: str, formatter: _click.HelpFormatter) -> None:
 
 
 class ManCommand(TyperCommand):
+    def collect_usage_pieces(self, ctx: _click.Context) -> list[str]:
+        """The usage line, with a variadic argument's ``...`` (``[URL|FILE]...``) as click
+        writes it: typer 0.28 leaves the dots off an argument that has a metavar."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            dots = "..." if isinstance(param, TyperArgument) and param.nargs != 1 else ""
+            pieces.extend(p if p.endswith("...") else p + dots for p in param.get_usage_pieces(ctx))
+        return pieces
+
     def format_options(self, ctx: _click.Context, formatter: _click.HelpFormatter) -> None:
         _write_options(self.get_params(ctx), ctx, formatter)
 

@@ -7,6 +7,7 @@ error (one line on stderr, no traceback) · 130 interrupted.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import sys
 from typing import Annotated, Final, NoReturn
@@ -89,9 +90,29 @@ def main(argv: list[str] | None = None) -> NoReturn:
     raise SystemExit(code)
 
 
+def _group(args: list[str]) -> typer._click.Command:
+    """The app as a click group. When ``args`` start with a command's name (``crawler
+    fetch ...``), the group holds that command only: typer would build the options of all
+    five (~170 parameters), four times what the run parses. What the others are there for
+    (the group's own help, a mistyped command's suggestion) needs a first word that is not
+    a command's name, and gets them all."""
+    first = args[0] if args else ""
+    chosen = [
+        info
+        for info in app.registered_commands
+        if info.callback is not None
+        and (info.name or typer.main.get_command_name(info.callback.__name__)) == first
+    ]
+    if not chosen:
+        return typer.main.get_command(app)
+    only = copy.copy(app)  # the same settings and callback, one command
+    only.registered_commands = chosen
+    return typer.main.get_command(only)
+
+
 def _main(argv: list[str] | None) -> int:
-    command = typer.main.get_command(app)
     args = argv if argv is not None else sys.argv[1:]
+    command = _group(args)
     try:
         code = command.main(args=args, prog_name="crawler", standalone_mode=False)
     except NoArgsIsHelpError:  # bare `crawler`: the help, on stdout, and exit 0

@@ -11,9 +11,7 @@ were given). Values go through the same ``run_config`` as flags: one check of ea
 
 from __future__ import annotations
 
-import difflib
 import os
-import tomllib
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -103,6 +101,9 @@ def path_given(path: str | None) -> str | None:
 
 def load(path: str) -> ConfigFile:
     """Read, parse and check ``path``; a UsageError (one line) if anything is wrong."""
+    import difflib  # a run without a config file needs neither (tomllib: ~3 ms)
+    import tomllib
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
