@@ -132,31 +132,60 @@ class Intake:
         self.leases.outstanding[entry[0]] -= 1
 
     async def _reclaim(self, shard: int, count: int) -> list[tuple[Entry, dict[bytes, bytes]]]:
-        """The pending entries of ``shard`` not being done here (the lease is ours, so
-        any idle time is safe); those delivered too often get a dead-letter record."""
+        """Up to ``count`` pending entries of ``shard`` not being done here, oldest first
+        (the lease is ours, so any idle time is safe). They are listed first (XPENDING
+        changes nothing) and only those taken are claimed: XCLAIM counts a delivery, so
+        an entry being done here is never claimed again. A delivery counts when the
+        worker that had the entry is gone (its heartbeat lapsed: it died, was stopped or
+        lost Redis); an entry a live worker handed back (its lease lapsed or moved) is
+        taken again with its count as it was. Past ``max_deliveries`` an entry gets a
+        dead-letter record instead."""
         redis, key, me = self.job.redis, self.job.stream(shard), self.leases.me
-        _, entries, *_ = await redis.xautoclaim(key, GROUP, me, 0, "0-0", count=count)
-        entries = [(e, f) for e, f in entries if f and (shard, e.decode()) not in self.mine]
-        if not entries:
+        mine = self.mine
+        # The entries being done here are at most outstanding[shard] of those listed.
+        listed = await redis.xpending_range(
+            key, GROUP, "-", "+", count + max(0, self.leases.outstanding[shard])
+        )
+        todo = [p for p in listed if (shard, p["message_id"].decode()) not in mine][:count]
+        if not todo:
             return []
-        ids = [eid for eid, _ in entries]
-        pending = await redis.xpending_range(key, GROUP, ids[0], ids[-1], len(ids) * 2, me)
-        counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        live = {*await self.job.live("workers"), me}
+        by_count: defaultdict[int, list[bytes]] = defaultdict(list)
+        for p in todo:
+            n = int(p["times_delivered"])
+            gone = _text(p["consumer"]) not in live
+            by_count[n + 1 if gone else n].append(p["message_id"])
+        pipe = redis.pipeline(transaction=False)
+        for n, ids in by_count.items():
+            pipe.xclaim(key, GROUP, me, 0, ids, retrycount=n)
         fresh: list[tuple[bytes, dict[bytes, bytes]]] = []
-        for eid, fields in entries:
-            delivered: int = counts.get(eid, 1)
-            if delivered > self.max_deliveries:
-                entry = (shard, eid.decode())
-                self._mine(entry)
-                line = fields[b"u"].decode("utf-8", "surrogateescape")
-                error = DeadLetter(
-                    f"delivered {delivered} times (--max-deliveries {self.max_deliveries})"
-                    " without a record: each worker died or lost its shard"
-                )
-                self.sink.dead(entry, self._records.invalid(line, error))
-            else:
-                fresh.append((eid, fields))
+        for delivered, claimed in zip(by_count, await pipe.execute(), strict=True):
+            for eid, fields in claimed:
+                if not fields:
+                    continue  # deleted meanwhile
+                if delivered > self.max_deliveries:
+                    entry = (shard, eid.decode())
+                    self._mine(entry)
+                    line = fields[b"u"].decode("utf-8", "surrogateescape")
+                    error = DeadLetter(
+                        f"delivered {delivered} times (--max-deliveries "
+                        f"{self.max_deliveries}) without a record: each worker died or "
+                        "lost Redis"
+                    )
+                    self.sink.dead(entry, self._records.invalid(line, error))
+                else:
+                    fresh.append((eid, fields))
+        fresh.sort(key=lambda item: _stream_id(item[0]))
         return self._take([(key.encode(), fresh)]) if fresh else []
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _stream_id(eid: bytes) -> tuple[int, int]:
+    ms, _, seq = eid.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 class RedisSource(Uncounted):
