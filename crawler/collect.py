@@ -24,8 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
-from collections.abc import Awaitable
+import sys
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -37,6 +40,8 @@ from crawler.redisjob import Job, JobError, check_name, connect
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+RETRY_FOR: Final = 60.0  # seconds collect waits for Redis to answer again before it gives up
+RETRY_EVERY: Final = 0.5
 BLOCK_MS: Final = 1_000  # a read waits this long for records before the job is checked
 DEFAULT_BATCH: Final = 1_000
 SIDECAR: Final = ".collect"
@@ -186,25 +191,34 @@ def _after(entry_id: str) -> str:
     return f"{ms}-{int(seq or 0) + 1}"
 
 
-async def collect(url: str, name: str, path: str | None, *, batch: int = DEFAULT_BATCH) -> int:
+async def collect(
+    url: str,
+    name: str,
+    path: str | None,
+    *,
+    batch: int = DEFAULT_BATCH,
+    retry_for: float = RETRY_FOR,
+) -> int:
     """Collect job ``name``'s records into ``path`` (None: standard output) until the job
-    is finished and its output drained (0), or a stop signal (130)."""
+    is finished and its output drained (0), or a stop signal (130). While Redis does not
+    answer (restarted, a network blip) it tries again for up to ``retry_for`` seconds."""
     check_name(name)
     out = Output(path, name)
     redis = await connect(url, block_ms=BLOCK_MS)
     try:
         job = Job(redis, name)
-        await _guarded(job.open())
+        guard = Guard(retry_for)
+        await guard(job.open)
         try:
             out.open()
-            return await _run(redis, job, out, batch)
+            return await _run(redis, job, out, batch, guard)
         finally:
             out.close()
     finally:
         await redis.aclose()
 
 
-async def _run(redis: Redis, job: Job, out: Output, batch: int) -> int:
+async def _run(redis: Redis, job: Job, out: Output, batch: int, guard: Guard) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     previous: dict[int, Any] = {}
@@ -214,12 +228,15 @@ async def _run(redis: Redis, job: Job, out: Output, batch: int) -> int:
             stop.set()
         stream = job.key("out")
         while not stop.is_set() and not out.closed:
-            finished = await _guarded(job.finished())
+            finished = await guard(job.finished)
             # Finished first, then read: a job finished has every record in the stream, so
             # an empty read after that means drained.
             block = None if finished else BLOCK_MS
-            read = redis.xread({stream: out.mark.last}, count=batch, block=block)
-            reply: Any = await _unless(stop, read)
+            mark = out.mark.last
+            reply: Any = await _unless(
+                stop,
+                guard(functools.partial(redis.xread, {stream: mark}, count=batch, block=block)),
+            )
             if reply is None and stop.is_set():
                 break  # stopped while waiting: nothing read, nothing lost
             entries: Entries = reply[0][1] if reply else []  # RESP2: [[stream, entries]]
@@ -232,26 +249,53 @@ async def _run(redis: Redis, job: Job, out: Output, batch: int) -> int:
             if out.closed:
                 break
             # Only now is the batch collected: Redis can let it go.
-            await _guarded(redis.xtrim(stream, minid=_after(last), approximate=False))
+            await guard(
+                functools.partial(redis.xtrim, stream, minid=_after(last), approximate=False)
+            )
         return EXIT_INTERRUPTED if stop.is_set() else EXIT_OK
     finally:
         signals.give_back(loop, previous)
 
 
-async def _guarded(step: Awaitable[T]) -> T:
-    """A Redis step; a failure of the server or the connection is one line."""
-    from redis.exceptions import RedisError
+class Guard:
+    """Runs a Redis step: while the server does not answer (connection refused or lost,
+    timeouts, loading its data after a restart) the step is tried again, for up to
+    ``retry_for`` seconds in a row, saying so once on stderr; then, or on any other
+    failure of the server, one line (JobError)."""
 
-    try:
-        return await step
-    except (RedisError, OSError) as exc:
-        raise JobError(f"Redis failed: {exc}") from None
+    def __init__(self, retry_for: float) -> None:
+        self.retry_for = retry_for
+
+    async def __call__(self, step: Callable[[], Awaitable[T]]) -> T:
+        from redis.exceptions import ConnectionError as Refused
+        from redis.exceptions import RedisError
+        from redis.exceptions import TimeoutError as TimedOut
+
+        since: float | None = None
+        while True:
+            try:
+                return await step()
+            except (Refused, TimedOut, OSError) as exc:
+                now = time.monotonic()
+                if since is None:
+                    since = now
+                    sys.stderr.write(
+                        f"crawler collect: Redis does not answer ({exc}): trying again "
+                        f"for up to {self.retry_for:g} s\n"
+                    )
+                if now - since >= self.retry_for:
+                    raise JobError(
+                        f"Redis failed: {exc} (no answer for {self.retry_for:g} s)"
+                    ) from None
+                await asyncio.sleep(RETRY_EVERY)
+            except RedisError as exc:
+                raise JobError(f"Redis failed: {exc}") from None
 
 
 async def _unless(stop: asyncio.Event, step: Awaitable[T]) -> T | None:
     """``step``'s result, or None if ``stop`` is set first (``step`` is then cancelled: a
     read cut short has not recorded anything, so nothing is lost)."""
-    task = asyncio.ensure_future(_guarded(step))
+    task = asyncio.ensure_future(step)
     waiter = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)

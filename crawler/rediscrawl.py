@@ -42,6 +42,7 @@ class Intake(Protocol):
     """What crawler.redisworker.Intake gives a crawl (not imported: it imports us)."""
 
     sink: Any  # its ``waiting``: fingerprint -> entries, for the records' commits
+    job: Any  # its ``check()``: the job still there?
 
     async def read(self, count: int, block_ms: int) -> list[tuple[Any, dict[bytes, bytes]]]: ...
 
@@ -128,6 +129,7 @@ class CrawlIntake:
                 self._finished = not self._wait and await intake.finished()
                 return
         except redis_errors():
+            await intake.job.check()  # the job gone: one line, exit 2
             return  # Redis away: the ticker looks again, the leases run out
         waiting = intake.sink.waiting
         for entry, fields in got:

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from crawler import __version__
+from crawler.errors import UsageError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -58,8 +59,9 @@ BUCKET_SHIFT: Final = 48  # a fingerprint's top 16 bits name its dedup bucket
 MODES: Final = ("fetch", "crawl")
 
 
-class JobError(Exception):
-    """A job that cannot be used as asked (one line for the user, exit 2)."""
+class JobError(UsageError):
+    """A job that cannot be used as asked (one line for the user, exit 2; a UsageError, so
+    one raised inside a worker's run ends it the same way)."""
 
 
 _JOB_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
@@ -382,11 +384,39 @@ class Job:
 
     async def finished(self) -> bool:
         """Nothing queued or pending (every URL enqueued has its record or was
-        dead-lettered) and no enqueue still feeding the job."""
-        counts = await self.counts()
+        dead-lettered) and no enqueue still feeding the job. A job no longer there (Redis
+        restarted without persistence, or the keys deleted) is a JobError, never
+        "finished": its counts read as zeros."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.exists(self.key("meta"))
+        pipe.hgetall(self.key("n"))
+        there, raw = await pipe.execute()
+        if not there:
+            raise self.gone()
+        counts = {"enqueued": 0, "done": 0, "dead": 0}
+        counts.update({k.decode(): int(v) for k, v in raw.items()})
         if counts["done"] + counts["dead"] < counts["enqueued"]:
             return False
         return not await self.live("feeders")
+
+    def gone(self) -> JobError:
+        return JobError(
+            f"job {self.name!r} is no longer on this Redis server "
+            "(restarted without persistence, or deleted)"
+        )
+
+    async def check(self) -> None:
+        """After a failed step: a JobError if Redis answers and the job is gone (a
+        missing stream is an error every time: retrying would spin); nothing if Redis
+        does not answer (it may come back)."""
+        from redis.exceptions import RedisError
+
+        try:
+            there = await self.redis.exists(self.key("meta"))
+        except (RedisError, OSError):
+            return
+        if not there:
+            raise self.gone()
 
     # -- enqueue -------------------------------------------------------------------------
     async def enqueue(self, targets: Iterable[Target]) -> int:

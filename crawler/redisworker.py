@@ -143,14 +143,14 @@ class Intake:
         redis, key, me = self.job.redis, self.job.stream(shard), self.leases.me
         mine = self.mine
         # The entries being done here are at most outstanding[shard] of those listed.
-        listed = await redis.xpending_range(
+        listed: list[dict[str, Any]] = await redis.xpending_range(
             key, GROUP, "-", "+", count + max(0, self.leases.outstanding[shard])
         )
         todo = [p for p in listed if (shard, p["message_id"].decode()) not in mine][:count]
         if not todo:
             return []
         live = {*await self.job.live("workers"), me}
-        by_count: defaultdict[int, list[bytes]] = defaultdict(list)
+        by_count: defaultdict[int, list[Any]] = defaultdict(list)
         for p in todo:
             n = int(p["times_delivered"])
             gone = _text(p["consumer"]) not in live
@@ -210,6 +210,7 @@ class RedisSource(Uncounted):
                 if not got and not self.wait and await intake.finished():
                     break
             except redis_errors():
+                await intake.job.check()  # the job gone: one line, exit 2
                 await asyncio.sleep(_RETRY)  # Redis away: try again, the leases run out
                 continue
             if got:

@@ -4,16 +4,22 @@ against the test's own redis-server (crawler.redisjob's Job, the worker's classe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from crawler.redisjob import GROUP, Done, Job, Target, connect, shard_of
+from crawler.collect import collect
+from crawler.redisjob import GROUP, Done, Job, JobError, Target, connect, shard_of
 from crawler.redislease import Leases
-from crawler.redisworker import Intake, RedisSink
-from tests.redisserver import redis_url  # noqa: F401
+from crawler.redisworker import Intake, RedisSink, RedisSource
+from tests.conftest import until
+from tests.redisserver import redis_url, start_redis  # noqa: F401
 
 SHARDS = 2
 
@@ -82,3 +88,112 @@ async def test_entry_handed_back_by_a_live_worker_is_not_counted(job: Job) -> No
     got = await intake.read(10, 0)
     assert len(got) == 3  # taken to be fetched, not dead-lettered
     assert await _deliveries(job, shard) == before
+
+
+# -- Redis restarted: empty (the job is gone), or with its data (ride it out) -------------
+async def _commit_all(job: Job, me: str = "w1") -> int:
+    n = 0
+    for shard in range(SHARDS):
+        token = await job.acquire(shard, me, 60_000)
+        assert token is not None
+        reply = await job.redis.xreadgroup(GROUP, me, {job.stream(shard): ">"})
+        for _, entries in reply:
+            done = [Done(e.decode(), f[b"u"] + b"\n", ok=True) for e, f in entries]
+            n += await job.commit(shard, token, done)
+        await job.release(shard, token)
+    return n
+
+
+async def test_worker_on_a_job_gone_says_so(job: Job) -> None:
+    """Redis restarted without persistence: a worker reading a job no longer there ends
+    with one line (it spun on NOGROUP errors, and recreated lease keys, for ever)."""
+    await job.enqueue(_target(i) for i in range(3))
+    intake = await _holder(job, "w1", _target(0).shard)
+    source = RedisSource(intake, batch=10, wait=False)
+    await job.redis.flushall()
+    with pytest.raises(JobError, match="no longer on this Redis server"):
+        async with asyncio.timeout(5):
+            async for _ in source.batches():
+                pass
+
+
+async def test_collect_on_a_job_gone_is_not_finished(
+    job: Job,
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A job whose keys vanished read as all zeros, i.e. finished: collect exited 0 as if
+    every record had been written."""
+    await job.enqueue(_target(i) for i in range(3))
+    out = tmp_path / "out.jsonl"
+    collecting = asyncio.ensure_future(collect(redis_url, "r", str(out)))
+    await until(lambda: (tmp_path / "out.jsonl.collect").exists())
+    await job.redis.flushall()
+    with pytest.raises(JobError, match="no longer on this Redis server"):
+        async with asyncio.timeout(10):
+            await collecting
+
+
+async def test_collect_rides_out_a_redis_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Redis restarted with its data (here: saved at shutdown): collect tries again and
+    goes on (it ended with exit 2 at the first refused connection)."""
+    workdir = tmp_path / "redis"
+    proc, url = start_redis(workdir)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        redis = await connect(url)
+        job = Job(redis, "r")
+        await job.create("fetch", {}, shards=SHARDS)
+        await job.enqueue(_target(i, f"h{i % 3}.test") for i in range(6))
+        out = tmp_path / "out.jsonl"
+        collecting = asyncio.ensure_future(collect(url, "r", str(out), retry_for=30))
+        await until(lambda: (out.parent / "out.jsonl.collect").exists())
+        with contextlib.suppress(Exception):
+            await redis.shutdown(save=True)
+        proc.wait(timeout=10)
+        await redis.aclose()
+        said: list[str] = []
+
+        def told() -> bool:
+            said.append(capsys.readouterr().err)
+            return "Redis does not answer" in "".join(said)
+
+        await until(told)  # collect met the refused connection, and says so
+        assert not collecting.done()
+        proc = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        redis = Job(await _connect_when_up(url), "r").redis
+        job = Job(redis, "r")
+        await job.open()
+        assert await _commit_all(job) == 6
+        async with asyncio.timeout(20):
+            assert await collecting == 0
+        assert len(out.read_bytes().splitlines()) == 6
+        await redis.aclose()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def _connect_when_up(url: str) -> Any:
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                return await connect(url)
+            except JobError:
+                await asyncio.sleep(0.05)  # polling with a bound: the server is starting
