@@ -27,7 +27,7 @@ from crawler.dedup import fingerprint
 from crawler.errors import InvalidURL
 from crawler.inputs import Uncounted
 from crawler.linkqueue import Link
-from crawler.redislease import redis_errors
+from crawler.redislease import check_job, redis_errors
 from crawler.shards import target_of
 from crawler.urls import parse_target
 
@@ -129,7 +129,7 @@ class CrawlIntake:
                 self._finished = not self._wait and await intake.finished()
                 return
         except redis_errors():
-            await intake.job.check()  # the job gone: one line, exit 2
+            await check_job(intake.job)  # the job gone: one line, exit 2
             return  # Redis away: the ticker looks again, the leases run out
         waiting = intake.sink.waiting
         for entry, fields in got:

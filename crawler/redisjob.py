@@ -385,12 +385,9 @@ class Job:
     async def finished(self) -> bool:
         """Nothing queued or pending (every URL enqueued has its record or was
         dead-lettered) and no enqueue still feeding the job. A job no longer there (Redis
-        restarted without persistence, or the keys deleted) is a JobError, never
-        "finished": its counts read as zeros."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.exists(self.key("meta"))
-        pipe.hgetall(self.key("n"))
-        there, raw = await pipe.execute()
+        restarted empty, its keys deleted) is a JobError, not finished (zero counts)."""
+        pipe: Any = self.redis.pipeline(transaction=True)
+        there, raw = await pipe.exists(self.key("meta")).hgetall(self.key("n")).execute()
         if not there:
             raise self.gone()
         counts = {"enqueued": 0, "done": 0, "dead": 0}
@@ -400,23 +397,7 @@ class Job:
         return not await self.live("feeders")
 
     def gone(self) -> JobError:
-        return JobError(
-            f"job {self.name!r} is no longer on this Redis server "
-            "(restarted without persistence, or deleted)"
-        )
-
-    async def check(self) -> None:
-        """After a failed step: a JobError if Redis answers and the job is gone (a
-        missing stream is an error every time: retrying would spin); nothing if Redis
-        does not answer (it may come back)."""
-        from redis.exceptions import RedisError
-
-        try:
-            there = await self.redis.exists(self.key("meta"))
-        except (RedisError, OSError):
-            return
-        if not there:
-            raise self.gone()
+        return JobError(f"job {self.name!r} is no longer on this Redis server (restarted empty?)")
 
     # -- enqueue -------------------------------------------------------------------------
     async def enqueue(self, targets: Iterable[Target]) -> int:

@@ -40,6 +40,18 @@ def redis_errors() -> tuple[type[BaseException], ...]:
     return (RedisError, OSError)
 
 
+async def check_job(job: Job) -> None:
+    """After a failed step: a JobError if Redis answers and the job is gone (a missing
+    stream fails every time: trying again would spin); nothing if Redis does not answer
+    (it may come back)."""
+    try:
+        there = await job.redis.exists(job.key("meta"))
+    except redis_errors():
+        return
+    if not there:
+        raise job.gone()
+
+
 # Leases of one beat: ARGV prefix, worker, ttl ms, then per shard (op, shard, token): op
 # a (acquire: the new token, or '' if owned), r (renew: '1' if still ours, else ''),
 # x (release). One answer per shard, in order.

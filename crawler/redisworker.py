@@ -30,7 +30,7 @@ from crawler.errors import DeadLetter
 from crawler.inputs import Uncounted
 from crawler.records import Records, encode
 from crawler.redisjob import GROUP, Done, Job, Target, shard_of
-from crawler.redislease import GatedFetcher, Leases, redis_errors
+from crawler.redislease import GatedFetcher, Leases, check_job, redis_errors
 from crawler.stores import FRESH
 from crawler.urls import host_key
 
@@ -210,7 +210,7 @@ class RedisSource(Uncounted):
                 if not got and not self.wait and await intake.finished():
                     break
             except redis_errors():
-                await intake.job.check()  # the job gone: one line, exit 2
+                await check_job(intake.job)  # the job gone: one line, exit 2
                 await asyncio.sleep(_RETRY)  # Redis away: try again, the leases run out
                 continue
             if got:
