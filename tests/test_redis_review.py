@@ -197,3 +197,29 @@ async def _connect_when_up(url: str) -> Any:
                 return await connect(url)
             except JobError:
                 await asyncio.sleep(0.05)  # polling with a bound: the server is starting
+
+
+async def test_fencing_a_lapsed_lease_commits_nothing(job: Job) -> None:
+    """A's lease lapses in Redis, B takes the shard: A's late commit is refused and
+    changes nothing but the refused count."""
+    shard = _target(0).shard
+    await job.enqueue([_target(0)])
+    a = await job.acquire(shard, "A", 100)
+    assert a is not None
+    [[_, [(eid, fields)]]] = await job.redis.xreadgroup(GROUP, "A", {job.stream(shard): ">"})
+
+    async def lapsed() -> bool:
+        return int(await job.redis.pttl(job.key(f"lease:{shard}"))) < 0
+
+    async with asyncio.timeout(5):
+        while not await lapsed():
+            await asyncio.sleep(0.01)  # polling with a bound: Redis expires the key
+    b = await job.acquire(shard, "B", 60_000)
+    assert b is not None and b != a
+    before = await job.counts()
+    done = [Done(eid.decode(), fields[b"u"] + b"\n", ok=True)]
+    assert await job.commit(shard, a, done) == -1
+    assert await job.redis.xlen(job.key("out")) == 0
+    assert await job.counts() == {**before, "refused": before["refused"] + 1}
+    assert list(await _deliveries(job, shard)) == [eid.decode()]  # still pending
+    assert await job.commit(shard, b, done) == 1  # the owner's commit is taken
