@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import functools
 import os
+import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -79,6 +80,9 @@ class Output:
         if self.path is None:
             return
         path, sidecar = self.path, self.path + SIDECAR
+        with contextlib.suppress(OSError):  # a FIFO would block the open, then not resume
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise JobError(f"-o {path} is not a regular file (for a pipe: no -o)")
         try:  # opened without truncation: nothing changes before the checks
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         except OSError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from crawler.collect import collect
+from crawler.collect import Output, collect
 from crawler.redisjob import GROUP, Done, Job, JobError, Target, connect, shard_of
 from crawler.redislease import Leases
 from crawler.redisworker import Intake, RedisSink, RedisSource
@@ -223,3 +224,17 @@ async def test_fencing_a_lapsed_lease_commits_nothing(job: Job) -> None:
     assert await job.counts() == {**before, "refused": before["refused"] + 1}
     assert list(await _deliveries(job, shard)) == [eid.decode()]  # still pending
     assert await job.commit(shard, b, done) == 1  # the owner's commit is taken
+
+
+def test_collect_into_a_fifo_refused(tmp_path: Path) -> None:
+    """-o a FIFO: the open blocked for ever without a reader; with one, a sidecar was
+    written beside it before the error."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that the old open returns
+    try:
+        with pytest.raises(JobError, match="not a regular file"):
+            Output(str(fifo), "r").open()
+    finally:
+        os.close(reader)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
