@@ -93,17 +93,29 @@ async def connect(url: str, *, block_ms: int = 0) -> Redis:
             health_check_interval=30,
         )
     except ValueError as exc:
-        raise JobError(f"invalid --redis {shown!r}: {exc}") from None
+        raise JobError(f"invalid --redis {shown!r}: {_without_password(url, str(exc))}") from None
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
         await client.aclose()
-        raise JobError(f"cannot reach Redis at {shown}: {exc}") from None
+        why = _without_password(url, str(exc))
+        raise JobError(f"cannot reach Redis at {shown}: {why}") from None
     return client
 
 
-def _without_password(url: str) -> str:
-    return re.sub(r"//[^@/]*@", "//***@", url)
+def _without_password(url: str, text: str | None = None) -> str:
+    """``text`` (default: ``url``) without ``url``'s credentials: what is between ``//``
+    and the last ``@`` before the query (a password may hold ``/`` or ``@``), and a
+    ``password=`` in the query."""
+    base, _, query = url.partition("?")
+    _, slashes, rest = base.partition("//")
+    secrets = [rest.rpartition("@")[0]] if slashes and "@" in rest else []
+    secrets += re.findall(r"(?:^|&)password=([^&]*)", query)
+    secrets += [part for secret in secrets for part in re.split("[:/@]", secret) if len(part) > 2]
+    shown = url if text is None else text
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        shown = shown.replace(secret, "***")
+    return shown
 
 
 def prefix(job: str) -> str:

@@ -238,3 +238,17 @@ def test_collect_into_a_fifo_refused(tmp_path: Path) -> None:
     finally:
         os.close(reader)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cr/et@127.0.0.1:1/0",  # a '/' in the password
+        "redis://user:s3cr@et@127.0.0.1:1/0",  # an '@' in it (not percent-encoded)
+        "redis://127.0.0.1:1/0?password=s3cret",  # redis-py takes it from the query too
+    ],
+)
+async def test_redis_password_never_shown(url: str) -> None:
+    with pytest.raises(JobError) as raised:
+        await connect(url)
+    assert "s3cr" not in str(raised.value) and "et@" not in str(raised.value)
