@@ -60,8 +60,7 @@ MODES: Final = ("fetch", "crawl")
 
 
 class JobError(UsageError):
-    """A job that cannot be used as asked (one line for the user, exit 2; a UsageError, so
-    one raised inside a worker's run ends it the same way)."""
+    """A job that cannot be used as asked: one line, exit 2 (in a worker's run too)."""
 
 
 _JOB_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
@@ -93,7 +92,8 @@ async def connect(url: str, *, block_ms: int = 0) -> Redis:
             health_check_interval=30,
         )
     except ValueError as exc:
-        raise JobError(f"invalid --redis {shown!r}: {_without_password(url, str(exc))}") from None
+        why = _without_password(url, str(exc))
+        raise JobError(f"invalid --redis {shown!r}: {why}") from None
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
@@ -104,9 +104,8 @@ async def connect(url: str, *, block_ms: int = 0) -> Redis:
 
 
 def _without_password(url: str, text: str | None = None) -> str:
-    """``text`` (default: ``url``) without ``url``'s credentials: what is between ``//``
-    and the last ``@`` before the query (a password may hold ``/`` or ``@``), and a
-    ``password=`` in the query."""
+    """``text`` (or ``url``) without ``url``'s password: all between ``//`` and the last
+    ``@`` (it may hold ``/`` or ``@``), and a query's ``password=``."""
     base, _, query = url.partition("?")
     _, slashes, rest = base.partition("//")
     secrets = [rest.rpartition("@")[0]] if slashes and "@" in rest else []
@@ -234,15 +233,6 @@ redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
 return token
 """
 
-# Keep a shard: KEYS lease; ARGV token, ttl ms. 1 if still ours, else 0.
-_RENEW: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-
 # Give a shard back: KEYS lease; ARGV token.
 _RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -346,7 +336,6 @@ class Job:
         self._create = redis.register_script(_CREATE)
         self._enqueue = redis.register_script(_ROOM + _ENQUEUE)
         self._acquire = redis.register_script(_ACQUIRE)
-        self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self._commit = redis.register_script(_ROOM + _COMMIT)
         self._beat = redis.register_script(_BEAT)
@@ -427,9 +416,6 @@ class Job:
         keys = [self.key(f"lease:{shard}"), self.key(f"epoch:{shard}")]
         token = await self._acquire(keys=keys, args=[worker, ttl_ms])
         return None if token is None else token.decode()
-
-    async def renew(self, shard: int, token: str, ttl_ms: int) -> bool:
-        return bool(await self._renew(keys=[self.key(f"lease:{shard}")], args=[token, ttl_ms]))
 
     async def release(self, shard: int, token: str) -> None:
         await self._release(keys=[self.key(f"lease:{shard}")], args=[token])
