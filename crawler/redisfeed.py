@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Final
 from crawler.dedup import fingerprint
 from crawler.errors import InvalidURL
 from crawler.redisjob import Job, Target, shard_of
+from crawler.redislease import redis_errors
 from crawler.request import parse_request_line, request_key
 from crawler.urls import parse_target
 
@@ -42,8 +43,9 @@ async def feed(job: Job, source: Source, me: str) -> tuple[int, int]:
 
     async def beat() -> None:
         while True:
-            await job.beat("feeders", me, FEEDER_TTL_MS)
             await asyncio.sleep(FEEDER_TTL_MS / 3000)
+            with contextlib.suppress(*redis_errors()):  # a blip must not end the beats
+                await job.beat("feeders", me, FEEDER_TTL_MS)
 
     await job.beat("feeders", me, FEEDER_TTL_MS)
     beating = asyncio.ensure_future(beat())
@@ -53,7 +55,8 @@ async def feed(job: Job, source: Source, me: str) -> tuple[int, int]:
             new += await job.enqueue(target(line, job.shards) for line in lines)
     finally:
         beating.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, *redis_errors()):
             await beating
-        await job.beat("feeders", me, 0)
+        with contextlib.suppress(*redis_errors()):  # else it lapses in FEEDER_TTL_MS
+            await job.beat("feeders", me, 0)
     return new, seen - new

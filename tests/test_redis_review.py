@@ -9,6 +9,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from crawler.redislease import Leases
 from crawler.redisworker import Intake, RedisSink, RedisSource
 from tests.conftest import until
 from tests.redisserver import redis_url, start_redis  # noqa: F401
+from tests.test_cli import ENV
+from tests.test_redis_worker import until_async
 
 SHARDS = 2
 
@@ -252,3 +255,29 @@ async def test_redis_password_never_shown(url: str) -> None:
     with pytest.raises(JobError) as raised:
         await connect(url)
     assert "s3cr" not in str(raised.value) and "et@" not in str(raised.value)
+
+
+async def test_enqueue_redis_gone_mid_feed_one_line(tmp_path: Path) -> None:
+    """Redis stopping while enqueue feeds the job: one line, exit 2 (a traceback)."""
+    proc, url = start_redis(tmp_path / "redis")
+    try:
+        enq = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "crawler", "enqueue", "--redis", url, "--job", "e",
+            env=ENV, stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert enq.stdin is not None
+        enq.stdin.write(b"http://a.test/1\n")
+        client = await connect(url)
+        try:
+            await until_async(lambda: client.exists("crawler:{e}:feeders"))
+        finally:
+            await client.aclose()
+    finally:
+        proc.kill()
+        proc.wait()
+    enq.stdin.write(b"http://a.test/2\n" * 5000)
+    enq.stdin.close()
+    async with asyncio.timeout(30):
+        err = (await enq.communicate())[1].decode()
+    assert enq.returncode == 2, err
+    assert err.startswith("crawler: error: ") and err.count("\n") == 1, err

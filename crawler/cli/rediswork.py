@@ -6,6 +6,7 @@ URLs; each ``worker`` takes those options, its own flags winning, and works on t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ from crawler.errors import UsageError
 from crawler.helptext import ManCommand
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from crawler.redisjob import Job
 
 # Options of one process, not of the job (where its records go, how it reports).
@@ -69,8 +72,25 @@ async def _open(url: str, name: str, *, block_ms: int = 0) -> Job:
     return Job(await connect(url, block_ms=block_ms), name)
 
 
+@contextlib.asynccontextmanager
+async def _feeding(job: Job, me: str) -> AsyncIterator[None]:
+    """A live feeder from before the job is made until its URLs are in: a worker started
+    at the same time never finds it made and empty (finished) and ends."""
+    from crawler.redisfeed import FEEDER_TTL_MS
+    from crawler.redislease import redis_errors
+
+    await job.beat("feeders", me, FEEDER_TTL_MS)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(*redis_errors()):  # else it lapses in 10 s
+            await job.beat("feeders", me, 0)
+
+
 def _run_job(coro: Any) -> Any:
     import asyncio  # here: `crawler --help` loads no run
+
+    from redis.exceptions import RedisError
 
     from crawler.redisjob import JobError
 
@@ -78,6 +98,8 @@ def _run_job(coro: Any) -> Any:
         return asyncio.run(coro)
     except JobError as exc:
         raise UsageError(str(exc)) from None
+    except RedisError as exc:  # Redis gone mid-run (enqueue, a worker's set-up)
+        raise UsageError(f"Redis failed: {exc}") from None
 
 
 @app.command(cls=ManCommand, short_help="Add URLs to a job shared through Redis.")
@@ -108,9 +130,11 @@ def enqueue(
         from crawler.redisjob import worker_id
 
         shared = await _open(redis, job)
+        me = worker_id()
         try:
-            await shared.create("fetch", job_options(opts))
-            return await feed(shared, source, worker_id())
+            async with _feeding(shared, me):
+                await shared.create("fetch", job_options(opts))
+                return await feed(shared, source, me)
         finally:
             await shared.redis.aclose()
 
@@ -153,14 +177,17 @@ def make_crawl(
                 target_of(line)
             except InvalidURL:
                 raise UsageError(f"invalid seed {line!r}") from None
+        from crawler.redisjob import worker_id
+
         shared = await _open(redis, job)
         try:
-            await shared.create("crawl", {**job_options(opts), "crawl": crawl})
-            if lines:
-                await shared.redis.rpush(shared.key("seeds"), *lines)
-            made = (target(line, shared.shards) for line in lines)
-            new = await shared.enqueue(Target(t.fp, t.shard, t.line, 0) for t in made)
-            return new, len(lines)
+            async with _feeding(shared, worker_id()):
+                await shared.create("crawl", {**job_options(opts), "crawl": crawl})
+                if lines:
+                    await shared.redis.rpush(shared.key("seeds"), *lines)
+                made = (target(line, shared.shards) for line in lines)
+                new = await shared.enqueue(Target(t.fp, t.shard, t.line, 0) for t in made)
+                return new, len(lines)
         finally:
             await shared.redis.aclose()
 
