@@ -83,13 +83,14 @@ def test_fetch_loads_no_pydantic_nor_toml() -> None:
 
 
 def test_a_command_builds_only_its_own_options() -> None:
-    """``crawler fetch ...`` has typer build fetch's options, not all five commands';
+    """``crawler fetch ...`` has typer build fetch's options, not every command's;
     anything else (``--help``, a mistyped name) gets the whole group."""
     from typer.core import TyperGroup
 
     from crawler.cli.app import _group
 
-    every = {"fetch", "crawl", "config", "serve", "bench"}
+    every = {"fetch", "crawl", "config", "serve", "bench", "enqueue", "worker", "collect"}
+    every |= {"status"}
     for args, commands in (
         (["fetch", "https://example.org/", "-q"], {"fetch"}),
         (["crawl", "--help"], {"crawl"}),
