@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
 def _group(args: list[str]) -> typer._click.Command:
     """The app as a click group. When ``args`` start with a command's name (``crawler
-    fetch ...``), the group holds that command only: typer would build the options of all
-    nine (~190 parameters), several times what the run parses. What the others are there for
+    fetch ...``), the group holds that command only: typer would build the options of every
+    command, several times what the run parses. What the others are there for
     (the group's own help, a mistyped command's suggestion) needs a first word that is not
     a command's name, and gets them all."""
     first = args[0] if args else ""
