@@ -1,11 +1,12 @@
 """Issue 17's scaling figure: 1, 2 and 4 `crawler worker`s on one Redis job, and the local mode.
 
-    python benchmarks/redis_scaling.py [--n 4000] [-c 20] [--hosts 64] [--rounds 3]
+    python benchmarks/redis_scaling.py [--n 4000] [-c 20] [--hosts 256] [--rounds 3]
 
 Starts its own redis-server (free port, temp dir, no persistence) and `crawler serve
---latency-ms 100 --latency-dist fixed` on 127.0.0.1 .. 127.0.0.{hosts} (a host's shard is
-a hash of its name and each worker holds an equal share of the 256 shards, so few hosts
-share out unevenly: the "spread bound" column says what the spread allows). The URLs go
+--latency-ms 100 --latency-dist fixed` on --hosts loopback addresses from 127.0.0.1 (a
+host's shard is a hash of its name and port and each worker holds an equal share of the
+256 shards, so few hosts share out unevenly: the "spread bound" column says what the
+spread allows). The URLs go
 round the hosts. Each round runs, in an order rotated from round to round:
 
     local:  crawler fetch URLS -c C --per-host P -o /dev/null -q        (timed as a whole)

@@ -2,7 +2,7 @@
 mid-run and another started: every URL exactly once in `crawler collect`'s output, and
 per-host politeness held across the workers and the ownership changes (the server's own
 view: never more than --per-host requests in flight on a host, never two requests to a
-host closer than --per-host-rps allows).
+host faster than --per-host-rps allows: see the end of the test for how).
 
 Slow (~40 s: the pacing bounds it, 64 hosts x 10 requests/s): run it with
 ``python -m pytest -m slow tests/test_redis_scale.py``.
@@ -11,7 +11,7 @@ Slow (~40 s: the pacing bounds it, 64 hosts x 10 requests/s): run it with
 from __future__ import annotations
 
 import asyncio
-import itertools
+import bisect
 import signal
 import time
 from collections import Counter, defaultdict
@@ -29,14 +29,11 @@ HOSTS = tuple(f"127.0.0.{i}" for i in range(1, 65))
 N = 20_000
 PER_HOST = 2
 RPS = 10.0  # per host: requests start at least 0.1 s apart (burst 1: crawler.limiter.Pacer)
-# The server stamps a request when its handler starts, a little after the client sent
-# it: a request held up in a busy server loop and the next one not can look closer than
-# they were sent. Half an interval absorbs that; a second owner pacing the same host
-# afresh (the fault this test is for) starts at once, well inside it.
-TOLERANCE = 0.5 / RPS
 LATENCY = 0.12  # > 1/RPS: a host has two requests in flight at times (--per-host 2 binds)
 TTL = "2"  # --lease-ttl: the killed worker's shards are free 2 s after its last renewal
 KILL_AFTER = 6_000  # records committed
+WINDOW = 2.0  # seconds: starts on a host counted over any window this long
+STALL = 0.5  # seconds a process of this test may stall (the starts a stall bunches up)
 
 
 class Seen:
@@ -105,6 +102,7 @@ async def test_four_workers_one_killed_every_url_once_politeness_held(
             while await done_count(client, "big") < KILL_AFTER:
                 assert all(p.returncode is None for p in procs), "a worker ended early"
                 await asyncio.sleep(0.1)  # polling with a bound: the outer timeout
+            killed = time.monotonic()
             procs[0].send_signal(signal.SIGKILL)
             await procs[0].wait()
             procs.append(await worker(redis_url, "big", "--lease-ttl", TTL))
@@ -129,10 +127,18 @@ async def test_four_workers_one_killed_every_url_once_politeness_held(
     # The killed worker's URLs in flight were fetched again (once more each, at most).
     assert sum(seen.hits.values()) >= N
     assert max(seen.peak.values()) <= PER_HOST, seen.peak.most_common(3)
-    closest = {
-        host: min(b - a for a, b in itertools.pairwise(times))
-        for host, times in seen.starts.items()
-    }
-    assert len(closest) == len(HOSTS)
-    worst = min(closest, key=closest.__getitem__)
-    assert closest[worst] >= 1 / RPS - TOLERANCE, (worst, closest[worst])
+    assert len(seen.starts) == len(HOSTS)
+    # The pacer's promise (burst 1): starts at least 1/RPS apart, as the worker sends them.
+    # The server stamps them when its loop gets to them: a stall of either process (this
+    # loaded 2-core machine) delays some and not the next, and two requests sent 0.1 s apart
+    # were seen stamped 0 ms apart (on many hosts at the same instant, runs in parallel).
+    # So the count is what is checked: in any WINDOW on a host, no more starts than the
+    # pacing allows in WINDOW + STALL. A second owner pacing the host afresh while the first
+    # still runs (the fault) doubles the rate: 2 x RPS x WINDOW = 40 starts, well above.
+    crowded = []
+    for host, times in seen.starts.items():
+        for i, at in enumerate(times):
+            n = bisect.bisect_left(times, at + WINDOW, lo=i) - i
+            if n > int(RPS * (WINDOW + STALL)) + 1:
+                crowded.append((host, n, f"{at - killed:+.2f} s from the kill"))
+    assert not crowded, crowded[:5]
