@@ -1,0 +1,373 @@
+"""Issue 17's scaling figure: 1, 2 and 4 `crawler worker`s on one Redis job, and the local mode.
+
+    python benchmarks/redis_scaling.py [--n 4000] [-c 20] [--hosts 256] [--rounds 3]
+
+Starts its own redis-server (free port, temp dir, no persistence) and `crawler serve
+--latency-ms 100 --latency-dist fixed` on --hosts loopback addresses from 127.0.0.1 (a
+host's shard is a hash of its name and port and each worker holds an equal share of the
+256 shards, so few hosts share out unevenly: the "spread bound" column says what the
+spread allows). The URLs go
+round the hosts. Each round runs, in an order rotated from round to round:
+
+    local:  crawler fetch URLS -c C --per-host P -o /dev/null -q        (timed as a whole)
+    W = 1, 2, 4:
+        make the job J (as `crawler enqueue -c C --per-host P` does, with no URL)
+        W x crawler worker --redis R --job J -c C --wait                (started first)
+        wait until `crawler status --json` shows W live workers holding all 256 shards,
+        each its equal share
+        crawler enqueue --redis R --job J URLS      <- the clock starts
+        poll the job's done counter every 0.1 s until it is N   <- the clock stops
+        SIGTERM the workers; `crawler collect` must give N records, each URL once
+
+A worker's CPU is read from /proc over the timed window (so start-up and idle waiting are
+left out); the local mode's CPU is its whole process (start-up included, ~0.3 s). Redis's
+CPU is the server's used_cpu_user + used_cpu_sys delta over the timed window. The whole run
+is bounded by --deadline seconds: past it the script stops what it started and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from common import machine, median, run_main, stop_group, timed_cpu
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from crawler.redisjob import assign, shard_of
+
+HERE = Path(__file__).parent
+OUT = HERE / "out"
+CRAWLER = [sys.executable, "-m", "crawler"]
+SHARDS = 256
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+class DeadlineError(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(host: str, port: int, proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{host}:{port} did not start")
+
+
+def cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, tmp: Path, redis_url: str, port: int) -> None:
+        import redis
+
+        self.args = args
+        self.tmp = tmp
+        self.url = redis_url
+        self.r = redis.Redis.from_url(redis_url)
+        self.hosts = [host_name(i) for i in range(args.hosts)]
+        self.urls = [f"http://{self.hosts[i % args.hosts]}:{port}/page/{i}" for i in range(args.n)]
+        self.file = tmp / "urls.txt"
+        self.file.write_text("\n".join(self.urls) + "\n")
+        self.end = time.monotonic() + args.deadline
+        self.jobs = 0
+        self.port = port
+
+    def left(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise DeadlineError
+        return left
+
+    def opts(self) -> list[str]:
+        return ["-c", str(self.args.c), "--per-host", str(self.args.per_host)]
+
+    def local(self) -> dict[str, float]:
+        self.left()
+        cmd = [*CRAWLER, "fetch", str(self.file), *self.opts(), "-o", "/dev/null", "-q"]
+        wall, _, _, cpu = timed_cpu(cmd)
+        return {"wall": wall, "urls_per_s": self.args.n / wall, "cpu_us": cpu / self.args.n * 1e6}
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(
+            [*CRAWLER, *args],
+            stdin=subprocess.DEVNULL,  # an empty stdin pipe hangs enqueue: see RESULTS.md
+            capture_output=True,
+            text=True,
+            timeout=min(120, self.left()),
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[:1]} exited {done.returncode}: {done.stderr[-400:]}")
+        return done.stdout
+
+    def status(self, job: str) -> dict[str, Any]:
+        out = self.cli("status", "--redis", self.url, "--job", job, "--json")
+        got: dict[str, Any] = json.loads(out)
+        return got
+
+    def distributed(self, w: int) -> dict[str, float]:
+        n = self.args.n
+        self.jobs += 1
+        job = f"scale{self.jobs}"
+        red = ["--redis", self.url, "--job", job]
+        self.create(job)
+        workers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-X",
+                    "faulthandler",
+                    "-m",
+                    "crawler",
+                    "worker",
+                    *red,
+                    "-c",
+                    str(self.args.c),
+                    "--wait",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            for _ in range(w)
+        ]
+        try:
+            ready_started = time.monotonic()
+            while True:
+                st = self.status(job)
+                live = [x for x in st["workers"] if x["live"]]
+                held = [s for x in live for s in x["shards"]]
+                share = -(-SHARDS // w)  # each its share: none holds more (redisjob.assign)
+                even = all(len(x["shards"]) <= share for x in live)
+                if len(live) == w and even and len(set(held)) == len(held) == SHARDS:
+                    break
+                if any(p.poll() is not None for p in workers):
+                    raise RuntimeError("a worker exited early")
+                self.left()
+                time.sleep(0.2)
+            ready = time.monotonic() - ready_started
+            spread = self.spread(live)
+            redis_cpu = self.redis_cpu()
+            cpu = [cpu_of(p.pid) for p in workers]
+            started = time.perf_counter()
+            self.cli("enqueue", *red, str(self.file))
+            enqueued = time.perf_counter() - started
+            key = f"crawler:{{{job}}}:n"
+            while int(self.r.hget(key, "done") or 0) < n:  # type: ignore[arg-type]
+                self.left()
+                time.sleep(0.1)
+            wall = time.perf_counter() - started
+            cpu = [cpu_of(p.pid) - c for p, c in zip(workers, cpu, strict=True)]
+            redis_cpu = self.redis_cpu() - redis_cpu
+        finally:
+            for p in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+            stuck = []
+            for p in workers:
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    stuck.append(p)
+                    os.kill(p.pid, signal.SIGABRT)  # faulthandler: its stacks on stderr
+                    stop_group(p, 2)  # type: ignore[arg-type]
+            for p in workers:
+                err = p.stderr.read().decode() if p.stderr else ""
+                if p in stuck or p.returncode not in (0, 130):
+                    print(f"worker {p.pid} exited {p.returncode}:\n{err[-4000:]}", file=sys.stderr)
+        codes = [p.returncode for p in workers]
+        if stuck or any(c not in (0, 130) for c in codes):
+            raise RuntimeError(f"worker exit codes {codes}")
+        out = self.tmp / f"{job}.jsonl"
+        self.cli("collect", *red, "-o", str(out))
+        counted = Counter(json.loads(line)["url"] for line in out.read_text().splitlines())
+        if set(counted) != set(self.urls) or max(counted.values()) != 1:
+            raise RuntimeError(
+                f"collect: {len(counted)} URLs, most common {counted.most_common(2)}"
+            )
+        self.r.flushall()
+        return {
+            "wall": wall,
+            "urls_per_s": n / wall,
+            "enqueue_s": enqueued,
+            "ready_s": ready,
+            "cpu_us": sum(cpu) / n * 1e6,
+            "redis_cpu_us": redis_cpu / n * 1e6,
+            "spread": spread,
+        }
+
+    def create(self, job: str) -> None:
+        """Make the job with no URL, as `crawler enqueue -c C --per-host P` would (that
+        command hangs on an empty input: see RESULTS.md)."""
+        import asyncio
+
+        from crawler.redisjob import Job, connect
+
+        async def go() -> None:
+            shared = Job(await connect(self.url), job)
+            try:
+                opts = {"concurrency": self.args.c, "per_host": self.args.per_host}
+                await shared.create("fetch", opts)
+            finally:
+                await shared.redis.aclose()
+
+        asyncio.run(go())
+
+    def spread(self, live: list[dict[str, Any]]) -> float:
+        """The speed-up the shard spread allows: N / the URLs of the busiest worker."""
+        owner = {s: x["id"] for x in live for s in x["shards"]}
+        per: Counter[str] = Counter()
+        for i in range(self.args.n):
+            per[owner[shard_of(f"{self.hosts[i % self.args.hosts]}:{self.port}", SHARDS)]] += 1
+        return self.args.n / max(per.values())
+
+    def redis_cpu(self) -> float:
+        info: dict[str, Any] = self.r.info("cpu")  # type: ignore[assignment]
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def host_name(i: int) -> str:
+    return f"127.0.{i // 254}.{1 + i % 254}"
+
+
+def expected_spread(hosts: int, w: int, trials: int = 200) -> float:
+    """The median speed-up random worker ids' shard shares allow (for the table)."""
+    import random
+
+    names = [f"{host_name(i)}:8080" for i in range(hosts)]
+    shards = [shard_of(h, SHARDS) for h in names]
+    got = []
+    rnd = random.Random(17)
+    for _ in range(trials):
+        ids = [f"w{rnd.getrandbits(32):08x}" for _ in range(w)]
+        owner = assign(SHARDS, ids)
+        per = Counter(owner[s] for s in shards)
+        got.append(hosts / max(per.values()))
+    return median(got)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=4000)
+    ap.add_argument("-c", type=int, default=20, help="-c of the local run and of each worker")
+    ap.add_argument("--per-host", type=int, default=4)
+    ap.add_argument("--hosts", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--deadline", type=float, default=600, help="seconds for the whole run")
+    args = ap.parse_args()
+    ws = [int(x) for x in args.workers.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="crawler-rscale-"))
+    port = free_port()
+    rport = free_port()
+    redis_proc = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", ""),
+            *("--appendonly", "no", "--dir", str(tmp), "--protected-mode", "no"),
+        ],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    serve = [*CRAWLER, "serve", "--port", str(port), "--latency-ms", "100"]
+    serve += ["--latency-dist", "fixed"]
+    for i in range(args.hosts):
+        serve += ["--host", host_name(i)]
+    server = subprocess.Popen(serve, stdout=subprocess.DEVNULL, start_new_session=True)
+    loads = [os.getloadavg()[0]]
+    rounds: list[dict[str, dict[str, Any]]] = []
+    names = ["local", *(f"W={w}" for w in ws)]
+    try:
+        wait_port("127.0.0.1", rport, redis_proc)
+        wait_port(host_name(args.hosts - 1), port, server)
+        bench = Bench(args, tmp, f"redis://127.0.0.1:{rport}/0", port)
+        server_cpu = cpu_of(server.pid)
+        for r in range(args.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            got: dict[str, dict[str, Any]] = {}
+            for name in order:
+                got[name] = bench.local() if name == "local" else bench.distributed(int(name[2:]))
+            got = {name: got[name] for name in names}
+            rounds.append(got)
+            loads.append(os.getloadavg()[0])
+            print(f"round {r + 1} (load {loads[-1]:.1f}):", flush=True)
+            for name, v in got.items():
+                extra = "".join(
+                    f", {k} {v[k]:.2f}" for k in ("ready_s", "enqueue_s", "spread") if k in v
+                )
+                redis_us = f", Redis {v['redis_cpu_us']:.0f} µs" if "redis_cpu_us" in v else ""
+                print(
+                    f"  {name:6} {v['wall']:6.2f} s {v['urls_per_s']:6.0f}/s "
+                    f"CPU {v['cpu_us']:5.0f} µs/URL{redis_us}{extra}",
+                    flush=True,
+                )
+        server_cpu = cpu_of(server.pid) - server_cpu
+    except DeadlineError:
+        print(f"deadline of {args.deadline:.0f} s passed: stopped", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        stop_group(server, 5)  # type: ignore[arg-type]
+        stop_group(redis_proc, 5)  # type: ignore[arg-type]
+    print(f"\n{args.n} URLs over {args.hosts} hosts, -c {args.c} --per-host {args.per_host};")
+    print(f"load average (1 min) during the run: {min(loads):.1f}-{max(loads):.1f}")
+    print(
+        f"{'':6} {'URLs/s':>7} {'ratio':>6} {'spread bound':>12} {'CPU µs/URL':>10} {'Redis µs':>8}"
+    )
+    table: dict[str, Any] = {}
+    for name in names:
+        ups = median([rd[name]["urls_per_s"] for rd in rounds])
+        base = "local" if name == "W=1" else "W=1"
+        ratio = median([rd[name]["urls_per_s"] / rd[base]["urls_per_s"] for rd in rounds])
+        row = {"urls_per_s": ups, "ratio": ratio, "ratio_to": base}
+        for k in ("cpu_us", "redis_cpu_us", "spread", "ready_s", "enqueue_s"):
+            if k in rounds[0][name]:
+                row[k] = median([rd[name][k] for rd in rounds])
+        if name != "local":
+            row["expected_spread"] = expected_spread(args.hosts, int(name[2:]))
+        table[name] = row
+        print(
+            f"{name:6} {ups:7.0f} {ratio:5.2f}x"
+            + (f" ({base})" if name != "local" else "       ")
+            + f" {row.get('spread', float('nan')):6.2f}"
+            + f" {row['cpu_us']:10.0f} {row.get('redis_cpu_us', float('nan')):8.0f}"
+        )
+    served = len(rounds) * args.n * len(names)
+    print(f"server (crawler serve) CPU: {server_cpu / served * 1e6:.0f} µs/URL")
+    OUT.mkdir(exist_ok=True)
+    (OUT / "redis_scaling.json").write_text(
+        json.dumps(
+            {
+                "machine": machine(),
+                "args": vars(args),
+                "loads": loads,
+                "rounds": rounds,
+                "table": table,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)
