@@ -54,7 +54,9 @@ async def check_job(job: Job) -> None:
 
 # Leases of one beat: ARGV prefix, worker, ttl ms, then per shard (op, shard, token): op
 # a (acquire: the new token, or '' if owned), r (renew: '1' if still ours, else ''),
-# x (release). One answer per shard, in order.
+# x (release: the lease is left to lapse in TTL/5, the same margin as a lease that runs
+# out, so a new owner's first request to a host never follows this worker's last one by
+# less than that). One answer per shard, in order.
 _LEASES: Final = """
 local p, me, ttl = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
@@ -72,7 +74,7 @@ for i = 4, #ARGV, 3 do
       redis.call('PEXPIRE', lease, ttl)
       r = '1'
     else
-      redis.call('DEL', lease)
+      redis.call('PEXPIRE', lease, math.max(1, math.floor(tonumber(ttl) / 5)))
     end
   end
   out[#out + 1] = r

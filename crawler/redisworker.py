@@ -80,7 +80,13 @@ class Intake:
             block = max(1, min(block_ms, int(left * 1000) - 1)) if block_ms else None
             streams: dict[Any, Any] = {self.job.stream(s): ">" for s in readable}
             read: Any = await self.job.redis.xreadgroup(
-                GROUP, leases.me, streams, count=count, block=block
+                # COUNT is per stream: an equal part of the batch from each shard, or
+                # a few hosts' URLs fill the frontier and the job runs at their pace.
+                GROUP,
+                leases.me,
+                streams,
+                count=max(1, count // len(streams)),
+                block=block,
             )
             if read:
                 return self._take(read)

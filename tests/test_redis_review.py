@@ -281,3 +281,29 @@ async def test_enqueue_redis_gone_mid_feed_one_line(tmp_path: Path) -> None:
         err = (await enq.communicate())[1].decode()
     assert enq.returncode == 2, err
     assert err.startswith("crawler: error: ") and err.count("\n") == 1, err
+
+
+async def test_a_read_takes_from_every_shard_held(job: Job) -> None:
+    """XREADGROUP's COUNT is per stream: a batch of 8 over two held shards takes 4 from
+    each, not 8 from the first (a few hosts' URLs would fill the frontier, and a paced job
+    would run at their pace)."""
+    hosts = ["a.test", "e.test"]  # shards 0 and 1
+    assert [shard_of(h, SHARDS) for h in hosts] == [0, 1]
+    await job.enqueue(_target(i, host) for host in hosts for i in range(20))
+    intake = await _holder(job, "w1", 0)
+    got = await intake.read(8, 0)
+    shards = [shard for (shard, _), _ in got]
+    assert sorted(shards) == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+async def test_a_lease_given_back_lapses_after_the_margin(job: Job) -> None:
+    """A shard given back is not free at once: its lease lapses TTL/5 later, the margin a
+    lease that runs out gives, so the next owner's first request to a host cannot follow
+    the last one of this worker by less than that (pacing across a hand-over)."""
+    leases = Leases(job, "w1", 10.0)
+    await leases.beat()
+    assert leases.valid(0)
+    await leases.leave()
+    ttl_ms = await job.redis.pttl(job.key("lease:0"))
+    assert 0 < ttl_ms <= 2_000
+    assert await job.acquire(0, "w2", 10_000) is None  # not before it lapses
