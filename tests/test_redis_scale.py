@@ -89,10 +89,6 @@ async def test_four_workers_one_killed_every_url_once_politeness_held(
         async with asyncio.timeout(240):
             urls = [f"http://{HOSTS[i % 64]}:{ports[HOSTS[i % 64]]}/p/{i}" for i in range(N)]
             job_opts = ["--per-host", str(PER_HOST), "--per-host-rps", str(RPS), "-c", "48"]
-            # A worker reads up to 256 entries per shard stream at a time, so a 1000-URL
-            # frontier holds a few hosts' URLs and, paced, runs at a few hosts' rate
-            # (~150 URLs/s here, 140 s): let it hold the whole job instead (~40 s).
-            job_opts += ["--queue-size", str(N)]
             code, err = await enqueue(redis_url, "big", urls, *job_opts)
             assert code == 0, err
             assert f"{N} new" in err
