@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from yarl import URL
 
     from crawler.fetcher import Fetcher
+
+
+_HOSTS_REMEMBERED: Final = 65_536  # the gate's host -> shard cache, at most
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
@@ -188,9 +192,21 @@ class Leases:
                         task.cancel()
 
     async def run(self) -> None:
+        away = False  # the last beat failed: said once on stderr, and once when it is back
         while True:
-            with contextlib.suppress(*redis_errors()):
+            try:
                 await self.beat()
+            except redis_errors() as exc:
+                if not away:
+                    away = True
+                    _say(
+                        f"Redis does not answer ({exc}): trying again; no URL is fetched "
+                        "once this worker's leases run out"
+                    )
+            else:
+                if away:
+                    away = False
+                    _say("Redis answers again")
             await asyncio.sleep(self.ttl / 3)
 
     async def leave(self) -> None:
@@ -202,6 +218,12 @@ class Leases:
             self.outstanding.clear()
             await self.beat()
         self.held.clear()
+
+
+def _say(message: str) -> None:
+    with contextlib.suppress(OSError):
+        sys.stderr.write(f"crawler worker: {message}\n")
+        sys.stderr.flush()
 
 
 class GatedFetcher:
@@ -225,6 +247,8 @@ class GatedFetcher:
         key = host_key(url)
         shard = self._shards.get(key)
         if shard is None:
+            if len(self._shards) >= _HOSTS_REMEMBERED:  # a long run's hosts: start again
+                self._shards.clear()
             shard = self._shards[key] = shard_of(key, self._leases.job.shards)
         if not self._leases.valid(shard):
             raise HandBack(key)

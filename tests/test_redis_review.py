@@ -307,3 +307,41 @@ async def test_a_lease_given_back_lapses_after_the_margin(job: Job) -> None:
     ttl_ms = await job.redis.pttl(job.key("lease:0"))
     assert 0 < ttl_ms <= 2_000
     assert await job.acquire(0, "w2", 10_000) is None  # not before it lapses
+
+
+async def test_worker_says_when_redis_goes_and_comes_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker whose Redis stops answering says so once on stderr (it went on silently,
+    its leases running out), and once more when Redis is back."""
+    workdir = tmp_path / "redis"
+    proc, url = start_redis(workdir)
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    redis = await connect(url)
+    leases = Leases(Job(redis, "r"), "w1", 0.3)  # a beat every 0.1 s
+    beating = asyncio.ensure_future(leases.run())
+    said: list[str] = []
+
+    def told(what: str) -> Any:
+        def check() -> bool:
+            said.append(capsys.readouterr().err)
+            return what in "".join(said)
+
+        return check
+
+    try:
+        proc.terminate()
+        proc.wait(timeout=10)
+        await until(told("crawler worker: Redis does not answer"))
+        binary = shutil.which("redis-server") or "redis-server"
+        args = ["--port", port, "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)]
+        proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL)
+        await until(told("crawler worker: Redis answers again"))
+        assert "".join(said).count("does not answer") == 1
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+        await redis.aclose()
+        proc.terminate()
+        proc.wait(timeout=10)
