@@ -427,11 +427,20 @@ async def two_sites(delay_a: float, pages: int) -> AsyncIterator[tuple[int, dict
     app.router.add_get("/p/{n}", page)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    await web.TCPSite(runner, "127.0.0.2", port).start()
     try:
+        # One port on both addresses: a port free on 127.0.0.1 may be taken on 127.0.0.2
+        # (another process's), so try another (a few times, then fail).
+        for attempt in range(10):
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            try:
+                await web.TCPSite(runner, "127.0.0.2", port).start()
+                break
+            except OSError:
+                await site.stop()
+                if attempt == 9:
+                    raise
         yield port, seen
     finally:
         await runner.cleanup()
