@@ -246,7 +246,9 @@ async def lease_owners(url: str, job: str) -> list[str]:
     client = Redis.from_url(url)
     try:
         keys = await client.keys(f"crawler:{{{job}}}:lease:*")
-        return [v.decode() for v in await client.mget(keys)] if keys else []
+        # A lease may lapse between KEYS and MGET: it has no owner then.
+        values = await client.mget(keys) if keys else []
+        return [v.decode() for v in values if v is not None]
     finally:
         await client.aclose()
 
@@ -269,8 +271,8 @@ async def test_sigstop_past_ttl_hands_shards_over(server: Server, redis_url: str
         await until_async(taken_over)
     finally:
         stopped.send_signal(signal.SIGCONT)
-    for proc in procs:
-        code, err = await finish(proc)
+        ended = [await finish(proc) for proc in procs]  # even on a failure: no leftovers
+    for code, err in ended:
         assert code == 0, err
     once_each(await records(redis_url, "s"), urls)
     # Its frontier still held URLs of every host: on waking it sent none of them, the
