@@ -46,7 +46,7 @@ from crawler.proxies import Bypass, Pool, ProxySpec, parse_proxy
 from crawler.records import Answer, Failure, Record, Records, Task
 from crawler.request import Request
 from crawler.response import KEEP_NONE, Response
-from crawler.session import address_policy, connector_options, make_session
+from crawler.session import Connector, address_policy, connector_options, make_session
 from crawler.sessions import SessionState, make_fetcher
 
 # A proxy is benched after this many consecutive failures when --breaker-threshold is 0
@@ -162,11 +162,11 @@ class ProxiedFetcher(Fetcher):
     def _open(self, spec: ProxySpec) -> Fetcher:
         """The Fetcher (and session) for one proxy, made on first use."""
         config = self._config
-        options = connector_options(config)
         connector: aiohttp.TCPConnector
         if spec.socks:
             from aiohttp_socks import ProxyConnector, ProxyType
 
+            options = connector_options(config, lazy=False)  # not a Connector of ours
             connector = ProxyConnector(
                 proxy_type=ProxyType.SOCKS5,
                 host=spec.host,
@@ -184,7 +184,7 @@ class ProxiedFetcher(Fetcher):
             proxy, auth = None, None
         else:
             # The proxy's own name is resolved without the address policy.
-            connector = _TunnelConnector(**options)
+            connector = _TunnelConnector(**connector_options(config))
             proxy = URL.build(scheme=spec.scheme, host=spec.host, port=spec.port)
             auth = None
             if spec.user is not None:
@@ -213,7 +213,7 @@ class ProxiedFetcher(Fetcher):
             await session.close()
 
 
-class _TunnelConnector(aiohttp.TCPConnector):
+class _TunnelConnector(Connector):
     """aiohttp's connector, with a proxy that hangs up on CONNECT (or answers it with
     something that is not HTTP) reported as the proxy's failure, not the target's."""
 

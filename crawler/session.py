@@ -11,7 +11,7 @@ import os
 import resource
 import ssl
 import weakref
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 from aiohttp import hdrs, http_exceptions
@@ -22,6 +22,11 @@ from multidict import CIMultiDict
 from crawler.config import MAX_CONCURRENCY, FetchConfig
 from crawler.errors import UsageError
 from crawler.netpolicy import AddressPolicy, PolicyResolver
+from crawler.tls import StoreOnFirstUse, unloaded_context
+
+if TYPE_CHECKING:
+    from aiohttp import ClientTimeout
+    from aiohttp.tracing import Trace
 
 # Sent only to the origin they were given for (see Fetcher.fetch); --secret-header adds more.
 SENSITIVE: Final = frozenset(("authorization", "cookie", "proxy-authorization"))
@@ -111,7 +116,7 @@ def make_session(
     session (crawler.proxied) is the same around the connector it is given."""
     if connector is None:
         policy = address_policy(config)
-        connector = aiohttp.TCPConnector(
+        connector = Connector(
             **connector_options(config),
             resolver=PolicyResolver(policy) if policy.active else None,
         )
@@ -137,24 +142,57 @@ def make_session(
     )
 
 
-def connector_options(config: FetchConfig) -> dict[str, Any]:
+def connector_options(config: FetchConfig, *, lazy: bool = True) -> dict[str, Any]:
     """What every connector of a run is made with (the resolver apart: a proxy's
-    connector resolves its own way, see crawler.proxied)."""
-    return {
+    connector resolves its own way, see crawler.proxied). ``lazy``: for a ``Connector``,
+    which loads the default CA store at its first TLS connection (crawler.tls); any other
+    connector is given a context with the store loaded."""
+    context = tls_context(config, lazy=lazy)
+    options: dict[str, Any] = {
         "limit": socket_limits(config)[0],
         "limit_per_host": 0,  # per-host limits are enforced by the frontier, not here
         "ttl_dns_cache": config.dns_cache_ttl,
-        "ssl": tls_context(config),
+        "ssl": context,
     }
+    if lazy and isinstance(context, ssl.SSLContext) and _system_store(config):
+        options["store"] = StoreOnFirstUse(context)
+    return options
 
 
-def tls_context(config: FetchConfig) -> ssl.SSLContext | bool:
-    """What the connector verifies TLS with: aiohttp's default (True) or none (False,
-    --insecure), unless --cacert or --cert ask for a context of our own. As curl does,
-    --cacert replaces the system's CA store. A file that cannot be used is a UsageError
-    naming it and why (checked before the run: crawler.sessions.check_session_files)."""
+class Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, given ``store``: the default CA store of its TLS context is
+    loaded before its first new connection that may be TLS (to an https URL, or any
+    through a proxy), so a run of plain-HTTP URLs never reads it (crawler.tls). The hook
+    is aiohttp's ``_create_connection`` (1.x to 3.14), called once per new connection,
+    not per request; were it gone, TLS would fail closed (tests/test_tls_store.py)."""
+
+    def __init__(self, *, store: StoreOnFirstUse | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self._store = store
+
+    async def _create_connection(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> ResponseHandler:
+        store = self._store
+        if store is not None and (req.is_ssl() or req.proxy is not None):
+            await store.ready()
+            self._store = None
+        return await super()._create_connection(req, traces, timeout)
+
+
+def tls_context(config: FetchConfig, *, lazy: bool = False) -> ssl.SSLContext | bool:
+    """What the connector verifies TLS with: the system's CA store (a context of ours,
+    with the store not loaded yet if ``lazy``) or nothing (False, --insecure), unless
+    --cacert or --cert ask for a context of their own. As curl does, --cacert replaces
+    the system's CA store. A file that cannot be used is a UsageError naming it and why
+    (checked before the run: crawler.sessions.check_session_files)."""
     if config.cacert is None and config.cert is None:
-        return config.verify_tls
+        if not config.verify_tls:
+            return False
+        return unloaded_context() if lazy else ssl.create_default_context()
     try:
         context = ssl.create_default_context(cafile=config.cacert)
     except ssl.SSLError as exc:  # an OSError too: first
@@ -182,6 +220,11 @@ def tls_context(config: FetchConfig) -> ssl.SSLContext | bool:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _system_store(config: FetchConfig) -> bool:
+    """Does the run verify with the system's CA store and no client certificate?"""
+    return config.verify_tls and config.cacert is None and config.cert is None
 
 
 def _reason(exc: ssl.SSLError) -> str:

@@ -106,7 +106,7 @@ def check_session_files(config: FetchConfig) -> None:
     """Before the run: the TLS files can be used, and --cookie-jar and --etags are absent,
     empty, or files of their kind (never a file of the user's we would overwrite).
     Each problem is a UsageError naming the file."""
-    tls_context(config)
+    tls_context(config, lazy=True)  # the files are read now; the system's store is not
     if config.cookie_jar is not None and _has_content(config.cookie_jar, "--cookie-jar"):
         with open(config.cookie_jar, "rb") as file:
             first = file.readline(200)

@@ -335,6 +335,9 @@ class RunOptions:
         """The frozen config slices each component receives, built by the Python API's
         ``run_config``: a crawl's if ``crawl`` (its own options) is given. A bad value
         raises ConfigError, which the CLI reports as a usage error."""
+        from crawler.tls import load_aiohttp  # not for --help: asyncio, ssl
+
+        load_aiohttp()  # before the config's modules import it: see crawler.tls
         takes = (FetchOptions if crawl is None else CrawlOptions).__optional_keys__
         given = {name: getattr(self, name) for name in _RUN_OPTIONS if name in takes}
         given.update(crawl or {})
