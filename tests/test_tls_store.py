@@ -19,6 +19,7 @@ from crawler.tls import unloaded_context
 from tests.test_cli import CRAWLER, ENV
 
 ROOT = Path(__file__).resolve().parent.parent
+SEEN: list[str] = []
 
 # Runs the entry point as the console script does, with every read of a default store
 # (``set_default_verify_paths``: aiohttp's contexts and ``load_default_certs``) logged
@@ -43,7 +44,8 @@ print("READS", sum(r != os.devnull for r in reads), file=sys.stderr)
 
 @pytest.fixture
 async def https_server(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
-    """An https server on 127.0.0.1, and the PEM file of the CA that signed its certificate."""
+    """An https server on 127.0.0.1 (its paths seen in ``SEEN``), and the PEM file of the CA
+    that signed its certificate."""
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)
@@ -51,10 +53,12 @@ async def https_server(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     ca.cert_pem.write_to_path(str(pem))
 
     async def hello(request: web.Request) -> web.Response:
+        SEEN.append(request.path)
         return web.Response(text="secret")
 
+    SEEN.clear()
     app = web.Application()
-    app.router.add_get("/", hello)
+    app.router.add_get("/{tail:.*}", hello)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
@@ -128,3 +132,13 @@ def test_the_unloaded_context_is_the_default_one_without_certificates() -> None:
     ):
         assert getattr(ours, name) == getattr(default, name), name
     assert ours.cert_store_stats()["x509"] == 0 < default.cert_store_stats()["x509"]
+
+
+async def test_bench_baseline_verifies_an_https_target(https_server: tuple[str, Path]) -> None:
+    """``bench --compare``'s bare aiohttp loop verifies with the CA store, whichever way
+    aiohttp was loaded: its requests reach an https --target as the run's do."""
+    url, pem = https_server
+    env = {**ENV, "SSL_CERT_FILE": str(pem)}
+    argv = ("bench", "--json", "-n", "20", "-c", "4", "--rounds", "1", "--compare")
+    await _crawler(*CRAWLER, *argv, "--target", url.rstrip("/"), env=env)
+    assert sum(path.startswith("/page/") for path in SEEN) == 2 * 20  # the run, the loop

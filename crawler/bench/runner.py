@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import statistics
 import subprocess
 import sys
@@ -54,7 +55,9 @@ async def bare_aiohttp(prefix: str, n: int, concurrency: int) -> float:
     queue: asyncio.Queue[str] = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(f"{prefix.rstrip('/')}/page/{i}")
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    # Verified with a context that has the CA store, whichever way aiohttp was loaded
+    # (crawler.tls.load_aiohttp makes aiohttp's own default one without it).
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=ssl.create_default_context())
 
     async def worker(session: aiohttp.ClientSession) -> None:
         while True:
