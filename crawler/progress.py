@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from crawler.stats import Snapshot, Stats
+from crawler.summary import summary_of
 
 _LIVE_INTERVAL = 0.25
 
@@ -128,67 +129,13 @@ def render_summary(
     timed_out: bool = False,
     state: bool = False,
 ) -> None:
-    """The end-of-run table. Its counts are the records written: ``URLs (records)`` is
-    ``ok`` + ``failed``; URLs that got no record (left for the next run, not read, not
-    sent) are rows of their own. ``state``: the run had --state."""
-    title = "crawler: done"
-    if interrupted:
-        title = "crawler: interrupted"
-    elif timed_out:
-        title = "crawler: stopped at --max-time"
-    table = Table(title=title, box=None)
+    """The end-of-run table (``crawler.summary``), laid out by rich."""
+    summary = summary_of(snap, interrupted=interrupted, timed_out=timed_out, state=state)
+    table = Table(title=summary.title, box=None)
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
-    table.add_row("URLs (records)", f"{snap.urls_done:,}")
-    if snap.lost:
-        table.add_row("lost: records not written", f"{snap.lost:,}", style="bold red")
-    table.add_row("ok / failed", f"{snap.ok:,} / {snap.failed:,}")
-    if snap.left_for_next_run:
-        table.add_row("left for next run (--state)", f"{snap.left_for_next_run:,}")
-    if snap.not_sent:
-        table.add_row("not sent at --max-time (no record)", f"{snap.not_sent:,}")
-    unread = _unread(snap, state)
-    if unread is not None:
-        table.add_row(*unread, style="bold yellow" if not state else None)
-    if snap.skipped_duplicates:
-        table.add_row("skipped: duplicates", f"{snap.skipped_duplicates:,}")
-    if snap.skipped_done_before:
-        table.add_row("skipped: done before (--state)", f"{snap.skipped_done_before:,}")
-    table.add_row("requests (retries)", f"{snap.requests:,} ({snap.retries:,})")
-    table.add_row("elapsed", f"{snap.elapsed_s:.2f} s")
-    table.add_row("throughput (finished)", f"{snap.urls_per_s:,.1f} URLs/s")
-    lat = snap.latency_ms
-    table.add_row(
-        "latency p50/p95/p99", f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} ms"
-    )
-    lag = snap.loop_lag_ms
-    table.add_row(
-        "loop lag p50/p99/max", f"{lag['p50']:.1f} / {lag['p99']:.1f} / {lag['max']:.1f} ms"
-    )
-    table.add_row("bytes", f"{snap.bytes:,}")
-    for name, value in (snap.crawl or {}).items():
-        table.add_row(name.replace("_", " "), f"{value:,}")
-    table.add_row("peak RSS", f"{snap.peak_rss_mib:.1f} MiB")
-    if snap.by_status:
-        table.add_row("statuses", ", ".join(f"{k}: {v:,}" for k, v in snap.by_status.items()))
-    if snap.by_error:
-        table.add_row("errors", ", ".join(f"{k}: {v:,}" for k, v in snap.by_error.items()))
+    for label, value, style in summary.rows:
+        table.add_row(label, value, style=style)
     console.print(table)
-    if unread is not None and not state:
-        console.print(
-            "crawler: URLs in the input after the stop got no record; run with --state PATH"
-            " to resume them by running the same command again",
-            soft_wrap=True,
-            highlight=False,
-        )
-
-
-def _unread(snap: Snapshot, state: bool) -> tuple[str, str] | None:
-    """The row for input the stop left unread: those URLs got no record."""
-    label = "input not read (next run)" if state else "input not read (no record)"
-    if snap.input_rest_unread:
-        return label, "the rest of the input"
-    if not snap.input_not_read:
-        return None
-    n = snap.input_not_read
-    return label, f"{n:,} URL line{'s' if n != 1 else ''}"
+    if summary.note is not None:
+        console.print(summary.note, soft_wrap=True, highlight=False)

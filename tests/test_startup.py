@@ -4,6 +4,7 @@ checked by the modules a fresh interpreter holds afterwards, never by timing."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,17 +45,24 @@ print(status, ",".join(loaded), file=sys.stderr)
 """
 
 
-def _probe(*argv: str, wanted: tuple[str, ...] = RUN_ONLY) -> tuple[str, list[str], str]:
+_PROBED_ERR: list[str] = [""]
+
+
+def _probe(
+    *argv: str, wanted: tuple[str, ...] = RUN_ONLY, env: dict[str, str] | None = None
+) -> tuple[str, list[str], str]:
     """Run ``crawler ARGV`` in a fresh interpreter: its exit status, the ``wanted``
-    modules it loaded, its standard output."""
+    modules it loaded, its standard output (``_PROBED_ERR``: its standard error)."""
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, *argv, ",".join(wanted)],
         capture_output=True,
         text=True,
         check=True,
         cwd=ROOT,
+        env=env,
         timeout=30,
     )
+    _PROBED_ERR[:] = [proc.stderr]
     status, _, loaded = proc.stderr.strip().splitlines()[-1].partition(" ")
     return status, [m for m in loaded.split(",") if m], proc.stdout
 
@@ -102,15 +110,24 @@ def test_a_command_builds_only_its_own_options() -> None:
         assert isinstance(group, TyperGroup) and set(group.commands) == commands, args
 
 
-def test_quiet_fetch_loads_no_rich() -> None:
+def test_a_fetch_loads_rich_for_a_terminal_only() -> None:
     """``fetch -q`` shows no progress and no summary: rich (the console they write to) is
-    never imported. Without ``-q`` the summary needs it. (Port 9 on loopback refuses: the
-    run is a whole one, its one record an error.)"""
+    never imported. Without ``-q``, to a stderr that is not a terminal, the summary is
+    plain text, rich not loaded either; to one rich is told is a terminal, rich lays it
+    out. (Port 9 on loopback refuses: the run is a whole one, its one record an error.)"""
     url = "http://127.0.0.1:9/"
     status, loaded, out = _probe("fetch", url, "-q", "--retries", "0", wanted=("rich",))
     assert (status, loaded) == ("0", []) and '"error"' in out
-    status, loaded, _ = _probe("fetch", url, "--retries", "0", wanted=("rich",))
-    assert (status, loaded) == ("0", ["rich"])
+    assert "crawler: done" not in _PROBED_ERR[0]
+    plain = {k: v for k, v in os.environ.items() if k not in ("TTY_COMPATIBLE", "FORCE_COLOR")}
+    status, loaded, _ = _probe("fetch", url, "--retries", "0", wanted=("rich",), env=plain)
+    assert (status, loaded) == ("0", [])
+    rows = [line.split() for line in _PROBED_ERR[0].splitlines()]
+    assert ["crawler:", "done"] in rows and ["errors", "connect:", "1"] in rows, rows
+    assert "\x1b" not in _PROBED_ERR[0]
+    env = {**plain, "TTY_COMPATIBLE": "1"}
+    status, loaded, _ = _probe("fetch", url, "--retries", "0", wanted=("rich",), env=env)
+    assert (status, loaded) == ("0", ["rich"]) and "crawler: done" in _PROBED_ERR[0]
 
 
 _GC_PROBE = """

@@ -28,6 +28,7 @@ from crawler.breaker import Breaker
 from crawler.inputs import LineSource, count_url_lines
 from crawler.progress import render_summary, status_line
 from crawler.stats import NoGauges, Stats
+from crawler.summary import plain_text, summary_of
 from tests.conftest import Server, read_records, run_engine, until
 from tests.faultserver import closed_port
 from tests.test_cli import ENV
@@ -386,3 +387,16 @@ async def test_counted_lines_are_the_lines_read(tmp_path: Path, data: bytes) -> 
         assert count_url_lines(fd) == got == source.lines_total
     finally:
         os.close(fd)
+
+
+def test_plain_summary_is_the_terminals_table_without_styles() -> None:
+    """A stderr that is not a terminal gets the summary as plain text, written without
+    rich (crawler.summary): the same lines rich lays out, trailing spaces apart."""
+    stats = Stats(Clock())
+    stats.done_before = 12
+    stats.skipped_done_before = 3
+    snap = stats.snapshot()
+    console = Console(record=True, width=200, file=io.StringIO())
+    render_summary(snap, console, interrupted=True)
+    laid_out = [line.rstrip() for line in console.export_text().splitlines()]
+    assert plain_text(summary_of(snap, interrupted=True)).splitlines() == laid_out

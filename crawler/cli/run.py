@@ -20,7 +20,7 @@ import orjson
 import typer
 
 from crawler import signals
-from crawler.cli.app import EXIT_FAILED_RECORDS, EXIT_INTERRUPTED, EXIT_OK
+from crawler.cli.app import EXIT_FAILED_RECORDS, EXIT_INTERRUPTED, EXIT_OK, drop_stderr
 from crawler.cli.options import NO_UVLOOP_ENV, RunOptions
 from crawler.config import RunConfig
 from crawler.errors import UsageError
@@ -34,6 +34,7 @@ from crawler.paths import (
     stdio,
 )
 from crawler.runner import Runner
+from crawler.summary import plain_text, summary_of
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -98,7 +99,32 @@ def note_terminal_stdin(files: list[str], quiet: bool) -> None:
             sys.stderr.flush()
 
 
-def _per_host_notice(config: RunConfig, console: Console) -> Callable[[], None] | None:
+def _rich_wanted(progress: bool | None) -> bool:
+    """Is rich the writer of stderr? For a terminal (as rich tells one: TTY_COMPATIBLE and
+    FORCE_COLOR first), and for --progress's status lines; otherwise the summary is plain
+    text (crawler.summary) and rich is never loaded."""
+    if progress:
+        return True
+    compatible = os.environ.get("TTY_COMPATIBLE", "")
+    if compatible in ("0", "1"):
+        return compatible == "1"
+    force = os.environ.get("FORCE_COLOR")
+    if force is not None:
+        return force != ""
+    return os.isatty(2)
+
+
+def _write_stderr(text: str) -> None:
+    """Write ``text`` to stderr; if nobody reads it any more, stop talking (as
+    crawler.cli.console does): the run's exit status stands."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except BrokenPipeError:
+        drop_stderr()
+
+
+def _per_host_notice(config: RunConfig, console: Console | None) -> Callable[[], None] | None:
     """A one-line note, once a run, when workers wait while URLs wait for a busy host:
     ``-c 200`` on a one-host list shows 8 in flight, and the user should know why."""
     limits = config.limits
@@ -113,7 +139,7 @@ def _per_host_notice(config: RunConfig, console: Console) -> Callable[[], None] 
     )
 
     def notice() -> None:
-        if console.is_terminal:  # the progress line may be live: print above it
+        if console is not None and console.is_terminal:  # a live line: print above it
             console.print(text, markup=False, highlight=False, soft_wrap=True)
             return
         # Written from the event loop: never block it on a stderr nobody reads (a pipe
@@ -140,7 +166,7 @@ def run_pipeline(
     state, quiet = opts.state, opts.quiet
     _check_paths(config, inputs, state=state, stats_json=stats_json)
     console = None
-    if not quiet:  # rich (~30 ms): only for a progress display or the summary
+    if not quiet and _rich_wanted(opts.progress):  # rich (~60 ms): a terminal's, or --progress
         from crawler.cli.console import StderrConsole
 
         console = StderrConsole(stderr=True)
@@ -154,23 +180,17 @@ def run_pipeline(
         handle_signals=True,
         progress=console if show_progress else None,
         progress_interval=_progress_interval(),
-        notice=None if console is None else _per_host_notice(config, console),
+        notice=None if quiet else _per_host_notice(config, console),
     )
     result = run_loop(runner.run, use_uvloop=want_uvloop(opts.no_uvloop), takes_signals=True)
-    if (
-        console is not None
-        and not result.output_closed
-        and not _summary_would_block(config, result)
-    ):
-        from crawler.progress import render_summary
+    if not quiet and not result.output_closed and not _summary_would_block(config, result):
+        shown = {"interrupted": result.interrupted, "timed_out": result.timed_out}
+        if console is not None:
+            from crawler.progress import render_summary
 
-        render_summary(
-            result.snapshot,
-            console,
-            interrupted=result.interrupted,
-            timed_out=result.timed_out,
-            state=state is not None,
-        )
+            render_summary(result.snapshot, console, **shown, state=state is not None)
+        else:
+            _write_stderr(plain_text(summary_of(result.snapshot, **shown, state=state is not None)))
     if stats_json is not None:
         payload = result.snapshot.to_dict()
         payload["interrupted"] = result.interrupted
