@@ -155,3 +155,21 @@ def test_start_up_is_not_garbage_collected() -> None:
         timeout=30,
     )
     assert proc.stderr.split() == ["True", "True", "0"]
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    """``crawler fetch`` imports fetch's module, not the other commands' (their options
+    and imports); COMMAND_MODULES names each command's module truly."""
+    from crawler.cli.app import COMMAND_MODULES, _group, app
+
+    others = tuple(f"crawler.cli.{m}" for m in set(COMMAND_MODULES.values()) - {"commands"})
+    url = "http://127.0.0.1:9/"
+    status, loaded, _ = _probe("fetch", url, "-q", "--retries", "0", wanted=others)
+    assert (status, loaded) == ("0", [])
+    _group(["--help"])  # every command's module
+    names = {info.callback.__name__: info for info in app.registered_commands if info.callback}
+    assert len(names) == len(COMMAND_MODULES)
+    for name, module in COMMAND_MODULES.items():
+        info = names.get(name) or next(i for i in names.values() if i.name == name)
+        assert info.callback is not None
+        assert info.callback.__module__ == f"crawler.cli.{module}", name

@@ -4,10 +4,10 @@
 and ``bench`` share, declared once) · ``commands`` (``fetch``, ``crawl``) · ``tools``
 (``serve``, ``bench``) · ``rediswork`` (``enqueue``, ``worker``, a crawl job), ``collectcmd``,
 ``statuscmd`` (a Redis job's records and state) · ``run`` (a run from its config, its
-summary, its exit status).
+summary, its exit status). A command's module is imported when the command is run
+(``crawler.cli.app.COMMAND_MODULES``).
 """
 
-from crawler.cli import collectcmd, commands, configcmd, rediswork, statuscmd, tools
 from crawler.cli.app import app, main
 
-__all__ = ["app", "collectcmd", "commands", "configcmd", "main", "rediswork", "statuscmd", "tools"]
+__all__ = ["app", "main"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import os
 import sys
 from typing import Annotated, Final, NoReturn
@@ -24,6 +25,20 @@ EXIT_OK: Final = 0
 EXIT_FAILED_RECORDS: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
+
+# Each command's module in crawler.cli, imported (and so registered with the app) when
+# the command is run: the others' option declarations and imports are not a run's cost.
+COMMAND_MODULES: Final = {
+    "fetch": "commands",
+    "crawl": "commands",
+    "config": "configcmd",
+    "serve": "tools",
+    "bench": "tools",
+    "enqueue": "rediswork",
+    "worker": "rediswork",
+    "collect": "collectcmd",
+    "status": "statuscmd",
+}
 
 app = typer.Typer(
     name="crawler",
@@ -92,11 +107,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
 def _group(args: list[str]) -> typer._click.Command:
     """The app as a click group. When ``args`` start with a command's name (``crawler
-    fetch ...``), the group holds that command only: typer would build the options of every
-    command, several times what the run parses. What the others are there for
-    (the group's own help, a mistyped command's suggestion) needs a first word that is not
-    a command's name, and gets them all."""
+    fetch ...``), only its module is imported and the group holds that command only:
+    typer would build the options of every command, several times what the run parses.
+    What the others are there for (the group's own help, a mistyped command's
+    suggestion) needs a first word that is not a command's name, and gets them all."""
     first = args[0] if args else ""
+    wanted = [COMMAND_MODULES[first]] if first in COMMAND_MODULES else COMMAND_MODULES.values()
+    for module in sorted(set(wanted)):
+        importlib.import_module(f"crawler.cli.{module}")
     chosen = [
         info
         for info in app.registered_commands
