@@ -22,12 +22,10 @@ from crawler.detail import DetailRecords
 from crawler.frontier import Frontier
 from crawler.inputs import Source
 from crawler.limiter import DynamicSemaphore, HostTable
-from crawler.proxied import ProxiedRecords
 from crawler.reader import Reader
 from crawler.records import Records
 from crawler.recordsink import RecordSink, SinkFactory
 from crawler.request import run_request
-from crawler.sessions import RevisitRecords
 from crawler.stats import Stats
 from crawler.stores import Stores
 from crawler.worker import Workers
@@ -152,9 +150,13 @@ def _records(config: FetchConfig) -> Records:
     kinds: list[type[Records]] = []
     if config.detail:
         kinds.append(DetailRecords)  # first: its __init__ takes include_body
-    if config.proxied:
+    if config.proxied:  # imported only for runs that use them (as crawler.fetchers does)
+        from crawler.proxied import ProxiedRecords
+
         kinds.append(ProxiedRecords)
     if config.etags is not None:
+        from crawler.sessions import RevisitRecords
+
         kinds.append(RevisitRecords)
     if not kinds:
         return Records(config.method)

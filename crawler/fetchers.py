@@ -12,14 +12,17 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from crawler.config import BreakerConfig, FetchConfig
 from crawler.fetcher import Fetcher
 from crawler.hostfetch import HostsFetcher
-from crawler.proxied import ProxiedFetcher
 from crawler.sessions import make_fetcher, session_state
+
+if TYPE_CHECKING:
+    from crawler.proxied import ProxiedFetcher
 
 
 @contextlib.asynccontextmanager
@@ -41,6 +44,8 @@ async def open_fetcher(
             return
         fetcher: ProxiedFetcher | HostsFetcher
         if config.proxied:
+            from crawler.proxied import ProxiedFetcher  # only for a run with proxies
+
             fetcher = ProxiedFetcher(session, config, breaker, clock, state)
         if config.hosts.requests:  # per-host headers or proxies, around the run's fetcher
             inner = fetcher if config.proxied else make_fetcher(session, config, state)

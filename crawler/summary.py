@@ -6,7 +6,7 @@ two-column table costs a one-URL fetch ~15% of its time. On a terminal,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from crawler.stats import Snapshot
 
@@ -16,8 +16,7 @@ _UNREAD_NOTE = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Summary:
+class Summary(NamedTuple):  # not a dataclass: ~3 ms less to define, at every start
     title: str
     rows: list[tuple[str, str, str | None]]  # (label, value, rich style of the row)
     note: str | None  # a line after the table
