@@ -15,9 +15,19 @@ round the hosts. Each round runs, in an order rotated from round to round:
         W x crawler worker --redis R --job J -c C --wait                (started first)
         wait until `crawler status --json` shows W live workers holding all 256 shards,
         each its equal share
-        crawler enqueue --redis R --job J URLS      <- the clock starts
-        poll the job's done counter every 0.1 s until it is N   <- the clock stops
+        crawler enqueue --redis R --job J URLS      <- clock 1 starts (its launch)
+        the job's enqueued counter > 0               <- clock 2 starts (first URL in)
+        the job's done counter = N                   <- both stop
         SIGTERM the workers; `crawler collect` must give N records, each URL once
+
+Two clocks, both printed (``ratio`` and ``job ratio``): the first includes `crawler
+enqueue`'s Python start-up (~0.5 s before its first batch lands); the second is the job's
+own window. The counters (the job's ``n`` hash) are polled every POLL s (10 ms). The local
+mode has one clock, its whole process (start-up included). From the job's out stream
+(entry ids: commit times) and each record's fetched_at - elapsed_ms (its request's
+start), the script also says where the window went: the first request after the first
+URL landed, the busiest worker's span, slot use and request time, the commit lag, and
+the last record -> done = N.
 
 A worker's CPU is read from /proc over the timed window (so start-up and idle waiting are
 left out); the local mode's CPU is its whole process (start-up included, ~0.3 s). Redis's
