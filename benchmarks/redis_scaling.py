@@ -15,9 +15,19 @@ round the hosts. Each round runs, in an order rotated from round to round:
         W x crawler worker --redis R --job J -c C --wait                (started first)
         wait until `crawler status --json` shows W live workers holding all 256 shards,
         each its equal share
-        crawler enqueue --redis R --job J URLS      <- the clock starts
-        poll the job's done counter every 0.1 s until it is N   <- the clock stops
+        crawler enqueue --redis R --job J URLS      <- clock 1 starts (its launch)
+        the job's enqueued counter > 0               <- clock 2 starts (first URL in)
+        the job's done counter = N                   <- both stop
         SIGTERM the workers; `crawler collect` must give N records, each URL once
+
+Two clocks, both printed (``ratio`` and ``job ratio``): the first includes `crawler
+enqueue`'s Python start-up (~0.5 s before its first batch lands); the second is the job's
+own window. The counters (the job's ``n`` hash) are polled every POLL s (10 ms). The local
+mode has one clock, its whole process (start-up included). From the job's out stream
+(entry ids: commit times) and each record's fetched_at - elapsed_ms (its request's
+start), the script also says where the window went: the first request after the first
+URL landed, the busiest worker's span, slot use and request time, the commit lag, and
+the last record -> done = N.
 
 A worker's CPU is read from /proc over the timed window (so start-up and idle waiting are
 left out); the local mode's CPU is its whole process (start-up included, ~0.3 s). Redis's
@@ -52,6 +62,23 @@ OUT = HERE / "out"
 CRAWLER = [sys.executable, "-m", "crawler"]
 SHARDS = 256
 TICK = os.sysconf("SC_CLK_TCK")
+POLL = 0.01  # seconds between looks at the job's counters
+# Per round, W workers: where the time went (see Bench.timeline).
+TIMELINE = (
+    "ready_s",
+    "first_s",
+    "enqueue_s",
+    "first_req_s",
+    "busiest_span_s",
+    "busiest_use",
+    "busiest_req_ms",
+    "busiest_p90_ms",
+    "busiest_end_s",
+    "last_rec_s",
+    "commit_lag_s",
+    "last_commit_s",
+    "done_seen_s",
+)
 
 
 class DeadlineError(Exception):
@@ -172,14 +199,7 @@ class Bench:
             spread = self.spread(live)
             redis_cpu = self.redis_cpu()
             cpu = [cpu_of(p.pid) for p in workers]
-            started = time.perf_counter()
-            self.cli("enqueue", *red, str(self.file))
-            enqueued = time.perf_counter() - started
-            key = f"crawler:{{{job}}}:n"
-            while int(self.r.hget(key, "done") or 0) < n:  # type: ignore[arg-type]
-                self.left()
-                time.sleep(0.1)
-            wall = time.perf_counter() - started
+            clocks = self.feed(job, red)
             cpu = [cpu_of(p.pid) - c for p, c in zip(workers, cpu, strict=True)]
             redis_cpu = self.redis_cpu() - redis_cpu
         finally:
@@ -201,6 +221,7 @@ class Bench:
         codes = [p.returncode for p in workers]
         if stuck or any(c not in (0, 130) for c in codes):
             raise RuntimeError(f"worker exit codes {codes}")
+        where = self.timeline(job, live, clocks)  # before collect takes the records
         out = self.tmp / f"{job}.jsonl"
         self.cli("collect", *red, "-o", str(out))
         counted = Counter(json.loads(line)["url"] for line in out.read_text().splitlines())
@@ -209,14 +230,113 @@ class Bench:
                 f"collect: {len(counted)} URLs, most common {counted.most_common(2)}"
             )
         self.r.flushall()
+        wall, job_wall = clocks["wall"], clocks["job_wall"]
         return {
             "wall": wall,
             "urls_per_s": n / wall,
-            "enqueue_s": enqueued,
+            "job_wall": job_wall,
+            "job_urls_per_s": n / job_wall,
+            "first_s": clocks["first"],
+            "enqueue_s": clocks["enqueued"],
             "ready_s": ready,
+            **where,
             "cpu_us": sum(cpu) / n * 1e6,
             "redis_cpu_us": redis_cpu / n * 1e6,
             "spread": spread,
+        }
+
+    def feed(self, job: str, red: list[str]) -> dict[str, float]:
+        """Run `crawler enqueue URLS` and time the job two ways: from the command's launch
+        (``wall``) and from the first URL in the job (``job_wall``), both until the done
+        counter is N; the counters are polled every POLL s. Times on the wall clock
+        (``*_at``, time.time(): records and stream ids use it too) for the timeline."""
+        n, key = self.args.n, f"crawler:{{{job}}}:n"
+        enq = subprocess.Popen(
+            [*CRAWLER, "enqueue", *red, str(self.file)],
+            stdin=subprocess.DEVNULL,  # an empty stdin pipe hangs enqueue: see RESULTS.md
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        started, started_at = time.perf_counter(), time.time()
+        first = first_at = fed = None
+        try:
+            while True:
+                enqueued, done = (int(x or 0) for x in self.r.hmget(key, ["enqueued", "done"]))
+                now = time.perf_counter()
+                if first is None and enqueued:
+                    first, first_at = now, time.time()
+                if fed is None and enq.poll() is not None:
+                    fed = now
+                if done >= n:
+                    break
+                self.left()
+                time.sleep(POLL)
+            end_at = time.time()
+            enq.wait(timeout=min(30, self.left()))
+            fed = now if fed is None else fed
+        finally:
+            if enq.returncode is None:
+                stop_group(enq, 2)  # type: ignore[arg-type]
+        err = enq.stderr.read().decode() if enq.stderr else ""
+        if enq.returncode != 0:
+            raise RuntimeError(f"enqueue exited {enq.returncode}: {err[-400:]}")
+        assert first is not None and first_at is not None  # done >= n > 0
+        return {
+            "wall": now - started,
+            "job_wall": now - first,
+            "first": first - started,  # launch -> the first URL in the job
+            "enqueued": fed - started,  # launch -> enqueue exited
+            "started_at": started_at,
+            "first_at": first_at,
+            "end_at": end_at,
+        }
+
+    def timeline(
+        self, job: str, live: list[dict[str, Any]], clocks: dict[str, float]
+    ) -> dict[str, float]:
+        """Where the job window goes, from the records in the job's out stream (its entry
+        ids: Redis's commit times, ms) and each record's fetched_at - elapsed_ms (the
+        request's start): the first request after the first URL landed; per worker (the
+        owner of the record's shard) its first start, its last record and its slots' use
+        (request seconds over its span x -c); the last record -> the done counter at N."""
+        from datetime import datetime
+
+        owner = {s: x["id"] for x in live for s in x["shards"]}
+        spans: dict[str, list[float]] = {}
+        lags: list[float] = []
+        took: dict[str, list[float]] = {}  # per worker: each request's time
+        last_commit = 0.0
+        for eid, fields in self.r.xrange(f"crawler:{{{job}}}:out"):  # type: ignore[union-attr]
+            rec = json.loads(fields[b"r"])
+            end = datetime.fromisoformat(rec["fetched_at"].replace("Z", "+00:00")).timestamp()
+            begin = end - rec["elapsed_ms"] / 1000
+            committed = int(eid.split(b"-")[0]) / 1000
+            lags.append(committed - end)
+            last_commit = max(last_commit, committed)
+            host = rec["url"].split("/")[2]
+            w = owner[shard_of(host, SHARDS)]
+            span = spans.setdefault(w, [begin, end, 0.0, 0.0])
+            span[0], span[1] = min(span[0], begin), max(span[1], end)
+            span[2] += end - begin
+            span[3] += 1
+            took.setdefault(w, []).append(end - begin)
+        most = max(spans, key=lambda w: spans[w][3])
+        busiest = spans[most]
+        times = sorted(took[most])
+        first_req = min(v[0] for v in spans.values())
+        last_rec = max(v[1] for v in spans.values())
+        return {
+            "first_req_s": first_req - clocks["first_at"],
+            "busiest_span_s": busiest[1] - busiest[0],
+            "busiest_use": busiest[2] / ((busiest[1] - busiest[0]) * self.args.c),
+            "busiest_req_ms": busiest[2] / busiest[3] * 1000,
+            "busiest_p90_ms": times[int(0.9 * (len(times) - 1))] * 1000,
+            "busiest_end_s": busiest[1] - clocks["first_at"],
+            "last_rec_s": last_rec - clocks["first_at"],
+            "commit_lag_s": median(lags),
+            "last_commit_s": last_commit - last_rec,
+            "done_seen_s": clocks["end_at"] - last_rec,
         }
 
     def create(self, job: str) -> None:
@@ -314,15 +434,20 @@ def main() -> None:
             loads.append(os.getloadavg()[0])
             print(f"round {r + 1} (load {loads[-1]:.1f}):", flush=True)
             for name, v in got.items():
-                extra = "".join(
-                    f", {k} {v[k]:.2f}" for k in ("ready_s", "enqueue_s", "spread") if k in v
-                )
+                keys = ("ready_s", "first_s", "enqueue_s", "spread")
+                extra = "".join(f", {k} {v[k]:.2f}" for k in keys if k in v)
                 redis_us = f", Redis {v['redis_cpu_us']:.0f} µs" if "redis_cpu_us" in v else ""
+                job = f" (job {v['job_wall']:6.2f} s)" if "job_wall" in v else " " * 15
                 print(
-                    f"  {name:6} {v['wall']:6.2f} s {v['urls_per_s']:6.0f}/s "
+                    f"  {name:6} {v['wall']:6.2f} s{job} {v['urls_per_s']:6.0f}/s "
                     f"CPU {v['cpu_us']:5.0f} µs/URL{redis_us}{extra}",
                     flush=True,
                 )
+                if "first_req_s" in v:
+                    print(
+                        "         " + ", ".join(f"{k} {v[k]:.3f}" for k in TIMELINE if k in v),
+                        flush=True,
+                    )
         server_cpu = cpu_of(server.pid) - server_cpu
     except DeadlineError:
         print(f"deadline of {args.deadline:.0f} s passed: stopped", file=sys.stderr)
@@ -333,25 +458,32 @@ def main() -> None:
     print(f"\n{args.n} URLs over {args.hosts} hosts, -c {args.c} --per-host {args.per_host};")
     print(f"load average (1 min) during the run: {min(loads):.1f}-{max(loads):.1f}")
     print(
-        f"{'':6} {'URLs/s':>7} {'ratio':>6} {'spread bound':>12} {'CPU µs/URL':>10} {'Redis µs':>8}"
+        f"{'':6} {'URLs/s':>7} {'ratio':>11} {'job URLs/s':>10} {'job ratio':>9}"
+        f" {'spread':>6} {'CPU µs/URL':>10} {'Redis µs':>8}"
     )
     table: dict[str, Any] = {}
     for name in names:
         ups = median([rd[name]["urls_per_s"] for rd in rounds])
         base = "local" if name == "W=1" else "W=1"
         ratio = median([rd[name]["urls_per_s"] / rd[base]["urls_per_s"] for rd in rounds])
-        row = {"urls_per_s": ups, "ratio": ratio, "ratio_to": base}
-        for k in ("cpu_us", "redis_cpu_us", "spread", "ready_s", "enqueue_s"):
+        row: dict[str, Any] = {"urls_per_s": ups, "ratio": ratio, "ratio_to": base}
+        if name not in ("local", "W=1"):  # the local run has no job clock
+            row["job_ratio"] = median(
+                [rd[name]["job_urls_per_s"] / rd["W=1"]["job_urls_per_s"] for rd in rounds]
+            )
+        for k in ("cpu_us", "redis_cpu_us", "spread", "job_urls_per_s", *TIMELINE):
             if k in rounds[0][name]:
                 row[k] = median([rd[name][k] for rd in rounds])
         if name != "local":
             row["expected_spread"] = expected_spread(args.hosts, int(name[2:]))
         table[name] = row
+        nan = float("nan")
         print(
             f"{name:6} {ups:7.0f} {ratio:5.2f}x"
-            + (f" ({base})" if name != "local" else "       ")
-            + f" {row.get('spread', float('nan')):6.2f}"
-            + f" {row['cpu_us']:10.0f} {row.get('redis_cpu_us', float('nan')):8.0f}"
+            + (f" ({base:5})" if name != "local" else " " * 8)
+            + f" {row.get('job_urls_per_s', nan):10.0f} {row.get('job_ratio', nan):8.2f}x"
+            + f" {row.get('spread', nan):6.2f}"
+            + f" {row['cpu_us']:10.0f} {row.get('redis_cpu_us', nan):8.0f}"
         )
     served = len(rounds) * args.n * len(names)
     print(f"server (crawler serve) CPU: {server_cpu / served * 1e6:.0f} µs/URL")

@@ -3,7 +3,8 @@ that keeps its requests inside them.
 
     Leases.run: every TTL/3, one heartbeat (the live workers), then ONE script call that
         renews, releases and acquires every shard of this beat (redisjob.assign says which
-        shards this worker should hold: an equal share each)
+        shards this worker should hold: an equal share each); sooner while a shard it
+        wants is held by another worker, right as that lease lapses
     GatedFetcher: an attempt at a host whose shard lease is not valid on this process's
         clock is not sent (HandBack); one that is in flight when the lease's deadline
         passes (or the lease is lost) is cancelled and handed back too
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 
 _HOSTS_REMEMBERED: Final = 65_536  # the gate's host -> shard cache, at most
+_LAPSED: Final = 0.05  # seconds after a wanted lease's PTTL before the beat that takes it
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
@@ -191,11 +193,31 @@ class Leases:
                         self.cut.add(task)
                         task.cancel()
 
+    async def pause(self) -> float:
+        """Seconds to the next beat: TTL/3, or less when a shard this worker wants is
+        held by no one or lapses sooner (a previous owner gave it back, or died): the
+        next beat comes as it lapses, not up to TTL/3 later (a joining worker waited
+        that long, idle, for shards already free). Its owner's renewals keep a lease's
+        time left above TTL/3."""
+        beat = self.ttl / 3
+        missing = [s for s in self.wanted if s not in self.held]
+        if not missing or self.stopping:
+            return beat
+        pipe = self.job.redis.pipeline(transaction=False)
+        for shard in missing:
+            pipe.pttl(self.job.key(f"lease:{shard}"))
+        left: list[int] = await pipe.execute()
+        # PTTL -2: no lease (free now); -1: a lease with no TTL (not one of ours).
+        soonest = min(ms / 1000 if ms >= 0 else 0.0 if ms == -2 else beat for ms in left)
+        return min(beat, soonest + _LAPSED)
+
     async def run(self) -> None:
         away = False  # the last beat failed: said once on stderr, and once when it is back
         while True:
+            pause = self.ttl / 3
             try:
                 await self.beat()
+                pause = await self.pause()
             except redis_errors() as exc:
                 if not away:
                     away = True
@@ -207,7 +229,7 @@ class Leases:
                 if away:
                     away = False
                     _say("Redis answers again")
-            await asyncio.sleep(self.ttl / 3)
+            await asyncio.sleep(pause)
 
     async def leave(self) -> None:
         """Give every shard back and leave the live workers."""
