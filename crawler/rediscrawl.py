@@ -27,7 +27,7 @@ from crawler.dedup import fingerprint
 from crawler.errors import InvalidURL
 from crawler.inputs import Uncounted
 from crawler.linkqueue import Link
-from crawler.redislease import check_job, redis_errors
+from crawler.redislease import check_job, redis_errors, stop_if_cancelled
 from crawler.shards import target_of
 from crawler.urls import parse_target
 
@@ -116,6 +116,7 @@ class CrawlIntake:
         pass  # enqueued with its page's record
 
     async def take(self, n: int) -> list[Link]:
+        stop_if_cancelled()  # the stop cancelled the reader, in a Redis call: see there
         links = self._links
         if not links:
             await self._read(n)

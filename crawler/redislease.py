@@ -46,6 +46,18 @@ def redis_errors() -> tuple[type[BaseException], ...]:
     return (RedisError, OSError)
 
 
+def stop_if_cancelled() -> None:
+    """Raise CancelledError if this task was cancelled and still runs. On Python 3.11,
+    ``asyncio.wait_for`` returns its inner result instead of raising when the cancel comes
+    as the inner future finishes (CPython gh-86296; 3.12 rewrote it), and redis-py sends
+    every command through it: a cancel that met a send was lost, and a loop of Redis calls
+    (the reader, the heartbeat) ran on after its task was cancelled, so a stopped worker
+    never exited. Nothing on those tasks uncancels: a request still counted means stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def check_job(job: Job) -> None:
     """After a failed step: a JobError if Redis answers and the job is gone (a missing
     stream fails every time: trying again would spin); nothing if Redis does not answer
@@ -229,6 +241,7 @@ class Leases:
                 if away:
                     away = False
                     _say("Redis answers again")
+            stop_if_cancelled()  # a cancel lost in a Redis call: see there
             await asyncio.sleep(pause)
 
     async def leave(self) -> None:

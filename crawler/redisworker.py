@@ -30,7 +30,7 @@ from crawler.errors import DeadLetter
 from crawler.inputs import Uncounted
 from crawler.records import Records, encode
 from crawler.redisjob import GROUP, Done, Job, Target, shard_of
-from crawler.redislease import GatedFetcher, Leases, check_job, redis_errors
+from crawler.redislease import GatedFetcher, Leases, check_job, redis_errors, stop_if_cancelled
 from crawler.stores import FRESH
 from crawler.urls import host_key
 
@@ -211,6 +211,7 @@ class RedisSource(Uncounted):
     async def batches(self) -> AsyncIterator[list[str]]:
         intake = self.intake
         while True:
+            stop_if_cancelled()  # the stop cancelled the reader, in a Redis call: see there
             try:
                 got = await intake.read(self.batch, _POLL_MS)
                 if not got and not self.wait and await intake.finished():
