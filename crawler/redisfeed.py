@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Final
 from crawler.dedup import fingerprint
 from crawler.errors import InvalidURL
 from crawler.redisjob import Job, Target, shard_of
-from crawler.redislease import redis_errors
+from crawler.redislease import redis_errors, stop_if_cancelled
 from crawler.request import parse_request_line, request_key
 from crawler.urls import parse_target
 
@@ -43,6 +43,7 @@ async def feed(job: Job, source: Source, me: str) -> tuple[int, int]:
 
     async def beat() -> None:
         while True:
+            stop_if_cancelled()  # a cancel lost in a Redis call: see there
             await asyncio.sleep(FEEDER_TTL_MS / 3000)
             with contextlib.suppress(*redis_errors()):  # a blip must not end the beats
                 await job.beat("feeders", me, FEEDER_TTL_MS)

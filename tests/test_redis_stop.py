@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from crawler import redisfeed
 from crawler.rediscrawl import CrawlIntake
 from crawler.redisjob import Job, connect
 from crawler.redislease import Leases
@@ -118,10 +119,63 @@ async def test_crawl_intake_ends_after_a_cancel_lost_in_a_redis_call(job: Job) -
 
 async def test_heartbeat_ends_after_a_cancel_lost_in_a_redis_call(job: Job) -> None:
     """The heartbeat, cancelled as the worker leaves, ends: a lost cancel let it beat on
-    (renewing or taking leases after ``leave()`` gave them back) until the process's
-    last tasks were cancelled."""
+    until ``asyncio.run`` cancelled it again at the very end (and a second loss there
+    hung the process)."""
     leases = LosingLeases(job, "w1", 60.0)
     await _ends(asyncio.ensure_future(leases.run()))
     assert leases.lost
     await leases.leave()
     assert not leases.held
+
+
+class LosingJob(Job):
+    """The feeder's heartbeat task is in a beat when feeding ends; the cancel that ends
+    it is lost, as in redis-py's send on Python 3.11."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.beating = asyncio.Event()
+        self.main: asyncio.Task[Any] | None = None
+        self.lost = False
+
+    async def beat(self, zset: str, member: str, ttl_ms: int) -> list[str]:
+        if ttl_ms and asyncio.current_task() is not self.main and not self.lost:
+            self.beating.set()
+            try:
+                await asyncio.get_running_loop().create_future()  # until cancelled
+            except asyncio.CancelledError:
+                self.lost = True  # and not raised: the call "finished" meanwhile
+        return await super().beat(zset, member, ttl_ms)
+
+
+async def test_enqueue_ends_after_a_cancel_lost_in_its_heartbeat(
+    redis_url: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``crawler enqueue`` cancels its feeder heartbeat and waits for it: a lost cancel
+    kept it beating, and enqueue never ended."""
+    monkeypatch.setattr(redisfeed, "FEEDER_TTL_MS", 30)  # a beat every 10 ms
+    redis = await connect(redis_url)
+    try:
+        job = LosingJob(redis, "feed")
+        await job.create("fetch", {}, shards=2)
+
+        class Lines:
+            async def batches(self) -> AsyncIterator[list[str]]:
+                await job.beating.wait()  # the heartbeat is in a beat: feeding ends now
+                yield ["http://a.test/1"]
+
+        async def enqueue() -> None:
+            job.main = asyncio.current_task()
+            await redisfeed.feed(job, Lines(), "feeder-1")  # type: ignore[arg-type]
+
+        feeding = asyncio.ensure_future(enqueue())
+        done, _ = await asyncio.wait([feeding], timeout=_BOUND)
+        if not done:
+            feeding.cancel()
+            await asyncio.wait([feeding], timeout=_BOUND)
+        assert done, "enqueue waited for a heartbeat that never ended"
+        assert job.lost
+        assert feeding.result() is None
+    finally:
+        await redis.aclose()
