@@ -23,9 +23,9 @@ Why these shapes:
   so per-host politeness stays inside one process with no round trip per request.
 - Entries are never popped destructively: a worker reads through the consumer group, so a
   worker that dies leaves its entries pending, and the next owner of the shard claims them.
-- A commit is one script: it is refused unless the caller's lease token is the current one
-  (fencing: a stale owner, paused past its TTL, cannot write), and only an entry still
-  pending (``XACK`` returns 1) gets its record: a URL fetched twice is written once.
+- A commit is one script a batch: a shard's records are refused unless the caller's token
+  is its lease's (fencing: a stale owner, paused past its TTL, cannot write), and only an
+  entry still pending (``XACK`` returns 1) gets its record: fetched twice, written once.
 - Dedup keeps 8 bytes a URL: a Redis set of integers stays an intset (8 bytes a member)
   while it holds at most ``set-max-intset-entries`` (512) members, so fingerprints go to
   65,536 buckets by their top bits: up to ~2*10^7 URLs a job stay intset-encoded.
@@ -239,47 +239,49 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# Commit: KEYS lease; ARGV prefix, token, shard, then per entry: id, record, ok (1|0|d:
-# dead-lettered),
-# number of links L, then L x (fingerprint, bucket, shard, line, depth, parent).
-# Returns -1 (the lease is not ours: nothing written) or the number of records written.
+# Commit a batch over any shards: KEYS their leases; ARGV prefix, then per shard: token,
+# shard, E entries, E x (id, record, ok (1|0|d: dead-lettered), L links, L x (fingerprint,
+# bucket, shard, line, depth, parent)). A shard whose lease is not the token's has nothing
+# written (refused +1). Per shard: -1 (refused) or the number of records written.
 _COMMIT: Final = """
 local p = ARGV[1]
-if redis.call('GET', KEYS[1]) ~= ARGV[2] then
-  redis.call('HINCRBY', p .. 'n', 'refused', 1)
-  return -1
-end
-local q = p .. 'q:' .. ARGV[3]
-local out = p .. 'out'
-local room = _room(p)
-local written, failed, dead, added = 0, 0, 0, 0
-local i = 4
-while i <= #ARGV do
-  local id, record, ok, nlinks = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  i = i + 4
-  local fresh = redis.call('XACK', q, 'g', id) == 1
-  if fresh then
-    redis.call('XADD', out, '*', 'r', record)
-    redis.call('XDEL', q, id)
-    if ok == 'd' then dead = dead + 1 else written = written + 1 end
-    if ok ~= '1' then failed = failed + 1 end
-  end
-  for j = 1, nlinks do
-    if fresh and added < room and redis.call('SADD', p .. 'd:' .. ARGV[i + 1], ARGV[i]) == 1
-    then
-      local lq = p .. 'q:' .. ARGV[i + 2]
-      redis.call('XADD', lq, '*', 'u', ARGV[i + 3], 'd', ARGV[i + 4], 'p', ARGV[i + 5])
-      added = added + 1
+local out, room = p .. 'out', _room(p)
+local written, failed, dead, added, refused = 0, 0, 0, 0, 0
+local answers, i = {}, 2
+for k = 1, #KEYS do
+  local ours, q = redis.call('GET', KEYS[k]) == ARGV[i], p .. 'q:' .. ARGV[i + 1]
+  local n, entries = 0, tonumber(ARGV[i + 2])
+  i = i + 3
+  for e = 1, entries do
+    local id, record, ok, nlinks = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+    i = i + 4
+    local fresh = ours and redis.call('XACK', q, 'g', id) == 1
+    if fresh then
+      redis.call('XADD', out, '*', 'r', record)
+      redis.call('XDEL', q, id)
+      n = n + 1
+      if ok == 'd' then dead = dead + 1 else written = written + 1 end
+      if ok ~= '1' then failed = failed + 1 end
     end
-    i = i + 6
+    for j = 1, nlinks do
+      if fresh and added < room and redis.call('SADD', p .. 'd:' .. ARGV[i + 1], ARGV[i]) == 1
+      then
+        local lq = p .. 'q:' .. ARGV[i + 2]
+        redis.call('XADD', lq, '*', 'u', ARGV[i + 3], 'd', ARGV[i + 4], 'p', ARGV[i + 5])
+        added = added + 1
+      end
+      i = i + 6
+    end
   end
+  if ours then answers[k] = n else answers[k] = -1; refused = refused + 1 end
 end
 local n = p .. 'n'
 if written > 0 then redis.call('HINCRBY', n, 'done', written) end
 if failed > 0 then redis.call('HINCRBY', n, 'failed', failed) end
 if dead > 0 then redis.call('HINCRBY', n, 'dead', dead) end
 if added > 0 then redis.call('HINCRBY', n, 'enqueued', added) end
-return written + dead
+if refused > 0 then redis.call('HINCRBY', n, 'refused', refused) end
+return answers
 """
 
 # Heartbeat of a worker or feeder: KEYS zset; ARGV id, ttl ms. Drops the expired ones
@@ -430,12 +432,19 @@ class Job:
 
     # -- commit --------------------------------------------------------------------------
     async def commit(self, shard: int, token: str, done: Sequence[Done]) -> int:
-        """Write the records of ``done`` (and enqueue their links) if the lease on
-        ``shard`` is still ``token``'s: the number written, or -1 if refused."""
-        args: list[Any] = [self.prefix, token, shard]
-        for item in done:
-            ok = "d" if item.dead else 1 if item.ok else 0
-            args += [item.entry, item.record, ok, len(item.links)]
-            for link in item.links:
-                args.extend(link.args())
-        return int(await self._commit(keys=[self.key(f"lease:{shard}")], args=args))
+        """Write ``done``'s records (and enqueue their links) if ``shard``'s lease is
+        still ``token``'s: the number written, or -1 if refused."""
+        return (await self.commit_all([(shard, token, done)]))[0]
+
+    async def commit_all(self, batch: Sequence[tuple[int, str, Sequence[Done]]]) -> list[int]:
+        """``commit`` of each (shard, token, done) in one script call, each shard fenced by
+        its own lease (a stale token refuses its shard's records only); per shard, in order."""
+        keys = [self.key(f"lease:{shard}") for shard, _, _ in batch]
+        args: list[Any] = [self.prefix]
+        for shard, token, done in batch:
+            args += (token, shard, len(done))
+            for item in done:
+                ok = "d" if item.dead else 1 if item.ok else 0
+                args += (item.entry, item.record, ok, len(item.links))
+                args += (arg for link in item.links for arg in link.args())
+        return [int(n) for n in await self._commit(keys=keys, args=args)]

@@ -310,22 +310,30 @@ class RedisSink:
         pass
 
     async def _flush(self) -> None:
+        """Commit the records done since the last flush: every shard of the batch in one
+        script call (crawler.redisjob.Job.commit_all), each fenced by its own lease."""
         done, self._done = self._done, defaultdict(list)
+        batch: list[tuple[int, str, list[Done]]] = []
         for shard, items in done.items():
             token = self.leases.token(shard)
-            while token is not None:
-                try:
-                    n = await self.leases.job.commit(shard, token, items)
-                except redis_errors():
-                    if self._closing and not self.leases.valid(shard):
-                        break  # ending, and the shard is no longer surely ours
+            if token is not None:
+                batch.append((shard, token, items))
+        while batch:
+            try:
+                answers = await self.leases.job.commit_all(batch)
+            except redis_errors():
+                if self._closing:  # ending: only the shards still surely ours
+                    batch = [each for each in batch if self.leases.valid(each[0])]
+                if batch:
                     await asyncio.sleep(_RETRY)  # a repeated commit writes nothing twice
-                    continue
+                continue
+            for (_, _, items), n in zip(batch, answers, strict=True):
                 if n < 0:
                     self.refused += len(items)
                 else:
                     self.committed += len(items)
-                break
+            break
+        for shard, items in done.items():
             for item in items:
                 self._forget((shard, item.entry))
 

@@ -87,7 +87,10 @@ async def _feeding(job: Job, me: str) -> AsyncIterator[None]:
             await job.beat("feeders", me, 0)
 
 
-def _run_job(coro: Any) -> Any:
+def _run_job(coro: Any, *, engine: bool = False) -> Any:
+    """Run ``coro``; ``engine``: a worker's run, on the loop ``crawler fetch`` has (uvloop
+    unless CRAWLER_NO_UVLOOP=1; start-up's objects frozen, the collector on again:
+    crawler.cli.run.run_loop), the engine taking the stop signals."""
     import asyncio  # here: `crawler --help` loads no run
 
     from redis.exceptions import RedisError
@@ -95,6 +98,10 @@ def _run_job(coro: Any) -> Any:
     from crawler.redisjob import JobError
 
     try:
+        if engine:
+            from crawler.cli.run import run_loop, want_uvloop
+
+            return run_loop(lambda: coro, use_uvloop=want_uvloop(False), takes_signals=True)
         return asyncio.run(coro)
     except JobError as exc:
         raise UsageError(str(exc)) from None
@@ -243,7 +250,7 @@ def worker(
         finally:
             await shared.redis.aclose()
 
-    result, sink = _run_job(go())
+    result, sink = _run_job(go(), engine=True)
     sys.stderr.write(
         f"crawler worker: job {job}: {sink.committed} records committed, "
         f"{sink.refused} refused (lease lost)\n"
