@@ -101,3 +101,39 @@ async def test_the_sink_commits_a_batch_over_shards_in_one_call(job: Job) -> Non
     assert (sink.committed, sink.refused) == (2, 1)
     assert await job.redis.xlen(job.key("out")) == 2
     assert [await _pending(job, s) for s in (s0, s1, s2)] == [0, 1, 0]
+
+
+_GC_PROBE = """
+import gc, sys
+sys.argv = ["crawler", *sys.argv[1:]]
+from crawler.__main__ import main
+try:
+    main()
+except SystemExit as exc:
+    print("EXIT", exc.code, file=sys.stderr)
+print("GC", gc.isenabled(), file=sys.stderr)
+"""
+
+
+def test_a_worker_runs_with_the_collector_on(redis_url: str) -> None:  # noqa: F811
+    """A worker runs as ``crawler fetch`` does (crawler.cli.run.run_loop): the collector,
+    off while it starts, is on again for its run (a worker lives for hours: cycles must
+    be freed). The job: one URL on a port that refuses, so the worker ends at once."""
+    import subprocess
+    import sys
+
+    red = ["--redis", redis_url, "--job", "gc"]
+    cli = [sys.executable, "-m", "crawler"]
+    subprocess.run(
+        [*cli, "enqueue", *red, "http://127.0.0.1:9/", "--retries", "0"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _GC_PROBE, "worker", *red],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stderr.split()[-4:] == ["EXIT", "0", "GC", "True"], done.stderr
