@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import select
 import signal
 import time
 import uuid
@@ -276,6 +277,15 @@ async def until(predicate: Any, timeout: float = 30.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+def pipe_full(write_end: int) -> bool:
+    """Is the pipe (or FIFO) of ``write_end`` full: would a write that needs a new page
+    block? Linux counts a pipe's room in pages, so a full pipe may hold fewer bytes than
+    F_GETPIPE_SZ when writes left pages part-filled (how a writer batched its writes
+    decides it): a wait for that many bytes queued may wait for ever. ``write_end`` is
+    only polled, never written."""
+    return not select.select([], [write_end], [], 0)[1]
 
 
 def make_config(tmp_path: Path, **kw: Any) -> RunConfig:

@@ -6,15 +6,12 @@ a blocked loop and gigabytes, not milliseconds)."""
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
-import fcntl
 import os
 import signal
 import subprocess
 import sys
-import termios
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,6 +27,7 @@ from crawler.response import Response
 from crawler.robots import RobotsCache
 from crawler.stats import Stats
 from crawler.stores import MemoryQueue, MemorySeen
+from tests.conftest import pipe_full
 
 
 @contextlib.asynccontextmanager
@@ -220,12 +218,6 @@ async def test_max_pages_reached_does_not_wait_for_a_slow_sitemap(tmp_path: Path
     assert orjson.loads(stats.read_bytes())["urls_done"] == 1
 
 
-def _unread(fd: int) -> int:
-    buf = array.array("i", [0])
-    fcntl.ioctl(fd, termios.FIONREAD, buf)
-    return buf[0]
-
-
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("signals", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT,)])
 async def test_stop_with_stdout_and_stderr_in_one_unread_pipe(
@@ -243,6 +235,7 @@ async def test_stop_with_stdout_and_stderr_in_one_unread_pipe(
         urls = tmp_path / "urls.txt"
         urls.write_text("".join(f"{base}/{n}?{'p' * 300}\n" for n in range(3000)))
         rfd, wfd = os.pipe()
+        probe = os.dup(wfd)  # never written: polled for room
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -260,7 +253,7 @@ async def test_stop_with_stdout_and_stderr_in_one_unread_pipe(
             wfd = -1
             try:
                 deadline = asyncio.get_running_loop().time() + 60
-                while _unread(rfd) < 60_000:  # the pipe is full: the writer is stuck
+                while not pipe_full(probe):  # the writer is stuck
                     assert asyncio.get_running_loop().time() < deadline, "pipe never filled"
                     assert proc.returncode is None
                     await asyncio.sleep(0.05)
@@ -274,6 +267,7 @@ async def test_stop_with_stdout_and_stderr_in_one_unread_pipe(
                     proc.kill()
                     await proc.wait()
         finally:
+            os.close(probe)
             os.close(rfd)
             if wfd >= 0:
                 os.close(wfd)
@@ -308,13 +302,14 @@ async def test_output_fifo_unread_or_unopened_does_not_hang(tmp_path: Path) -> N
         assert b"no process reads" in err
 
         rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader that never reads
+        probe = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # never written: polled for room
         try:
             proc = await asyncio.create_subprocess_exec(
                 *args, "-o", str(fifo), stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             try:
                 deadline = asyncio.get_running_loop().time() + 60
-                while _unread(rfd) < 60_000:  # full: the writer is stuck
+                while not pipe_full(probe):  # the writer is stuck
                     assert asyncio.get_running_loop().time() < deadline, "fifo never filled"
                     assert proc.returncode is None
                     await asyncio.sleep(0.05)
@@ -325,6 +320,7 @@ async def test_output_fifo_unread_or_unopened_does_not_hang(tmp_path: Path) -> N
                     proc.kill()
                     await proc.wait()
         finally:
+            os.close(probe)
             os.close(rfd)
 
 

@@ -22,7 +22,7 @@ from crawler.config import SinkConfig
 from crawler.pipes import Pipe
 from crawler.records import Record
 from crawler.sink import Sink
-from tests.conftest import Server, until
+from tests.conftest import Server, pipe_full, until
 from tests.test_hardening_signals import (
     CRAWLER,
     ENV,
@@ -127,14 +127,14 @@ async def test_second_sigint_ends_a_run_blocked_on_an_output_fifo(
     fifo = tmp_path / "out.fifo"
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # open, never read until the end
+    probe = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # never written: polled for room
     try:
-        size = fcntl.fcntl(reader, fcntl.F_GETPIPE_SZ)
         urls = _urls(server, tmp_path, 1200, PAD)
         proc = spawn(
             "fetch", str(urls), "-o", str(fifo), "--no-progress", "-c", "16", "--grace", "60"
         )
         try:
-            await until(lambda: _queued(reader) >= size, 60)  # the FIFO is full
+            await until(lambda: pipe_full(probe), 50)  # the FIFO is full
             assert proc.poll() is None
             await signal_delivered(proc, signal.SIGINT)
             await signal_delivered(proc, signal.SIGINT)
@@ -147,6 +147,7 @@ async def test_second_sigint_ends_a_run_blocked_on_an_output_fifo(
         for line in data.split(b"\n")[:-1]:
             orjson.loads(line)
     finally:
+        os.close(probe)
         os.close(reader)
 
 
@@ -313,8 +314,8 @@ async def test_second_sigint_ends_a_run_whose_stdout_and_stderr_share_an_unread_
     (its open file is stderr's too), so a thread blocked in write() and two SIGINTs did
     not end the run; nor could the summary be written to that pipe afterwards."""
     r, w = os.pipe()
+    probe = os.dup(w)  # never written: polled for room
     try:
-        size = fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
         urls = _urls(server, tmp_path, 1200, PAD)
         proc = subprocess.Popen(
             # --per-host 16: -c binds, so no per-host note shares the pipe with the records
@@ -325,7 +326,7 @@ async def test_second_sigint_ends_a_run_whose_stdout_and_stderr_share_an_unread_
         os.close(w)
         w = -1
         try:
-            await until(lambda: _queued(r) >= size, 60)  # the pipe is full
+            await until(lambda: pipe_full(probe), 50)  # the pipe is full
             assert proc.poll() is None
             await signal_delivered(proc, signal.SIGINT)
             await signal_delivered(proc, signal.SIGINT)
@@ -338,6 +339,7 @@ async def test_second_sigint_ends_a_run_whose_stdout_and_stderr_share_an_unread_
         for line in data.split(b"\n")[:-1]:
             orjson.loads(line)  # records only: no summary squeezed in
     finally:
+        os.close(probe)
         os.close(r)
         if w >= 0:
             os.close(w)
