@@ -8,15 +8,18 @@ broken set-up.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
+from crawler.redisjob import Job, connect
 
 
 def _free_port() -> int:
@@ -86,3 +89,15 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def fetch_job(url: str, name: str, shards: int) -> AsyncIterator[Job]:
+    """A fetch job NAME of SHARDS shards, made on the Redis at URL; its client closed after."""
+    redis = await connect(url)
+    try:
+        job = Job(redis, name)
+        await job.create("fetch", {}, shards=shards)
+        yield job
+    finally:
+        await redis.aclose()

@@ -10,10 +10,10 @@ import pytest
 
 from crawler.errors import DeadLetter
 from crawler.records import Records
-from crawler.redisjob import GROUP, Done, Job, Target, connect, shard_of
+from crawler.redisjob import GROUP, Done, Job, Target, shard_of
 from crawler.redislease import Leases
 from crawler.redisworker import RedisSink
-from tests.redisserver import redis_url, start_redis  # noqa: F401
+from tests.redisserver import fetch_job, redis_url, start_redis  # noqa: F401
 
 SHARDS = 4
 HOSTS = ("a.test", "b.test", "c.test", "d.test", "e.test", "f.test")
@@ -21,13 +21,8 @@ HOSTS = ("a.test", "b.test", "c.test", "d.test", "e.test", "f.test")
 
 @pytest.fixture
 async def job(redis_url: str) -> AsyncIterator[Job]:  # noqa: F811
-    redis = await connect(redis_url)
-    job = Job(redis, "c")
-    await job.create("fetch", {}, shards=SHARDS)
-    try:
-        yield job
-    finally:
-        await redis.aclose()
+    async with fetch_job(redis_url, "c", SHARDS) as made:
+        yield made
 
 
 async def _one_per_shard(job: Job, shards: int) -> dict[int, tuple[str, bytes]]:

@@ -9,23 +9,18 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from crawler.redisjob import Job, connect
+from crawler.redisjob import Job
 from crawler.redislease import Leases
 from tests.conftest import until
-from tests.redisserver import redis_url  # noqa: F401
+from tests.redisserver import fetch_job, redis_url  # noqa: F401
 
 SHARDS = 2
 
 
 @pytest.fixture
 async def job(redis_url: str) -> AsyncIterator[Job]:  # noqa: F811
-    redis = await connect(redis_url)
-    job = Job(redis, "h")
-    await job.create("fetch", {}, shards=SHARDS)
-    try:
-        yield job
-    finally:
-        await redis.aclose()
+    async with fetch_job(redis_url, "h", SHARDS) as made:
+        yield made
 
 
 async def _joined(job: Job) -> tuple[Leases, Leases, int]:

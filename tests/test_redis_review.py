@@ -21,7 +21,7 @@ from crawler.redisjob import GROUP, Done, Job, JobError, Target, connect, shard_
 from crawler.redislease import Leases
 from crawler.redisworker import Intake, RedisSink, RedisSource
 from tests.conftest import until
-from tests.redisserver import redis_url, start_redis  # noqa: F401
+from tests.redisserver import fetch_job, redis_url, start_redis  # noqa: F401
 from tests.test_cli import ENV
 from tests.test_redis_worker import until_async
 
@@ -36,13 +36,8 @@ def _target(i: int, host: str = "a.test") -> Target:
 
 @pytest.fixture
 async def job(redis_url: str) -> AsyncIterator[Job]:  # noqa: F811
-    redis = await connect(redis_url)
-    job = Job(redis, "r")
-    await job.create("fetch", {}, shards=SHARDS)
-    try:
-        yield job
-    finally:
-        await redis.aclose()
+    async with fetch_job(redis_url, "r", SHARDS) as made:
+        yield made
 
 
 async def _deliveries(job: Job, shard: int) -> dict[str, int]:

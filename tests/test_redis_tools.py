@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
-from crawler.redisjob import GROUP, Done, Job, Target, connect, shard_of
+from crawler.redisjob import GROUP, Done, Job, Target, shard_of
 from tests.conftest import marked_env, until
-from tests.redisserver import redis_url  # noqa: F401
+from tests.redisserver import fetch_job, redis_url  # noqa: F401
 
 SHARDS = 4
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,13 +37,8 @@ def _record(line: str) -> bytes:
 
 @pytest.fixture
 async def job(redis_url: str) -> AsyncIterator[Job]:  # noqa: F811
-    redis = await connect(redis_url)
-    job = Job(redis, "j1")
-    await job.create("fetch", {}, shards=SHARDS)
-    try:
-        yield job
-    finally:
-        await redis.aclose()
+    async with fetch_job(redis_url, "j1", SHARDS) as made:
+        yield made
 
 
 async def _fill(job: Job, n: int) -> None:
