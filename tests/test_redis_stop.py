@@ -22,20 +22,15 @@ from crawler.rediscrawl import CrawlIntake
 from crawler.redisjob import Job, connect
 from crawler.redislease import Leases
 from crawler.redisworker import Intake, RedisSink, RedisSource
-from tests.redisserver import redis_url  # noqa: F401
+from tests.redisserver import fetch_job, redis_url  # noqa: F401
 
 _BOUND = 5.0  # seconds a stopped loop gets to end (it ends at its next step)
 
 
 @pytest.fixture
 async def job(redis_url: str) -> AsyncIterator[Job]:  # noqa: F811
-    redis = await connect(redis_url)
-    job = Job(redis, "stop")
-    await job.create("fetch", {}, shards=2)
-    try:
-        yield job
-    finally:
-        await redis.aclose()
+    async with fetch_job(redis_url, "stop", 2) as made:
+        yield made
 
 
 async def _lose_a_cancel() -> None:
