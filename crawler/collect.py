@@ -30,10 +30,10 @@ import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
+from msgspec import Struct
 
 from crawler import signals
 from crawler.redisjob import Job, JobError, check_name, connect
@@ -53,8 +53,7 @@ Entries = list[tuple[bytes, dict[bytes, bytes]]]
 T = TypeVar("T")
 
 
-@dataclass(slots=True)
-class Mark:
+class Mark(Struct):
     """What the sidecar says: the bytes of PATH that hold collected records, and the id
     of the last record in them."""
 

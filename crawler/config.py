@@ -9,12 +9,27 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from typing import Any
+
+from msgspec import NODEFAULT, Struct, field
 
 from crawler import __version__
 from crawler.errors import CrawlerError
 from crawler.hostrules import HostOverrides
 from crawler.retry import RETRY_STATUSES
+
+
+def field_defaults(cls: type[Struct]) -> dict[str, Any]:
+    """A slice's fields that have a plain default (not a factory), by name: the one place a
+    default is written is the class. (``msgspec.structs.fields`` says the same, but resolves
+    every annotation first: a cost at every start.)"""
+    names = cls.__struct_fields__[len(cls.__struct_fields__) - len(cls.__struct_defaults__) :]
+    return {
+        name: value
+        for name, value in zip(names, cls.__struct_defaults__, strict=True)
+        if value is not NODEFAULT and not callable(getattr(value, "factory", None))
+    }
+
 
 DEFAULT_USER_AGENT = f"crawler/{__version__} (+https://github.com/crawler-dev/crawler)"
 
@@ -76,8 +91,7 @@ def _non_negative(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InputConfig:
+class InputConfig(Struct, frozen=True, kw_only=True):
     """How the URL list is read and deduplicated."""
 
     dedup: bool = True
@@ -87,8 +101,7 @@ class InputConfig:
         _positive("max_line_bytes", self.max_line_bytes)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LimitConfig:
+class LimitConfig(Struct, frozen=True, kw_only=True):
     """Concurrency and pacing: global, per host, and the adaptive controller."""
 
     concurrency: int = 64
@@ -121,8 +134,7 @@ class LimitConfig:
         return min(self.per_host, self.concurrency)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetryConfig:
+class RetryConfig(Struct, frozen=True, kw_only=True):
     """Retries share one deadline per URL with every attempt and back-off wait."""
 
     retries: int = 2
@@ -149,8 +161,7 @@ class RetryConfig:
                 )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BreakerConfig:
+class BreakerConfig(Struct, frozen=True, kw_only=True):
     """Per-host circuit breaker."""
 
     threshold: int = 5  # consecutive failures; 0 disables the breaker
@@ -161,8 +172,7 @@ class BreakerConfig:
         _positive("breaker cooldown", self.cooldown)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FetchConfig:
+class FetchConfig(Struct, frozen=True, kw_only=True):
     """One attempt: the request and how much of the response we accept."""
 
     method: str = "GET"
@@ -280,8 +290,7 @@ class FetchConfig:
         return self.cookies or self.etags is not None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SinkConfig:
+class SinkConfig(Struct, frozen=True, kw_only=True):
     """Where records go and how they are batched."""
 
     output: str | None = None  # None means standard output
@@ -296,8 +305,7 @@ class SinkConfig:
         _positive("flush_interval", self.flush_interval)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CrawlConfig:
+class CrawlConfig(Struct, frozen=True, kw_only=True):
     """Crawl mode: which discovered links are followed, and politeness."""
 
     scope: str = "host"  # host | domain | prefix, relative to the seeds
@@ -328,8 +336,7 @@ class CrawlConfig:
         _positive("parse_timeout", self.parse_timeout)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StoreConfig:
+class StoreConfig(Struct, frozen=True, kw_only=True):
     """Where bodies are kept: content-addressed files and/or WARC."""
 
     save_dir: str | None = None
@@ -344,8 +351,7 @@ class StoreConfig:
         return self.save_dir is not None or self.warc is not None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunConfig:
+class RunConfig(Struct, frozen=True, kw_only=True):
     """The whole run: the slices above plus run-level behaviour."""
 
     input: InputConfig = field(default_factory=InputConfig)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from msgspec import Struct
 from yarl import URL
 
 from crawler import errors
@@ -42,8 +42,7 @@ if TYPE_CHECKING:
 _MAX_CRAWL_DELAY: Final = 60.0
 
 
-@dataclass(slots=True)
-class Kept:
+class Kept(Struct):
     """What became of a kept body: links found on it, where it is stored."""
 
     found: list[Candidate] | None = None

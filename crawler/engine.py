@@ -38,8 +38,9 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+
+from msgspec import Struct
 
 from crawler import errors, signals
 from crawler.assembly import Parts
@@ -64,8 +65,7 @@ if TYPE_CHECKING:
 _MIN_FLUSH_BOUND: Final = 1.0  # seconds the final flush gets after the grace period, at least
 
 
-@dataclass(frozen=True, slots=True)
-class RunResult:
+class RunResult(Struct, frozen=True):
     snapshot: Snapshot
     interrupted: bool
     output_closed: bool

@@ -15,12 +15,12 @@ once, by crawler.fetchers.open_fetcher), so a run without them runs what it alwa
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import time
 from collections.abc import Callable
 
 import aiohttp
+import msgspec.structs
 from yarl import URL
 
 from crawler.config import BreakerConfig, FetchConfig
@@ -80,7 +80,7 @@ class HostsFetcher(Fetcher):
         self._clock = clock
         self._overrides: HostOverrides = config.hosts
         # The config of a fetcher of its own: no proxy of the run's, no overrides again.
-        self._own_config = dataclasses.replace(
+        self._own_config = msgspec.structs.replace(
             config, proxies=(), scheme_proxies=(), noproxy=(), hosts=HostOverrides()
         )
         self._direct_fetcher: Fetcher | None = None
@@ -122,7 +122,7 @@ class HostsFetcher(Fetcher):
             return self._direct_fetcher
         fetcher = self._proxied.get(proxy)
         if fetcher is None:
-            config = dataclasses.replace(self._own_config, proxies=(proxy,))
+            config = msgspec.structs.replace(self._own_config, proxies=(proxy,))
             fetcher = ProxiedFetcher(
                 self._session, config, self._breaker_config, self._clock, state
             )

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Final
+
+from msgspec import Struct
 
 # Keys of a [hosts."..."] table, by their Python names.
 SETTINGS: Final = ("per_host", "per_host_rps", "headers", "proxy")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HostSettings:
+class HostSettings(Struct, frozen=True, kw_only=True):
     """One pattern's overrides; None (or no headers): the run's own setting applies."""
 
     per_host: int | None = None  # max in flight to the host (0: only the -c limit)

@@ -22,10 +22,10 @@ from __future__ import annotations
 import contextlib
 import re
 import signal
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urljoin
 
+from msgspec import Struct, field
 from selectolax.lexbor import LexborHTMLParser
 
 from crawler.dedup import fingerprint
@@ -57,15 +57,13 @@ def ignore_sigint() -> None:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
-@dataclass(slots=True)
-class Page:
+class Page(Struct):
     links: list[str] = field(default_factory=list)
     nofollow: bool = False  # <meta name=robots content=nofollow>
     noindex: bool = False  # <meta name=robots content=noindex>
 
 
-@dataclass(slots=True)
-class Found:
+class Found(Struct):
     """What crawl mode needs of a page: its in-scope links, fingerprinted."""
 
     candidates: list[Candidate]

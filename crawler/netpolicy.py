@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from msgspec import Struct
 from yarl import URL
 
 from crawler.errors import Blocked
@@ -72,8 +72,7 @@ def unroutable(ip: IPAddress) -> bool:
     return _not_global(ip)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AddressPolicy:
+class AddressPolicy(Struct, frozen=True, kw_only=True):
     """``block_private`` refuses every address that is not globally routable (see
     ``unroutable``: loopback, private, shared (100.64/10), link-local, multicast, reserved,
     unspecified, and their IPv4-mapped, 6to4, NAT64 and Teredo forms). ``allow_only``

@@ -16,7 +16,8 @@ import errno
 import os
 import re
 import stat
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from crawler.errors import UsageError
 
@@ -25,8 +26,7 @@ STATE_SIBLINGS = ("", "-wal", "-shm", "-journal", ".lock")
 _BODY_NAME = re.compile(r"[0-9a-f]{2}/[0-9a-f]{64}(\..*)?")
 
 
-@dataclass(frozen=True, slots=True)
-class Named:
+class Named(Struct, frozen=True):
     """One file of the run: ``what`` names it in messages (``-o``, ``INPUT``)."""
 
     what: str
@@ -143,8 +143,7 @@ def state_places(state: str) -> tuple[list[Named], list[Place]]:
     return state_files(state), places
 
 
-@dataclass(frozen=True, slots=True)
-class Place:
+class Place(Struct, frozen=True):
     """Somewhere a run will write: ``directory`` to make files in, else a file. A message
     says "cannot {verb} {shown}" (``shown``: the path as the user gave it, if not ``path``)."""
 

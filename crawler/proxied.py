@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -54,7 +52,6 @@ from crawler.sessions import SessionState, make_fetcher
 _DEFAULT_THRESHOLD = 3
 
 
-@dataclass(slots=True)
 class ProxiedResponse(Response):
     """A response that came through a proxy: ``proxy`` names it (no credentials)."""
 
@@ -62,7 +59,7 @@ class ProxiedResponse(Response):
 
 
 def _with_proxy(resp: Response, name: str) -> ProxiedResponse:
-    fields = {f.name: getattr(resp, f.name) for f in dataclasses.fields(Response)}
+    fields = {f: getattr(resp, f) for f in Response.__struct_fields__}
     return ProxiedResponse(**fields, proxy=name)
 
 

@@ -17,8 +17,8 @@ import functools
 import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
+from msgspec import Struct
 from yarl import URL
 
 from crawler.breaker import Breaker, State
@@ -28,15 +28,17 @@ SCHEMES = ("http", "https", "socks5", "socks5h")
 _DEFAULT_PORTS = {"http": 1080, "https": 443, "socks5": 1080, "socks5h": 1080}  # as curl's
 
 
-@dataclass(frozen=True, slots=True)
-class ProxySpec:
+class ProxySpec(Struct, frozen=True):
     """One proxy. ``name`` is its URL without credentials (what records and messages show)."""
 
     scheme: str
     host: str  # as in a URL: an IPv6 address without brackets
     port: int
-    user: str | None = field(default=None, repr=False)
-    password: str | None = field(default=None, repr=False)
+    user: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:  # no credentials, in a log or a traceback either
+        return f"ProxySpec(scheme={self.scheme!r}, host={self.host!r}, port={self.port!r})"
 
     @property
     def name(self) -> str:

@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
+
+from msgspec import Struct
 
 if TYPE_CHECKING:
     from crawler.config import SinkConfig
@@ -27,8 +28,7 @@ if TYPE_CHECKING:
 CHANNEL_SIZE: Final = 256
 
 
-@dataclass(frozen=True, slots=True)
-class SinkHooks:
+class SinkHooks(Struct, frozen=True):
     """What a sink awaits: before records are handed on (--save-dir: the bodies they
     name are on disk) and before a --state checkpoint commits (bodies and WARC records
     durable; raising keeps the checkpoint from committing)."""

@@ -18,10 +18,11 @@ the job is finished (nothing queued or pending) and nothing is in flight here.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import msgspec.structs
 
 from crawler.dedup import fingerprint
 from crawler.errors import InvalidURL
@@ -52,8 +53,8 @@ class Intake(Protocol):
 def crawl_config(config: RunConfig) -> RunConfig:
     """The worker's config: --max-pages is counted by the job, not by each worker."""
     assert config.crawl is not None  # noqa: S101
-    crawl = dataclasses.replace(config.crawl, max_pages=None)
-    return dataclasses.replace(config, crawl=crawl)
+    crawl = msgspec.structs.replace(config.crawl, max_pages=None)
+    return msgspec.structs.replace(config, crawl=crawl)
 
 
 class NoInput(Uncounted):

@@ -41,10 +41,10 @@ import os
 import re
 import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
+from msgspec import Struct
 
 from crawler import __version__
 from crawler.errors import UsageError
@@ -296,8 +296,7 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(Struct, frozen=True):
     """One URL to enqueue: its fingerprint (as ``crawler.dedup.fingerprint`` of its key),
     its host's shard, the input line, and in a crawl its depth and parent page."""
 
@@ -313,8 +312,7 @@ class Target:
         return [fp, bucket_of(self.fp), self.shard, self.line, depth, self.parent or ""]
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
+class Done(Struct, frozen=True):
     """One committed URL: its stream entry, its encoded record, whether it is ok, and in a
     crawl the links its page gave (enqueued with it, atomically)."""
 

@@ -6,8 +6,9 @@ Plain data, no aiohttp: the storage writers' child process and the records read 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Final
+
+from msgspec import Struct, field
 
 # What Fetcher.fetch keeps of a body (it always counts it).
 KEEP_NONE: Final = 0
@@ -20,8 +21,7 @@ HTML_TYPES: Final = frozenset(("text/html", "application/xhtml+xml"))
 DECODED: Final = frozenset(("gzip", "deflate"))
 
 
-@dataclass(slots=True)
-class Response:
+class Response(Struct):
     """What one attempt got back (the body itself is counted, not kept)."""
 
     status: int
@@ -36,8 +36,7 @@ class Response:
     exchange: Exchange | Detail | None = None
 
 
-@dataclass(slots=True)
-class Exchange:
+class Exchange(Struct):
     """The final request and response heads as they went over the wire (for WARC)."""
 
     method: str
@@ -48,8 +47,7 @@ class Exchange:
     response_headers: list[tuple[str, str]]
 
 
-@dataclass(slots=True)
-class Detail:
+class Detail(Struct):
     """What --include-headers, --include-request, --include-body and --no-follow put in
     the record (crawler/detail.py makes it and keeps it in Response.exchange, holding the
     Exchange a WARC record needs, if one was made)."""

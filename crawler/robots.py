@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Final
 
+from msgspec import Struct, field
 from protego import Protego
 from yarl import URL
 
@@ -40,8 +40,7 @@ MAX_ENTRIES: Final = 100_000
 _MATCH_BUDGET: Final = 1 << 22
 
 
-@dataclass(slots=True)
-class Rules:
+class Rules(Struct):
     parser: Protego | None  # None: allow everything
     disallow_all: str | None = None  # why the whole origin is off limits
     expires: float = 0.0

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import signal
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec.structs
+from msgspec import Struct, field
 
 from crawler import shards
 from crawler.config import RunConfig
@@ -30,16 +31,14 @@ from crawler.linkqueue import Link
 from crawler.stores import FRESH
 
 
-@dataclass(slots=True)
-class Batch:
+class Batch(Struct):
     lines: list[str]
     open: int  # lines not settled yet
     fps: list[int] | None = None  # claimed: the lines' fingerprints...
     answers: bytes | None = None  # ...and the claim's answers
 
 
-@dataclass(slots=True)
-class ShardProc:
+class ShardProc(Struct):
     """One worker process and the work it holds."""
 
     index: int
@@ -162,16 +161,16 @@ def worker_config(config: RunConfig, index: int, n: int) -> RunConfig:
         # --max-pages is counted here; --sitemap files are read by worker 0 (the others
         # get their sites' scope in a SCOPE frame).
         sitemaps = crawl.sitemap_urls if index == 0 else ()
-        crawl = dataclasses.replace(crawl, max_pages=None, sitemap_urls=sitemaps)
+        crawl = msgspec.structs.replace(crawl, max_pages=None, sitemap_urls=sitemaps)
     store = config.store
     if store.warc is not None:  # one writer per file: the worker's own
-        store = dataclasses.replace(store, warc=worker_warc(store.warc, index))
-    return dataclasses.replace(
+        store = msgspec.structs.replace(store, warc=worker_warc(store.warc, index))
+    return msgspec.structs.replace(
         config,
         workers=1,
         store=store,
-        limits=dataclasses.replace(limits, concurrency=max(1, share), rps=limits.rps / n),
-        input=dataclasses.replace(config.input, dedup=True),
+        limits=msgspec.structs.replace(limits, concurrency=max(1, share), rps=limits.rps / n),
+        input=msgspec.structs.replace(config.input, dedup=True),
         crawl=crawl,
     )
 

@@ -4,9 +4,10 @@ average of the workers'), with what only the coordinator knows."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
+
+import msgspec.structs
 
 from crawler import shards
 from crawler.stats import Snapshot, Stats
@@ -47,7 +48,7 @@ class RunStats(Stats):
         self.skipped_done_before += own.get("done_before", 0)
         snap = super().snapshot()
         rss = snap.peak_rss_mib + sum(t.get("peak_rss_mib", 0.0) for t in tallies)
-        return dataclasses.replace(snap, peak_rss_mib=round(rss, 1), workers=view.worker_rows())
+        return msgspec.structs.replace(snap, peak_rss_mib=round(rss, 1), workers=view.worker_rows())
 
 
 class _Gauges:

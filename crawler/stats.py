@@ -12,8 +12,10 @@ import sys
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any, Protocol
+
+from msgspec import Struct
+from msgspec.structs import asdict
 
 # Log-scale latency buckets: 8 per doubling from 0.1 ms to ~100 s (~9% resolution).
 _BUCKETS_PER_OCTAVE = 8
@@ -54,8 +56,7 @@ class Histogram:
         return self.max
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
+class Snapshot(Struct, frozen=True):
     elapsed_s: float
     urls_done: int
     ok: int

@@ -19,8 +19,9 @@ checkpoint), never per URL.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Final, Protocol
+
+from msgspec import Struct
 
 from crawler.dedup import FingerprintSet
 from crawler.linkqueue import Link, LinkQueue
@@ -133,8 +134,7 @@ class MemoryQueue(LinkQueue):
         yield  # an async generator that yields nothing
 
 
-@dataclass(frozen=True, slots=True)
-class Stores:
+class Stores(Struct, frozen=True):
     """The three seams of one run, handed to the engine."""
 
     seen: Seen

@@ -14,10 +14,10 @@ import base64
 import binascii
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
+from msgspec import Struct
 from yarl import URL
 
 from crawler.errors import InvalidURL
@@ -31,8 +31,7 @@ if TYPE_CHECKING:
 _FP_END: Final = 1 << 64  # fingerprints are 64-bit unsigned (crawler.dedup.fingerprint)
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
+class Task(Struct, frozen=True):
     """One URL's work as it can leave the process: ``url`` is the input text; ``fp`` the
     fingerprint of its dedup key (0 without dedup); ``depth`` and ``parent`` its place in
     a crawl; ``attempts`` the requests made so far; ``expires`` the wall-clock time

@@ -290,9 +290,9 @@ def pipe_full(write_end: int) -> bool:
 
 def make_config(tmp_path: Path, **kw: Any) -> RunConfig:
     """A RunConfig for tests: small timeouts, output into tmp_path/out.jsonl."""
-    limits = {k: kw.pop(k) for k in list(kw) if k in LimitConfig.__dataclass_fields__}
-    retry = {k: kw.pop(k) for k in list(kw) if k in RetryConfig.__dataclass_fields__}
-    fetch = {k: kw.pop(k) for k in list(kw) if k in FetchConfig.__dataclass_fields__}
+    limits = {k: kw.pop(k) for k in list(kw) if k in LimitConfig.__struct_fields__}
+    retry = {k: kw.pop(k) for k in list(kw) if k in RetryConfig.__struct_fields__}
+    fetch = {k: kw.pop(k) for k in list(kw) if k in FetchConfig.__struct_fields__}
     breaker = {k.removeprefix("breaker_"): kw.pop(k) for k in list(kw) if k.startswith("breaker_")}
     dedup = kw.pop("dedup", True)
     retry.setdefault("timeout", 5.0)

@@ -4,10 +4,10 @@ value the config refuses is the same error, named the way the user typed the opt
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
+import msgspec.structs
 import pytest
 
 import crawler
@@ -80,7 +80,7 @@ def test_the_cli_config_is_the_api_config(tmp_path: Path) -> None:
     assert cli.sink.output == "out.jsonl" and api.sink.output is None
     assert cli.fetch.headers == (("X-A", "b"),) and cli.fetch.secret_headers == ("x-a",)
     assert cli.store.save_dir == str(tmp_path / "bodies")
-    assert dataclasses.replace(cli, sink=api.sink) == api
+    assert msgspec.structs.replace(cli, sink=api.sink) == api
 
     crawl = {"depth": 2, "ignore_robots": True, "sitemap": ["http://a/s"], "max_pages": None}
     cli = RunOptions(**shared).config(crawl=crawl)

@@ -22,8 +22,8 @@ from tests.site import EXPECTED_PATHS, A, B, Site, serve_site
 async def run_crawl(
     tmp_path: Path, seeds: list[str], **kw: Any
 ) -> tuple[RunResult, list[dict[str, Any]]]:
-    crawl = {k: kw.pop(k) for k in list(kw) if k in CrawlConfig.__dataclass_fields__}
-    store = {k: kw.pop(k) for k in list(kw) if k in StoreConfig.__dataclass_fields__}
+    crawl = {k: kw.pop(k) for k in list(kw) if k in CrawlConfig.__struct_fields__}
+    store = {k: kw.pop(k) for k in list(kw) if k in StoreConfig.__struct_fields__}
     tmp_path.mkdir(parents=True, exist_ok=True)
     config = make_config(tmp_path, crawl=CrawlConfig(**crawl), store=StoreConfig(**store), **kw)
     engine = Engine(config, SeedSource(seeds, []), install_signal_handlers=False)

@@ -69,7 +69,7 @@ def blob(body: bytes, content_type: str = "application/xml") -> Callable[[web.Re
 async def run_crawl(
     tmp_path: Path, seeds: list[str], **kw: Any
 ) -> tuple[RunResult, dict[str, dict[str, Any]]]:
-    crawl = {k: kw.pop(k) for k in list(kw) if k in CrawlConfig.__dataclass_fields__}
+    crawl = {k: kw.pop(k) for k in list(kw) if k in CrawlConfig.__struct_fields__}
     config = make_config(tmp_path, crawl=CrawlConfig(**crawl), **kw)
     engine = Engine(config, SeedSource(seeds, []), install_signal_handlers=False)
     result = await engine.run()

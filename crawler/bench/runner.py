@@ -16,10 +16,11 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import aiohttp
+from msgspec import Struct
+from msgspec.structs import replace
 
 from crawler.bench.server import ServeOptions, child_command
 from crawler.config import RunConfig, SinkConfig
@@ -78,8 +79,7 @@ async def bare_aiohttp(prefix: str, n: int, concurrency: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-@dataclass(frozen=True, slots=True)
-class BenchRound:
+class BenchRound(Struct, frozen=True):
     crawler: Snapshot
     baseline_urls_per_s: float | None
 

@@ -24,10 +24,10 @@ import random
 import signal
 import socket
 import sys
-from dataclasses import dataclass, field
 from typing import Final
 
 from aiohttp import web
+from msgspec import Struct, field
 
 from crawler import __version__
 
@@ -46,8 +46,7 @@ ROUTES: Final = (
 ACCESS_LOG_FORMAT: Final = '%a - - %t "%r" %s %b'
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServeOptions:
+class ServeOptions(Struct, frozen=True, kw_only=True):
     hosts: tuple[str, ...] = ("127.0.0.1",)
     port: int = 8080
     workers: int = 1

@@ -6,12 +6,12 @@ storage in ``requestopts.py``), its default from the config dataclass it ends up
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final
 
 import typer
+from msgspec import Struct
 
 from crawler.cli.requestopts import (
     Backoff,
@@ -53,13 +53,14 @@ from crawler.config import (
     RunConfig,
     SinkConfig,
     StoreConfig,
+    field_defaults,
 )
 from crawler.errors import UsageError
 from crawler.options import CrawlOptions, FetchOptions, run_config
 
 NO_UVLOOP_ENV: Final = "CRAWLER_NO_UVLOOP"
 _BACKOFF_DEFAULTS: Final = tuple(
-    RetryConfig.__dataclass_fields__[f].default for f in ("backoff_base", "backoff_cap")
+    field_defaults(RetryConfig)[f] for f in ("backoff_base", "backoff_cap")
 )
 
 Concurrency = Annotated[
@@ -252,28 +253,21 @@ NoUvloop = Annotated[
 ]
 
 
-def _defaults(cls: type[Any]) -> dict[str, Any]:
-    """A config dataclass's field defaults: the one place a default is written."""
-    fields = dataclasses.fields(cls)
-    return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+_LIMIT = field_defaults(LimitConfig)
+_RETRY = field_defaults(RetryConfig)
+_BREAKER = field_defaults(BreakerConfig)
+_FETCH = field_defaults(FetchConfig)
+_STORE = field_defaults(StoreConfig)
+CRAWL_DEFAULTS: Final = field_defaults(CrawlConfig)
 
 
-_LIMIT = _defaults(LimitConfig)
-_RETRY = _defaults(RetryConfig)
-_BREAKER = _defaults(BreakerConfig)
-_FETCH = _defaults(FetchConfig)
-_STORE = _defaults(StoreConfig)
-CRAWL_DEFAULTS: Final = _defaults(CrawlConfig)
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class RunOptions:
+class RunOptions(Struct, frozen=True, kw_only=True):
     """Every option of ``fetch``, ``crawl`` and ``bench`` that shapes the run, as given.
 
     A command given fewer of them runs with these defaults for the rest; each is the
     default of the config field the option becomes."""
 
-    output: str | None = _defaults(SinkConfig)["output"]
+    output: str | None = field_defaults(SinkConfig)["output"]
     concurrency: int = _LIMIT["concurrency"]
     per_host: int = _LIMIT["per_host"]
     rps: float = _LIMIT["rps"]
@@ -295,11 +289,11 @@ class RunOptions:
     insecure: bool = not _FETCH["verify_tls"]
     stats_json: str | None = None
     state: Path | None = None
-    no_dedup: bool = not _defaults(InputConfig)["dedup"]
+    no_dedup: bool = not field_defaults(InputConfig)["dedup"]
     progress: bool | None = None
     quiet: bool = False
     fail_on_error: bool = False
-    grace: float = _defaults(RunConfig)["grace"]
+    grace: float = field_defaults(RunConfig)["grace"]
     block_private: bool = _FETCH["block_private"]
     resolve: list[str] | None = None
     save_dir: Path | None = _STORE["save_dir"]
@@ -320,7 +314,7 @@ class RunOptions:
     data: str | None = None
     json: str | None = None
     retry_unsafe: bool = _FETCH["retry_unsafe"]
-    max_time: float | None = _defaults(RunConfig)["max_time"]
+    max_time: float | None = field_defaults(RunConfig)["max_time"]
     include_headers: bool = _FETCH["include_headers"]
     include_request: bool = _FETCH["include_request"]
     include_body: bool = _FETCH["include_body"]
@@ -433,6 +427,6 @@ OPTIONS: Final[dict[str, Any]] = {
     "backoff": Backoff,
     "workers": Workers,
 }
-DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(RunOptions)}
+DEFAULTS: Final = field_defaults(RunOptions)
 # The RunOptions fields that shape the run's config (the others: where and how it reports).
 _RUN_OPTIONS: Final = tuple(sorted(FetchOptions.__optional_keys__ & DEFAULTS.keys()))

@@ -7,7 +7,6 @@ URLs; each ``worker`` takes those options, its own flags winning, and works on t
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final
@@ -55,7 +54,7 @@ def job_options(opts: RunOptions) -> dict[str, Any]:
 
 def from_job(options: dict[str, Any], **flags: Any) -> RunOptions:
     """A worker's RunOptions: the job's, then the worker's own ``flags`` (not None)."""
-    types = {f.name: str(f.type) for f in dataclasses.fields(RunOptions)}
+    types = RunOptions.__annotations__  # strings: `from __future__ import annotations`
     values: dict[str, Any] = {}
     for name, value in options.items():
         if name in types and name in JOB_OPTIONS:

@@ -11,12 +11,12 @@ from typing import Annotated, Final
 import typer
 
 from crawler.cli.values import parse_size
-from crawler.config import RetryConfig
+from crawler.config import RetryConfig, field_defaults
 from crawler.errors import UsageError
 from crawler.retry import RETRY_STATUSES
 
 _BACKOFF_DEFAULTS: Final = tuple(
-    RetryConfig.__dataclass_fields__[f].default for f in ("backoff_base", "backoff_cap")
+    field_defaults(RetryConfig)[f] for f in ("backoff_base", "backoff_cap")
 )
 
 SaveDir = Annotated[

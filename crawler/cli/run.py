@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import os
 import select
@@ -16,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import msgspec.structs
 import orjson
 import typer
 
@@ -57,7 +57,7 @@ def stdout_dashes(opts: RunOptions) -> tuple[RunOptions, Path | None]:
     with an object of another shape)."""
     output, stats_json = opts.output, opts.stats_json
     if output == "-":
-        opts = dataclasses.replace(opts, output=None)
+        opts = msgspec.structs.replace(opts, output=None)
         output = None
     if stats_json is None:
         return opts, None
