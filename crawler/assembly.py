@@ -18,7 +18,6 @@ from collections.abc import Callable
 from crawler import errors, signals
 from crawler.config import FetchConfig, RunConfig
 from crawler.crawling import Crawling, io_message
-from crawler.detail import DetailRecords
 from crawler.frontier import Frontier
 from crawler.inputs import Source
 from crawler.limiter import DynamicSemaphore, HostTable
@@ -148,9 +147,11 @@ def _records(config: FetchConfig) -> Records:
     plain records; --include-*/--no-follow add what the fetcher kept, proxies name the
     proxy, --etags says whether the answer was 304."""
     kinds: list[type[Records]] = []
-    if config.detail:
+    if config.detail:  # each imported only for runs that use it (as crawler.fetchers does)
+        from crawler.detail import DetailRecords
+
         kinds.append(DetailRecords)  # first: its __init__ takes include_body
-    if config.proxied:  # imported only for runs that use them (as crawler.fetchers does)
+    if config.proxied:
         from crawler.proxied import ProxiedRecords
 
         kinds.append(ProxiedRecords)
@@ -163,6 +164,9 @@ def _records(config: FetchConfig) -> Records:
     kind: type[Records] = kinds[0]
     if len(kinds) > 1:
         kind = type("Records", tuple(kinds), {"__slots__": ()})
-    if issubclass(kind, DetailRecords):  # it came first: its __init__ is the one run
-        return kind(config.method, config.include_body)
+    if config.detail:
+        from crawler.detail import DetailRecords
+
+        if issubclass(kind, DetailRecords):  # it came first: its __init__ is the one run
+            return kind(config.method, config.include_body)
     return kind(config.method)

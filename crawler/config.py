@@ -240,9 +240,9 @@ class FetchConfig(Struct, frozen=True, kw_only=True):
         return bool(self.proxies or self.scheme_proxies) or self.hosts.proxied
 
     def __post_init__(self) -> None:
-        from crawler.proxies import parse_proxy
-
         for text in (*self.proxies, *(url for _, url in self.scheme_proxies)):
+            from crawler.proxies import parse_proxy  # only for a run with proxies
+
             try:
                 parse_proxy(text)
             except ValueError as exc:

@@ -18,10 +18,10 @@ import aiohttp
 
 from crawler.config import BreakerConfig, FetchConfig
 from crawler.fetcher import Fetcher
-from crawler.hostfetch import HostsFetcher
 from crawler.sessions import make_fetcher, session_state
 
 if TYPE_CHECKING:
+    from crawler.hostfetch import HostsFetcher
     from crawler.proxied import ProxiedFetcher
 
 
@@ -48,6 +48,8 @@ async def open_fetcher(
 
             fetcher = ProxiedFetcher(session, config, breaker, clock, state)
         if config.hosts.requests:  # per-host headers or proxies, around the run's fetcher
+            from crawler.hostfetch import HostsFetcher
+
             inner = fetcher if config.proxied else make_fetcher(session, config, state)
             fetcher = HostsFetcher(inner, session, config, breaker, clock, state)
         try:

@@ -173,3 +173,16 @@ def test_a_command_imports_only_its_own_module() -> None:
         info = names.get(name) or next(i for i in names.values() if i.name == name)
         assert info.callback is not None
         assert info.callback.__module__ == f"crawler.cli.{module}", name
+
+
+def test_a_plain_fetch_loads_no_module_of_an_option_it_lacks() -> None:
+    """Records with headers or bodies (crawler.detail), proxies (crawler.proxies,
+    crawler.proxied) and per-host rules (crawler.hostfetch) load only for a run that has
+    them: a plain fetch loads none; one with --include-headers loads crawler.detail."""
+    optional = ("crawler.detail", "crawler.proxies", "crawler.proxied", "crawler.hostfetch")
+    url = "http://127.0.0.1:9/"
+    status, loaded, out = _probe("fetch", url, "-q", "--retries", "0", wanted=optional)
+    assert (status, loaded) == ("0", []) and '"error"' in out
+    argv = ("fetch", url, "-q", "--retries", "0", "--include-headers")
+    status, loaded, _ = _probe(*argv, wanted=optional)
+    assert (status, loaded) == ("0", ["crawler.detail"])
