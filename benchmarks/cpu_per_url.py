@@ -23,11 +23,11 @@ import contextlib
 import gc
 import resource
 import statistics
-from dataclasses import replace
 from typing import Any
 
 import uvloop
 from aiohttp import ClientTimeout
+from msgspec.structs import replace
 from yarl import URL
 
 from crawler.bench.runner import GeneratedSource, embedded_server

@@ -17,10 +17,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
+from msgspec.structs import replace
 
 sys.path.insert(0, str(Path(__file__).parent))
 from server import free_port, wait_port

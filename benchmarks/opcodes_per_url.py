@@ -41,7 +41,7 @@ from cpu_per_url import loop_of
 
 from crawler.bench.runner import bare_aiohttp, embedded_server
 from crawler.bench.server import ServeOptions
-from crawler.config import FetchConfig, LimitConfig, RunConfig, SinkConfig
+from crawler.config import FetchConfig, LimitConfig, RunConfig, SinkConfig, field_defaults
 from crawler.engine import Engine
 from crawler.inputs import LineSource
 
@@ -134,7 +134,7 @@ def main() -> None:
     fetch: dict[str, Any] = {}
     for item in args.fetch:
         name, _, value = item.partition("=")
-        kind = type(FetchConfig.__dataclass_fields__[name].default)
+        kind = type(field_defaults(FetchConfig)[name])
         fetch[name] = (value,) if kind is tuple else (value == "1" if kind is bool else value)
     server = (
         contextlib.nullcontext(args.target)

@@ -6,6 +6,10 @@ and min wall. Output is discarded, as hyperfine's ``-N`` does.
 
     python benchmarks/startup.py -r 25 "crawler fetch URL -o /dev/null" \\
         "env PYTHONPATH=/tmp/before crawler fetch URL -o /dev/null"
+
+Wall times on a shared machine move 10-20% from one minute to the next; ``--instructions``
+also runs each command once under valgrind's cachegrind and gives the instructions it
+executed (user space), a figure load cannot move (see instructions_per_url.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import shlex
 import statistics
 import subprocess
 import time
+
+from instructions_per_url import instructions
 
 
 def run_once(argv: list[str]) -> tuple[float, float]:
@@ -35,6 +41,9 @@ def main() -> None:
     parser.add_argument("commands", nargs="+", help="command lines (shell words)")
     parser.add_argument("-r", "--rounds", type=int, default=25)
     parser.add_argument("-w", "--warmup", type=int, default=2)
+    parser.add_argument(
+        "--instructions", action="store_true", help="also count instructions (valgrind)"
+    )
     args = parser.parse_args()
     argvs = [shlex.split(c) for c in args.commands]
     for _ in range(args.warmup):
@@ -50,11 +59,14 @@ def main() -> None:
             cpus[i].append(cpu)
     load_after = os.getloadavg()[0]
     print(f"{args.rounds} rounds; load average {load_before:.1f} -> {load_after:.1f}")
-    print("| command | median CPU (ms) | median wall (ms) | min wall (ms) |")
-    print("|---|---|---|---|")
-    for command, wall_s, cpu_s in zip(args.commands, walls, cpus, strict=True):
+    counts = [f"{instructions(argv) / 1e6:,.0f}M" for argv in argvs] if args.instructions else []
+    extra = " instructions |" if counts else ""
+    print(f"| command | median CPU (ms) | median wall (ms) | min wall (ms) |{extra}")
+    print("|---|---|---|---|" + ("---|" if counts else ""))
+    for i, (command, wall_s, cpu_s) in enumerate(zip(args.commands, walls, cpus, strict=True)):
         cpu, wall, low = statistics.median(cpu_s), statistics.median(wall_s), min(wall_s)
-        print(f"| `{command}` | {cpu * 1e3:.0f} | {wall * 1e3:.0f} | {low * 1e3:.0f} |")
+        row = f"| `{command}` | {cpu * 1e3:.0f} | {wall * 1e3:.0f} | {low * 1e3:.0f} |"
+        print(row + (f" {counts[i]} |" if counts else ""))
 
 
 if __name__ == "__main__":

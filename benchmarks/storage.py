@@ -14,11 +14,11 @@ import asyncio
 import shutil
 import statistics
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import uvloop
+from msgspec.structs import replace
 
 from crawler.bench.runner import GeneratedSource, embedded_server
 from crawler.bench.server import ServeOptions
