@@ -256,8 +256,10 @@ async def test_socks5_local_dns_is_checked(tmp_path: Path, pproxy: dict[str, int
 
 
 def test_proxy_urls_noproxy_and_environment() -> None:
-    spec = parse_proxy("u:p@proxy.test")
+    spec = parse_proxy("u:hunter2@proxy.test")
     assert (spec.scheme, spec.port, spec.name) == ("http", 1080, "http://proxy.test:1080")
+    assert (spec.user, spec.password) == ("u", "hunter2")
+    assert "hunter2" not in repr(spec) and "hunter2" not in str(spec)  # logs, tracebacks
     assert parse_proxy("socks5h://[::1]:9").name == "socks5h://[::1]:9"
     for bad, words in [
         ("socks4://h:1", "unsupported proxy scheme 'socks4'"),

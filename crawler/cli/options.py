@@ -1,6 +1,6 @@
 """The options of the commands that run the pipeline (``fetch``, ``crawl``, ``bench``),
 declared once: each option's typer declaration here (those of requests, records and
-storage in ``requestopts.py``), its default from the config dataclass it ends up in
+storage in ``requestopts.py``), its default from the config slice it ends up in
 (``crawler.config``); ``signature.run_options`` gives a command the ones it takes.
 """
 
