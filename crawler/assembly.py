@@ -12,7 +12,6 @@ frontier's, the input's and the sink's, which exist only once the run is set up.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Callable
 
 from crawler import errors, signals
@@ -118,7 +117,7 @@ class Parts:
             for close in closers:
                 try:
                     await asyncio.shield(close())
-                except (OSError, sqlite3.Error) as exc:
+                except errors.storage_errors() as exc:
                     failure = failure or exc
         finally:
             await asyncio.shield(self._stores.ledger.aclose())

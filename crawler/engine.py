@@ -35,7 +35,6 @@ not fit are counted as lost (not marked done with ``--state``: the resumed run r
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -157,7 +156,7 @@ class Engine:
                 except* errors.UsageError as group:
                     # e.g. the input became unreadable mid-run: one clear message.
                     raise group.exceptions[0] from None
-                except* (OSError, sqlite3.Error) as group:
+                except* errors.storage_errors() as group:
                     # The output or the state file failed (disk full, I/O error, locked).
                     first = group.exceptions[0]
                     raise errors.UsageError(f"cannot continue: {io_message(first)}") from None

@@ -46,6 +46,15 @@ class CrawlerError(Exception):
     """Root of every error this package raises on purpose."""
 
 
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What the run's files may raise: OSError, and sqlite3's errors (the --state, --etags
+    and link-queue stores). Called where one is caught, so sqlite3 (3 ms to import) is
+    loaded when something failed, not at every start."""
+    import sqlite3
+
+    return (OSError, sqlite3.Error)
+
+
 class UsageError(CrawlerError):
     """The command line or its input cannot be used; exit status 2."""
 

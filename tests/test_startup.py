@@ -177,9 +177,11 @@ def test_a_command_imports_only_its_own_module() -> None:
 
 def test_a_plain_fetch_loads_no_module_of_an_option_it_lacks() -> None:
     """Records with headers or bodies (crawler.detail), proxies (crawler.proxies,
-    crawler.proxied) and per-host rules (crawler.hostfetch) load only for a run that has
-    them: a plain fetch loads none; one with --include-headers loads crawler.detail."""
+    crawler.proxied), per-host rules (crawler.hostfetch) and SQLite (--state, --etags, a
+    crawl's spilled links) load only for a run that has them: a plain fetch loads none;
+    one with --include-headers loads crawler.detail."""
     optional = ("crawler.detail", "crawler.proxies", "crawler.proxied", "crawler.hostfetch")
+    optional += ("sqlite3",)
     url = "http://127.0.0.1:9/"
     status, loaded, out = _probe("fetch", url, "-q", "--retries", "0", wanted=optional)
     assert (status, loaded) == ("0", []) and '"error"' in out
