@@ -177,14 +177,15 @@ def test_a_command_imports_only_its_own_module() -> None:
 
 def test_a_plain_fetch_loads_no_module_of_an_option_it_lacks() -> None:
     """Records with headers or bodies (crawler.detail), proxies (crawler.proxies,
-    crawler.proxied), per-host rules (crawler.hostfetch) and SQLite (--state, --etags, a
-    crawl's spilled links) load only for a run that has them: a plain fetch loads none;
-    one with --include-headers loads crawler.detail."""
+    crawler.proxied), per-host rules (crawler.hostfetch), SQLite (--state, --etags, a
+    crawl's spilled links) and the config file's reader load only for a run that has
+    them: a plain fetch loads none; one with --include-headers loads crawler.detail."""
     optional = ("crawler.detail", "crawler.proxies", "crawler.proxied", "crawler.hostfetch")
-    optional += ("sqlite3",)
+    optional += ("sqlite3", "crawler.cli.configfile")
+    env = {k: v for k, v in os.environ.items() if k != "CRAWLER_CONFIG"}
     url = "http://127.0.0.1:9/"
-    status, loaded, out = _probe("fetch", url, "-q", "--retries", "0", wanted=optional)
+    status, loaded, out = _probe("fetch", url, "-q", "--retries", "0", wanted=optional, env=env)
     assert (status, loaded) == ("0", []) and '"error"' in out
     argv = ("fetch", url, "-q", "--retries", "0", "--include-headers")
-    status, loaded, _ = _probe(*argv, wanted=optional)
+    status, loaded, _ = _probe(*argv, wanted=optional, env=env)
     assert (status, loaded) == ("0", ["crawler.detail"])

@@ -29,13 +29,14 @@ def config_command(
 ) -> None:
     """Print the configuration a fetch or crawl would run with: the defaults, overridden
     by the config file (--config FILE, else $CRAWLER_CONFIG), [hosts] tables included."""
-    from crawler.cli.configfile import effective, load, path_given, to_plain, to_toml
+    from crawler.cli.configfile import effective, load, to_plain, to_toml
+    from crawler.cli.options import config_path
 
     if not show:
         raise UsageError("config: nothing to do (use --show)")
     if command not in ("fetch", "crawl"):
         raise UsageError(f"invalid --command {command!r}: expected fetch or crawl")
-    path = path_given(config)
+    path = config_path(config)
     options = to_plain(effective(load(path) if path is not None else None, command))
     if json_out:
         text = orjson.dumps(options, option=orjson.OPT_INDENT_2).decode() + "\n"

@@ -20,7 +20,6 @@ from crawler.config import ConfigError, RunConfig
 from crawler.errors import UsageError
 from crawler.options import _FIELDS, CrawlOptions, FetchOptions, run_config
 
-ENV: Final = "CRAWLER_CONFIG"
 _FETCH_KEYS: Final = FetchOptions.__optional_keys__ - {"scheme_proxy"}  # the environment's
 CRAWL_OWN: Final = CrawlOptions.__optional_keys__ - FetchOptions.__optional_keys__
 # Options of the command line only (not of the Python API): how a run reports, where to.
@@ -90,13 +89,6 @@ class ConfigFile:
         if exc.option in values:
             return self.fail(exc.option, exc.naming(self._spelled[exc.option]))
         return self.fail(None, str(exc))
-
-
-def path_given(path: str | None) -> str | None:
-    """The config file of a command: ``--config``'s, else ``CRAWLER_CONFIG``'s, else None."""
-    if path is None:
-        path = os.environ.get(ENV) or None
-    return path
 
 
 def load(path: str) -> ConfigFile:

@@ -6,6 +6,7 @@ storage in ``requestopts.py``), its default from the config slice it ends up in
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -59,6 +60,15 @@ from crawler.errors import UsageError
 from crawler.options import CrawlOptions, FetchOptions, run_config
 
 NO_UVLOOP_ENV: Final = "CRAWLER_NO_UVLOOP"
+CONFIG_ENV: Final = "CRAWLER_CONFIG"
+
+
+def config_path(given: str | None) -> str | None:
+    """The config file of a command: ``--config``'s, else ``CRAWLER_CONFIG``'s, else None.
+    Here, not in ``configfile``: a run without one need not load the file's reader."""
+    return given if given is not None else os.environ.get(CONFIG_ENV) or None
+
+
 _BACKOFF_DEFAULTS: Final = tuple(
     field_defaults(RetryConfig)[f] for f in ("backoff_base", "backoff_cap")
 )

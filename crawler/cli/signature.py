@@ -10,7 +10,7 @@ from typing import Annotated, Any, Final
 
 import typer
 
-from crawler.cli.options import DEFAULTS, OPTIONS, RunOptions
+from crawler.cli.options import DEFAULTS, OPTIONS, RunOptions, config_path
 
 Command = Callable[..., None]
 
@@ -96,11 +96,11 @@ def _from_config_file(
     defaults of the options the command takes (its RunOptions ``fields``, and ``own``
     parameters among ``crawl_own``), and its hosts: never of a flag given on the command
     line (typer's context says which were)."""
-    from crawler.cli.configfile import load, path_given
-
-    path = path_given(path)
+    path = config_path(path)
     if path is None:
         return
+    from crawler.cli.configfile import load
+
     file = load(path)
     from typer._click.core import ParameterSource
     from typer._click.globals import get_current_context
