@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
 _HOSTS_REMEMBERED: Final = 65_536  # the gate's host -> shard cache, at most
 _LAPSED: Final = 0.05  # seconds after a wanted lease's PTTL before the beat that takes it
+# Seconds each goodbye to Redis may take as a worker ends (its last commits, giving the
+# shards back): else a Redis that hangs holds the exit for the client's socket timeouts
+# (crawler.redisjob.connect: 5 s to connect, over 10 s to read) at each step.
+GOODBYE: Final = 1.0
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
@@ -122,6 +126,7 @@ class Leases:
         self._live: tuple[str, ...] = ()
         self._owner: dict[int, str] = {}
         self._watch: asyncio.TimerHandle | None = None
+        self.goodbye = GOODBYE  # the bound of leave(), and of the sink's last commits
 
     def valid(self, shard: int) -> bool:
         held = self.held.get(shard)
@@ -245,13 +250,17 @@ class Leases:
             await asyncio.sleep(pause)
 
     async def leave(self) -> None:
-        """Give every shard back and leave the live workers."""
+        """Give every shard back and leave the live workers, or give up after
+        ``goodbye`` seconds: a courtesy, so another worker can take the shards at once;
+        if Redis does not answer, they lapse on their TTL (and this worker's heartbeat
+        with them) and the stop does not wait for it."""
         if self._watch is not None:
             self._watch.cancel()
         self.stopping = True
-        with contextlib.suppress(*redis_errors()):
-            self.outstanding.clear()
-            await self.beat()
+        self.outstanding.clear()
+        with contextlib.suppress(*redis_errors()):  # TimeoutError (the bound) too
+            async with asyncio.timeout(self.goodbye):
+                await self.beat()
         self.held.clear()
 
 

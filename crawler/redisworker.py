@@ -263,6 +263,8 @@ class RedisSink:
         self._interval = interval
         self._kick = asyncio.Event()
         self._closing = False
+        self._stop_by: float | None = None  # loop time the last commits give up at
+        self._attempt: asyncio.Timeout | None = None  # the commit under way
         self.committed = 0
         self.refused = 0
 
@@ -320,13 +322,17 @@ class RedisSink:
                 batch.append((shard, token, items))
         while batch:
             try:
-                answers = await self.leases.job.commit_all(batch)
-            except redis_errors():
-                if self._closing:  # ending: only the shards still surely ours
-                    batch = [each for each in batch if self.leases.valid(each[0])]
+                async with asyncio.timeout_at(self._stop_by) as self._attempt:
+                    answers = await self.leases.job.commit_all(batch)
+            except redis_errors():  # TimeoutError (the goodbye's bound) too
+                if self._closing:  # ending: only the shards still surely ours, in time
+                    late = asyncio.get_running_loop().time() >= (self._stop_by or 0.0)
+                    batch = [] if late else [b for b in batch if self.leases.valid(b[0])]
                 if batch:
                     await asyncio.sleep(_RETRY)  # a repeated commit writes nothing twice
                 continue
+            finally:
+                self._attempt = None
             for (_, _, items), n in zip(batch, answers, strict=True):
                 if n < 0:
                     self.refused += len(items)
@@ -348,15 +354,25 @@ class RedisSink:
                 return
 
     def close(self) -> None:
-        self._closing = True
+        self._goodbye()
         self._kick.set()
 
     def abandon(self) -> None:
         pass
 
     async def aclose(self) -> None:
-        self._closing = True
+        self._goodbye()
         await self._flush()
+
+    def _goodbye(self) -> None:
+        """Ending: the commits from now on (and one under way) get the leases'
+        ``goodbye`` seconds; records not committed by then stay pending in Redis, and
+        the shards' next owners do those URLs again (a Redis gone or hanging no longer
+        holds the stop for its socket timeouts, or until the leases lapse)."""
+        self._closing = True
+        self._stop_by = asyncio.get_running_loop().time() + self.leases.goodbye
+        if self._attempt is not None:
+            self._attempt.reschedule(self._stop_by)
 
 
 async def work(
