@@ -38,6 +38,7 @@ from crawler.shardcrawl import LinkRouter
 from crawler.shardproc import (
     WORKER_COMMAND,
     ShardProc,
+    claim_owed,
     how_it_ended,
     one_writer_each,
     say,
@@ -46,7 +47,7 @@ from crawler.shardproc import (
 )
 from crawler.shardstats import RunStats
 from crawler.sink import OutputClosed, Sink
-from crawler.stores import FRESH, Stores
+from crawler.stores import Stores
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -95,6 +96,7 @@ class Coordinator:
         self._read_all = False  # END sent: every line went out
         self._stops = 0
         self._sent = 0  # lines routed to workers
+        self._unsent = 0  # lines read for a worker that had already ended
         self._scope: list[str] = []  # crawl: the seed lines, for a successor's scope
         self._reader: asyncio.Task[None] | None = None
         self._all_done = asyncio.Event()
@@ -131,7 +133,8 @@ class Coordinator:
         try:
             if self._handle_signals:
                 signals.take_over(loop, self.request_stop, previous)
-            self._shards = [await self._start(i) for i in range(self._n)]
+            for index in range(self._n):  # one by one: a start that fails ends those started
+                self._shards.append(await self._start(index))
             crawl = self._config.crawl
             if crawl is not None and crawl.sitemap_urls:  # worker 0 reads them
                 self._scope += crawl.sitemap_urls
@@ -246,6 +249,9 @@ class Coordinator:
                 break
             shard.room.clear()
             await shard.room.wait()
+        if shard.done is not None:  # it ended (--max-time, a stop): the lines stay unread
+            self._unsent += len(lines)
+            return
         self._next_batch += 1
         shard.send_lines(self._next_batch, lines)
         self._sent += len(lines)
@@ -295,9 +301,9 @@ class Coordinator:
                 elif kind == shards.CLAIM:
                     batch, raw = shards.read_ids(payload)
                     fps = shards.read_fingerprints(raw)
-                    answers = await self._claim(fps)
+                    answers, repaid = await self._claim(fps)
                     if links is not None:
-                        answers = links.seeds(answers)
+                        answers = links.seeds(answers, repaid)
                     shard.claimed(batch, fps, answers)
                     shard.send(shards.ids_frame(shards.ANSWER, batch, bytes(answers)))
                 elif kind == shards.STATS:
@@ -312,25 +318,11 @@ class Coordinator:
             return
         self._check_done()
 
-    async def _claim(self, fps: list[int]) -> list[int]:
-        """The Seen's answers, except that a fingerprint a dead worker claimed and left
-        unfinished is still new to the worker that took its line over."""
-        owed = self._owed
-        if not owed:
-            return await self._stores.seen.claim(fps)
-        mine = [fp in owed for fp in fps]
-        rest = await self._stores.seen.claim([fp for fp, m in zip(fps, mine, strict=True) if not m])
-        answers: list[int] = []
-        others = iter(rest)
-        for fp, m in zip(fps, mine, strict=True):
-            if m:
-                answers.append(FRESH)
-                owed[fp] -= 1
-                if owed[fp] <= 0:
-                    del owed[fp]
-            else:
-                answers.append(next(others))
-        return answers
+    async def _claim(self, fps: list[int]) -> tuple[list[int], list[int]]:
+        """The Seen's answers, but a line a dead worker left owed is new to its successor."""
+        if not self._owed:
+            return await self._stores.seen.claim(fps), []
+        return await claim_owed(self._stores.seen, self._owed, fps)
 
     def _check_done(self) -> None:
         if self._read_all and all(s.done is not None for s in self._shards):
@@ -375,6 +367,8 @@ class Coordinator:
             successor.send_lines(self._next_batch, lines[at : at + 1024])
         if self._read_all:
             successor.send(shards.frame(shards.END))
+        if self._links is not None and self._links.finished:  # it died after FINISH
+            successor.send(shards.frame(shards.FINISH))
         if self._links is not None:
             await self._links.deliver(index)  # links that waited here for the dead one
         await self._listen(successor)
@@ -406,7 +400,7 @@ class Coordinator:
         source, stats = self._source, self.stats
         held = sum(int((s.done or {}).get("unread", 0)) for s in self._shards)
         if source.eof:
-            stats.not_read = held
+            stats.not_read = held + self._unsent
         elif source.lines_total is not None:
             stats.not_read = max(0, source.lines_total - self._sent) + held
         else:

@@ -355,9 +355,12 @@ def run_config(
         fetch["cookies"] = crawl or "cookie_jar" in fetch
     if "proxies" in slices["fetch"]:
         slices["fetch"].pop("scheme_proxies", None)  # --proxy overrides the environment
+    limits = LimitConfig(**slices["limits"])
+    if run.get("workers", 1) > limits.concurrency:  # -c is a total: a worker takes one at least
+        run["workers"] = limits.concurrency
     return RunConfig(
         input=InputConfig(**slices["input"]),
-        limits=LimitConfig(**slices["limits"]),
+        limits=limits,
         retry=RetryConfig(**slices["retry"]),
         breaker=BreakerConfig(**slices["breaker"]),
         fetch=FetchConfig(**slices["fetch"]),

@@ -68,15 +68,17 @@ class LinkRouter:
         return self._budget is not None and self.admitted >= self._budget
 
     # -- seeds -------------------------------------------------------------------------------
-    def seeds(self, answers: list[int]) -> list[int]:
+    def seeds(self, answers: list[int], repaid: Sequence[int] = ()) -> list[int]:
         """Input lines' claims in crawl mode: fresh seeds count against --max-pages; past
-        it, a seed is answered as a repeat (and not counted as one: ``over_budget``)."""
+        it, a seed is answered as a repeat (and not counted as one: ``over_budget``).
+        ``repaid``: positions of seeds a dead worker had claimed, counted then already."""
         if self._budget is None:
-            self.admitted += answers.count(FRESH)
+            self.admitted += answers.count(FRESH) - len(repaid)
             return answers
         out = []
-        for answer in answers:
-            if answer == FRESH:
+        skip = set(repaid)
+        for at, answer in enumerate(answers):
+            if answer == FRESH and at not in skip:
                 if self.full:
                     self.over_budget += 1
                     answer = 0
@@ -135,9 +137,9 @@ class LinkRouter:
             room = self._hold - len(shard.links_out)
             if room <= 0 or shard.done is not None:
                 return
-            links = await queue.take(room)
+            links = await queue.take(room)  # (from disk once spilled: the worker may die)
             if links:
-                self._send(shard, links)
+                self._send(self._workers()[index], links)  # its successor, if it did
 
     def _send(self, shard: ShardProc, links: list[Link]) -> None:
         for link in links:

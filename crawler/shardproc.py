@@ -28,7 +28,7 @@ from crawler import shards
 from crawler.config import RunConfig
 from crawler.errors import UsageError
 from crawler.linkqueue import Link
-from crawler.stores import FRESH
+from crawler.stores import FRESH, Seen
 
 
 class Batch(Struct):
@@ -149,6 +149,30 @@ class ShardProc(Struct):
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
+
+
+async def claim_owed(seen: Seen, owed: Counter[int], fps: list[int]) -> tuple[list[int], list[int]]:
+    """``seen``'s answers to a claim of ``fps``, except that a fingerprint a dead worker
+    claimed and left unfinished (``owed``) is still new to the worker that took its line
+    over: once for each line owed, in order, so another line of the same URL stays the
+    repeat it was. Also the positions of the owed lines (a crawl counted them already)."""
+    answers = [FRESH] * len(fps)
+    repaid: list[int] = []
+    asked: list[int] = []
+    for at, fp in enumerate(fps):
+        n = owed.get(fp, 0)
+        if n:
+            repaid.append(at)
+            if n > 1:
+                owed[fp] = n - 1
+            else:
+                del owed[fp]
+        else:
+            asked.append(at)
+    rest = await seen.claim([fps[at] for at in asked])
+    for at, answer in zip(asked, rest, strict=True):
+        answers[at] = answer
+    return answers, repaid
 
 
 def worker_config(config: RunConfig, index: int, n: int) -> RunConfig:

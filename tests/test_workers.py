@@ -135,6 +135,16 @@ def test_every_option_reaches_a_worker() -> None:
         assert (sent.workers, sent.limits.concurrency, sent.limits.rps) == (1, 3 - index, 2.0)
 
 
+def test_c_is_a_total_so_workers_are_at_most_c() -> None:
+    """Each worker takes at least one of -c's requests: --workers above -c runs -c of
+    them (-c 1: one process), so the requests in flight never pass -c."""
+    for c, wanted, runs in ((2, 4, 2), (1, 2, 1), (8, 4, 4)):
+        config = run_config({"workers": wanted, "concurrency": c}, crawl=False)
+        assert config.workers == runs
+        shares = [worker_config(config, i, runs).limits.concurrency for i in range(runs)]
+        assert runs == 1 or sum(shares) == c
+
+
 def test_added_up_statistics_merge_histograms() -> None:
     """The run's percentiles come from the workers' merged histograms, not averages."""
     fast, slow = Stats(lambda: 0.0), Stats(lambda: 0.0)
