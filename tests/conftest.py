@@ -8,6 +8,7 @@ import contextlib
 import os
 import select
 import signal
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -266,6 +267,24 @@ async def server() -> AsyncIterator[Server]:
         yield Server(rec, ports)
     finally:
         rec.release.set()
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def serve_app(
+    app: web.Application, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[str]:
+    """``app`` on ``host`` at a free port (TLS with ``ssl_context``): its base URL,
+    ``http://host:port`` or ``https://host:port``."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0, ssl_context=ssl_context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    scheme = "https" if ssl_context is not None else "http"
+    try:
+        yield f"{scheme}://{host}:{port}"
+    finally:
         await runner.cleanup()
 
 

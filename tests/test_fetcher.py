@@ -28,6 +28,7 @@ from crawler.errormap import map_exception
 from crawler.fetcher import Fetcher
 from crawler.response import Response
 from crawler.session import make_session
+from tests.conftest import serve_app
 from tests.faultserver import FaultServer, bomb, closed_port
 
 HOSTS = ("127.0.0.1", "127.0.0.2")  # two origins on loopback, for cross-host redirects
@@ -524,15 +525,8 @@ async def https_url(tmp_path: Path) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/", hello)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-    await runner.setup()
-    tcp = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
-    await tcp.start()
-    port = tcp._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"https://127.0.0.1:{port}/"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app, ssl_context=ctx) as base:
+        yield f"{base}/"
 
 
 async def test_self_signed_certificate_is_tls(https_url: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from tests.conftest import Server, run_engine
+from tests.conftest import Server, run_engine, serve_app
 
 LIMIT = 100_000
 
@@ -66,15 +66,8 @@ async def big() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/big/{encoding}", stream)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/big"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as base:
+        yield f"{base}/big"
 
 
 @pytest.mark.parametrize("encoding", ["identity", "gzip", "deflate"])

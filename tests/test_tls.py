@@ -10,7 +10,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from tests.conftest import run_engine
+from tests.conftest import run_engine, serve_app
 from tests.test_cli import run
 
 
@@ -26,15 +26,8 @@ async def https_url() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/", hello)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"https://127.0.0.1:{port}/"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app, ssl_context=ctx) as base:
+        yield f"{base}/"
 
 
 async def test_untrusted_certificate_is_a_tls_error(https_url: str, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from crawler.options import run_config
 from crawler.shardcrawl import LinkRouter
 from crawler.shardproc import claim_owed
 from crawler.stores import FRESH, REPEAT, MemoryQueue, memory
-from tests.conftest import until
+from tests.conftest import serve_app, until
 
 
 async def test_an_owed_url_is_new_once_and_a_repeat_of_it_stays_a_repeat() -> None:
@@ -127,16 +127,11 @@ async def _site(release: asyncio.Event, hits: list[str]) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", page)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        release.set()
-        await runner.cleanup()
+    async with serve_app(app) as base:
+        try:
+            yield base
+        finally:
+            release.set()  # a request still held ends, so the server can close
 
 
 async def test_a_worker_that_dies_after_finish_does_not_hang_the_crawl(tmp_path: Path) -> None:
