@@ -262,6 +262,35 @@ async def test_sigint_stops_every_worker_each_url_at_most_once(
     assert report["urls_done"] + report["input_not_read"] == len(urls)
 
 
+async def test_progress_shows_the_whole_run(server: Server, tmp_path: Path) -> None:
+    """One status line for the run: in flight summed over the workers (3 hosts, one URL
+    each, held by the server: 2 on worker 0, 1 on worker 1)."""
+    src = tmp_path / "urls.txt"
+    urls = _urls(server, "/hang", 1)
+    src.write_text("\n".join(urls) + "\n")
+    env, token = marked_env({**SEEDED, "CRAWLER_PROGRESS_INTERVAL": "0.1"})
+    proc = await asyncio.create_subprocess_exec(
+        *CRAWLER, "fetch", str(src), "--workers", "2", "--progress", "--grace", "0.2",
+        "-o", os.devnull, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        await until(lambda: sum(server.rec.hits.values()) == len(urls), 30)
+        async with asyncio.timeout(30):
+            while "3 in flight" not in (line := (await proc.stderr.readline()).decode()):
+                assert line, "stderr closed before a status line of the whole run"
+        assert line.startswith("crawler: ") and "0 done" in line
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            await proc.stderr.read()
+            assert await proc.wait() == 130
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert not marked_processes(token)
+
+
 async def test_state_resumed_with_another_number_of_workers(server: Server, tmp_path: Path) -> None:
     """The state does not depend on N: stopped with 2 workers, resumed with 1, every URL
     has exactly one record."""
