@@ -33,6 +33,13 @@ class Named(Struct, frozen=True):
     path: str
 
 
+def a_stream_by_name(path: str) -> bool:
+    """A path in /dev or /proc (``/dev/stdout``, ``/dev/fd/3``): a stream, even when it
+    leads to a regular file (stdout redirected to one); names made from it (a WARC
+    rotated, a worker's own WARC) would be made in /dev."""
+    return os.path.abspath(path).startswith(("/dev/", "/proc/"))
+
+
 def _key(path: str) -> tuple[str, tuple[int, int] | None, bool]:
     """(resolved path, (device, inode) if it exists, exempt)"""
     real = os.path.realpath(path)

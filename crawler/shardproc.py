@@ -28,6 +28,7 @@ from crawler import shards
 from crawler.config import RunConfig
 from crawler.errors import UsageError
 from crawler.linkqueue import Link
+from crawler.paths import a_stream_by_name
 from crawler.stores import FRESH, Seen
 
 
@@ -209,9 +210,13 @@ def worker_warc(path: str, index: int) -> str:
 
 
 def one_writer_each(config: RunConfig) -> None:
-    """--warc to a stream (/dev/stdout, a FIFO) would have N writers: refused."""
+    """--warc to a stream (/dev/stdout, a FIFO) would have N writers: refused. So is any
+    path in /dev or /proc (/dev/stdout is a regular file when stdout is redirected to
+    one), where the workers' own names (``-w0``, ...) would be made."""
     warc = config.store.warc
-    if warc is not None and os.path.exists(warc) and not os.path.isfile(warc):
+    if warc is None:
+        return
+    if a_stream_by_name(warc) or (os.path.exists(warc) and not os.path.isfile(warc)):
         raise UsageError(
             f"--warc {warc!r} is not a regular file: with --workers each worker writes "
             "its own WARC file (leave --workers at 1 to write a stream)"

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from crawler import __version__
 from crawler.offload import Offloaded, named
+from crawler.paths import a_stream_by_name
 from crawler.response import DECODED, Exchange
 
 _GZIP_LEVEL: Final = 6
@@ -140,7 +141,7 @@ class _WarcWriter:
     def _open_file(self) -> None:
         name = warc_name(self._path, self._index)
         self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._device = not stat.S_ISREG(os.fstat(self._fd).st_mode)
+        self._device = a_stream_by_name(name) or not stat.S_ISREG(os.fstat(self._fd).st_mode)
         self._new_file = True
         self.files.append(name)
         self._size = 0
@@ -248,6 +249,8 @@ class _WarcWriter:
 def _regular(path: str) -> bool:
     """A regular file, or nothing yet: not a device or a pipe (rather than a finished
     file, a resumed run would "start a new file" beside /dev/null)."""
+    if a_stream_by_name(path):
+        return False
     try:
         return stat.S_ISREG(os.stat(path).st_mode)
     except FileNotFoundError:

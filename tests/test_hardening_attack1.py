@@ -227,6 +227,28 @@ async def test_warc_to_a_device_or_pipe(server: Server, tmp_path: Path, state: b
     assert not Path("/dev/null-00001").exists()
 
 
+async def test_warc_to_stdout_redirected_to_a_file_never_rotates_into_dev(
+    server: Server, tmp_path: Path
+) -> None:
+    """`--warc /dev/stdout` with stdout redirected to a file: the file is regular, but
+    its name is a stream's; rotating made /dev/stdout-00001 in /dev. All of it goes to
+    the one file the user gave."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    src, out, warc = tmp_path / "urls.txt", tmp_path / "out.jsonl", tmp_path / "all.warc"
+    src.write_text("".join(server.url(f"/ok/{i}") + "\n" for i in range(3)))
+    args = ["fetch", str(src), "-o", str(out), "--warc", "/dev/stdout", "--warc-max-size", "1k"]
+    with open(warc, "wb") as stdout:
+        done = await asyncio.create_subprocess_exec(
+            *CRAWLER, *args, "-q", stdout=stdout, stderr=subprocess.PIPE, env=ENV
+        )
+        _, err = await asyncio.wait_for(done.communicate(), 60)
+    assert done.returncode == 0 and err == b"", err
+    assert not Path("/dev/stdout-00001").exists()
+    with open(warc, "rb") as fh:
+        assert sum(r.rec_type == "response" for r in ArchiveIterator(fh)) == 3
+
+
 # -- a status line the parser takes but HTTP has no such status --------------------------------
 async def test_a_status_below_100_is_a_protocol_error() -> None:
     """llhttp takes any three digits: `HTTP/1.1 000 X` was `ok: true`, status 0."""
