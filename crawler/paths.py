@@ -34,10 +34,11 @@ class Named(Struct, frozen=True):
 
 
 def a_stream_by_name(path: str) -> bool:
-    """A path in /dev or /proc (``/dev/stdout``, ``/dev/fd/3``): a stream, even when it
-    leads to a regular file (stdout redirected to one); names made from it (a WARC
-    rotated, a worker's own WARC) would be made in /dev."""
-    return os.path.abspath(path).startswith(("/dev/", "/proc/"))
+    """A name in /dev, /dev/fd or /proc (``/dev/stdout``, ``/dev/fd/3``): a stream, even
+    when it leads to a regular file (stdout redirected to one); names made from it (a
+    WARC rotated, a worker's own WARC) would be made in /dev. (/dev/shm holds files.)"""
+    where = os.path.abspath(path)
+    return os.path.dirname(where) in ("/dev", "/dev/fd") or where.startswith("/proc/")
 
 
 def _key(path: str) -> tuple[str, tuple[int, int] | None, bool]:

@@ -214,7 +214,8 @@ def save_jar(jar: aiohttp.CookieJar, path: str) -> None:
                     rest={"HttpOnly": ""} if morsel["httponly"] else {},
                 )
             )
-    directory = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)  # a symlinked jar: its file is replaced, not the link
+    directory = os.path.dirname(path)
     fd, temp = tempfile.mkstemp(prefix=".cookies-", suffix=".tmp", dir=directory)
     try:
         os.close(fd)
@@ -281,8 +282,10 @@ class EtagStore:
         import sqlite3  # only for --etags: 3 ms of every other run's start
 
         if not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
-            # Made complete under a temporary name, then renamed into place.
-            directory = os.path.dirname(os.path.abspath(self.path))
+            # Made complete under a temporary name, then renamed into place (through a
+            # symlink: over the file it leads to, never over the link).
+            path = os.path.realpath(self.path)
+            directory = os.path.dirname(path)
             fd, temp = tempfile.mkstemp(prefix=".etags-", suffix=".tmp", dir=directory)
             os.close(fd)
             try:
@@ -293,7 +296,7 @@ class EtagStore:
                     db.commit()
                 finally:
                     db.close()
-                os.replace(temp, self.path)
+                os.replace(temp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)

@@ -25,7 +25,7 @@ from typing import Any, Final
 import orjson
 
 from crawler.errors import UsageError
-from crawler.paths import check_creatable
+from crawler.paths import a_stream_by_name, check_creatable
 
 FORMAT: Final = "crawler-state/1"
 # SQLite's header field for "which program's file is this" (bytes 68-71): "CRL1". Read
@@ -113,6 +113,8 @@ def inspect(path: str) -> str:
     (0 bytes), ``ours``; anything else is refused. Read with plain ``open``: SQLite
     would create -wal/-shm files or switch journal modes of a file not ours."""
     refuse = UsageError(f"cannot use --state {path!r}: not a crawler state file")
+    if a_stream_by_name(path):  # /dev/stdout: a stream, even if it leads to a file
+        raise refuse
     try:
         # O_NONBLOCK: a FIFO given as --state must not hang the open.
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -184,7 +186,7 @@ def sweep(path: str) -> None:
     temporary files, so any there now is a dead run's. Also when the state file is
     there: a run killed between linking it into place and removing the temporary
     name leaves a second name of the live database, which no later creation sweeps."""
-    folder, base = os.path.split(os.path.abspath(path))
+    folder, base = os.path.split(os.path.realpath(path))  # where ``create`` makes them
     pattern = f".{glob.escape(base)}.{_TEMP_TAG}*.new"
     for stale in glob.glob(os.path.join(glob.escape(folder), pattern)):
         with contextlib.suppress(OSError):
@@ -195,8 +197,10 @@ def create(path: str, identity: dict[str, Any], *, replace_empty: bool) -> None:
     """A new state file appears complete or not at all: built under a temporary
     name in the same directory, fsynced, then linked into place (a link never
     replaces a file that appeared meanwhile). A run killed half-way leaves only its
-    temporary file, removed by the next run that holds the lock."""
-    folder, base = os.path.split(os.path.abspath(path))
+    temporary file, removed by the next run that holds the lock. Through a symlink
+    (to an empty file), the file it leads to is made, as its lock is: never the link."""
+    folder, base = os.path.split(os.path.realpath(path))
+    path = os.path.join(folder, base)
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.{_TEMP_TAG}", suffix=".new", dir=folder)
     os.close(fd)
     try:
