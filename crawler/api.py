@@ -252,16 +252,15 @@ def _run(
     urls: Iterable[str] | AsyncIterable[str], options: Mapping[str, object], *, crawl: bool
 ) -> Run:
     """A Run of ``options`` (its RunControls apart, see ``crawler.options``): every value
-    checked now, the state path as ``--state``'s is."""
+    checked now, the files it writes as the command line's are."""
+    from crawler.runner import check_run_paths
+
     rest, state, handle_signals = run_controls(options)
     config = run_config(rest, crawl=crawl)
-    if state is not None:
-        from crawler.runner import check_state_path
-
-        try:
-            check_state_path(config, state)
-        except UsageError as exc:
-            raise ConfigError(str(exc)) from None
+    try:
+        check_run_paths(config, state)  # the files it writes, as the command line's
+    except UsageError as exc:
+        raise ConfigError(str(exc)) from None
     return Run(config, urls, state=state, handle_signals=handle_signals)
 
 

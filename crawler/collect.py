@@ -149,7 +149,11 @@ class Output:
         tmp = sidecar + ".tmp"
         data = orjson.dumps({"job": self.mark.job, "size": self.mark.size, "last": self.mark.last})
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            # A new file of ours, never one a symlink of that name leads to (which
+            # O_TRUNC would empty and fill with the sidecar): the name is removed first.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             try:
                 os.write(fd, data + b"\n")
                 os.fsync(fd)

@@ -418,7 +418,7 @@ def _encoded(text: str | bytes) -> bytes:
 def run_controls(options: Mapping[str, object]) -> tuple[dict[str, object], str | None, bool]:
     """``options`` without the RunControls (for ``run_config``), the state path and
     ``handle_signals``, each checked for its type; ``state`` by the rules of ``--state``
-    (see ``crawler.runner.check_state_path`` for its path)."""
+    (see ``crawler.runner.check_run_paths`` for its path)."""
     rest = {k: v for k, v in options.items() if k not in RunControls.__optional_keys__}
     state = options.get("state")
     if state is not None:

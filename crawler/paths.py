@@ -41,6 +41,39 @@ def a_stream_by_name(path: str) -> bool:
     return os.path.dirname(where) in ("/dev", "/dev/fd") or where.startswith("/proc/")
 
 
+def not_a_file(path: str) -> bool:
+    """A stream by name (``/dev/stdout``), or something there that is no regular file
+    (``/dev/null``, a FIFO): written through, never replaced by a file made beside it
+    and renamed (as root, in /dev, that replaced /dev/null itself)."""
+    if a_stream_by_name(path):
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def write_now(path: str, data: bytes) -> None:
+    """Write ``path`` through, without ever blocking: a FIFO nobody opens or reads is
+    an OSError (ENXIO), not a wait for ever."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def a_leftover(path: str, suffixes: tuple[str, ...]) -> str | None:
+    """The suffix of the first of SQLite's files beside ``path`` (``-wal``, ``-journal``,
+    where SQLite makes them: beside the file a symlink leads to) that is there: when
+    ``path`` is new, it is not ours, and SQLite would replay it into the new file or
+    remove it."""
+    real = os.path.realpath(path)
+    return next((s for s in suffixes if os.path.lexists(real + s)), None)
+
+
 def _key(path: str) -> tuple[str, tuple[int, int] | None, bool]:
     """(resolved path, (device, inode) if it exists, exempt)"""
     real = os.path.realpath(path)
@@ -52,12 +85,18 @@ def _key(path: str) -> tuple[str, tuple[int, int] | None, bool]:
 
 
 def _warc_pattern(warc: str) -> re.Pattern[str]:
-    """The rotated names of a WARC path (see ``warc.warc_name``), resolved."""
-    real = os.path.realpath(warc)
-    for ext in (".warc.gz", ".warc"):
-        if real.endswith(ext):
-            return re.compile(re.escape(real[: -len(ext)]) + r"-\d{5,}" + re.escape(ext))
-    return re.compile(re.escape(real) + r"-\d{5,}")
+    """The names made from a WARC path, resolved: rotated (``warc.warc_name``) and each
+    worker's (``shardproc.worker_warc``, rotated too). They are made beside the name
+    given, even when it is a symlink: in its directory, not in the one it leads to."""
+    where = os.path.abspath(warc)
+    real = os.path.join(os.path.realpath(os.path.dirname(where)), os.path.basename(where))
+    stem, ext = real, ""
+    for known in (".warc.gz", ".warc"):
+        if real.endswith(known):
+            stem, ext = real[: -len(known)], known
+            break
+    made = r"(?:-w\d+(?:-\d{5,})?|-\d{5,})"
+    return re.compile(re.escape(stem) + made + re.escape(ext))
 
 
 def check_distinct(
@@ -94,6 +133,7 @@ def check_distinct(
             if rotated.fullmatch(os.path.realpath(other.path)):
                 raise UsageError(
                     f"{other.what} {other.path!r} is a name --warc {warc!r} rotates into"
+                    " (or gives a worker)"
                 )
     if save_dir is not None:
         root = os.path.realpath(save_dir)
@@ -161,6 +201,17 @@ class Place(Struct, frozen=True):
     shown: str | None = None
 
 
+def session_places(option: str, path: str) -> list[Place]:
+    """Where ``--cookie-jar``/``--etags`` PATH writes: the file, and the directory of the
+    file it leads to (each is saved under a temporary name there and renamed; SQLite makes
+    its journal there), unless it is written through (``not_a_file``)."""
+    places = [Place(f"write {option}", path)]
+    if not not_a_file(path):
+        folder = os.path.dirname(os.path.realpath(path))
+        places.append(Place(f"write {option}", folder, True, path))
+    return places
+
+
 def check_places(places: list[Place]) -> None:
     """Refuse (``UsageError``, the OS's reason) the first place that cannot be written."""
     for place in places:
@@ -185,7 +236,8 @@ def writable_problem(path: str, *, directory: bool = False) -> OSError | None:
             st = os.stat(path)
         except FileNotFoundError:
             if not directory:
-                check_creatable(path)
+                # A dangling symlink: the file is made where it leads.
+                check_creatable(os.path.realpath(path))
                 return None
             # os.makedirs makes the missing parents: the nearest one that exists counts.
             missing = os.path.abspath(path)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from crawler.config import ConfigError
-from crawler.paths import check_distinct, check_places, state_places
+from crawler.paths import Named, Place, check_distinct, check_places, session_places, state_places
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -30,13 +30,24 @@ if TYPE_CHECKING:
     from crawler.stores import Ledger, Stores
 
 
-def check_state_path(config: RunConfig, state: str) -> None:
-    """The checks ``--state`` gets before a run (``crawler.paths``), for a run with no
-    other file of its own to check with it (the Python API's): a directory, a missing
-    directory, a place that cannot be written, a clash with ``warc``/``save_dir``, each a
-    ``UsageError`` naming the path. The file's own checks (ours? this run's? in use?) are
-    the state store's, when the run opens it."""
-    named, places = state_places(state)
+def check_run_paths(config: RunConfig, state: str | None) -> None:
+    """The checks the command line gives the files a run writes (``crawler.paths``), for
+    a run whose records are no file (the Python API's): ``state`` (a directory, a missing
+    directory), ``warc``, ``save_dir``, ``cookie_jar`` and ``etags`` each writable where
+    it is and no two of them one file; each problem a ``UsageError`` naming the path. The
+    files' own checks (ours? this run's? in use?) are made when the run opens them."""
+    named, places = state_places(state) if state is not None else ([], [])
+    if config.store.warc is not None:
+        places.append(Place("write --warc", config.store.warc))
+    if config.store.save_dir is not None:
+        places.append(Place("use --save-dir", config.store.save_dir, directory=True))
+    for option, path in (
+        ("--cookie-jar", config.fetch.cookie_jar),
+        ("--etags", config.fetch.etags),
+    ):
+        if path is not None:
+            named.append(Named(option, path))
+            places += session_places(option, path)
     check_distinct([], named, warc=config.store.warc, save_dir=config.store.save_dir)
     check_places(places)
 

@@ -30,6 +30,7 @@ from yarl import URL
 from crawler.config import FetchConfig
 from crawler.errors import UsageError, storage_errors
 from crawler.fetcher import Fetcher
+from crawler.paths import a_leftover, not_a_file, write_now
 from crawler.records import Record, Records
 from crawler.response import Response
 from crawler.session import tls_context
@@ -117,7 +118,15 @@ def check_session_files(config: FetchConfig) -> None:
                 f"--cookie-jar {config.cookie_jar!r} is not a Netscape cookies file (its first "
                 "line is not '# Netscape HTTP Cookie File'): refusing to overwrite it"
             )
-    if config.etags is not None and _has_content(config.etags, "--etags"):
+    if config.etags is not None and not_a_file(config.etags):  # SQLite needs a file
+        raise UsageError(f"cannot use --etags {config.etags!r}: not a regular file")
+    if config.etags is not None and not _has_content(config.etags, "--etags"):
+        left = a_leftover(config.etags, ("-journal", "-wal", "-shm"))
+        if left is not None:  # not ours: SQLite would replay it into the new file
+            raise UsageError(
+                f"cannot use --etags {config.etags!r}: {config.etags + left!r} exists without it"
+            )
+    elif config.etags is not None:
         with open(config.etags, "rb") as file:
             head = file.read(100)
         if not (
@@ -214,6 +223,12 @@ def save_jar(jar: aiohttp.CookieJar, path: str) -> None:
                     rest={"HttpOnly": ""} if morsel["httponly"] else {},
                 )
             )
+    if not_a_file(path):  # /dev/null, a FIFO: written through (a FIFO unread: ENXIO)
+        with tempfile.TemporaryDirectory() as where:
+            mozilla.save(os.path.join(where, "jar"), ignore_discard=True, ignore_expires=False)
+            with open(os.path.join(where, "jar"), "rb") as file:
+                write_now(path, file.read())
+        return
     path = os.path.realpath(path)  # a symlinked jar: its file is replaced, not the link
     directory = os.path.dirname(path)
     fd, temp = tempfile.mkstemp(prefix=".cookies-", suffix=".tmp", dir=directory)

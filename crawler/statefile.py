@@ -25,7 +25,7 @@ from typing import Any, Final
 import orjson
 
 from crawler.errors import UsageError
-from crawler.paths import a_stream_by_name, check_creatable
+from crawler.paths import a_leftover, a_stream_by_name, check_creatable
 
 FORMAT: Final = "crawler-state/1"
 # SQLite's header field for "which program's file is this" (bytes 68-71): "CRL1". Read
@@ -121,10 +121,12 @@ def inspect(path: str) -> str:
     except FileNotFoundError:
         if os.path.lexists(path):  # never create a file through a symlink
             raise UsageError(f"cannot use --state {path!r}: a symlink to a missing file") from None
-        if os.path.exists(path + "-wal"):
-            # A log without its database: SQLite would replay it into a new file.
+        left = a_leftover(path, ("-wal", "-shm", "-journal"))
+        if left is not None:
+            # Not ours (a log without its database: SQLite would replay it into a new
+            # file; a -shm or -journal it would take over or remove).
             raise UsageError(
-                f"cannot use --state {path!r}: {path + '-wal'!r} exists "
+                f"cannot use --state {path!r}: {path + left!r} exists "
                 "without it (remove it or use another path)"
             ) from None
         return "new"

@@ -19,6 +19,7 @@ two Content-Encoding fields) stays in the headers, as the body still has it.
 
 from __future__ import annotations
 
+import errno
 import io
 import mmap
 import os
@@ -140,7 +141,16 @@ class _WarcWriter:
 
     def _open_file(self) -> None:
         name = warc_name(self._path, self._index)
-        self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        # O_NONBLOCK: a FIFO that no process reads is an error now, not a run that
+        # blocks for ever (as -o); written blocking, as a file.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK
+        try:
+            self._fd = os.open(name, flags, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            raise OSError(exc.errno, "a FIFO that no process reads", name) from None
+        os.set_blocking(self._fd, True)
         self._device = a_stream_by_name(name) or not stat.S_ISREG(os.fstat(self._fd).st_mode)
         self._new_file = True
         self.files.append(name)

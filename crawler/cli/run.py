@@ -30,8 +30,10 @@ from crawler.paths import (
     Place,
     check_distinct,
     check_places,
+    session_places,
     state_places,
     stdio,
+    write_now,
 )
 from crawler.runner import Runner
 from crawler.summary import plain_text, summary_of
@@ -200,7 +202,7 @@ def run_pipeline(
             if stats_json is STATS_TO_STDOUT:
                 _write_stdout(data + b"\n")
             else:
-                _write_now(stats_json, data)
+                write_now(str(stats_json), data)
         except OSError as exc:
             raise UsageError(
                 f"cannot write --stats-json {str(stats_json)!r}: {exc.strerror}"
@@ -267,18 +269,6 @@ def _summary_would_block(config: RunConfig, result: Any) -> bool:
     return stat.S_ISFIFO(err.st_mode) and os.path.samestat(err, out)
 
 
-def _write_now(path: Path, data: bytes) -> None:
-    """Write ``path`` without ever blocking: a FIFO nobody opens or reads (where
-    ``Path.write_bytes`` waited for ever, after the run) is an OSError."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
 def _check_paths(
     config: RunConfig, inputs: list[Named], *, state: Path | None, stats_json: Path | None
 ) -> None:
@@ -316,7 +306,7 @@ def _check_paths(
     for option, path in sessions:
         if path is not None:
             outputs.append(Named(option, path))
-            places.append(Place(f"write {option}", path))
+            places += session_places(option, path)
     check_distinct(inputs, outputs, warc=config.store.warc, save_dir=config.store.save_dir)
     check_places(places)
     if config.fetch.session_state or config.fetch.cacert or config.fetch.cert:
