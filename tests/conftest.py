@@ -253,21 +253,32 @@ class Server:
         return f"http://{host}:{self.ports[host]}{path}"
 
 
+@contextlib.asynccontextmanager
+async def serve_hosts(
+    app: web.Application, ports: dict[str, int], hosts: Iterable[str] = HOSTS
+) -> AsyncIterator[dict[str, int]]:
+    """``app`` on each of ``hosts`` at a free port, filling ``ports`` (host -> port: an
+    app that builds its own links reads them there)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        for host in hosts:
+            site = web.TCPSite(runner, host, 0)
+            await site.start()
+            ports[host] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        yield ports
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
     rec = Recorder()
-    runner = web.AppRunner(make_app(rec), access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    ports = {}
-    for host in HOSTS:
-        site = web.TCPSite(runner, host, 0)
-        await site.start()
-        ports[host] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield Server(rec, ports)
-    finally:
-        rec.release.set()
-        await runner.cleanup()
+    async with serve_hosts(make_app(rec), {}) as ports:
+        try:
+            yield Server(rec, ports)
+        finally:
+            rec.release.set()
 
 
 @contextlib.asynccontextmanager

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
-from tests.conftest import HOSTS, Recorder, Server, until
+from tests.conftest import HOSTS, Recorder, Server, serve_hosts, until
 from tests.redisserver import redis_url  # noqa: F401
 from tests.test_cli import ENV
 
@@ -193,13 +193,7 @@ def tree_app(rec: Recorder, ports: dict[str, int], size: int) -> web.Application
 async def test_crawl_job_two_workers_each_page_once(redis_url: str) -> None:  # noqa: F811
     rec = Recorder()
     ports: dict[str, int] = {}
-    runner = web.AppRunner(tree_app(rec, ports, 63), access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    for host in HOSTS:
-        site = web.TCPSite(runner, host, 0)
-        await site.start()
-        ports[host] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serve_hosts(tree_app(rec, ports, 63), ports):
 
         def url(host: str, path: str) -> str:
             return f"http://{host}:{ports[host]}{path}"
@@ -228,8 +222,6 @@ async def test_crawl_job_two_workers_each_page_once(redis_url: str) -> None:  # 
         assert counts["enqueued"] == counts["done"] == len(want)
         # --max-pages is the job's: exact however many pages the workers find at once.
         assert len(await records(redis_url, "m")) == 7
-    finally:
-        await runner.cleanup()
 
 
 async def job_counts(url: str, job: str) -> dict[str, int]:

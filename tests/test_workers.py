@@ -29,7 +29,7 @@ from crawler.options import run_config
 from crawler.shardproc import worker_config
 from crawler.stats import Histogram, Stats
 from crawler.urls import parse_target
-from tests.conftest import HOSTS, Server, marked_env, marked_processes, until
+from tests.conftest import HOSTS, Server, marked_env, marked_processes, serve_hosts, until
 from tests.test_cli import ENV
 
 CRAWLER = [sys.executable, "-m", "crawler"]
@@ -235,8 +235,9 @@ async def test_the_workers_end_when_the_coordinator_is_killed(
     await until(lambda: not any(pid in workers for pid, _ in marked_processes(token)), 15)
 
 
-async def test_sigint_stops_every_worker_each_url_at_most_once(
-    server: Server, tmp_path: Path
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_a_signal_stops_every_worker_each_url_at_most_once(
+    server: Server, tmp_path: Path, signum: signal.Signals
 ) -> None:
     urls = _urls(server, "/hang", 20)
     src = tmp_path / "urls.txt"
@@ -248,7 +249,7 @@ async def test_sigint_stops_every_worker_each_url_at_most_once(
         "-o", str(out), "-q", "--stats-json", str(stats), env=env,
     )  # fmt: skip
     await until(lambda: sum(server.rec.hits.values()) >= 6, 30)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     assert await asyncio.wait_for(proc.wait(), 30) == 130
     records = _records(out)
     counts = _once(records)
@@ -314,11 +315,17 @@ async def test_state_resumed_with_another_number_of_workers(server: Server, tmp_
 
 @pytest.mark.parametrize(
     ("command", "extra"),
-    [("crawl", ("--cookie-jar", "jar.txt")), ("fetch", ("--etags", "tags.db"))],
+    [
+        ("crawl", ("--cookie-jar", "jar.txt")),
+        ("fetch", ("--etags", "tags.db")),
+        ("fetch", ("--warc", "warc.fifo")),  # a stream: it would have N writers
+    ],
 )
 def test_what_workers_do_not_do_yet_is_one_line(
     tmp_path: Path, command: str, extra: tuple[str, ...]
 ) -> None:
+    if "warc.fifo" in extra:
+        os.mkfifo(tmp_path / "warc.fifo")
     done = subprocess.run(
         [*CRAWLER, command, "http://127.0.0.1:9/", "--workers", "2", *extra],
         capture_output=True,
@@ -372,16 +379,8 @@ def _tree(size: int, ports: dict[str, int]) -> set[str]:
 @contextlib.asynccontextmanager
 async def _serve_tree(size: int, delay: float = 0.0) -> AsyncIterator[dict[str, int]]:
     ports: dict[str, int] = {}
-    runner = web.AppRunner(_tree_app(size, ports, delay), access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    for host in HOSTS:
-        site = web.TCPSite(runner, host, 0)
-        await site.start()
-        ports[host] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serve_hosts(_tree_app(size, ports, delay), ports):
         yield ports
-    finally:
-        await runner.cleanup()
 
 
 def _crawl(*args: str) -> list[str]:

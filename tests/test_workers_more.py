@@ -1,8 +1,8 @@
 """--workers N: README's promises the first tests left out, end to end.
 
-``--workers auto`` (one worker per usable core), SIGTERM as SIGINT, a second SIGINT that
-cuts the grace period, ``crawl --depth`` across workers, resume after a SIGKILL with
-another number of workers (fetch and crawl), and ``--warc`` to a FIFO refused. Real
+``--workers auto`` (one worker per usable core), a second SIGINT that cuts the grace
+period, ``crawl --depth`` across workers, resume after a SIGKILL with another number of
+workers (fetch and crawl), and ``--warc /dev/stdout`` refused. Real
 subprocesses against loopback servers, as tests/test_workers.py (whose helpers these use).
 """
 
@@ -22,7 +22,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.conftest import HOSTS, Server, marked_env, marked_processes, until
+from tests.conftest import HOSTS, Server, marked_env, marked_processes, serve_hosts, until
 from tests.test_workers import (
     CRAWLER,
     SEEDED,
@@ -89,28 +89,7 @@ async def test_workers_auto_runs_one_worker_per_usable_core(server: Server, tmp_
             assert [row["worker"] for row in rows] == list(range(len(cores)))
 
 
-# -- 2, 3. signals --------------------------------------------------------------------------
-async def test_sigterm_stops_every_worker_as_sigint_does(server: Server, tmp_path: Path) -> None:
-    urls = _urls(server, "/hang", 20)
-    src = tmp_path / "urls.txt"
-    src.write_text("\n".join(urls) + "\n")
-    out, stats = tmp_path / "out.jsonl", tmp_path / "stats.json"
-    env, token = marked_env(SEEDED)
-    proc = await _start(
-        tmp_path, str(src), "--workers", "2", "-c", "6", "--grace", "0.2",
-        "-o", str(out), "-q", "--stats-json", str(stats), env=env,
-    )  # fmt: skip
-    await until(lambda: sum(server.rec.hits.values()) >= 6, 30)
-    proc.send_signal(signal.SIGTERM)
-    assert await _ended(proc, 30) == 130, (tmp_path / "err.txt").read_text()
-    records = _records(out)
-    assert set(_once(records)) == set(urls)  # without --state: each a `cancelled` record
-    assert all(r["error"]["kind"] == "cancelled" for r in records)  # type: ignore[index]
-    assert not marked_processes(token)
-    report = orjson.loads(stats.read_bytes())
-    assert report["interrupted"] and report["urls_done"] == len(records)
-
-
+# -- 2. a second signal ---------------------------------------------------------------------
 async def test_a_second_sigint_cuts_the_workers_grace_period(
     server: Server, tmp_path: Path
 ) -> None:
@@ -142,7 +121,7 @@ async def test_a_second_sigint_cuts_the_workers_grace_period(
     assert sum(server.rec.hits.values()) == len(urls)
 
 
-# -- 4. crawl --depth across workers --------------------------------------------------------
+# -- 3. crawl --depth across workers --------------------------------------------------------
 @contextlib.asynccontextmanager
 async def _counted_tree(size: int, hits: Counter[str]) -> AsyncIterator[dict[str, int]]:
     """_serve_tree's site, counting each URL the server is asked for."""
@@ -157,16 +136,8 @@ async def _counted_tree(size: int, hits: Counter[str]) -> AsyncIterator[dict[str
 
     app = _tree_app(size, ports, 0.0)
     app.middlewares.append(count)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    for host in HOSTS:
-        site = web.TCPSite(runner, host, 0)
-        await site.start()
-        ports[host] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serve_hosts(app, ports):
         yield ports
-    finally:
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize("depth", [1, 2])
@@ -190,7 +161,7 @@ async def test_crawl_depth_holds_across_workers(tmp_path: Path, depth: int) -> N
     assert hits == Counter(expected)
 
 
-# -- 5. resume with another number of workers -----------------------------------------------
+# -- 4. resume with another number of workers -----------------------------------------------
 def _committed(state: Path) -> int:
     """The bytes of the output a --state file has committed (0: none yet, or no file)."""
     try:
@@ -251,23 +222,7 @@ async def test_a_crawl_stopped_with_two_workers_resumes_with_one(tmp_path: Path)
     assert not any(r["error"] for r in records)
 
 
-# -- 6. --warc to a FIFO --------------------------------------------------------------------
-def test_warc_to_a_fifo_with_workers_is_one_line(tmp_path: Path) -> None:
-    fifo = tmp_path / "warc.fifo"
-    os.mkfifo(fifo)
-    done = subprocess.run(
-        [*CRAWLER, "fetch", "http://127.0.0.1:9/", "--workers", "2", "--warc", str(fifo)],
-        capture_output=True,
-        env=SEEDED,
-        cwd=tmp_path,
-        timeout=15,
-    )
-    assert done.returncode == 2
-    lines = done.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and "--warc" in lines[0] and "workers" in lines[0], lines
-    assert done.stdout == b""
-
-
+# -- 5. --warc to a stream ------------------------------------------------------------------
 def test_warc_to_stdout_redirected_to_a_file_is_refused_with_workers(tmp_path: Path) -> None:
     """/dev/stdout is a regular file when stdout is redirected to one: still a stream to
     N writers, and the workers' names would be /dev/stdout-w0, ... : refused."""
