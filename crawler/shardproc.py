@@ -28,7 +28,7 @@ from crawler import shards
 from crawler.config import RunConfig
 from crawler.errors import UsageError
 from crawler.linkqueue import Link
-from crawler.paths import a_stream_by_name
+from crawler.paths import not_a_file
 from crawler.stores import FRESH, Seen
 
 
@@ -216,7 +216,7 @@ def one_writer_each(config: RunConfig) -> None:
     warc = config.store.warc
     if warc is None:
         return
-    if a_stream_by_name(warc) or (os.path.exists(warc) and not os.path.isfile(warc)):
+    if not_a_file(warc):
         raise UsageError(
             f"--warc {warc!r} is not a regular file: with --workers each worker writes "
             "its own WARC file (leave --workers at 1 to write a stream)"

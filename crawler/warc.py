@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from crawler import __version__
 from crawler.offload import Offloaded, named
-from crawler.paths import a_stream_by_name
+from crawler.paths import a_stream_by_name, not_a_file
 from crawler.response import DECODED, Exchange
 
 _GZIP_LEVEL: Final = 6
@@ -91,7 +91,8 @@ class _WarcWriter:
         self.files: list[str] = []
 
     def start(self) -> None:
-        if self._append and _regular(self._path):  # a resumed run starts a new file
+        # A resumed run starts a new file; not beside a stream (/dev/null-00001).
+        if self._append and not not_a_file(self._path):
             while os.path.exists(warc_name(self._path, self._index)):
                 self._index += 1
             if self._index and _repair_tail(warc_name(self._path, self._index - 1)) == 0:
@@ -254,17 +255,6 @@ class _WarcWriter:
             else:
                 headers.append((name, value))
         return headers
-
-
-def _regular(path: str) -> bool:
-    """A regular file, or nothing yet: not a device or a pipe (rather than a finished
-    file, a resumed run would "start a new file" beside /dev/null)."""
-    if a_stream_by_name(path):
-        return False
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return True
 
 
 def _fsync_dir(path: str) -> None:
